@@ -1,0 +1,89 @@
+/* Run-time ISA choice: detected once at import, overridable (FASTCONV_ISA is
+ * read by the Python side, which calls fc_isa_set after checking support). */
+#include "fastconv.h"
+#include "kernels/gemm_ukernel.h"
+
+#ifndef FC_BUILD_FLAGS
+#define FC_BUILD_FLAGS "unknown"
+#endif
+#ifndef FC_BUILD_CC
+#define FC_BUILD_CC "cc"
+#endif
+
+static const char *const isa_names[FC_ISA_COUNT] = {"generic", "avx2", "avx512"};
+
+static const fc_gemm_kernel *isa_kernel(int isa)
+{
+    switch (isa) {
+#ifdef FC_X86_KERNELS
+    case FC_ISA_AVX512: return &fc_gemm_kernel_avx512;
+    case FC_ISA_AVX2: return &fc_gemm_kernel_avx2;
+#endif
+    default: return &fc_gemm_kernel_generic;
+    }
+}
+
+static int current_isa = -1;
+
+const char *fc_isa_name(int isa)
+{
+    return (isa >= 0 && isa < FC_ISA_COUNT) ? isa_names[isa] : "unknown";
+}
+
+int fc_isa_supported(int isa)
+{
+    switch (isa) {
+    case FC_ISA_GENERIC: return 1;
+#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+    /* __builtin_cpu_supports also checks that the OS saves the wide registers. */
+    case FC_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case FC_ISA_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma");
+#endif
+    default: return 0;
+    }
+}
+
+int fc_isa_best(void)
+{
+    for (int isa = FC_ISA_COUNT - 1; isa > FC_ISA_GENERIC; isa--)
+        if (fc_isa_supported(isa)) return isa;
+    return FC_ISA_GENERIC;
+}
+
+int fc_isa_get(void)
+{
+    if (current_isa < 0) current_isa = fc_isa_best();
+    return current_isa;
+}
+
+void fc_isa_set(int isa) { current_isa = isa; }
+
+const fc_gemm_kernel *fc_gemm_kernel_current(void) { return isa_kernel(fc_isa_get()); }
+
+void fc_isa_blocksizes(int isa, fc_int out[5])
+{
+    const fc_gemm_kernel *k = isa_kernel(isa);
+    out[0] = k->mr; out[1] = k->nr; out[2] = k->mc; out[3] = k->kc; out[4] = k->nc;
+}
+
+int fc_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+const char *fc_build_compiler(void)
+{
+#ifdef __VERSION__
+    return FC_BUILD_CC " " __VERSION__;
+#else
+    return FC_BUILD_CC;
+#endif
+}
+
+const char *fc_build_flags(void) { return FC_BUILD_FLAGS; }

@@ -1,0 +1,99 @@
+/* fastconv's C kernels: the one header the Cython wrappers include.
+ *
+ * Contract for every function here: arguments were validated by the caller
+ * (fastconv/_kernels.pyx): pointers are valid for the sizes given, arrays are
+ * float32 and C-contiguous unless a leading dimension says otherwise, and all
+ * index products fit in fc_int. Functions never allocate per element, never
+ * touch memory outside the sizes given, and are deterministic for a given
+ * thread count. `nthreads` >= 1 is the OpenMP team size (ignored in a serial
+ * build). Functions returning int give 0 on success, FC_ENOMEM when a
+ * workspace could not be allocated.
+ */
+#ifndef FASTCONV_H
+#define FASTCONV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef int64_t fc_int;
+
+#define FC_ENOMEM (-1)
+
+/* ---- build and CPU (dispatch.c) ------------------------------------------ */
+
+enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
+
+const char *fc_isa_name(int isa);
+int fc_isa_supported(int isa);   /* built in and supported by this CPU and OS */
+int fc_isa_best(void);
+int fc_isa_get(void);
+void fc_isa_set(int isa);        /* caller checked fc_isa_supported(isa) */
+/* MR, NR, MC, KC, NC of the ISA's GEMM block-size table. */
+void fc_isa_blocksizes(int isa, fc_int out[5]);
+
+int fc_openmp_enabled(void);
+const char *fc_build_compiler(void);
+const char *fc_build_flags(void);
+
+/* ---- sgemm.c ---------------------------------------------------------------
+ * C = alpha * op(A) @ op(B) + beta * C, row-major. op(A) is m x k (A is k x m
+ * when trans_a), op(B) is k x n (B is n x k when trans_b). lda/ldb/ldc are
+ * row strides in elements. When beta == 0, C is only written (NaN or garbage
+ * in C does not propagate), as in BLAS. */
+int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+             const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
+             float *c, fc_int ldc, int nthreads);
+
+/* ---- conv2d.c --------------------------------------------------------------
+ * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with
+ * oh = (h + 2*ph - kh) / sh + 1, ow = (w + 2*pw - kw) / sw + 1 (caller checks
+ * oh, ow >= 1). Zero padding. */
+typedef struct {
+    fc_int n, c, h, w;      /* input */
+    fc_int k, kh, kw;       /* output channels and kernel size */
+    fc_int sh, sw, ph, pw;  /* stride and padding */
+    fc_int oh, ow;          /* output size */
+} fc_conv_shape;
+
+/* bias may be NULL. */
+int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                      const float *bias, float *y, int nthreads);
+/* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
+ * (dbias may be NULL). All outputs are overwritten, not accumulated. */
+int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *dy, float *dx, float *dweight, float *dbias,
+                       int nthreads);
+
+/* ---- maxpool2d.c -----------------------------------------------------------
+ * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
+ * argmax holds the index of the winner within its kh x kw window, row-major,
+ * padded positions counted; its element type is uint8 when argmax_bytes == 1
+ * and int32 when argmax_bytes == 4. Ties: the first maximum in scan order; a
+ * NaN wins over numbers, the last NaN over earlier ones (PyTorch's rule). */
+typedef struct {
+    fc_int n, c, h, w;
+    fc_int kh, kw, sh, sw, ph, pw;
+    fc_int oh, ow;
+} fc_pool_shape;
+
+void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
+                          void *argmax, int argmax_bytes, int nthreads);
+/* dx (n, c, h, w) is overwritten: zeros, plus each dy routed to its argmax
+ * (summed where windows overlap). argmax may come from a user, so each index
+ * is bounds-checked: one that falls outside its window or on padding is
+ * skipped and counted; the count is returned (0 for valid input). */
+fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
+                           int argmax_bytes, float *dx, int nthreads);
+
+/* ---- relu.c ----------------------------------------------------------------
+ * y = max(x, 0) with NaN kept; dx = dy where y > 0 else 0 (dy kept where y is
+ * NaN, as PyTorch's threshold_backward). y may alias x, dx may alias dy. */
+void fc_relu_forward(fc_int count, const float *x, float *y, int nthreads);
+void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, int nthreads);
+
+/* ---- bias_add.c ------------------------------------------------------------
+ * In place: y[i, j, r] += bias[j] for y viewed as (outer, channels, inner). */
+void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
+                 const float *bias, int nthreads);
+
+#endif

@@ -1,0 +1,1 @@
+from fastconv import _kernels

@@ -1,0 +1,513 @@
+# cython: language_level=3
+"""Native kernels: validate at the Python boundary, release the GIL, call csrc/.
+
+Every function here has a twin of the same name and signature in
+``fastconv.reference``; ``tests/`` compares the two.
+"""
+
+import os
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+
+cdef extern from "fastconv.h" nogil:
+    ctypedef int64_t fc_int
+    int FC_ISA_GENERIC, FC_ISA_AVX2, FC_ISA_AVX512, FC_ISA_COUNT
+    const char *fc_isa_name(int isa)
+    int fc_isa_supported(int isa)
+    int fc_isa_best()
+    int fc_isa_get()
+    void fc_isa_set(int isa)
+    void fc_isa_blocksizes(int isa, fc_int out[5])
+    int fc_openmp_enabled()
+    const char *fc_build_compiler()
+    const char *fc_build_flags()
+
+    int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
+                 float *c, fc_int ldc, int nthreads)
+
+    ctypedef struct fc_conv_shape:
+        fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
+    int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                          const float *bias, float *y, int nthreads)
+    int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                           const float *dy, float *dx, float *dweight, float *dbias,
+                           int nthreads)
+
+    ctypedef struct fc_pool_shape:
+        fc_int n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
+    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
+                              void *argmax, int argmax_bytes, int nthreads)
+    fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
+                                 int argmax_bytes, float *dx, int nthreads)
+
+    void fc_relu_forward(fc_int count, const float *x, float *y, int nthreads)
+    void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, int nthreads)
+    void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
+                     const float *bias, int nthreads)
+
+
+# Index arithmetic in C is 64-bit; refuse anything whose element count could
+# overflow it (or that no machine could hold) before allocating.
+cdef fc_int _MAX_ELEMENTS = (<fc_int>1) << 48
+
+
+# ---------------------------------------------------------------------------
+# threads and ISA
+
+def _cpus_available():
+    """The CPUs this process may run on (affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+MAX_THREADS = 1024
+cdef int _num_threads = _cpus_available()
+
+
+def set_num_threads(n):
+    """Set the number of threads every kernel uses (an int in [1, 1024]).
+
+    Each parallel region is given this team size explicitly, so other OpenMP
+    libraries in the process are not affected.
+    """
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: `n` must be an int; got {type(n).__name__} {n!r}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"set_num_threads: `n` must be in [1, {MAX_THREADS}]; got {n}")
+    _num_threads = int(n)
+
+
+def get_num_threads():
+    """The number of threads kernels use (default: the CPUs this process may use)."""
+    return _num_threads
+
+
+ISAS = tuple(fc_isa_name(i).decode() for i in range(FC_ISA_COUNT))
+
+
+def supported_isas():
+    """The ISA paths built in and supported by this CPU, best last."""
+    return tuple(ISAS[i] for i in range(FC_ISA_COUNT) if fc_isa_supported(i))
+
+
+def set_isa(name):
+    """Force the SIMD path: 'generic', 'avx2' or 'avx512' (must be supported)."""
+    if name not in ISAS:
+        raise ValueError(f"set_isa: `name` must be one of {ISAS}; got {name!r}")
+    i = ISAS.index(name)
+    if not fc_isa_supported(i):
+        raise ValueError(
+            f"set_isa: ISA {name!r} is not supported on this CPU or build; "
+            f"supported: {supported_isas()}")
+    fc_isa_set(i)
+
+
+def get_isa():
+    """The SIMD path in use."""
+    return ISAS[fc_isa_get()]
+
+
+def gemm_blocksizes(name=None):
+    """The GEMM block-size table of an ISA: dict with mr, nr, mc, kc, nc."""
+    cdef fc_int out[5]
+    i = fc_isa_get() if name is None else ISAS.index(name)
+    fc_isa_blocksizes(i, out)
+    return dict(zip(("mr", "nr", "mc", "kc", "nc"), [out[j] for j in range(5)]))
+
+
+def build_info():
+    """How the extension was built: compiler, flags, OpenMP."""
+    return {
+        "compiler": fc_build_compiler().decode(),
+        "flags": fc_build_flags().decode(),
+        "openmp": bool(fc_openmp_enabled()),
+    }
+
+
+def _isa_from_env():
+    requested = os.environ.get("FASTCONV_ISA", "").strip().lower()
+    if requested:
+        try:
+            set_isa(requested)
+        except ValueError as e:
+            raise ImportError(f"FASTCONV_ISA={requested!r}: {e}") from None
+
+
+_isa_from_env()
+
+
+# ---------------------------------------------------------------------------
+# validation (once, at the boundary)
+
+def _describe(a):
+    if isinstance(a, np.ndarray):
+        layout = "" if a.flags.c_contiguous else "non-contiguous "
+        return f"{layout}{a.dtype} array with shape {a.shape}"
+    return f"{type(a).__name__}"
+
+
+cdef _check_array(str fn, str name, a, int ndim, bint writable=False):
+    """Require a C-contiguous float32 ndarray of rank ndim."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: `{name}` must be a float32 numpy array of rank {ndim}; got {_describe(a)}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{fn}: `{name}` must be a float32 array; got {_describe(a)}")
+    if a.ndim != ndim:
+        raise ValueError(f"{fn}: `{name}` must have rank {ndim}; got {_describe(a)}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{fn}: `{name}` must be C-contiguous; got {_describe(a)}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{fn}: `{name}` must be writable; got a read-only array")
+    if a.size > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `{name}` has {a.size} elements; at most {_MAX_ELEMENTS} are supported")
+
+
+cdef _check_shape(str fn, str name, a, tuple expected):
+    if a.shape != expected:
+        raise ValueError(f"{fn}: `{name}` must have shape {expected}; got {a.shape}")
+
+
+cdef tuple _pair(str fn, str name, v, int minimum):
+    """An (h, w) pair of ints >= minimum, from an int or a 2-sequence."""
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v, v)
+    try:
+        h, w = v
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: `{name}` must be an int or an (h, w) pair of ints; got {v!r}") from None
+    for e in (h, w):
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
+            raise TypeError(f"{fn}: `{name}` must be an int or an (h, w) pair of ints; got {v!r}")
+        if e < minimum or e > _MAX_ELEMENTS:
+            raise ValueError(f"{fn}: `{name}` must be >= {minimum}; got {(int(h), int(w))}")
+    return int(h), int(w)
+
+
+cdef inline float *_fptr(cnp.ndarray a):
+    return <float *>cnp.PyArray_DATA(a)
+
+
+def _out_size(str fn, size, kernel, stride, padding, str what):
+    out = (size + 2 * padding - kernel) // stride + 1
+    if size + 2 * padding < kernel:
+        raise ValueError(
+            f"{fn}: kernel {what} {kernel} is larger than the padded input {what} "
+            f"{size} + 2*{padding} = {size + 2 * padding}")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# sgemm
+
+cdef _check_matrix(str fn, str name, a, bint writable=False):
+    """A float32 2-D array whose rows are contiguous (any row stride): lets
+    callers pass row-sliced views, which sgemm reads through its leading
+    dimension."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: `{name}` must be a float32 numpy array of rank 2; got {_describe(a)}")
+    if a.dtype != np.float32:
+        raise TypeError(f"{fn}: `{name}` must be a float32 array; got {_describe(a)}")
+    if a.ndim != 2:
+        raise ValueError(f"{fn}: `{name}` must have rank 2; got {_describe(a)}")
+    rows, cols = a.shape
+    if rows > 1 and cols > 0 and (a.strides[1] != 4 or a.strides[0] < 4 * cols or a.strides[0] % 4) or \
+            (rows <= 1 and cols > 1 and a.strides[1] != 4):
+        raise ValueError(
+            f"{fn}: `{name}` must have contiguous rows (unit column stride, row stride >= its width); "
+            f"got strides {a.strides} for shape {a.shape}")
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{fn}: `{name}` must be writable; got a read-only array")
+
+
+cdef fc_int _ld(a):
+    return max(a.strides[0] // 4, a.shape[1], 1)
+
+
+def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+    """C = alpha * op(A) @ op(B) + beta * C, float32, row-major.
+
+    ``op(X)`` is ``X.T`` when ``trans_X`` is true. ``C`` is allocated (and
+    ``beta`` must then be 0) when None; otherwise it is written in place and
+    returned. Rows of A, B and C may have any stride (leading dimensions), as
+    long as each row is contiguous.
+    """
+    fn = "sgemm"
+    _check_matrix(fn, "A", A)
+    _check_matrix(fn, "B", B)
+    m, k = (A.shape[1], A.shape[0]) if trans_a else A.shape
+    kb, n = (B.shape[1], B.shape[0]) if trans_b else B.shape
+    if k != kb:
+        raise ValueError(
+            f"sgemm: inner dimensions must match: op(A) is {m}x{k} but op(B) is {kb}x{n} "
+            f"(trans_a={bool(trans_a)}, trans_b={bool(trans_b)})")
+    try:
+        alpha_f, beta_f = float(alpha), float(beta)
+    except (TypeError, ValueError):
+        raise TypeError(f"sgemm: `alpha` and `beta` must be real numbers; got {alpha!r}, {beta!r}") from None
+    if C is None:
+        if beta_f != 0.0:
+            raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
+        C = np.empty((m, n), dtype=np.float32)
+    else:
+        _check_matrix(fn, "C", C, writable=True)
+        if C.shape != (m, n):
+            raise ValueError(f"sgemm: `C` must have shape {(m, n)}; got {C.shape}")
+        if np.shares_memory(C, A) or np.shares_memory(C, B):
+            raise ValueError("sgemm: `C` must not overlap `A` or `B`")
+    if m * n > _MAX_ELEMENTS or m * k > _MAX_ELEMENTS or k * n > _MAX_ELEMENTS:
+        raise ValueError(f"sgemm: sizes m={m}, n={n}, k={k} are too large")
+    if m == 0 or n == 0:
+        return C
+    cdef int ta = bool(trans_a), tb = bool(trans_b), rc, nt = _num_threads
+    cdef fc_int cm = m, cn = n, ck = k, lda = _ld(A), ldb = _ld(B), ldc = _ld(C)
+    cdef float fa = alpha_f, fb = beta_f
+    cdef const float *pa = <const float *>cnp.PyArray_DATA(A)
+    cdef const float *pb = <const float *>cnp.PyArray_DATA(B)
+    cdef float *pc = <float *>cnp.PyArray_DATA(C)
+    with nogil:
+        rc = fc_sgemm(ta, tb, cm, cn, ck, fa, pa, lda, pb, ldb, fb, pc, ldc, nt)
+    if rc != 0:
+        raise MemoryError("sgemm: could not allocate the packing workspace")
+    return C
+
+
+# ---------------------------------------------------------------------------
+# conv2d
+
+cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
+    _check_array(fn, "x", x, 4)
+    _check_array(fn, "weight", weight, 4)
+    cdef fc_conv_shape s
+    s.n, s.c, s.h, s.w = x.shape
+    s.k, wc, s.kh, s.kw = weight.shape
+    if s.c < 1 or s.h < 1 or s.w < 1:
+        raise ValueError(f"{fn}: `x` must have non-zero C, H and W; got shape {x.shape}")
+    if wc != s.c:
+        raise ValueError(
+            f"{fn}: `weight` must have {s.c} input channels to match `x` {x.shape}; "
+            f"got weight shape {weight.shape}")
+    if s.kh < 1 or s.kw < 1 or s.k < 1 or s.c < 1:
+        raise ValueError(f"{fn}: `weight` must have non-zero sizes; got shape {weight.shape}")
+    s.sh, s.sw = _pair(fn, "stride", stride, 1)
+    s.ph, s.pw = _pair(fn, "padding", padding, 0)
+    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
+    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
+    if s.n * s.k * s.oh * s.ow > _MAX_ELEMENTS or s.c * s.kh * s.kw * s.oh * s.ow > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: output or column matrix too large for x {x.shape}, weight {weight.shape}")
+    return s
+
+
+def conv2d_forward(x, weight, bias, stride, padding):
+    """y = conv2d(x, weight) + bias, zero padding (cross-correlation, as PyTorch).
+
+    x (N, C, H, W), weight (K, C, kh, kw), bias (K,) or None; stride and
+    padding are ints or (h, w) pairs. Returns y (N, K, OH, OW) with
+    OH = (H + 2*ph - kh) // sh + 1 and likewise OW.
+    """
+    fn = "conv2d_forward"
+    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
+    cdef const float *pb = NULL
+    if bias is not None:
+        _check_array(fn, "bias", bias, 1)
+        _check_shape(fn, "bias", bias, (s.k,))
+        pb = _fptr(bias)
+    y = np.empty((s.n, s.k, s.oh, s.ow), dtype=np.float32)
+    if s.n == 0:
+        return y
+    cdef const float *px = _fptr(x)
+    cdef const float *pw = _fptr(weight)
+    cdef float *py = _fptr(y)
+    cdef int rc, nt = _num_threads
+    with nogil:
+        rc = fc_conv2d_forward(&s, px, pw, pb, py, nt)
+    if rc != 0:
+        raise MemoryError("conv2d_forward: could not allocate the im2col workspace")
+    return y
+
+
+def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
+    """Gradients of conv2d_forward: returns (dx or None, dweight, dbias).
+
+    dy is dL/dy, shape (N, K, OH, OW). dx is skipped (None) when need_dx is
+    false, as for a network's first layer.
+    """
+    fn = "conv2d_backward"
+    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
+    _check_array(fn, "dy", dy, 4)
+    _check_shape(fn, "dy", dy, (s.n, s.k, s.oh, s.ow))
+    dx = np.empty(x.shape, dtype=np.float32) if need_dx else None
+    dweight = np.empty(weight.shape, dtype=np.float32)
+    dbias = np.empty((s.k,), dtype=np.float32)
+    if s.n == 0:
+        if dx is not None:
+            dx.fill(0)
+        dweight.fill(0)
+        dbias.fill(0)
+        return dx, dweight, dbias
+    cdef const float *px = _fptr(x)
+    cdef const float *pw = _fptr(weight)
+    cdef const float *pdy = _fptr(dy)
+    cdef float *pdx = _fptr(dx) if dx is not None else NULL
+    cdef float *pdw = _fptr(dweight)
+    cdef float *pdb = _fptr(dbias)
+    cdef int rc, nt = _num_threads
+    with nogil:
+        rc = fc_conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, nt)
+    if rc != 0:
+        raise MemoryError("conv2d_backward: could not allocate the col2im workspace")
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# maxpool2d
+
+cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) except *:
+    cdef fc_pool_shape s
+    s.n, s.c, s.h, s.w = x_shape
+    if s.c < 1 or s.h < 1 or s.w < 1:
+        raise ValueError(f"{fn}: input must have non-zero C, H and W; got shape {x_shape}")
+    s.kh, s.kw = _pair(fn, "kernel", kernel, 1)
+    s.sh, s.sw = _pair(fn, "stride", stride, 1)
+    s.ph, s.pw = _pair(fn, "padding", padding, 0)
+    if 2 * s.ph > s.kh or 2 * s.pw > s.kw:
+        raise ValueError(
+            f"{fn}: `padding` must be at most half the kernel size {(s.kh, s.kw)}; "
+            f"got {(s.ph, s.pw)}")
+    if s.kh * s.kw > 2**31 - 1:
+        raise ValueError(f"{fn}: `kernel` {(s.kh, s.kw)} is too large")
+    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
+    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
+    return s
+
+
+def argmax_dtype(kernel):
+    """The argmax dtype for a kernel size: uint8 when kh*kw <= 256, else int32."""
+    kh, kw = _pair("argmax_dtype", "kernel", kernel, 1)
+    return np.dtype(np.uint8) if kh * kw <= 256 else np.dtype(np.int32)
+
+
+def maxpool2d_forward(x, kernel, stride, padding):
+    """Max-pool x (N, C, H, W): returns (y, argmax), both (N, C, OH, OW).
+
+    argmax holds the index of each winner within its kernel window
+    (row-major, padded positions counted), uint8 when kh*kw <= 256 else
+    int32. Padding counts as -inf; ties go to the first maximum; NaN wins.
+    """
+    fn = "maxpool2d_forward"
+    _check_array(fn, "x", x, 4)
+    cdef fc_pool_shape s = _pool_shape(fn, x.shape, kernel, stride, padding)
+    y = np.empty((s.n, s.c, s.oh, s.ow), dtype=np.float32)
+    am = np.empty((s.n, s.c, s.oh, s.ow), dtype=argmax_dtype((s.kh, s.kw)))
+    cdef int nbytes = am.dtype.itemsize, nt = _num_threads
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    cdef void *pam = cnp.PyArray_DATA(am)
+    with nogil:
+        fc_maxpool2d_forward(&s, px, py, pam, nbytes, nt)
+    return y, am
+
+
+def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
+    """Route dy (N, C, OH, OW) to the recorded argmax: returns dx of x_shape."""
+    fn = "maxpool2d_backward"
+    _check_array(fn, "dy", dy, 4)
+    try:
+        x_shape = tuple(int(v) for v in x_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
+    if len(x_shape) != 4 or min(x_shape) < 0:
+        raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
+    cdef fc_pool_shape s = _pool_shape(fn, x_shape, kernel, stride, padding)
+    expected = (s.n, s.c, s.oh, s.ow)
+    _check_shape(fn, "dy", dy, expected)
+    want = argmax_dtype((s.kh, s.kw))
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != want:
+        raise TypeError(f"{fn}: `argmax` must be a {want} array for kernel {(s.kh, s.kw)}; got {_describe(argmax)}")
+    if not argmax.flags.c_contiguous:
+        raise ValueError(f"{fn}: `argmax` must be C-contiguous; got {_describe(argmax)}")
+    _check_shape(fn, "argmax", argmax, expected)
+    dx = np.empty(x_shape, dtype=np.float32)
+    cdef int nbytes = want.itemsize, nt = _num_threads
+    cdef const float *pdy = _fptr(dy)
+    cdef const void *pam = cnp.PyArray_DATA(argmax)
+    cdef float *pdx = _fptr(dx)
+    cdef fc_int bad
+    with nogil:
+        bad = fc_maxpool2d_backward(&s, pdy, pam, nbytes, pdx, nt)
+    if bad:
+        raise ValueError(f"{fn}: `argmax` has {bad} indices outside their window or on padding")
+    return dx
+
+
+# ---------------------------------------------------------------------------
+# element-wise
+
+cdef _check_any_rank(str fn, str name, a):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{fn}: `{name}` must be a float32 numpy array; got {_describe(a)}")
+    _check_array(fn, name, a, a.ndim)
+
+
+def relu_forward(x):
+    """y = max(x, 0) (NaN kept), any shape."""
+    _check_any_rank("relu_forward", "x", x)
+    y = np.empty_like(x)
+    cdef fc_int count = x.size
+    cdef int nt = _num_threads
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    with nogil:
+        fc_relu_forward(count, px, py, nt)
+    return y
+
+
+def relu_backward(dy, y):
+    """dx = dy where y > 0, else 0 (y is the forward's output)."""
+    fn = "relu_backward"
+    _check_any_rank(fn, "dy", dy)
+    _check_any_rank(fn, "y", y)
+    _check_shape(fn, "y", y, dy.shape)
+    dx = np.empty_like(dy)
+    cdef fc_int count = dy.size
+    cdef int nt = _num_threads
+    cdef const float *pdy = _fptr(dy)
+    cdef const float *py = _fptr(y)
+    cdef float *pdx = _fptr(dx)
+    with nogil:
+        fc_relu_backward(count, pdy, py, pdx, nt)
+    return dx
+
+
+def bias_add(y, bias):
+    """In place: y[:, j, ...] += bias[j] for y of rank >= 2; returns y."""
+    fn = "bias_add"
+    _check_any_rank(fn, "y", y)
+    if y.ndim < 2:
+        raise ValueError(f"bias_add: `y` must have rank >= 2 (N, C, ...); got {_describe(y)}")
+    if not y.flags.writeable:
+        raise ValueError("bias_add: `y` must be writable; got a read-only array")
+    _check_array(fn, "bias", bias, 1)
+    _check_shape(fn, "bias", bias, (y.shape[1],))
+    cdef fc_int outer = y.shape[0], channels = y.shape[1]
+    cdef fc_int inner = y.size // (outer * channels) if outer * channels else 0
+    cdef int nt = _num_threads
+    cdef float *py = _fptr(y)
+    cdef const float *pb = _fptr(bias)
+    if y.size:
+        with nogil:
+            fc_bias_add(outer, channels, inner, py, pb, nt)
+    return y
+
+
+KERNELS = ("sgemm", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+           "maxpool2d_backward", "relu_forward", "relu_backward", "bias_add")
