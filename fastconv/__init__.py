@@ -1,1 +1,30 @@
-from fastconv import _kernels
+"""fastconv: train convolutional networks on the CPU at native speed.
+
+>>> import fastconv as fc
+>>> model = fc.Sequential(fc.Conv2d(1, 8, 5, padding=2), fc.ReLU(), fc.MaxPool2d(2),
+...                       fc.Flatten(), fc.Linear(8 * 14 * 14, 10))
+"""
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from fastconv import init
+from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
+from fastconv.backend import BackendMismatchError, get_backend, set_backend
+from fastconv.info import info
+from fastconv.init import manual_seed
+from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from fastconv.losses import SoftmaxCrossEntropy
+from fastconv.module import Module, Parameter, Sequential
+from fastconv.optim import SGD, Optimizer
+
+try:
+    __version__ = _version("fastconv")
+except PackageNotFoundError:  # running from a source tree without metadata
+    __version__ = "0+unknown"
+
+__all__ = [
+    "BackendMismatchError", "Conv2d", "Flatten", "Linear", "MaxPool2d", "Module", "Optimizer",
+    "Parameter", "ReLU", "SGD", "Sequential", "SoftmaxCrossEntropy", "get_backend", "get_isa",
+    "get_num_threads", "info", "init", "manual_seed", "set_backend", "set_isa", "set_num_threads",
+    "supported_isas",
+]

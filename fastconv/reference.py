@@ -4,7 +4,8 @@ These are the correctness oracle for ``fastconv._kernels`` in the tests, and
 the ``reference`` backend (``fc.set_backend("reference")``). They favour
 clarity over speed, but stay vectorized so that small networks train in
 reasonable time. Validation is the native wrappers' job: the twins assume
-valid float32 input.
+valid input. They keep the input's float dtype, so the same twins run in
+float64 for gradient checks (``fc.gradcheck``)
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     """C = alpha * op(A) @ op(B) + beta * C (C written in place when given)."""
     a = A.T if trans_a else A
     b = B.T if trans_b else B
-    prod = np.float32(alpha) * (a @ b)
+    prod = (a @ b) * a.dtype.type(alpha)
     if C is None:
-        return prod.astype(np.float32, copy=False)
+        return prod
     if beta == 0.0:
         C[...] = prod  # BLAS semantics: C is not read when beta == 0
     else:
-        C[...] = prod + np.float32(beta) * C
+        C[...] = prod + C.dtype.type(beta) * C
     return C
 
 
@@ -45,7 +46,7 @@ def conv2d_forward(x, weight, bias, stride, padding):
     y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
     if bias is not None:
         y += bias[None, :, None, None]
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return np.ascontiguousarray(y, dtype=x.dtype)
 
 
 def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
@@ -55,12 +56,12 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     k, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
     win = _windows(x, (kh, kw), stride, padding)
-    dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(np.float32)
-    dbias = dy.sum(axis=(0, 2, 3), dtype=np.float32)
+    dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
+    dbias = dy.sum(axis=(0, 2, 3)).astype(x.dtype)
     dx = None
     if need_dx:
         cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
-        dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.float32)
+        dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         for i in range(kh):  # col2im: scatter-add each kernel tap back
             for j in range(kw):
                 dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, :, i, j]
@@ -94,7 +95,7 @@ def maxpool2d_forward(x, kernel, stride, padding):
     all_neg_inf = np.all(flat == -np.inf, axis=-1)
     am = np.where(all_neg_inf, i0 + j0, am)
     y = np.take_along_axis(flat, am[..., None], axis=-1)[..., 0]
-    return np.ascontiguousarray(y, dtype=np.float32), am.astype(argmax_dtype(kernel))
+    return np.ascontiguousarray(y, dtype=x.dtype), am.astype(argmax_dtype(kernel))
 
 
 def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
@@ -106,19 +107,19 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     rows = np.arange(oh)[:, None] * sh - ph + am // kw
     cols = np.arange(ow)[None, :] * sw - pw + am % kw
     flat_idx = (np.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
-    dx = np.zeros(n * c * h * w, dtype=np.float32)
+    dx = np.zeros(n * c * h * w, dtype=dy.dtype)
     np.add.at(dx, flat_idx.ravel(), dy.ravel())
     return dx.reshape(x_shape)
 
 
 def relu_forward(x):
     """y = max(x, 0); NaN is kept."""
-    return np.where(x < 0, np.float32(0), x).astype(np.float32, copy=False)
+    return np.where(x < 0, x.dtype.type(0), x)
 
 
 def relu_backward(dy, y):
     """dx = dy where y > 0 else 0; dy passes where y is NaN."""
-    return np.where(y <= 0, np.float32(0), dy).astype(np.float32, copy=False)
+    return np.where(y <= 0, dy.dtype.type(0), dy)
 
 
 def bias_add(y, bias):

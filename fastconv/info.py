@@ -1,0 +1,66 @@
+"""What this build is and what it runs: ``fc.info()`` and ``fastconv info``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import _kernels, reference
+from fastconv.backend import get_backend
+
+
+def info() -> dict:
+    """Version, compiler and flags, OpenMP and threads, the SIMD path picked, the backend.
+
+    >>> fc.info()["isa"]
+    'avx2'
+    """
+    from fastconv import __version__
+
+    build = _kernels.build_info()
+    return {
+        "version": __version__,
+        "compiler": build["compiler"],
+        "flags": build["flags"],
+        "openmp": build["openmp"],
+        "openmp_note": "" if build["openmp"] else
+        "built WITHOUT OpenMP: kernels run on one thread; rebuild with an OpenMP compiler",
+        "threads": _kernels.get_num_threads(),
+        "isa": _kernels.get_isa(),
+        "supported_isas": list(_kernels.supported_isas()),
+        "gemm_blocksizes": _kernels.gemm_blocksizes(),
+        "backend": get_backend(),
+    }
+
+
+def self_test(seed: int = 0) -> dict:
+    """Run each native kernel once against its NumPy twin on small random input.
+
+    Returns {kernel: max abs error}; used by ``fastconv info``.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    a = rng.standard_normal((37, 29)).astype(np.float32)
+    c = rng.standard_normal((29, 41)).astype(np.float32)
+    y = reference.conv2d_forward(x, w, b, (1, 1), (1, 1))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    _, am = reference.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
+    dpool = rng.standard_normal(am.shape).astype(np.float32)
+    cases = {
+        "sgemm": ((a, c), {}),
+        "conv2d_forward": ((x, w, b, (1, 1), (1, 1)), {}),
+        "conv2d_backward": ((x, w, dy, (1, 1), (1, 1)), {}),
+        "maxpool2d_forward": ((x, (2, 2), (2, 2), (0, 0)), {}),
+        "maxpool2d_backward": ((dpool, am, x.shape, (2, 2), (2, 2), (0, 0)), {}),
+        "relu_forward": ((x,), {}),
+        "relu_backward": ((dy, y), {}),
+        "bias_add": ((y.copy(), b), {}),
+    }
+    errors = {}
+    for name, (args, kwargs) in cases.items():
+        ref_args = tuple(v.copy() if isinstance(v, np.ndarray) else v for v in args)
+        got, want = getattr(_kernels, name)(*args, **kwargs), getattr(reference, name)(*ref_args, **kwargs)
+        pairs = zip(got, want) if isinstance(got, tuple) else [(got, want)]
+        errors[name] = max(float(np.max(np.abs(g.astype(np.float64) - e))) for g, e in pairs)
+    return errors

@@ -1,0 +1,83 @@
+"""Weight initialization, in place on a Parameter or array.
+
+fan_in = in_channels * kh * kw for a conv weight (in_features for Linear),
+fan_out = out_channels * kh * kw. Layers default to He (Kaiming) normal for
+weights and zeros for biases, the notes' advice for ReLU networks:
+std = sqrt(2 / fan_in).
+
+Random draws come from fastconv's generator, seeded with :func:`manual_seed`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastconv.module import Parameter
+
+_rng = np.random.default_rng()
+
+
+def manual_seed(seed: int) -> None:
+    """Seed the generator that initializes weights (and dropout masks)."""
+    global _rng
+    _rng = np.random.default_rng(seed)
+
+
+def generator() -> np.random.Generator:
+    return _rng
+
+
+def _array(t):
+    a = t.data if isinstance(t, Parameter) else t
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"init: `tensor` must be a Parameter or numpy array; got {type(t).__name__}")
+    return a
+
+
+def _fans(a):
+    if a.ndim < 2:
+        raise ValueError(f"init: fan in/out need a tensor of rank >= 2; got shape {a.shape}")
+    receptive = int(np.prod(a.shape[2:])) if a.ndim > 2 else 1
+    return a.shape[1] * receptive, a.shape[0] * receptive
+
+
+def he_normal_(tensor, gain: float = math.sqrt(2.0)):
+    """Fill with N(0, std^2), std = gain / sqrt(fan_in) (He et al. 2015 for gain sqrt(2))."""
+    a = _array(tensor)
+    fan_in, _ = _fans(a)
+    a[...] = _rng.normal(0.0, gain / math.sqrt(fan_in), a.shape)
+    return tensor
+
+
+def he_uniform_(tensor, gain: float = math.sqrt(2.0)):
+    """Fill with U(-b, b), b = gain * sqrt(3 / fan_in) (same variance as he_normal_)."""
+    a = _array(tensor)
+    fan_in, _ = _fans(a)
+    bound = gain * math.sqrt(3.0 / fan_in)
+    a[...] = _rng.uniform(-bound, bound, a.shape)
+    return tensor
+
+
+def xavier_normal_(tensor, gain: float = 1.0):
+    """Fill with N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
+    a = _array(tensor)
+    fan_in, fan_out = _fans(a)
+    a[...] = _rng.normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), a.shape)
+    return tensor
+
+
+def xavier_uniform_(tensor, gain: float = 1.0):
+    """Fill with U(-b, b), b = gain * sqrt(6 / (fan_in + fan_out))."""
+    a = _array(tensor)
+    fan_in, fan_out = _fans(a)
+    bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
+    a[...] = _rng.uniform(-bound, bound, a.shape)
+    return tensor
+
+
+def zeros_(tensor):
+    """Fill with zeros."""
+    _array(tensor)[...] = 0
+    return tensor

@@ -1,0 +1,248 @@
+"""The core layers: Conv2d, MaxPool2d, ReLU, Linear, Flatten.
+
+Each direction is one kernel call through :func:`fastconv.backend.kernel`.
+Inputs are float32 NumPy arrays (float64 too under the ``reference``
+backend, which gradient checks use); any memory layout is accepted and
+made C-contiguous. Conv2d and MaxPool2d also take unbatched (C, H, W)
+input, as PyTorch does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv import init
+from fastconv.backend import get_backend, kernel
+from fastconv.module import Module, Parameter
+
+
+def _pair(layer, name, v, minimum):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        v = (v, v)
+    if (not isinstance(v, (tuple, list)) or len(v) != 2
+            or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) for e in v)):
+        raise TypeError(f"{layer}: `{name}` must be an int or a pair of ints; got {v!r}")
+    if min(v) < minimum:
+        raise ValueError(f"{layer}: `{name}` must be >= {minimum}; got {tuple(v)}")
+    return int(v[0]), int(v[1])
+
+
+def _positive_int(layer, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{layer}: `{name}` must be an int; got {v!r}")
+    if v < 1:
+        raise ValueError(f"{layer}: `{name}` must be >= 1; got {v}")
+    return int(v)
+
+
+def check_input(layer, x, ranks, what="x"):
+    """Return x as a C-contiguous float array of one of the given ranks, or raise."""
+    allowed = (np.float32, np.float64) if get_backend() == "reference" else (np.float32,)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{layer}: `{what}` must be a float32 numpy array; got {type(x).__name__}")
+    if x.dtype not in allowed:
+        raise TypeError(f"{layer}: `{what}` must be a float32 array; got dtype {x.dtype} with shape {x.shape}")
+    if x.ndim not in ranks:
+        want = " or ".join(str(r) for r in ranks)
+        raise ValueError(f"{layer}: `{what}` must have rank {want}; got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _batched(layer, x, channels=None):
+    """(x as NCHW, whether a batch axis was added) for (N, C, H, W) or (C, H, W) input."""
+    x = check_input(layer, x, (3, 4))
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{layer}: `x` must have {channels} channels, shape (N, {channels}, H, W); "
+            f"got shape {x.shape[1:] if unbatched else x.shape}")
+    return x, unbatched
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation, as PyTorch) with zero padding.
+
+    y[n, k, i, j] = bias[k] + sum_{c, u, v} weight[k, c, u, v] * x_pad[n, c, i*sh + u, j*sw + v]
+
+    Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, OH, OW) with
+    OH = (H + 2*ph - kh) // sh + 1 (OW likewise). ``weight`` has shape
+    (out_channels, in_channels, kh, kw), as PyTorch. Default init: He normal
+    weights (std sqrt(2 / fan_in), fan_in = in_channels*kh*kw), zero bias.
+
+    >>> conv = Conv2d(3, 16, kernel_size=3, padding=1)
+    >>> conv(np.zeros((8, 3, 32, 32), np.float32)).shape
+    (8, 16, 32, 32)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        name = "Conv2d"
+        self.in_channels = _positive_int(name, "in_channels", in_channels)
+        self.out_channels = _positive_int(name, "out_channels", out_channels)
+        self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
+        self.stride = _pair(name, "stride", stride, 1)
+        self.padding = _pair(name, "padding", padding, 0)
+        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, np.float32))
+        init.he_normal_(self.weight)
+        self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        x, unbatched = _batched("Conv2d", x, self.in_channels)
+        kh, kw = self.kernel_size
+        (ph, pw), (h, w) = self.padding, x.shape[2:]
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"Conv2d: kernel size {self.kernel_size} is larger than the padded input "
+                f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {self.padding})")
+        b = self.bias.data if self.bias is not None else None
+        y = kernel("conv2d_forward")(x, self.weight.data.astype(x.dtype, copy=False),
+                                     None if b is None else b.astype(x.dtype, copy=False),
+                                     self.stride, self.padding)
+        self._cache = (x, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        x, unbatched = self._cache
+        dy = check_input("Conv2d.backward", dy, (3,) if unbatched else (4,), "dy")
+        dy = dy[None] if unbatched else dy
+        dx, dw, db = kernel("conv2d_backward")(x, self.weight.data.astype(x.dtype, copy=False), dy,
+                                               self.stride, self.padding)
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        return dx[0] if unbatched else dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+
+
+class MaxPool2d(Module):
+    """Max over kh x kw windows; the backward routes each gradient to the window's
+    recorded winner. ``stride`` defaults to ``kernel_size``; ``padding`` (at most
+    half the kernel) counts as -inf. Ties go to the first maximum in row-major
+    window order; NaN propagates; as PyTorch.
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = "MaxPool2d"
+        self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _pair(name, "stride", stride, 1)
+        self.padding = _pair(name, "padding", padding, 0)
+        if 2 * self.padding[0] > self.kernel_size[0] or 2 * self.padding[1] > self.kernel_size[1]:
+            raise ValueError(
+                f"MaxPool2d: `padding` must be at most half of `kernel_size` {self.kernel_size}; "
+                f"got {self.padding}")
+        self._cache = None
+
+    def forward(self, x):
+        x, unbatched = _batched("MaxPool2d", x)
+        (kh, kw), (ph, pw), (h, w) = self.kernel_size, self.padding, x.shape[2:]
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"MaxPool2d: kernel size {self.kernel_size} is larger than the padded input "
+                f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {self.padding})")
+        y, argmax = kernel("maxpool2d_forward")(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (x.shape, argmax, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        x_shape, argmax, unbatched = self._cache
+        dy = check_input("MaxPool2d.backward", dy, (3,) if unbatched else (4,), "dy")
+        dy = dy[None] if unbatched else dy
+        dx = kernel("maxpool2d_backward")(dy, argmax, x_shape, self.kernel_size, self.stride, self.padding)
+        return dx[0] if unbatched else dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class ReLU(Module):
+    """y = max(x, 0), element-wise; dx = dy where y > 0. NaN propagates."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = check_input("ReLU", x, range(0, 33))
+        self._y = kernel("relu_forward")(x)
+        return self._y
+
+    def backward(self, dy):
+        dy = check_input("ReLU.backward", dy, (self._y.ndim,), "dy")
+        return kernel("relu_backward")(dy, self._y)
+
+
+class Linear(Module):
+    """Fully connected: y = x @ weight.T + bias, for x of shape (*, in_features).
+
+    ``weight`` is (out_features, in_features), as PyTorch. Default init: He
+    normal weights (std sqrt(2 / in_features)), zero bias.
+    """
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        self.in_features = _positive_int("Linear", "in_features", in_features)
+        self.out_features = _positive_int("Linear", "out_features", out_features)
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), np.float32))
+        init.he_normal_(self.weight)
+        self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
+        self._cache = None
+
+    def forward(self, x):
+        x = check_input("Linear", x, range(1, 33))
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear: `x` must have {self.in_features} features in its last axis; got shape {x.shape}")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        w = self.weight.data.astype(x.dtype, copy=False)
+        y = kernel("sgemm")(x2, w, trans_b=True)
+        if self.bias is not None:
+            y = kernel("bias_add")(y, self.bias.data.astype(x.dtype, copy=False))
+        self._cache = (x2, lead)
+        return y.reshape(lead + (self.out_features,))
+
+    def backward(self, dy):
+        x2, lead = self._cache
+        dy = check_input("Linear.backward", dy, (len(lead) + 1,), "dy").reshape(-1, self.out_features)
+        w = self.weight.data.astype(x2.dtype, copy=False)
+        dx = kernel("sgemm")(dy, w)
+        if self.weight.grad.dtype == dy.dtype:  # accumulate in place: dW += dy.T @ x
+            kernel("sgemm")(dy, x2, self.weight.grad, trans_a=True, beta=1.0)
+        else:
+            self.weight.grad += kernel("sgemm")(dy, x2, trans_a=True)
+        if self.bias is not None:
+            self.bias.grad += dy.sum(axis=0)
+        return dx.reshape(lead + (self.in_features,))
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Flatten(Module):
+    """Reshape dims ``start_dim..end_dim`` into one (default: all but the batch axis)."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self._shape = None
+
+    def forward(self, x):
+        x = check_input("Flatten", x, range(1, 33))
+        start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
+        if start > end:
+            raise ValueError(f"Flatten: start_dim {self.start_dim} comes after end_dim {self.end_dim} for shape {x.shape}")
+        self._shape = x.shape
+        return x.reshape(x.shape[:start] + (int(np.prod(x.shape[start:end + 1])),) + x.shape[end + 1:])
+
+    def backward(self, dy):
+        return np.asarray(dy).reshape(self._shape)
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,0 +1,150 @@
+"""Optimizers with PyTorch's update rules, argument names and defaults.
+
+One base class owns parameter groups, ``zero_grad`` and the state dict;
+each optimizer implements only ``_update`` for one parameter.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from fastconv.module import Parameter
+
+
+class Optimizer:
+    """Base class. ``params`` is an iterable of Parameters, or of dicts
+    ``{"params": [...], "lr": ...}`` (parameter groups with their own settings).
+    ``param_groups[i]["lr"]`` is what learning-rate schedules change."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: `params` is an empty list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        self.state: dict[int, dict] = {}
+        seen = set()
+        for i, group in enumerate(groups):
+            if not isinstance(group, dict) or "params" not in group:
+                raise TypeError(f"{type(self).__name__}: param group {i} must be a dict with 'params'")
+            group = {**self.defaults, **group, "params": list(group["params"])}
+            for p in group["params"]:
+                if not isinstance(p, Parameter):
+                    raise TypeError(f"{type(self).__name__}: params must be Parameters; got {type(p).__name__}")
+                if id(p) in seen:
+                    raise ValueError(f"{type(self).__name__}: a parameter appears in more than one group")
+                seen.add(id(p))
+            self._check_hyperparameters(group)
+            self.param_groups.append(group)
+
+    def _check_hyperparameters(self, group):
+        for key in self.defaults:
+            v = group[key]
+            if isinstance(v, (bool, tuple)):
+                continue
+            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {v!r}")
+
+    def _indexed(self):
+        """(index, param, group) over all parameters; indices key the state, as PyTorch."""
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                yield i, p, group
+                i += 1
+
+    def zero_grad(self) -> None:
+        """Reset the gradients of every parameter to zero."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad.fill(0)
+
+    def step(self) -> None:
+        """Update every parameter from its ``.grad``."""
+        for i, p, group in self._indexed():
+            self._update(p, self.state.setdefault(i, {}), group)
+
+    def _update(self, p: Parameter, state: dict, group: dict) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """``{"state": {index: {buffer: array}}, "param_groups": [...]}`` (copies), as PyTorch."""
+        ids = iter(range(10**9))
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [next(ids) for _ in g["params"]]}
+                  for g in self.param_groups]
+        state = {i: copy.deepcopy(s) for i, s in self.state.items() if s}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore buffers and hyperparameters saved by :meth:`state_dict` (copied)."""
+        groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+        if groups is None or "state" not in state_dict:
+            raise ValueError("load_state_dict: `state_dict` must have 'state' and 'param_groups' keys")
+        if len(groups) != len(self.param_groups) or any(
+                len(g["params"]) != len(mine["params"]) for g, mine in zip(groups, self.param_groups)):
+            raise ValueError(
+                "load_state_dict: the saved param groups have sizes "
+                f"{[len(g['params']) for g in groups]}; this optimizer has "
+                f"{[len(g['params']) for g in self.param_groups]}")
+        params = {i: p for i, p, _ in self._indexed()}
+        new_state = {}
+        for key, buffers in state_dict["state"].items():
+            i = int(key)
+            if i not in params:
+                raise ValueError(f"load_state_dict: state for parameter {i}, which does not exist")
+            new_state[i] = {}
+            for name, value in buffers.items():
+                if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+                    value = np.array(value, dtype=np.float32, copy=True)
+                    if value.shape != params[i].data.shape:
+                        raise ValueError(
+                            f"load_state_dict: buffer {name!r} of parameter {i} must have shape "
+                            f"{params[i].data.shape}; got {value.shape}")
+                new_state[i][name] = value
+        for mine, saved in zip(self.param_groups, groups):
+            mine.update({k: v for k, v in saved.items() if k != "params"})
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k != "params"]
+        return "\n".join(lines + [")"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with momentum, PyTorch's rule:
+
+        g = grad + weight_decay * p
+        buf = g (first step), then buf = momentum * buf + (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+
+    ``weight_decay`` is L2 regularization (0.5 * wd * |p|^2 added to the loss).
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
+                                      weight_decay=weight_decay, nesterov=bool(nesterov)))
+        for g in self.param_groups:
+            if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
+                raise ValueError("SGD: Nesterov momentum requires a momentum > 0 and zero dampening")
+
+    def _update(self, p, state, group):
+        g = p.grad
+        if group["weight_decay"]:
+            g = g + np.float32(group["weight_decay"]) * p.data
+        momentum = group["momentum"]
+        if momentum:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = np.array(g, dtype=np.float32, copy=True)
+            else:
+                buf *= np.float32(momentum)
+                buf += np.float32(1 - group["dampening"]) * g
+            g = g + np.float32(momentum) * buf if group["nesterov"] else buf
+        p.data -= np.float32(group["lr"]) * g
