@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from fastconv import init
 from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
+from fastconv.gradcheck import GradcheckResult, gradcheck
 from fastconv.info import info
 from fastconv.init import manual_seed
 from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
@@ -23,7 +24,7 @@ except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = "0+unknown"
 
 __all__ = [
-    "BackendMismatchError", "Conv2d", "Flatten", "Linear", "MaxPool2d", "Module", "Optimizer",
+    "BackendMismatchError", "Conv2d", "GradcheckResult", "gradcheck", "Flatten", "Linear", "MaxPool2d", "Module", "Optimizer",
     "Parameter", "ReLU", "SGD", "Sequential", "SoftmaxCrossEntropy", "get_backend", "get_isa",
     "get_num_threads", "info", "init", "manual_seed", "set_backend", "set_isa", "set_num_threads",
     "supported_isas",
