@@ -100,7 +100,7 @@ def maxpool2d_forward(x, kernel, stride, padding):
 
 def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     """dx of x_shape: each dy[n, c, oy, ox] added at its argmax position."""
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    (_, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
     am = argmax.astype(np.int64)

@@ -1,0 +1,336 @@
+"""conv2d_forward / conv2d_backward: native kernels against their NumPy twins
+(on every ISA x {1, 2} threads) and against PyTorch; independence from
+batch chunking, determinism, and input validation."""
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastconv import _kernels, reference
+
+from conftest import rand
+
+try:
+    import torch
+except ImportError:  # PyTorch comparisons are skipped without it
+    torch = None
+
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
+FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+class Conv(NamedTuple):
+    """One convolution problem: x (n, c, h, w), weight (k, c, kh, kw)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    k: int
+    kh: int
+    kw: int
+    stride: tuple
+    padding: tuple
+
+    @property
+    def out(self):
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        return (self.h + 2 * ph - self.kh) // sh + 1, (self.w + 2 * pw - self.kw) // sw + 1
+
+    def arrays(self, rng):
+        """x, weight, bias and an upstream gradient dy, all float32."""
+        x = rand(rng, self.n, self.c, self.h, self.w)
+        weight = rand(rng, self.k, self.c, self.kh, self.kw)
+        bias = rand(rng, self.k)
+        dy = rand(rng, self.n, self.k, *self.out)
+        return x, weight, bias, dy
+
+
+def assert_close(actual, expected, magnitude, length, what):
+    """Elementwise |actual - expected| <= 4 sqrt(length) eps * magnitude.
+
+    `magnitude` is the same sum with every term made non-negative, and
+    `length` the number of terms summed. The error of a float32 sum of
+    random terms grows like eps * magnitude; the sqrt(length) factor leaves
+    room for either implementation's summation order, while a misplaced or
+    missing term (about magnitude / length) still shows for the reduction
+    lengths used here.
+    """
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == np.float32, f"{what}: dtype {actual.dtype}"
+    tol = 4 * np.sqrt(length) * EPS * magnitude.astype(np.float64)
+    err = np.abs(actual.astype(np.float64) - expected)
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert np.all(err <= tol), (
+        f"{what}: error {err[worst]:.3g} > tolerance {tol[worst]:.3g} at {worst} "
+        f"(got {actual[worst]!r}, expected {expected[worst]!r})")
+
+
+def check_forward(conv, x, weight, bias):
+    y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+    expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+    abs_bias = None if bias is None else np.abs(bias)
+    magnitude = reference.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, conv.stride, conv.padding)
+    assert_close(y, expected, magnitude, conv.c * conv.kh * conv.kw + 1, "y")
+
+
+def check_backward(conv, x, weight, dy, need_dx):
+    dx, dw, db = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding, need_dx=need_dx)
+    ex_dx, ex_dw, ex_db = reference.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+    mag_dx, mag_dw, mag_db = reference.conv2d_backward(
+        np.abs(x), np.abs(weight), np.abs(dy), conv.stride, conv.padding)
+    batch_terms = conv.n * conv.out[0] * conv.out[1]
+    assert_close(dw, ex_dw, mag_dw, batch_terms, "dweight")
+    assert_close(db, ex_db, mag_db, batch_terms, "dbias")
+    if need_dx:
+        assert_close(dx, ex_dx, mag_dx, conv.k * conv.kh * conv.kw, "dx")
+    else:
+        assert dx is None
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+@st.composite
+def convs(draw, max_n=4):
+    """Any valid problem: every stride 1..3, padding 0..kernel-1, image sizes
+    from the smallest that fits the kernel (a 1x1 output) up."""
+    n, c, k = draw(st.integers(1, max_n)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    h_min, w_min = max(1, kh - 2 * ph), max(1, kw - 2 * pw)
+    h, w = draw(st.integers(h_min, h_min + 9)), draw(st.integers(w_min, w_min + 9))
+    stride = draw(st.sampled_from([1, 2, 3]) | st.tuples(st.integers(1, 3), st.integers(1, 3)))
+    padding = ph if ph == pw and draw(st.booleans()) else (ph, pw)
+    return Conv(n, c, h, w, k, kh, kw, _pair(stride), _pair(padding)), stride, padding
+
+
+# Edge cases named, so that every run covers them whatever hypothesis draws.
+EDGES = {
+    "kernel-fills-padded-image": Conv(1, 3, 3, 5, 2, 5, 7, (1, 1), (1, 1)),
+    "pointwise-identity": Conv(3, 5, 7, 6, 4, 1, 1, (1, 1), (0, 0)),
+    "pointwise-strided": Conv(2, 3, 7, 8, 4, 1, 1, (2, 1), (0, 0)),
+    "pointwise-batch1": Conv(1, 6, 5, 9, 3, 1, 1, (1, 1), (0, 0)),
+    "c1-k1": Conv(5, 1, 11, 13, 1, 3, 3, (2, 3), (1, 2)),
+    "primes-nonsquare": Conv(3, 2, 13, 7, 5, 5, 3, (3, 2), (4, 2)),
+    "stride-beyond-kernel": Conv(2, 2, 10, 10, 3, 2, 2, (3, 3), (1, 1)),
+    "all-padding-taps": Conv(2, 2, 2, 2, 3, 3, 3, (2, 2), (1, 1)),
+    "single-pixel": Conv(2, 1, 1, 1, 2, 5, 5, (1, 1), (2, 2)),
+    "odd-batch-split": Conv(7, 3, 9, 8, 4, 3, 2, (1, 2), (1, 0)),
+    "batch1-large": Conv(1, 8, 30, 31, 6, 3, 3, (1, 1), (1, 1)),
+}
+
+
+# ---------------------------------------------------------------------------
+# against the NumPy twins
+
+@FIXTURE_OK
+@given(case=convs(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_forward_matches_reference(isa_threads, case, with_bias, seed):
+    conv, stride, padding = case
+    x, weight, bias, _ = conv.arrays(np.random.default_rng(seed))
+    bias = bias if with_bias else None
+    y = _kernels.conv2d_forward(x, weight, bias, stride, padding)
+    assert y.shape == (conv.n, conv.k) + conv.out
+    check_forward(conv, x, weight, bias)
+
+
+@FIXTURE_OK
+@given(case=convs(), need_dx=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_backward_matches_reference(isa_threads, case, need_dx, seed):
+    conv, stride, padding = case
+    x, weight, _, dy = conv.arrays(np.random.default_rng(seed))
+    check_backward(conv, x, weight, dy, need_dx)
+
+
+@pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_forward_edges(isa_threads, rng, conv, with_bias):
+    x, weight, bias, _ = conv.arrays(rng)
+    check_forward(conv, x, weight, bias if with_bias else None)
+
+
+@pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
+def test_backward_edges(isa_threads, rng, conv, need_dx):
+    x, weight, _, dy = conv.arrays(rng)
+    check_backward(conv, x, weight, dy, need_dx)
+
+
+def test_need_dx_false_gives_the_same_parameter_gradients(isa_threads, rng):
+    conv = EDGES["odd-batch-split"]
+    x, weight, _, dy = conv.arrays(rng)
+    with_dx = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+    without = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding, need_dx=False)
+    assert without[0] is None
+    np.testing.assert_array_equal(with_dx[1], without[1])
+    np.testing.assert_array_equal(with_dx[2], without[2])
+
+
+def test_empty_batch(rng):
+    conv = Conv(0, 3, 6, 6, 4, 3, 3, (1, 1), (1, 1))
+    x, weight, bias, dy = conv.arrays(rng)
+    assert _kernels.conv2d_forward(x, weight, bias, 1, 1).shape == (0, 4, 6, 6)
+    dx, dw, db = _kernels.conv2d_backward(x, weight, dy, 1, 1)
+    assert dx.shape == x.shape
+    assert not dw.any() and not db.any()
+
+
+# ---------------------------------------------------------------------------
+# chunking and determinism
+
+@pytest.mark.parametrize("conv", [EDGES["odd-batch-split"], EDGES["pointwise-identity"]._replace(n=7)],
+                         ids=["3x2", "pointwise"])
+def test_batch_chunking_does_not_change_results(isa_threads, rng, conv):
+    """Per-image outputs are the same whether the batch runs whole or in
+    parts (parts of 1 image run the GEMM multi-threaded, larger ones split
+    the batch over threads)."""
+    x, weight, bias, dy = conv.arrays(rng)
+    y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+    dx = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)[0]
+    for lo, hi in [(0, 1), (1, 3), (3, 7)]:
+        part = _kernels.conv2d_forward(x[lo:hi], weight, bias, conv.stride, conv.padding)
+        np.testing.assert_array_equal(part, y[lo:hi])
+        part_dx = _kernels.conv2d_backward(x[lo:hi], weight, dy[lo:hi], conv.stride, conv.padding)[0]
+        np.testing.assert_array_equal(part_dx, dx[lo:hi])
+
+
+@pytest.mark.parametrize("n", [1, 5], ids=["batch1", "batch5"])
+def test_bitwise_deterministic(isa_threads, rng, n):
+    conv = Conv(n, 6, 12, 11, 10, 3, 3, (1, 1), (1, 1))
+    x, weight, bias, dy = conv.arrays(rng)
+    first_y = _kernels.conv2d_forward(x, weight, bias, 1, 1)
+    first = _kernels.conv2d_backward(x, weight, dy, 1, 1)
+    for _ in range(3):
+        np.testing.assert_array_equal(_kernels.conv2d_forward(x, weight, bias, 1, 1), first_y)
+        for got, want in zip(_kernels.conv2d_backward(x, weight, dy, 1, 1), first):
+            np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------
+# against PyTorch
+
+TORCH_CASES = {
+    "lenet-conv2": Conv(4, 8, 14, 14, 16, 5, 5, (1, 1), (2, 2)),
+    "stem-7x7-s2": Conv(3, 3, 17, 19, 8, 7, 7, (2, 2), (3, 3)),
+    "mixed": Conv(2, 5, 11, 6, 7, 4, 2, (3, 1), (2, 1)),
+    "pointwise": Conv(3, 16, 5, 5, 8, 1, 1, (1, 1), (0, 0)),
+}
+
+
+@needs_torch
+@pytest.mark.parametrize("conv", TORCH_CASES.values(), ids=TORCH_CASES.keys())
+def test_matches_pytorch(isa_threads, rng, conv):
+    x, weight, bias, dy = conv.arrays(rng)
+    tx, tw, tb = (torch.from_numpy(a.copy()).requires_grad_() for a in (x, weight, bias))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=conv.stride, padding=conv.padding)
+    ty.backward(torch.from_numpy(dy))
+
+    y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+    dx, dw, db = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+    mag_y = reference.conv2d_forward(np.abs(x), np.abs(weight), np.abs(bias), conv.stride, conv.padding)
+    mag_dx, mag_dw, mag_db = reference.conv2d_backward(
+        np.abs(x), np.abs(weight), np.abs(dy), conv.stride, conv.padding)
+    batch_terms = conv.n * conv.out[0] * conv.out[1]
+    assert_close(y, ty.detach().numpy(), mag_y, conv.c * conv.kh * conv.kw + 1, "y")
+    assert_close(dx, tx.grad.numpy(), mag_dx, conv.k * conv.kh * conv.kw, "dx")
+    assert_close(dw, tw.grad.numpy(), mag_dw, batch_terms, "dweight")
+    assert_close(db, tb.grad.numpy(), mag_db, batch_terms, "dbias")
+
+
+# ---------------------------------------------------------------------------
+# validation
+
+def _x(*shape, dtype=np.float32):
+    return np.zeros(shape, dtype=dtype)
+
+
+GOOD_X, GOOD_W, GOOD_B, GOOD_DY = _x(2, 3, 8, 8), _x(4, 3, 3, 3), _x(4), _x(2, 4, 6, 6)
+
+# (forward and backward arguments, error, message): each case differs from a
+# valid call in one argument. Both kernels share the x/weight/stride/padding
+# validation, so those cases run through both.
+SHARED_ERRORS = {
+    "x-dtype": (dict(x=_x(2, 3, 8, 8, dtype=np.float64)), TypeError,
+                r"`x` must be a float32 array; got float64 array with shape \(2, 3, 8, 8\)"),
+    "x-list": (dict(x=[[[[0.0]]]]), TypeError, r"`x` must be a float32 numpy array of rank 4; got list"),
+    "x-rank": (dict(x=_x(3, 8, 8)), ValueError, r"`x` must have rank 4; got float32 array with shape \(3, 8, 8\)"),
+    "x-noncontiguous": (dict(x=_x(2, 3, 8, 16)[..., ::2]), ValueError,
+                        r"`x` must be C-contiguous; got non-contiguous float32 array"),
+    "x-no-channels": (dict(x=_x(2, 0, 8, 8)), ValueError, r"`x` must have non-zero C, H and W"),
+    "weight-dtype": (dict(weight=_x(4, 3, 3, 3, dtype=np.float16)), TypeError, r"`weight` must be a float32 array"),
+    "weight-rank": (dict(weight=_x(4, 27)), ValueError, r"`weight` must have rank 4"),
+    "channel-mismatch": (dict(weight=_x(4, 2, 3, 3)), ValueError,
+                         r"`weight` must have 3 input channels to match `x` \(2, 3, 8, 8\); "
+                         r"got weight shape \(4, 2, 3, 3\)"),
+    "kernel-taller-than-padded": (dict(weight=_x(4, 3, 11, 3)), ValueError,
+                                  r"kernel height 11 is larger than the padded input height 8 \+ 2\*0 = 8"),
+    "kernel-wider-than-padded": (dict(weight=_x(4, 3, 3, 11), padding=1), ValueError,
+                                 r"kernel width 11 is larger than the padded input width 8 \+ 2\*1 = 10"),
+    "stride-0": (dict(stride=0), ValueError, r"`stride` must be >= 1; got \(0, 0\)"),
+    "stride-pair-0": (dict(stride=(1, 0)), ValueError, r"`stride` must be >= 1; got \(1, 0\)"),
+    "stride-float": (dict(stride=1.5), TypeError, r"`stride` must be an int or an \(h, w\) pair of ints; got 1.5"),
+    "stride-bool": (dict(stride=True), TypeError, r"`stride` must be an int or an \(h, w\) pair"),
+    "stride-triple": (dict(stride=(1, 1, 1)), TypeError, r"`stride` must be an int or an \(h, w\) pair"),
+    "padding-negative": (dict(padding=-1), ValueError, r"`padding` must be >= 0; got \(-1, -1\)"),
+    "padding-pair-negative": (dict(padding=(0, -2)), ValueError, r"`padding` must be >= 0; got \(0, -2\)"),
+}
+
+FORWARD_ERRORS = {
+    "bias-shape": (dict(bias=_x(5)), ValueError, r"`bias` must have shape \(4,\); got \(5,\)"),
+    "bias-rank": (dict(bias=_x(1, 4)), ValueError, r"`bias` must have rank 1"),
+    "bias-dtype": (dict(bias=_x(4, dtype=np.float64)), TypeError, r"`bias` must be a float32 array"),
+}
+
+BACKWARD_ERRORS = {
+    "dy-shape": (dict(dy=_x(2, 4, 8, 8)), ValueError, r"`dy` must have shape \(2, 4, 6, 6\); got \(2, 4, 8, 8\)"),
+    "dy-channels": (dict(dy=_x(2, 5, 6, 6)), ValueError, r"`dy` must have shape \(2, 4, 6, 6\)"),
+    "dy-dtype": (dict(dy=_x(2, 4, 6, 6, dtype=np.float64)), TypeError, r"`dy` must be a float32 array"),
+    "dy-noncontiguous": (dict(dy=_x(2, 4, 6, 12)[..., ::2]), ValueError, r"`dy` must be C-contiguous"),
+}
+
+
+def _forward(x=GOOD_X, weight=GOOD_W, bias=GOOD_B, stride=1, padding=0):
+    return _kernels.conv2d_forward(x, weight, bias, stride, padding)
+
+
+def _backward(x=GOOD_X, weight=GOOD_W, dy=GOOD_DY, stride=1, padding=0):
+    # The expected dy shape follows the other arguments, so that a bad x,
+    # weight, stride or padding is what the kernel reports.
+    return _kernels.conv2d_backward(x, weight, dy, stride, padding)
+
+
+@pytest.mark.parametrize("fn", [_forward, _backward], ids=["forward", "backward"])
+@pytest.mark.parametrize("kwargs, error, match", SHARED_ERRORS.values(), ids=SHARED_ERRORS.keys())
+def test_shared_validation(fn, kwargs, error, match):
+    name = "conv2d_forward" if fn is _forward else "conv2d_backward"
+    with pytest.raises(error, match=f"{name}: .*{match}"):
+        fn(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", FORWARD_ERRORS.values(), ids=FORWARD_ERRORS.keys())
+def test_forward_validation(kwargs, error, match):
+    with pytest.raises(error, match=f"conv2d_forward: {match}"):
+        _forward(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, error, match", BACKWARD_ERRORS.values(), ids=BACKWARD_ERRORS.keys())
+def test_backward_validation(kwargs, error, match):
+    with pytest.raises(error, match=f"conv2d_backward: {match}"):
+        _backward(**kwargs)
+
+
+def test_valid_defaults_pass():
+    """The validation cases above differ from these calls in one argument only."""
+    assert _forward().shape == GOOD_DY.shape
+    assert _backward()[1].shape == GOOD_W.shape
