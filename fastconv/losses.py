@@ -78,3 +78,57 @@ class SoftmaxCrossEntropy(Loss):
         scale = self._scale(n)
         self._grad = (grad * scale).astype(scores.dtype, copy=False)
         return float(losses.sum(dtype=np.float64) * scale)
+
+
+class MulticlassSVM(Loss):
+    """The multiclass SVM (Weston-Watkins) hinge loss of the notes:
+
+        L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin)        (squared=False)
+        L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin) ** 2   (squared=True, the L2-SVM)
+
+    averaged over the batch (``reduction="mean"``) or summed. Example from the
+    notes: scores [13, -7, 11], true class 0, margin 10 give 0 + 8 = 8.
+
+    PyTorch's ``MultiMarginLoss(p=1, margin=m)`` computes the same sum but
+    also divides each L_i by the number of classes C: ours = C * theirs
+    (with p=2, ``squared=True``).
+    """
+
+    def __init__(self, margin: float = 1.0, squared: bool = False, reduction: str = "mean"):
+        super().__init__(reduction)
+        if not np.isfinite(margin):
+            raise ValueError(f"MulticlassSVM: `margin` must be a finite number; got {margin!r}")
+        self.margin, self.squared = float(margin), bool(squared)
+
+    def forward(self, scores, y) -> float:
+        scores = check_input("MulticlassSVM", scores, (2,), "scores")
+        n, c = scores.shape
+        y = check_labels("MulticlassSVM", y, n, c)
+        rows = np.arange(n)
+        margins = np.maximum(0, scores - scores[rows, y][:, None] + scores.dtype.type(self.margin))
+        margins[rows, y] = 0
+        per_class = 2 * margins if self.squared else (margins > 0).astype(scores.dtype)
+        per_class[rows, y] = -per_class.sum(axis=1)
+        scale = self._scale(n)
+        self._grad = (per_class * scale).astype(scores.dtype, copy=False)
+        if n == 0:
+            return float("nan") if self.reduction == "mean" else 0.0
+        losses = (margins.astype(np.float64) ** 2 if self.squared else margins).sum(dtype=np.float64)
+        return float(losses * scale)
+
+    def __repr__(self):
+        return f"MulticlassSVM(margin={self.margin}, squared={self.squared}, reduction={self.reduction!r})"
+
+
+def l2_penalty(model, reg: float, include_bias: bool = False) -> float:
+    """The L2 regularization term 0.5 * reg * sum(w ** 2) over the model's weights.
+
+    Parameters named ``bias`` are left out unless ``include_bias``. This is
+    the value a loss curve adds to the data loss; its gradient, reg * w, is
+    what the optimizers' ``weight_decay=reg`` applies (to every parameter).
+    """
+    if not np.isfinite(reg) or reg < 0:
+        raise ValueError(f"l2_penalty: `reg` must be a finite number >= 0; got {reg!r}")
+    total = sum(float(np.sum(np.square(p.data, dtype=np.float64)))
+                for name, p in model.named_parameters() if include_bias or not name.endswith("bias"))
+    return 0.5 * reg * total

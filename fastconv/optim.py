@@ -97,7 +97,9 @@ class Optimizer:
                 raise ValueError(f"load_state_dict: state for parameter {i}, which does not exist")
             new_state[i] = {}
             for name, value in buffers.items():
-                if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+                if np.ndim(value) == 0:  # a step count, saved as a number or a 0-d array
+                    value = np.asarray(value).item()
+                elif isinstance(value, np.ndarray) or hasattr(value, "__array__"):
                     value = np.array(value, dtype=np.float32, copy=True)
                     if value.shape != params[i].data.shape:
                         raise ValueError(
@@ -148,3 +150,111 @@ class SGD(Optimizer):
                 buf += np.float32(1 - group["dampening"]) * g
             g = g + np.float32(momentum) * buf if group["nesterov"] else buf
         p.data -= np.float32(group["lr"]) * g
+
+
+def _decayed(p, group):
+    """The gradient with L2 weight decay folded in: grad + weight_decay * p."""
+    wd = group["weight_decay"]
+    return p.grad + np.float32(wd) * p.data if wd else p.grad
+
+
+class Adagrad(Optimizer):
+    """Adagrad, PyTorch's rule: per-parameter rates shrinking with the summed squared gradients.
+
+        g = grad + weight_decay * p;  sum += g^2
+        p -= lr / (1 + (t - 1) * lr_decay) * g / (sqrt(sum) + eps)
+    """
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
+        super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
+                                      initial_accumulator_value=initial_accumulator_value, eps=eps))
+
+    def _update(self, p, state, group):
+        if not state:
+            state["step"] = 0
+            state["sum"] = np.full_like(p.data, group["initial_accumulator_value"])
+        state["step"] += 1
+        g = _decayed(p, group)
+        clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])
+        state["sum"] += g * g
+        p.data -= np.float32(clr) * g / (np.sqrt(state["sum"]) + np.float32(group["eps"]))
+
+
+class RMSprop(Optimizer):
+    """RMSprop, PyTorch's rule (the notes' leaky Adagrad):
+
+        g = grad + weight_decay * p;  v = alpha * v + (1 - alpha) * g^2
+        avg = sqrt(v - m^2) + eps with m = alpha * m + (1 - alpha) * g if centered, else sqrt(v) + eps
+        buf = momentum * buf + g / avg;  p -= lr * buf   (p -= lr * g / avg without momentum)
+    """
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                      momentum=momentum, centered=bool(centered)))
+
+    def _update(self, p, state, group):
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = np.zeros_like(p.data)
+            if group["momentum"] > 0:
+                state["momentum_buffer"] = np.zeros_like(p.data)
+            if group["centered"]:
+                state["grad_avg"] = np.zeros_like(p.data)
+        state["step"] += 1
+        g = _decayed(p, group)
+        alpha = np.float32(group["alpha"])
+        v = state["square_avg"]
+        v *= alpha
+        v += (1 - alpha) * g * g
+        if group["centered"]:
+            m = state["grad_avg"]
+            m *= alpha
+            m += (1 - alpha) * g
+            avg = np.sqrt(v - m * m) + np.float32(group["eps"])
+        else:
+            avg = np.sqrt(v) + np.float32(group["eps"])
+        if group["momentum"] > 0:
+            buf = state["momentum_buffer"]
+            buf *= np.float32(group["momentum"])
+            buf += g / avg
+            p.data -= np.float32(group["lr"]) * buf
+        else:
+            p.data -= np.float32(group["lr"]) * g / avg
+
+
+class Adam(Optimizer):
+    """Adam, PyTorch's rule (L2 weight decay added to the gradient, as torch.optim.Adam):
+
+        g = grad + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g;  v = beta2 * v + (1 - beta2) * g^2
+        p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+    With ``amsgrad`` the running maximum of v is used in the denominator.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False):
+        betas = tuple(betas)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Adam: `betas` must be two numbers in [0, 1); got {betas}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=bool(amsgrad)))
+
+    def _update(self, p, state, group):
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = np.zeros_like(p.data)
+        state["step"] += 1
+        t = state["step"]
+        beta1, beta2 = group["betas"]
+        g = _decayed(p, group)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m += np.float32(1 - beta1) * (g - m)
+        v *= np.float32(beta2)
+        v += np.float32(1 - beta2) * g * g
+        if group["amsgrad"]:
+            np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+            v = state["max_exp_avg_sq"]
+        step_size = group["lr"] / (1 - beta1 ** t)
+        denom = np.sqrt(v) / np.float32(np.sqrt(1 - beta2 ** t)) + np.float32(group["eps"])
+        p.data -= np.float32(step_size) * m / denom

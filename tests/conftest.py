@@ -37,3 +37,9 @@ def rng():
 def rand(rng, *shape, scale=1.0):
     """A C-contiguous float32 array of standard normals."""
     return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+
+@pytest.fixture
+def torch():
+    """PyTorch for comparison tests; the test is skipped when it is not installed."""
+    return pytest.importorskip("torch")

@@ -1,0 +1,177 @@
+"""Learning-rate schedules, stepped once per epoch, as PyTorch's lr_scheduler.
+
+Each sets ``optimizer.param_groups[i]["lr"]`` from the group's initial rate
+(``base_lrs``) and the epoch count ``last_epoch``. Creating a schedule
+applies epoch 0; each ``step()`` moves one epoch on.
+
+>>> opt = fc.SGD(model.parameters(), lr=0.1)
+>>> sched = fc.StepLR(opt, step_size=10, gamma=0.5)
+>>> for epoch in range(30):
+...     train_one_epoch(); sched.step()
+"""
+
+from __future__ import annotations
+
+import math
+
+from fastconv.optim import Optimizer
+
+
+def _check_positive(cls, name, v, allow_zero=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{cls}: `{name}` must be a finite number {bound}; got {v!r}")
+    return v
+
+
+class _Stateful:
+    """state_dict / load_state_dict over every attribute but the optimizer."""
+
+    def state_dict(self) -> dict:
+        """Every attribute but the optimizer (plain numbers and lists)."""
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state: dict) -> None:
+        unknown = set(state) - set(self.state_dict())
+        if unknown:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected keys {sorted(unknown)}")
+        self.__dict__.update(state)
+
+
+class LRScheduler(_Stateful):
+    """Base: subclasses give the closed form ``lr_at(base_lr, epoch)``."""
+
+    def __init__(self, optimizer: Optimizer):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{type(self).__name__}: `optimizer` must be a fastconv Optimizer; got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+        self.last_epoch = -1
+        self.step()
+
+    def lr_at(self, base_lr: float, epoch: int) -> float:
+        raise NotImplementedError
+
+    def step(self) -> None:
+        """Advance one epoch and set each group's learning rate."""
+        self.last_epoch += 1
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.lr_at(base, self.last_epoch)
+
+    def get_last_lr(self) -> list:
+        """The learning rate of each parameter group, as last set."""
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.lr_at(base, self.last_epoch)
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma ** (epoch // step_size): drop by ``gamma`` every ``step_size`` epochs."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
+            raise ValueError(f"StepLR: `step_size` must be an int >= 1; got {step_size!r}")
+        self.step_size, self.gamma = step_size, _check_positive("StepLR", "gamma", gamma, allow_zero=True)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(LRScheduler):
+    """lr = base_lr * gamma ** epoch."""
+
+    def __init__(self, optimizer, gamma):
+        self.gamma = _check_positive("ExponentialLR", "gamma", gamma, allow_zero=True)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return base_lr * self.gamma ** epoch
+
+
+class InverseTimeLR(LRScheduler):
+    """The notes' 1/t decay: lr = base_lr / (1 + decay_rate * epoch / decay_steps)."""
+
+    def __init__(self, optimizer, decay_rate, decay_steps=1):
+        self.decay_rate = _check_positive("InverseTimeLR", "decay_rate", decay_rate, allow_zero=True)
+        self.decay_steps = _check_positive("InverseTimeLR", "decay_steps", decay_steps)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return base_lr / (1.0 + self.decay_rate * epoch / self.decay_steps)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):
+        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
+            raise ValueError(f"CosineAnnealingLR: `T_max` must be an int >= 1; got {T_max!r}")
+        self.T_max, self.eta_min = T_max, _check_positive("CosineAnnealingLR", "eta_min", eta_min, allow_zero=True)
+        super().__init__(optimizer)
+
+    def lr_at(self, base_lr, epoch):
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
+
+
+class ReduceLROnPlateau(_Stateful):
+    """Multiply the learning rate by ``factor`` when a metric has not improved
+    for more than ``patience`` epochs; ``step(metric)`` once per epoch. PyTorch's
+    rule: improvement means metric < best * (1 - threshold) in mode "min" with
+    threshold_mode "rel" (best + threshold etc. for "abs", reversed for "max");
+    after a reduction, ``cooldown`` epochs pass before counting again; rates
+    never go below ``min_lr``, and changes smaller than ``eps`` are skipped.
+    """
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        name = "ReduceLROnPlateau"
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"{name}: `optimizer` must be a fastconv Optimizer; got {type(optimizer).__name__}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"{name}: `mode` must be 'min' or 'max'; got {mode!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"{name}: `threshold_mode` must be 'rel' or 'abs'; got {threshold_mode!r}")
+        if not 0 <= factor < 1:
+            raise ValueError(f"{name}: `factor` must be in [0, 1); got {factor!r}")
+        n = len(optimizer.param_groups)
+        min_lrs = list(min_lr) if isinstance(min_lr, (list, tuple)) else [min_lr] * n
+        if len(min_lrs) != n:
+            raise ValueError(f"{name}: `min_lr` must have one value per param group ({n}); got {len(min_lrs)}")
+        self.optimizer = optimizer
+        self.mode, self.factor, self.patience, self.threshold = mode, factor, patience, threshold
+        self.threshold_mode, self.cooldown, self.min_lrs, self.eps = threshold_mode, cooldown, min_lrs, eps
+        self.best = math.inf if mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+        self.last_epoch = 0
+
+    def is_better(self, a, best):
+        if self.mode == "min":
+            return a < (best * (1 - self.threshold) if self.threshold_mode == "rel" else best - self.threshold)
+        return a > (best * (1 + self.threshold) if self.threshold_mode == "rel" else best + self.threshold)
+
+    def step(self, metric) -> None:
+        current = float(metric)
+        self.last_epoch += 1
+        if self.is_better(current, self.best):
+            self.best, self.num_bad_epochs = current, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            for group, min_lr in zip(self.optimizer.param_groups, self.min_lrs):
+                new_lr = max(group["lr"] * self.factor, min_lr)
+                if group["lr"] - new_lr > self.eps:
+                    group["lr"] = new_lr
+            self.cooldown_counter, self.num_bad_epochs = self.cooldown, 0
+
+    def get_last_lr(self) -> list:
+        return [g["lr"] for g in self.optimizer.param_groups]
