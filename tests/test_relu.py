@@ -4,12 +4,12 @@ autograd), special values, and input validation."""
 
 import numpy as np
 import pytest
+from conftest import rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from fastconv import _kernels, reference
-from conftest import rand
 
 try:
     import torch
