@@ -76,8 +76,8 @@ typedef struct {
     fc_int oh, ow;
 } fc_pool_shape;
 
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
-                          void *argmax, int argmax_bytes, int nthreads);
+int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
+                         void *argmax, int argmax_bytes, int nthreads);
 /* dx (n, c, h, w) is overwritten: zeros, plus each dy routed to its argmax
  * (summed where windows overlap). argmax may come from a user, so each index
  * is bounds-checked: one that falls outside its window or on padding is
@@ -95,5 +95,51 @@ void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, 
  * In place: y[i, j, r] += bias[j] for y viewed as (outer, channels, inner). */
 void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
                  const float *bias, int nthreads);
+
+/* ---- activations.c ---------------------------------------------------------
+ * Element-wise activations, selected by `op`; `param` is the leaky ReLU's
+ * negative slope or the ELU's alpha (ignored by sigmoid and tanh).
+ *   forward:  y = f(x)
+ *   backward: dx = dy * f'(.) where `a`, the saved forward tensor, is the
+ *             INPUT x for leaky ReLU and ELU and the OUTPUT y for sigmoid and
+ *             tanh, as in PyTorch's autograd.
+ * Formulas, NaN and infinity rules are PyTorch's (see activations.c); no
+ * intermediate overflows. Outputs may alias inputs. */
+enum { FC_ACT_LEAKY_RELU = 0, FC_ACT_ELU = 1, FC_ACT_SIGMOID = 2, FC_ACT_TANH = 3 };
+
+void fc_activation_forward(int op, fc_int count, const float *x, float param, float *y,
+                           int nthreads);
+void fc_activation_backward(int op, fc_int count, const float *dy, const float *a, float param,
+                            float *dx, int nthreads);
+
+/* ---- batchnorm.c -----------------------------------------------------------
+ * Batch normalization of x viewed as (n, c, inner), per channel j over its
+ * n * inner values: y = (x - mean[j]) * invstd * weight[j] + bias[j] with
+ * invstd = 1 / sqrt(var[j] + eps). weight and bias may be NULL (1 and 0).
+ * Statistics are accumulated in double, each channel by one thread in a fixed
+ * order, so results do not depend on the thread count.
+ * batch_stats != 0 (training): mean and var are OUTPUTS, the batch mean and
+ * biased variance (n * inner >= 1); otherwise they are INPUTS (running
+ * statistics). */
+void fc_batchnorm_forward(fc_int n, fc_int c, fc_int inner, const float *x, const float *weight,
+                          const float *bias, float *mean, float *var, double eps,
+                          int batch_stats, float *y, int nthreads);
+/* Inputs as the forward's (mean, var: the statistics it used). Outputs, all
+ * overwritten: dx (n, c, inner); dweight[j] = sum dy * xhat and dbias[j] =
+ * sum dy, with xhat = (x - mean) * invstd. With batch_stats the gradient also
+ * flows through the batch mean and variance. */
+void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *x,
+                           const float *weight, const float *mean, const float *var, double eps,
+                           int batch_stats, float *dx, float *dweight, float *dbias,
+                           int nthreads);
+
+/* ---- avgpool2d.c -----------------------------------------------------------
+ * x (n, c, h, w) -> y (n, c, oh, ow): the mean of each kh x kw window, zero
+ * padding counted in the divisor kh * kw (PyTorch's count_include_pad=True
+ * with ceil_mode=False, where no window reaches past the padding). */
+void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y, int nthreads);
+/* dx (n, c, h, w) is overwritten: each dy / (kh * kw) added to its window's
+ * real (unpadded) elements, summed where windows overlap. */
+void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx, int nthreads);
 
 #endif

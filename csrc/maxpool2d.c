@@ -3,6 +3,7 @@
  * thread only, so the backward's scatter-add has no race and no atomics, and
  * the result does not depend on the thread count. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include "fastconv.h"
 #include "fc_omp.h"
@@ -18,43 +19,63 @@ static inline fc_int load_index(const void *argmax, int bytes, fc_int i)
     return bytes == 1 ? ((const uint8_t *)argmax)[i] : ((const int32_t *)argmax)[i];
 }
 
-static void pool_plane(const fc_pool_shape *s, const float *x, float *y, void *argmax,
-                       int bytes, fc_int out_base)
+/* One output row: for each window tap (i, j) in row-major order, a
+ * compare-and-select across all output columns. The loop over columns has no
+ * branch, so the compiler vectorizes it, and scanning taps in window order
+ * keeps the tie and NaN rules of a per-window scan. best/best_i hold ow
+ * entries. */
+static void pool_row(const fc_pool_shape *s, const float *plane, fc_int oy, float *best, int32_t *best_i)
 {
-    for (fc_int oy = 0; oy < s->oh; oy++) {
-        fc_int ys = oy * s->sh - s->ph;
-        fc_int y0 = ys < 0 ? 0 : ys, y1 = ys + s->kh > s->h ? s->h : ys + s->kh;
-        for (fc_int ox = 0; ox < s->ow; ox++) {
-            fc_int xs = ox * s->sw - s->pw;
-            fc_int x0 = xs < 0 ? 0 : xs, x1 = xs + s->kw > s->w ? s->w : xs + s->kw;
-            /* Start from the first real (unpadded) element, as PyTorch does, so
-             * a window of -inf still points at a real input. */
-            float best = -INFINITY;
-            int best_i = (int)((y0 - ys) * s->kw + (x0 - xs));
-            for (fc_int iy = y0; iy < y1; iy++) {
-                const float *row = x + iy * s->w;
-                for (fc_int ix = x0; ix < x1; ix++) {
-                    float v = row[ix];
-                    if (v > best || v != v) {
-                        best = v;
-                        best_i = (int)((iy - ys) * s->kw + (ix - xs));
-                    }
-                }
+    fc_int ys = oy * s->sh - s->ph;
+    fc_int y0 = ys < 0 ? 0 : ys, y1 = ys + s->kh > s->h ? s->h : ys + s->kh;
+    for (fc_int ox = 0; ox < s->ow; ox++) {
+        /* Start from the window's first real (unpadded) element, as PyTorch
+         * does, so a window of -inf still points at a real input. */
+        fc_int xs = ox * s->sw - s->pw;
+        best[ox] = -INFINITY;
+        best_i[ox] = (int32_t)((y0 - ys) * s->kw + (xs < 0 ? -xs : 0));
+    }
+    for (fc_int iy = y0; iy < y1; iy++) {
+        const float *row = plane + iy * s->w;
+        for (fc_int j = 0; j < s->kw; j++) {
+            /* Columns ox whose tap j lands inside the row: 0 <= ox*sw - pw + j < w. */
+            fc_int lo = s->pw - j > 0 ? (s->pw - j + s->sw - 1) / s->sw : 0;
+            fc_int last = s->w - 1 + s->pw - j; /* ox * sw <= last; none when last < 0 */
+            fc_int hi = last < 0 ? 0 : last / s->sw + 1;
+            if (hi > s->ow) hi = s->ow;
+            int32_t tap = (int32_t)((iy - ys) * s->kw + j);
+            const float *src = row + j - s->pw;
+            for (fc_int ox = lo; ox < hi; ox++) {
+                float v = src[ox * s->sw];
+                int take = (v > best[ox]) | (v != v);
+                best[ox] = take ? v : best[ox];
+                best_i[ox] = take ? tap : best_i[ox];
             }
-            fc_int o = out_base + oy * s->ow + ox;
-            y[o] = best;
-            store_index(argmax, bytes, o, best_i);
         }
     }
 }
 
-void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
-                          void *argmax, int argmax_bytes, int nthreads)
+int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
+                         void *argmax, int argmax_bytes, int nthreads)
 {
     fc_int planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->oh * s->ow;
-#pragma omp parallel for num_threads(nthreads) schedule(static) if (planes * in_plane >= 16384)
-    for (fc_int p = 0; p < planes; p++)
-        pool_plane(s, x + p * in_plane, y, argmax, argmax_bytes, p * out_plane);
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) if (planes * in_plane >= 16384) reduction(| : failed)
+    {
+        int32_t *row_i = malloc(sizeof(int32_t) * (size_t)s->ow);
+        if (!row_i) failed = 1;
+#pragma omp for schedule(static)
+        for (fc_int p = 0; p < planes; p++) {
+            if (!row_i) continue;
+            for (fc_int oy = 0; oy < s->oh; oy++) {
+                fc_int o = p * out_plane + oy * s->ow;
+                pool_row(s, x + p * in_plane, oy, y + o, row_i);
+                for (fc_int ox = 0; ox < s->ow; ox++) store_index(argmax, argmax_bytes, o + ox, row_i[ox]);
+            }
+        }
+        free(row_i);
+    }
+    return failed ? FC_ENOMEM : 0;
 }
 
 fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,

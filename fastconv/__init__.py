@@ -7,18 +7,22 @@
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from fastconv import convert, init
+from fastconv import checkpoint, convert, data, init, plot, search, train
 from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
+from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
 from fastconv.gradcheck import GradcheckResult, gradcheck
+from fastconv.dropout import Dropout
 from fastconv.info import info
 from fastconv.init import manual_seed
-from fastconv.layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from fastconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from fastconv.losses import MulticlassSVM, SoftmaxCrossEntropy, l2_penalty
 from fastconv.module import Module, Parameter, Sequential
+from fastconv.normalization import BatchNorm1d, BatchNorm2d
 from fastconv.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 from fastconv.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR, LRScheduler,
                                  ReduceLROnPlateau, StepLR)
+from fastconv.train import EarlyStopping, Trainer, TrainingDiverged
 
 try:
     __version__ = _version("fastconv")
@@ -28,16 +32,24 @@ except PackageNotFoundError:  # running from a source tree without metadata
 __all__ = [
     "Adagrad",
     "Adam",
+    "AvgPool2d",
     "BackendMismatchError",
+    "BatchNorm1d",
+    "BatchNorm2d",
     "Conv2d",
     "CosineAnnealingLR",
+    "Dropout",
+    "ELU",
+    "EarlyStopping",
     "ExponentialLR",
     "Flatten",
     "GradcheckResult",
     "InverseTimeLR",
     "LRScheduler",
+    "LeakyReLU",
     "Linear",
     "MaxPool2d",
+    "Maxout",
     "Module",
     "MulticlassSVM",
     "Optimizer",
@@ -47,9 +59,15 @@ __all__ = [
     "ReduceLROnPlateau",
     "SGD",
     "Sequential",
+    "Sigmoid",
     "SoftmaxCrossEntropy",
     "StepLR",
+    "Tanh",
+    "Trainer",
+    "TrainingDiverged",
+    "checkpoint",
     "convert",
+    "data",
     "get_backend",
     "get_isa",
     "get_num_threads",
@@ -58,8 +76,11 @@ __all__ = [
     "init",
     "l2_penalty",
     "manual_seed",
+    "plot",
+    "search",
     "set_backend",
     "set_isa",
     "set_num_threads",
     "supported_isas",
+    "train",
 ]

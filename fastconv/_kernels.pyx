@@ -42,8 +42,8 @@ cdef extern from "fastconv.h" nogil:
 
     ctypedef struct fc_pool_shape:
         fc_int n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
-    void fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
-                              void *argmax, int argmax_bytes, int nthreads)
+    int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
+                             void *argmax, int argmax_bytes, int nthreads)
     fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
                                  int argmax_bytes, float *dx, int nthreads)
 
@@ -51,6 +51,23 @@ cdef extern from "fastconv.h" nogil:
     void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, int nthreads)
     void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
                      const float *bias, int nthreads)
+
+    int FC_ACT_LEAKY_RELU, FC_ACT_ELU, FC_ACT_SIGMOID, FC_ACT_TANH
+    void fc_activation_forward(int op, fc_int count, const float *x, float param, float *y,
+                               int nthreads)
+    void fc_activation_backward(int op, fc_int count, const float *dy, const float *a, float param,
+                                float *dx, int nthreads)
+
+    void fc_batchnorm_forward(fc_int n, fc_int c, fc_int inner, const float *x, const float *weight,
+                              const float *bias, float *mean, float *var, double eps,
+                              int batch_stats, float *y, int nthreads)
+    void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *x,
+                               const float *weight, const float *mean, const float *var, double eps,
+                               int batch_stats, float *dx, float *dweight, float *dbias,
+                               int nthreads)
+
+    void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y, int nthreads)
+    void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx, int nthreads)
 
 
 # Index arithmetic in C is 64-bit; refuse anything whose element count could
@@ -220,8 +237,11 @@ cdef _check_matrix(str fn, str name, a, bint writable=False):
     if a.ndim != 2:
         raise ValueError(f"{fn}: `{name}` must have rank 2; got {_describe(a)}")
     rows, cols = a.shape
-    if rows > 1 and cols > 0 and (a.strides[1] != 4 or a.strides[0] < 4 * cols or a.strides[0] % 4) or \
-            (rows <= 1 and cols > 1 and a.strides[1] != 4):
+    # An empty matrix is never read, whatever strides NumPy gave it; a single
+    # row or column needs no stride along the other axis.
+    bad_cols = cols > 1 and rows > 0 and a.strides[1] != 4
+    bad_rows = rows > 1 and cols > 0 and (a.strides[0] < 4 * cols or a.strides[0] % 4)
+    if bad_cols or bad_rows:
         raise ValueError(
             f"{fn}: `{name}` must have contiguous rows (unit column stride, row stride >= its width); "
             f"got strides {a.strides} for shape {a.shape}")
@@ -390,6 +410,19 @@ cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) e
     return s
 
 
+def _x_shape(str fn, x_shape):
+    """A pool backward's `x_shape` argument as a tuple of 4 non-negative ints."""
+    try:
+        x_shape = tuple(int(v) for v in x_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
+    if len(x_shape) != 4 or min(x_shape) < 0:
+        raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
+    if x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3] > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `x_shape` {x_shape} has more than {_MAX_ELEMENTS} elements")
+    return x_shape
+
+
 def argmax_dtype(kernel):
     """The argmax dtype for a kernel size: uint8 when kh*kw <= 256, else int32."""
     kh, kw = _pair("argmax_dtype", "kernel", kernel, 1)
@@ -412,8 +445,11 @@ def maxpool2d_forward(x, kernel, stride, padding):
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     cdef void *pam = cnp.PyArray_DATA(am)
+    cdef int rc
     with nogil:
-        fc_maxpool2d_forward(&s, px, py, pam, nbytes, nt)
+        rc = fc_maxpool2d_forward(&s, px, py, pam, nbytes, nt)
+    if rc != 0:
+        raise MemoryError("maxpool2d_forward: could not allocate a row buffer")
     return y, am
 
 
@@ -421,12 +457,7 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     """Route dy (N, C, OH, OW) to the recorded argmax: returns dx of x_shape."""
     fn = "maxpool2d_backward"
     _check_array(fn, "dy", dy, 4)
-    try:
-        x_shape = tuple(int(v) for v in x_shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
-    if len(x_shape) != 4 or min(x_shape) < 0:
-        raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
+    x_shape = _x_shape(fn, x_shape)
     cdef fc_pool_shape s = _pool_shape(fn, x_shape, kernel, stride, padding)
     expected = (s.n, s.c, s.oh, s.ow)
     _check_shape(fn, "dy", dy, expected)
@@ -498,6 +529,8 @@ def bias_add(y, bias):
         raise ValueError("bias_add: `y` must be writable; got a read-only array")
     _check_array(fn, "bias", bias, 1)
     _check_shape(fn, "bias", bias, (y.shape[1],))
+    if np.shares_memory(y, bias):  # C reads bias while it updates y
+        raise ValueError("bias_add: `bias` must not overlap `y`")
     cdef fc_int outer = y.shape[0], channels = y.shape[1]
     cdef fc_int inner = y.size // (outer * channels) if outer * channels else 0
     cdef int nt = _num_threads
@@ -509,5 +542,249 @@ def bias_add(y, bias):
     return y
 
 
+# ---------------------------------------------------------------------------
+# scalar arguments
+
+cdef double _DBL_MAX = 1.7976931348623157e308
+cdef double _FLT_MAX = 3.4028234663852886e38
+
+
+cdef double _real(str fn, str name, v, double lo, double hi=_DBL_MAX) except? -1:
+    """A real number in [lo, hi] (so finite; NaN is refused), as a double."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: `{name}` must be a real number; got {type(v).__name__} {v!r}")
+    try:
+        d = float(v)
+    except OverflowError:  # an int beyond double's range
+        d = float("inf")
+    if not lo <= d <= hi:
+        bounds = f">= {lo:g}" if hi == _DBL_MAX else f"in [{lo:g}, {hi:g}]"
+        raise ValueError(f"{fn}: `{name}` must be a finite number {bounds}; got {v!r}")
+    return d
+
+
+# ---------------------------------------------------------------------------
+# activations: leaky ReLU, ELU, sigmoid, tanh share one C entry point per
+# direction, the op picked by an FC_ACT_* constant
+
+cdef _activation_forward(str fn, int op, x, float param):
+    _check_any_rank(fn, "x", x)
+    y = np.empty_like(x)
+    cdef fc_int count = x.size
+    cdef int nt = _num_threads
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    with nogil:
+        fc_activation_forward(op, count, px, param, py, nt)
+    return y
+
+
+cdef _activation_backward(str fn, int op, dy, a, str a_name, float param):
+    """`a` is the saved forward tensor the op's derivative needs (x or y)."""
+    _check_any_rank(fn, "dy", dy)
+    _check_any_rank(fn, a_name, a)
+    _check_shape(fn, a_name, a, dy.shape)
+    dx = np.empty_like(dy)
+    cdef fc_int count = dy.size
+    cdef int nt = _num_threads
+    cdef const float *pdy = _fptr(dy)
+    cdef const float *pa = _fptr(a)
+    cdef float *pdx = _fptr(dx)
+    with nogil:
+        fc_activation_backward(op, count, pdy, pa, param, pdx, nt)
+    return dx
+
+
+cdef float _param(str fn, str name, v) except? -1:
+    """An activation's parameter: finite once rounded to float32."""
+    return <float>_real(fn, name, v, -_FLT_MAX, _FLT_MAX)
+
+
+def leaky_relu_forward(x, negative_slope):
+    """y = x where x > 0, else negative_slope * x (NaN kept); any shape."""
+    fn = "leaky_relu_forward"
+    return _activation_forward(fn, FC_ACT_LEAKY_RELU, x, _param(fn, "negative_slope", negative_slope))
+
+
+def leaky_relu_backward(dy, x, negative_slope):
+    """dx = dy where x > 0, else negative_slope * dy (x is the forward's input)."""
+    fn = "leaky_relu_backward"
+    return _activation_backward(fn, FC_ACT_LEAKY_RELU, dy, x, "x",
+                                _param(fn, "negative_slope", negative_slope))
+
+
+def elu_forward(x, alpha):
+    """y = x where x > 0, else alpha * (exp(x) - 1) (computed with expm1); any shape."""
+    fn = "elu_forward"
+    return _activation_forward(fn, FC_ACT_ELU, x, _param(fn, "alpha", alpha))
+
+
+def elu_backward(dy, x, alpha):
+    """dx = dy where x > 0, else dy * alpha * exp(x), NaN at a NaN x (x is the
+    forward's input: unlike the output, it gives the right gradient for any
+    alpha, also < 0)."""
+    fn = "elu_backward"
+    return _activation_backward(fn, FC_ACT_ELU, dy, x, "x", _param(fn, "alpha", alpha))
+
+
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), computed from exp(-|x|) so nothing overflows; any shape."""
+    return _activation_forward("sigmoid_forward", FC_ACT_SIGMOID, x, 0.0)
+
+
+def sigmoid_backward(dy, y):
+    """dx = dy * (1 - y) * y (y is the forward's output)."""
+    return _activation_backward("sigmoid_backward", FC_ACT_SIGMOID, dy, y, "y", 0.0)
+
+
+def tanh_forward(x):
+    """y = tanh(x); any shape."""
+    return _activation_forward("tanh_forward", FC_ACT_TANH, x, 0.0)
+
+
+def tanh_backward(dy, y):
+    """dx = dy * (1 - y * y) (y is the forward's output)."""
+    return _activation_backward("tanh_backward", FC_ACT_TANH, dy, y, "y", 0.0)
+
+
+# ---------------------------------------------------------------------------
+# batchnorm
+
+cdef tuple _channels(str fn, x):
+    """x as (N, C, inner) for x (N, C, *) of rank >= 2."""
+    _check_any_rank(fn, "x", x)
+    if x.ndim < 2:
+        raise ValueError(f"{fn}: `x` must have rank >= 2 (N, C, ...); got {_describe(x)}")
+    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
+
+
+cdef _check_vector(str fn, str name, a, fc_int c):
+    _check_array(fn, name, a, 1)
+    _check_shape(fn, name, a, (c,))
+
+
+cdef inline const float *_fptr_or_null(a):
+    return NULL if a is None else _fptr(a)
+
+
+def batchnorm_forward(x, weight, bias, mean, var, eps):
+    """Batch normalization of x (N, C, *), per channel j:
+    y = (x - mean[j]) / sqrt(var[j] + eps) * weight[j] + bias[j].
+
+    ``weight`` and ``bias`` are (C,) arrays or None (1 and 0). With ``mean``
+    and ``var`` None, the batch's own statistics are used (training): the
+    mean and the biased variance over N and the trailing axes, accumulated in
+    double. Otherwise they are the (C,) statistics to use (evaluation with
+    running statistics). Returns (y, mean, var): the statistics used.
+    """
+    fn = "batchnorm_forward"
+    n, c, inner = _channels(fn, x)
+    for name, a in (("weight", weight), ("bias", bias)):
+        if a is not None:
+            _check_vector(fn, name, a, c)
+    if (mean is None) != (var is None):
+        raise ValueError(
+            f"{fn}: `mean` and `var` must both be None (batch statistics) or both arrays; "
+            f"got {_describe(mean)} and {_describe(var)}")
+    cdef double ceps = _real(fn, "eps", eps, 0.0)
+    cdef int batch_stats = mean is None
+    if batch_stats:
+        if n * inner == 0:
+            raise ValueError(f"{fn}: batch statistics need at least one value per channel; "
+                             f"got `x` with shape {x.shape}")
+        mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
+    else:
+        _check_vector(fn, "mean", mean, c)
+        _check_vector(fn, "var", var, c)
+    y = np.empty_like(x)
+    cdef fc_int cn = n, cc = c, ci = inner
+    cdef int nt = _num_threads
+    cdef const float *px = _fptr(x)
+    cdef const float *pw = _fptr_or_null(weight)
+    cdef const float *pb = _fptr_or_null(bias)
+    cdef float *pm = _fptr(mean)
+    cdef float *pv = _fptr(var)
+    cdef float *py = _fptr(y)
+    with nogil:
+        fc_batchnorm_forward(cn, cc, ci, px, pw, pb, pm, pv, ceps, batch_stats, py, nt)
+    return y, mean, var
+
+
+def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
+    """Gradients of batchnorm_forward: returns (dx, dweight, dbias).
+
+    ``mean`` and ``var`` are the statistics the forward returned;
+    ``batch_stats`` says whether they were the batch's own (training: the
+    gradient also flows through them) or constants (running statistics).
+    dweight = sum(dy * xhat) and dbias = sum(dy) per channel are returned
+    also when ``weight`` is None.
+    """
+    fn = "batchnorm_backward"
+    n, c, inner = _channels(fn, x)
+    _check_any_rank(fn, "dy", dy)
+    _check_shape(fn, "dy", dy, x.shape)
+    if weight is not None:
+        _check_vector(fn, "weight", weight, c)
+    _check_vector(fn, "mean", mean, c)
+    _check_vector(fn, "var", var, c)
+    cdef double ceps = _real(fn, "eps", eps, 0.0)
+    cdef int cbatch = bool(batch_stats)
+    dx = np.empty_like(x)
+    dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
+    cdef fc_int cn = n, cc = c, ci = inner
+    cdef int nt = _num_threads
+    cdef const float *pdy = _fptr(dy)
+    cdef const float *px = _fptr(x)
+    cdef const float *pw = _fptr_or_null(weight)
+    cdef const float *pm = _fptr(mean)
+    cdef const float *pv = _fptr(var)
+    cdef float *pdx = _fptr(dx)
+    cdef float *pdw = _fptr(dweight)
+    cdef float *pdb = _fptr(dbias)
+    with nogil:
+        fc_batchnorm_backward(cn, cc, ci, pdy, px, pw, pm, pv, ceps, cbatch, pdx, pdw, pdb, nt)
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# avgpool2d
+
+def avgpool2d_forward(x, kernel, stride, padding):
+    """Average-pool x (N, C, H, W): returns y (N, C, OH, OW), OH = (H + 2*ph - kh) // sh + 1.
+
+    Zero padding (at most half the kernel) counts in the divisor kh * kw, as
+    PyTorch's defaults (count_include_pad=True, ceil_mode=False).
+    """
+    fn = "avgpool2d_forward"
+    _check_array(fn, "x", x, 4)
+    cdef fc_pool_shape s = _pool_shape(fn, x.shape, kernel, stride, padding)
+    y = np.empty((s.n, s.c, s.oh, s.ow), dtype=np.float32)
+    cdef int nt = _num_threads
+    cdef const float *px = _fptr(x)
+    cdef float *py = _fptr(y)
+    with nogil:
+        fc_avgpool2d_forward(&s, px, py, nt)
+    return y
+
+
+def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
+    """Spread dy (N, C, OH, OW) evenly over each window: returns dx of x_shape."""
+    fn = "avgpool2d_backward"
+    _check_array(fn, "dy", dy, 4)
+    x_shape = _x_shape(fn, x_shape)
+    cdef fc_pool_shape s = _pool_shape(fn, x_shape, kernel, stride, padding)
+    _check_shape(fn, "dy", dy, (s.n, s.c, s.oh, s.ow))
+    dx = np.empty(x_shape, dtype=np.float32)
+    cdef int nt = _num_threads
+    cdef const float *pdy = _fptr(dy)
+    cdef float *pdx = _fptr(dx)
+    with nogil:
+        fc_avgpool2d_backward(&s, pdy, pdx, nt)
+    return dx
+
+
 KERNELS = ("sgemm", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
-           "maxpool2d_backward", "relu_forward", "relu_backward", "bias_add")
+           "maxpool2d_backward", "relu_forward", "relu_backward", "bias_add",
+           "leaky_relu_forward", "leaky_relu_backward", "elu_forward", "elu_backward",
+           "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
+           "batchnorm_forward", "batchnorm_backward", "avgpool2d_forward", "avgpool2d_backward")

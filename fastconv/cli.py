@@ -1,9 +1,618 @@
-"""The ``fastconv`` command line. Exit codes: 0 success, 1 failure, 2 usage error."""
+"""The ``fastconv`` command line. Exit codes: 0 success, 1 failure, 2 usage error.
+
+    fastconv train                 a small CNN on the shipped digits -> runs/<name>/
+    fastconv evaluate CHECKPOINT   loss, accuracy and confusion matrix of a checkpoint
+    fastconv search                random hyperparameter search -> results table, best config
+    fastconv bench                 kernel timings against NumPy (and PyTorch when installed)
+    fastconv info                  build, CPU path, threads, and a kernel self-test
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import os
 import sys
+import tempfile
+import time
+
+EPILOG_TRAIN = """\
+examples:
+  fastconv train                                   # digits, default CNN, ~10 s
+  fastconv train --epochs 5 --lr 0.01 --optimizer sgd --out runs/quick
+  fastconv train --arch conv8x3p1-relu-pool2-fc10 --sanity
+  fastconv train --data mnist --data-dir ~/data/mnist --arch lenet
+  fastconv train --config runs/search-1/best_config.toml
+  fastconv train --resume --out runs/quick --epochs 10     # continue a stopped run
+
+outputs in the run folder: best/ and last/ (checkpoints: model.safetensors with
+PyTorch's keys, optimizer.safetensors, checkpoint.json), history.json,
+config.toml, summary.json, curves.png, filters.png, layer_stats.png (the
+pictures need matplotlib: pip install "fastconv[plot]").
+
+"""
+
+DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
+             "or PATH.npz with arrays X, y [, X_test, y_test]")
+LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit code 1."""
+
+
+# -- argument types ---------------------------------------------------------------------
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; got {v}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return v
+
+
+def _positive_float(text):
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be > 0; got 0")
+    return v
+
+
+def _fraction(text):
+    v = _nonneg_float(text)
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {text}")
+    return v
+
+
+def _open_fraction(text):
+    v = _fraction(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("must be in (0, 1); got 0")
+    return v
+
+
+# -- config files (TOML) ---------------------------------------------------------------------
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise CommandError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise CommandError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def _write_toml(path: str, values: dict, header: str = "") -> None:
+    from fastconv.checkpoint import atomic_write
+
+    lines = [f"# {line}" for line in header.splitlines()]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+    atomic_write(path, ("\n".join(lines) + "\n").encode())
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str, skip=("config", "resume", "func")) -> None:
+    """Make the options in TOML file ``path`` the parser's defaults (the command line still wins)."""
+    values = _read_toml(path)
+    actions = {a.dest: a for a in parser._actions if a.dest not in skip and a.dest != "help"}
+    defaults = {}
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in actions:
+            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
+            raise CommandError(f"config file {path}: unknown option {key!r} (known: {known})")
+        action = actions[dest]
+        if isinstance(value, dict):
+            raise CommandError(f"config file {path}: {key} must be a value, not a table")
+        if action.nargs == 0:  # a flag
+            if not isinstance(value, bool):
+                raise CommandError(f"config file {path}: {key} must be true or false; got {value!r}")
+        elif action.type is not None:
+            try:
+                value = action.type(str(value) if not isinstance(value, str) else value)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise CommandError(f"config file {path}: {key}: {e}") from None
+        if action.choices is not None and value not in action.choices:
+            raise CommandError(f"config file {path}: {key} must be one of {', '.join(map(str, action.choices))}; "
+                               f"got {value!r}")
+        defaults[dest] = value
+    parser.set_defaults(**defaults)
+
+
+# -- shared pieces -----------------------------------------------------------------------------
+
+
+def _set_threads(n):
+    if n is not None:
+        import fastconv
+
+        fastconv.set_num_threads(n)
+
+
+def _writable_dir(path: str) -> str:
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise CommandError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
+    return path
+
+
+def _default_run_dir(prefix: str) -> str:
+    base = os.path.join("runs", f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}")
+    path, i = base, 1
+    while os.path.exists(path):
+        i += 1
+        path = f"{base}-{i}"
+    return path
+
+
+def load_data(name: str, data_dir: str | None, val_fraction: float, normalizer=None) -> dict:
+    """{"train", "val", "test", "normalizer", "name"}: the splits, normalized with the
+    training split's per-channel statistics (or with ``normalizer``, e.g. a checkpoint's).
+
+    The test split of digits (and of an .npz without X_test) is a fixed,
+    stratified 20% (seed 0); the validation split is ``val_fraction`` of the
+    rest (seed 0), so every run and every search trial sees the same splits.
+    """
+    from fastconv import data as D
+
+    if name == "digits":
+        rest, test = D.train_val_split(D.load_digits(), 0.2, seed=0)
+    elif name in ("mnist", "cifar10"):
+        if not data_dir:
+            what = "the MNIST IDX files" if name == "mnist" else "cifar-10-batches-py (or -bin)"
+            raise CommandError(f"--data {name} needs --data-dir DIR, the folder with {what}; nothing is downloaded")
+        load = D.load_mnist if name == "mnist" else D.load_cifar10
+        rest, test = load(data_dir, "train"), load(data_dir, "test")
+    elif name.endswith(".npz"):
+        parts = D.load_npz(name)
+        rest = parts["train"]
+        test = parts.get("test")
+        if test is None:
+            rest, test = D.train_val_split(rest, 0.2, seed=0)
+    else:
+        raise CommandError(f"--data must be digits, mnist, cifar10 or a path ending in .npz; got {name!r}")
+    train, val = D.train_val_split(rest, val_fraction, seed=0)
+    norm = normalizer or D.Normalizer.fit(train)
+    return {"train": norm(train), "val": norm(val), "test": norm(test), "normalizer": norm,
+            "name": name if not name.endswith(".npz") else os.path.abspath(name)}
+
+
+def _default_arch(data_name: str, input_shape) -> str:
+    if data_name == "mnist":
+        return "lenet"
+    if data_name == "cifar10":
+        return "cifar_small"
+    return "digits" if min(input_shape[1:] or (8,)) < 16 else "lenet"
+
+
+def _make_optimizer(name, params, lr, momentum, weight_decay):
+    import fastconv as fc
+
+    if name == "sgd":
+        return fc.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return fc.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return fc.RMSprop(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return fc.Adagrad(params, lr=lr, weight_decay=weight_decay)
+
+
+def _make_schedule(name, optimizer, epochs):
+    import fastconv as fc
+
+    if name == "none":
+        return None
+    if name == "cosine":
+        return fc.CosineAnnealingLR(optimizer, T_max=epochs)
+    if name == "step":
+        return fc.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
+    if name == "exp":
+        return fc.ExponentialLR(optimizer, gamma=0.9)
+    if name == "invtime":
+        return fc.InverseTimeLR(optimizer, decay_rate=0.5)
+    return fc.ReduceLROnPlateau(optimizer, factor=0.5, patience=2)
+
+
+def _add_data_options(p, val=True):
+    p.add_argument("--data", default="digits", metavar="NAME|PATH.npz", help=f"the data set: {DATA_HELP} "
+                   "(default: %(default)s)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
+    if val:
+        p.add_argument("--val-fraction", type=_open_fraction, default=0.1, metavar="F",
+                       help="share of the training data held out for validation (default: %(default)s)")
+
+
+def _add_training_options(p):
+    p.add_argument("--arch", default="auto", metavar="NAME|SPEC",
+                   help="built-in name (digits, lenet, cifar_small, mlp) or a spec string such as "
+                        "conv8x5p2-relu-pool2-fc10 (see below); auto picks by data set (default: %(default)s)")
+    p.add_argument("--optimizer", default="adam", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
+    p.add_argument("--lr", type=_positive_float, metavar="LR",
+                   help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in LR_DEFAULTS.items()) + ")")
+    p.add_argument("--momentum", type=_fraction, default=0.9, metavar="M",
+                   help="momentum of sgd and rmsprop (default: %(default)s)")
+    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, metavar="WD",
+                   help="L2 regularization strength (default: %(default)s)")
+    p.add_argument("--dropout", type=_fraction, default=0.0, metavar="P",
+                   help="put Dropout(P) before every fully connected layer (default: %(default)s, off)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
+                   help="seeds weight initialization and minibatch order (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+
+
+def _arch_help():
+    from fastconv.train import SPEC_HELP
+
+    return SPEC_HELP
+
+
+# -- fastconv train ------------------------------------------------------------------------------
+
+
+def _train_options(args) -> dict:
+    keys = ("data", "data_dir", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
+            "batch_size", "epochs", "schedule", "patience", "monitor", "seed", "threads")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+def _build(args, data, log):
+    """(model, trainer) for the parsed options and the loaded data."""
+    import fastconv as fc
+    from fastconv.train import EarlyStopping, Trainer, build_model, resolve_arch
+
+    train = data["train"]
+    arch = args.arch if args.arch != "auto" else _default_arch(args.data, train.input_shape)
+    spec = resolve_arch(arch, train.num_classes)
+    fc.manual_seed(args.seed)
+    model = build_model(spec, train.input_shape, train.num_classes, dropout=args.dropout)
+    lr = args.lr if args.lr is not None else LR_DEFAULTS[args.optimizer]
+    opt = _make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
+    sched = _make_schedule(args.schedule, opt, args.epochs)
+    stopper = EarlyStopping(patience=args.patience, monitor=args.monitor) if args.patience else None
+    meta = {"arch": spec, "input_shape": list(train.input_shape), "classes": train.classes, "dropout": args.dropout,
+            "normalization": data["normalizer"].to_dict(), "data": data["name"],
+            "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
+            "val_fraction": args.val_fraction, "config": _train_options(args)}
+    trainer = Trainer(model, fc.SoftmaxCrossEntropy(), opt, sched, batch_size=args.batch_size,
+                      early_stopping=stopper, checkpoint_dir=args.out, seed=args.seed, monitor=args.monitor,
+                      progress=args.progress, metadata=meta, log=log)
+    return model, trainer, spec
+
+
+def _sanity(args, data) -> int:
+    model, trainer, spec = _build(args, data, print)
+    print(f"sanity check (the notes' first step): {spec}, {sum(p.data.size for p in model.parameters()):,} parameters")
+    r = trainer.overfit_check(data["train"], n=20)
+    k = data["train"].num_classes
+    print(f"  loss before training {r['initial_loss']:.4f} (about ln {k} = {r['expected_initial_loss']:.4f} "
+          "is expected for small initial scores)")
+    verdict = "passed: the network can fit a tiny set" if r["passed"] else \
+        "FAILED: the loss did not reach ~0; check the learning rate, the model and the data before training on it all"
+    print(f"  overfit {r['n']} examples, no weight decay, no dropout: loss {r['final_loss']:.4g} after "
+          f"{r['steps']} steps, accuracy {100 * r['accuracy']:.0f}% -> {verdict}")
+    return 0 if r["passed"] else 1
+
+
+def _train(args) -> int:
+    from fastconv import plot
+    from fastconv.checkpoint import atomic_write_json
+
+    start = time.perf_counter()
+    _set_threads(args.threads)
+    if args.lr is None:
+        args.lr = LR_DEFAULTS[args.optimizer]  # recorded in config.toml and the checkpoints
+    if args.resume:
+        if not args.out:
+            raise CommandError("--resume needs --out RUN_DIR, the folder of the run to continue")
+        if not os.path.isfile(os.path.join(args.out, "config.toml")):
+            raise CommandError(f"--resume: {args.out} is not a run folder (no config.toml in it)")
+    if args.sanity:
+        data = load_data(args.data, args.data_dir, args.val_fraction)
+        return _sanity(args, data)
+    if args.out is None:
+        arch = args.arch if args.arch != "auto" else "auto"
+        args.out = _default_run_dir(f"{os.path.splitext(os.path.basename(args.data))[0]}-{arch}"[:60])
+    elif not args.resume and os.path.exists(os.path.join(args.out, "last")):
+        raise CommandError(f"{args.out} already holds a run; add --resume to continue it, or pick another --out")
+    _writable_dir(args.out)
+    data = load_data(args.data, args.data_dir, args.val_fraction)
+    train, val, test = data["train"], data["val"], data["test"]
+    model, trainer, spec = _build(args, data, print)
+    if not args.resume:
+        _write_toml(os.path.join(args.out, "config.toml"), _train_options(args) | {"arch": spec},
+                    "fastconv train options of this run; reuse with: fastconv train --config config.toml")
+    n_params = sum(p.data.size for p in model.parameters())
+    print(f"data {os.path.basename(data['name'])}: {len(train)} train / {len(val)} val / {len(test)} test, "
+          f"{train.num_classes} classes, images {'x'.join(map(str, train.input_shape))}")
+    print(f"model {spec}: {n_params:,} parameters; {args.optimizer} lr {trainer.optimizer.param_groups[0]['lr']:g}, "
+          f"batch {args.batch_size}, {args.epochs} epochs, schedule {args.schedule}; run folder {args.out}")
+    history = trainer.fit(train, val, epochs=args.epochs, resume=args.resume)
+    result = trainer.evaluate(test)
+    best = history["best_epoch"]
+    best_val = history["val_accuracy"][best - 1]
+    pictures = []
+    if not args.no_plots:
+        try:
+            pictures.append(plot.training_curves(history, os.path.join(args.out, "curves.png")))
+            pictures.append(plot.filters(model, os.path.join(args.out, "filters.png")))
+            pictures.append(plot.layer_stats(history, os.path.join(args.out, "layer_stats.png")))
+        except plot.PlotUnavailable:
+            print(f"pictures skipped: matplotlib is not installed ({plot.INSTALL_HINT})")
+        except ValueError as e:  # e.g. no conv layer to show
+            print(f"a picture was skipped: {e}")
+    wall = time.perf_counter() - start
+    atomic_write_json(os.path.join(args.out, "summary.json"), {
+        "test_accuracy": result["accuracy"], "test_loss": result["loss"], "val_accuracy": best_val,
+        "best_epoch": best, "epochs_run": len(history["epoch"]), "stopped_early": history["stopped_early"],
+        "wall_time_s": wall, "arch": spec, "parameters": n_params})
+    correct = round(result["accuracy"] * len(test))
+    stop = " (early stop)" if history["stopped_early"] else ""
+    print(f"best epoch {best} of {len(history['epoch'])}{stop}: val accuracy {100 * best_val:.1f}%; "
+          f"weights of the best epoch restored")
+    print(f"test accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(test)}), test loss {result['loss']:.4f}")
+    print(f"saved {os.path.join(args.out, 'best')} (checkpoint), history.json"
+          + "".join(f", {os.path.basename(p)}" for p in pictures) + f"  [{wall:.1f}s]")
+    return 0
+
+
+# -- fastconv evaluate -------------------------------------------------------------------------------
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from fastconv import checkpoint as ckpt
+    from fastconv.data import Dataset, Normalizer
+    from fastconv.losses import SoftmaxCrossEntropy
+    from fastconv.train import Trainer, confusion_matrix, load_model
+
+    _set_threads(args.threads)
+    path = args.checkpoint
+    if os.path.isdir(os.path.join(path, "best")) or os.path.isdir(os.path.join(path, "best.old")):
+        path = os.path.join(path, "best")
+    model, meta = load_model(path)
+    user = meta["user"]
+    name = args.data or user.get("data", "digits")
+    data_dir = args.data_dir or user.get("data_dir")
+    # Same split scheme as training; normalized with the training run's statistics.
+    splits = load_data(name, data_dir, user.get("val_fraction", 0.1), Normalizer.from_dict(user["normalization"]))
+    if args.split == "all":
+        parts = [splits[k] for k in ("train", "val", "test")]
+        dataset = Dataset(np.concatenate([p.X for p in parts]), np.concatenate([p.y for p in parts]),
+                          parts[0].classes, parts[0].name)
+    else:
+        dataset = splits[args.split]
+    if list(dataset.input_shape) != list(user["input_shape"]):
+        raise CommandError(f"the checkpoint's model takes images of shape {tuple(user['input_shape'])}; "
+                           f"--data {name} has {dataset.input_shape}")
+    classes = user["classes"]
+    if dataset.y.max() >= len(classes):
+        raise CommandError(f"--data {name} has labels up to {dataset.y.max()}; the model knows {len(classes)} classes")
+    trainer = Trainer(model, SoftmaxCrossEntropy(), None, batch_size=args.batch_size, verbose=False, progress=False)
+    result = trainer.evaluate(dataset)
+    pred = trainer.predict(dataset.X)
+    cm = confusion_matrix(dataset.y, pred, len(classes))
+    info = ckpt.read_metadata(path)
+    print(f"checkpoint {path}: epoch {info['meta'].get('epoch')}, {user['arch']}")
+    print(f"data {os.path.basename(str(name))}, {args.split} split: {len(dataset)} examples")
+    print(f"loss {result['loss']:.4f}  accuracy {100 * result['accuracy']:.2f}% "
+          f"({int(np.trace(cm))}/{len(dataset)})")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    labels = [c[:8] for c in classes]
+    width = max(4, max(len(str(cm.max())), max(map(len, labels))) + 1)
+    print(" " * 9 + "".join(f"{c:>{width}}" for c in labels) + "   recall")
+    for i, c in enumerate(labels):
+        total = cm[i].sum()
+        recall = f"{100 * cm[i, i] / total:6.1f}%" if total else "      -"
+        print(f"{c:>8} " + "".join(f"{v:>{width}}" for v in cm[i]) + f"  {recall}")
+    return 0
+
+
+# -- fastconv search -------------------------------------------------------------------------------------
+
+
+def _range(kind):
+    """LO:HI (drawn: log-uniform or uniform), V (fixed), or A,B,C (a choice)."""
+    def parse(text):
+        from fastconv.search import Choice, LogUniform, Uniform
+
+        try:
+            if ":" in text:
+                lo, hi = (float(t) for t in text.split(":"))
+                return LogUniform(lo, hi) if kind == "log" else Uniform(lo, hi)
+            if "," in text:
+                return Choice([int(t) if kind == "int" else float(t) for t in text.split(",")])
+            return int(text) if kind == "int" else float(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected LO:HI, a value, or A,B,C; got {text!r} ({e})") from None
+    parse.__name__ = f"{kind} range"
+    return parse
+
+
+def _search(args) -> int:
+    from fastconv import search as S
+    from fastconv.train import build_model, resolve_arch
+
+    _set_threads(args.threads)
+    out = args.out or _default_run_dir("search")
+    _writable_dir(out)
+    data = load_data(args.data, args.data_dir, args.val_fraction)
+    train = data["train"]
+    arch = args.arch if args.arch != "auto" else _default_arch(args.data, train.input_shape)
+    spec = resolve_arch(arch, train.num_classes)
+    build_model(spec, train.input_shape, train.num_classes)  # fail now, not in trial 1
+    space = {"lr": args.lr, "weight_decay": args.weight_decay, "momentum": args.momentum,
+             "dropout": args.dropout, "batch_size": args.batch_size}
+    for k in ("momentum", "dropout"):
+        v = space[k]
+        values = [v.low, v.high] if hasattr(v, "low") else getattr(v, "values", [v])
+        lo, hi = min(values), max(values)
+        if not (0 <= lo and hi < 1):
+            raise CommandError(f"--{k} values must be in [0, 1); got {v}")
+
+    def build(config):
+        import fastconv as fc
+
+        model = build_model(spec, train.input_shape, train.num_classes, dropout=config["dropout"])
+        opt = _make_optimizer(args.optimizer, model.parameters(), config["lr"], config["momentum"],
+                              config["weight_decay"])
+        return model, fc.SoftmaxCrossEntropy(), opt
+
+    print(f"random search: {args.trials} trials x {args.epochs} epochs of {spec} ({args.optimizer}) on "
+          f"{os.path.basename(data['name'])}; results in {out}")
+    result = S.random_search(build, space, args.trials, data["train"], data["val"], epochs=args.epochs,
+                             seed=args.seed, out_dir=out)
+    best = result.best
+    if best["status"] != "ok":
+        raise CommandError(f"every trial diverged; lower the --lr range (results in {out})")
+    config = {"data": args.data, "data_dir": args.data_dir, "val_fraction": args.val_fraction, "arch": spec,
+              "optimizer": args.optimizer, **{k: v for k, v in result.best_config.items()}, "seed": best["seed"]}
+    config["batch_size"] = int(config["batch_size"])
+    _write_toml(os.path.join(out, "best_config.toml"), config,
+                f"best of {args.trials} trials (val accuracy {100 * best['val_accuracy']:.2f}% after "
+                f"{args.epochs} epochs); train with: fastconv train --config best_config.toml")
+    print("top trials:")
+    for t in result.trials[:5]:
+        shown = "  ".join(f"{k} {S._fmt(v)}" for k, v in t["config"].items())
+        acc = f"{100 * t['val_accuracy']:.1f}%" if t["val_accuracy"] is not None else t["status"]
+        print(f"  #{t['rank']} trial {t['trial']}: val acc {acc}  {shown}")
+    print(f"best config: {os.path.join(out, 'best_config.toml')}\n"
+          f"train it:    fastconv train --config {os.path.join(out, 'best_config.toml')}")
+    return 0
+
+
+# -- fastconv bench ----------------------------------------------------------------------------------
+
+
+def _median_time(fn, repeat: int) -> float:
+    fn()  # warm up (allocations, thread pool)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _bench(args) -> int:
+    import numpy as np
+
+    import fastconv as fc
+    from fastconv import _kernels as K
+    from fastconv import reference as R
+
+    threads = args.threads or fc.get_num_threads()
+    fc.set_num_threads(threads)
+    limiter = None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=threads)  # NumPy's BLAS on the same thread budget
+    except ImportError:
+        pass
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            import torch.nn.functional as F
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            torch = None
+    rng = np.random.default_rng(0)
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    m = args.gemm_size
+    A, B = r(m, m), r(m, m)
+    x, w, b = r(32, 16, 32, 32), r(32, 16, 3, 3), r(32)
+    xp = r(32, 32, 32, 32)
+    cases = [
+        ("sgemm", f"{m}x{m} @ {m}x{m}", lambda: K.sgemm(A, B), lambda: np.matmul(A, B),
+         (lambda: torch.mm(tA, tB)) if torch else None),
+        ("conv2d_forward", "32x16x32x32 * 32x16x3x3 p1", lambda: K.conv2d_forward(x, w, b, (1, 1), (1, 1)),
+         lambda: R.conv2d_forward(x, w, b, (1, 1), (1, 1)),
+         (lambda: F.conv2d(tx, tw, tb, padding=1)) if torch else None),
+        ("maxpool2d_forward", "32x32x32x32, 2x2 s2", lambda: K.maxpool2d_forward(xp, (2, 2), (2, 2), (0, 0)),
+         lambda: R.maxpool2d_forward(xp, (2, 2), (2, 2), (0, 0)),
+         (lambda: F.max_pool2d(txp, 2)) if torch else None),
+    ]
+    if torch:
+        tA, tB, tx, tw, tb, txp = (torch.from_numpy(a) for a in (A, B, x, w, b, xp))
+    print(f"fastconv bench: {threads} thread(s), ISA {fc.get_isa()}, median of {args.repeat} runs "
+          "(ratio = other time / fastconv time; > 1 means fastconv is faster)")
+    header = f"{'kernel':18} {'shape':28} {'fastconv':>10} {'numpy':>10} {'ratio':>7}"
+    header += f" {'torch':>10} {'ratio':>7}" if torch else ""
+    print(header)
+    try:
+        for name, shape, ours, numpy_fn, torch_fn in cases:
+            t_ours = _median_time(ours, args.repeat)
+            t_np = _median_time(numpy_fn, args.repeat)
+            line = f"{name:18} {shape:28} {1e3 * t_ours:8.2f}ms {1e3 * t_np:8.2f}ms {t_np / t_ours:6.2f}x"
+            if torch_fn is not None:
+                with torch.no_grad():
+                    t_torch = _median_time(torch_fn, args.repeat)
+                line += f" {1e3 * t_torch:8.2f}ms {t_torch / t_ours:6.2f}x"
+            print(line)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+    notes = ["numpy column: numpy.matmul (its BLAS) for sgemm, fastconv.reference (NumPy) for the others"]
+    if limiter is None:
+        notes.append("NumPy's BLAS threads are not limited (pip install threadpoolctl to pin them)")
+    if torch is None and not args.no_torch:
+        notes.append("PyTorch is not installed: no torch column")
+    for n in notes:
+        print(f"note: {n}")
+    return 0
+
+
+# -- fastconv info ------------------------------------------------------------------------------------
 
 
 def _info(args) -> int:
@@ -19,21 +628,131 @@ def _info(args) -> int:
     return 0 if status == "ok" else 1
 
 
+# -- the parser -------------------------------------------------------------------------------------------
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastconv", description="Train CNNs on the CPU at native speed.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="fastconv", description="Train CNNs on the CPU at native speed.",
+        epilog="Run 'fastconv COMMAND --help' for a command's options. Exit codes: 0 success, 1 failure, "
+               "2 usage error.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("train", help="train a CNN (default: a small one on the shipped digits)",
+                       description="Train a CNN, keep the best weights, and draw the curves.\nWith no options: a "
+                                   "small CNN on the shipped 8x8 digits, written to runs/<name>/.",
+                       epilog=EPILOG_TRAIN + _arch_help(), formatter_class=raw)
+    _add_data_options(p)
+    _add_training_options(p)
+    p.add_argument("--epochs", type=_positive_int, default=20, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--schedule", default="cosine", choices=["none", "cosine", "step", "exp", "invtime", "plateau"],
+                   help="learning-rate schedule, stepped per epoch (default: %(default)s)")
+    p.add_argument("--patience", type=_nonneg_int, default=10, metavar="N",
+                   help="early stopping: stop after N epochs without improvement of --monitor; 0 = off "
+                        "(default: %(default)s)")
+    p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
+                   help="metric that picks the best epoch and drives early stopping (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<arch>-<date-time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where its last checkpoint stopped")
+    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (key = value, names as "
+                   "the options without --); the command line wins")
+    p.add_argument("--sanity", action="store_true",
+                   help="only run the sanity check: overfit 20 examples without regularization (exit 1 if it fails)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG pictures")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar per epoch (default: when the output is a terminal)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a checkpoint",
+                       description="Evaluate a checkpoint written by 'fastconv train' (a run folder or its best/ "
+                                   "or last/ folder) on the same data split scheme.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("--data", metavar="NAME|PATH.npz", help=f"{DATA_HELP} (default: the data it was trained on)")
+    p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
+    p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("search", help="random hyperparameter search; writes a results table and the best config",
+                       description="Random hyperparameter search: random draws, not a grid; the learning rate\n"
+                                   "and the weight decay on a log scale. Each trial trains a few epochs.\n\n"
+                                   "ranges: LO:HI is drawn (log-uniform for --lr and --weight-decay, uniform for\n"
+                                   "--momentum and --dropout), a single value is fixed, A,B,C is a choice.\n\n"
+                                   "writes results.csv and results.json (trials ranked by validation accuracy,\n"
+                                   "with their seeds) and best_config.toml, for 'fastconv train --config'.",
+                       formatter_class=raw,
+                       epilog="example:\n  fastconv search --trials 20 --epochs 5 --lr 1e-4:1e-1 --batch-size 32,64\n")
+    _add_data_options(p)
+    p.add_argument("--arch", default="auto", metavar="NAME|SPEC", help="as for train (default: %(default)s)")
+    p.add_argument("--optimizer", default="sgd", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
+    p.add_argument("--trials", type=_positive_int, default=10, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=5, metavar="N", help="per trial (default: %(default)s)")
+    p.add_argument("--lr", type=_range("log"), default="1e-3:3e-1", metavar="LO:HI", help="(default: %(default)s)")
+    p.add_argument("--weight-decay", type=_range("log"), default="1e-6:1e-2", metavar="LO:HI",
+                   help="(default: %(default)s)")
+    p.add_argument("--momentum", type=_range("uniform"), default="0.5:0.95", metavar="LO:HI",
+                   help="(default: %(default)s)")
+    p.add_argument("--dropout", type=_range("uniform"), default="0", metavar="LO:HI",
+                   help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=_range("int"), default="32,64", metavar="A,B", help="(default: %(default)s)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
+                   help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+    p.add_argument("--out", metavar="DIR", help="results folder (default: runs/search-<date-time>)")
+    p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file; the command line wins")
+    p.set_defaults(func=_search)
+
+    p = sub.add_parser("bench", help="time the main kernels against NumPy (and PyTorch when installed)",
+                       description="A quick timing (a few seconds) of fastconv's sgemm, conv2d_forward and "
+                                   "maxpool2d_forward against numpy.matmul / the NumPy reference kernels and, when "
+                                   "importable, PyTorch, on the same thread count. For full benchmarks: "
+                                   "pytest bench/.")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every library (default: all CPUs)")
+    p.add_argument("--repeat", type=_positive_int, default=7, metavar="N",
+                   help="runs per timing (default: %(default)s)")
+    p.add_argument("--gemm-size", type=_positive_int, default=512, metavar="M", help="(default: %(default)s)")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    p.set_defaults(func=_bench)
+
     p = sub.add_parser("info", help="build, CPU and threading information, and a kernel self-test")
     p.set_defaults(func=_info)
     return parser
 
 
+def _subparser(parser, name):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    where = f"fastconv {args.command}"
     try:
+        sub = _subparser(parser, args.command)
+        config = getattr(args, "config", None)
+        if args.command == "train" and args.resume and args.out and not config:
+            config = os.path.join(args.out, "config.toml") if os.path.isfile(os.path.join(args.out, "config.toml")) \
+                else None
+        if config:  # options from the file become defaults; parse again so the command line wins
+            _apply_config(sub, config)
+            args = parser.parse_args(argv)
         return args.func(args)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"fastconv {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        resume = f"; continue with: fastconv train --resume --out {args.out}" if getattr(args, "out", None) and \
+            args.command == "train" else ""
+        print(f"{where}: interrupted{resume}", file=sys.stderr)
+        return 130
+    except (CommandError, ValueError, TypeError, OSError, KeyError, RuntimeError, ArithmeticError, ImportError) as e:
+        message = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
+        if isinstance(e, OSError) and e.filename and e.strerror:
+            message = f"{e.filename}: {e.strerror}"
+        print(f"{where}: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -1,4 +1,4 @@
-"""The core layers: Conv2d, MaxPool2d, ReLU, Linear, Flatten.
+"""The core layers: Conv2d, MaxPool2d, AvgPool2d, ReLU, Linear, Flatten.
 
 Each direction is one kernel call through :func:`fastconv.backend.kernel`.
 Inputs are float32 NumPy arrays (float64 too under the ``reference``
@@ -246,3 +246,83 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+# ---------------------------------------------------------------------------
+# helpers shared with the toolbox layers (activations, normalization, dropout)
+
+def check_real(layer, name, v, lo=-np.inf, hi=np.inf):
+    """v as a float, or raise: a real number (not a bool), finite, in [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{layer}: `{name}` must be a real number; got {type(v).__name__} {v!r}")
+    try:
+        f = float(v)
+    except OverflowError:  # an int beyond the float range
+        f = np.inf
+    if not (np.isfinite(f) and lo <= f <= hi):
+        bounds = (f" in [{lo:g}, {hi:g}]" if np.isfinite(hi) else f" >= {lo:g}") if np.isfinite(lo) else ""
+        raise ValueError(f"{layer}: `{name}` must be a finite number{bounds}; got {v!r}")
+    return f
+
+
+def check_grad(layer, dy, shape):
+    """dy as a C-contiguous float array of exactly `shape` (the forward output's), or raise."""
+    dy = check_input(f"{layer}.backward", dy, (len(shape),), "dy")
+    if dy.shape != tuple(shape):
+        raise ValueError(f"{layer}.backward: `dy` must have the forward output's shape {tuple(shape)}; got {dy.shape}")
+    return dy
+
+
+def _pool_args(layer, kernel_size, stride, padding):
+    """A pooling layer's (kernel, stride, padding) pairs: stride defaults to the
+    kernel, padding is at most half the kernel (as PyTorch requires)."""
+    kernel = _pair(layer, "kernel_size", kernel_size, 1)
+    stride = kernel if stride is None else _pair(layer, "stride", stride, 1)
+    padding = _pair(layer, "padding", padding, 0)
+    if 2 * padding[0] > kernel[0] or 2 * padding[1] > kernel[1]:
+        raise ValueError(f"{layer}: `padding` must be at most half of `kernel_size` {kernel}; got {padding}")
+    return kernel, stride, padding
+
+
+def _pool_input(layer, x, kernel, padding):
+    """(x as NCHW, unbatched) for a pooling layer, checking the window fits the padded input."""
+    x, unbatched = _batched(layer, x)
+    (kh, kw), (ph, pw), (h, w) = kernel, padding, x.shape[2:]
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        raise ValueError(
+            f"{layer}: kernel size {kernel} is larger than the padded input "
+            f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {padding})")
+    return x, unbatched
+
+
+class AvgPool2d(Module):
+    """Mean over kh x kw windows; the backward spreads each gradient evenly
+    over its window. ``stride`` defaults to ``kernel_size``; zero ``padding``
+    (at most half the kernel) counts in the divisor kh * kw. These are
+    PyTorch's defaults, count_include_pad=True and ceil_mode=False.
+    Input (N, C, H, W) or (C, H, W); OH = (H + 2*ph - kh) // sh + 1.
+
+    >>> AvgPool2d(2)(np.ones((1, 3, 8, 8), np.float32)).shape
+    (1, 3, 4, 4)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = _pool_args("AvgPool2d", kernel_size, stride, padding)
+        self._cache = None
+
+    def forward(self, x):
+        x, unbatched = _pool_input("AvgPool2d", x, self.kernel_size, self.padding)
+        y = kernel("avgpool2d_forward")(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (x.shape, y.shape, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        x_shape, y_shape, unbatched = self._cache
+        dy = check_grad("AvgPool2d", dy, y_shape[1:] if unbatched else y_shape)
+        dy = dy[None] if unbatched else dy
+        dx = kernel("avgpool2d_backward")(dy, x_shape, self.kernel_size, self.stride, self.padding)
+        return dx[0] if unbatched else dx
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"

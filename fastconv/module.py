@@ -124,8 +124,11 @@ class Module:
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of all parameters and buffers, keyed as in PyTorch, in PyTorch's layouts."""
-        state = OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
-        state.update((name, np.array(b, copy=True)) for name, b in self.named_buffers())
+        state = OrderedDict()
+        for prefix, module in self.named_modules():  # module by module, as PyTorch orders keys
+            dot = f"{prefix}." if prefix else ""
+            state.update((dot + name, p.data.copy()) for name, p in module._parameters.items())
+            state.update((dot + name, np.array(getattr(module, name), copy=True)) for name in module._buffers)
         return state
 
     def load_state_dict(self, state_dict, strict: bool = True):

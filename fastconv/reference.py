@@ -126,3 +126,141 @@ def bias_add(y, bias):
     """In place: y[:, j, ...] += bias[j]; returns y."""
     y += bias.reshape((1, -1) + (1,) * (y.ndim - 2))
     return y
+
+
+# ---------------------------------------------------------------------------
+# activations. np.where evaluates both branches everywhere, so each formula is
+# written to stay finite on the branch it discards (exp of a value <= 0 only).
+# Where a result is inf or NaN by IEEE rules (inf * 0, a product past the
+# float range) that is the answer, as in C and PyTorch: no warning for it.
+# np.asarray keeps a 0-d input's result an array (ufuncs return scalars).
+
+_ieee = np.errstate(over="ignore", invalid="ignore")
+
+
+@_ieee
+def leaky_relu_forward(x, negative_slope):
+    """y = x where x > 0, else negative_slope * x."""
+    return np.where(x > 0, x, x * x.dtype.type(negative_slope))
+
+
+@_ieee
+def leaky_relu_backward(dy, x, negative_slope):
+    """dx = dy where x > 0, else negative_slope * dy."""
+    return np.where(x > 0, dy, dy * dy.dtype.type(negative_slope))
+
+
+def _not_positive(x):
+    """x with its positive entries set to 0: what ELU exponentiates, so exp
+    never overflows (-0.0 and NaN kept)."""
+    return np.where(x > 0, x.dtype.type(0), x)
+
+
+@_ieee
+def elu_forward(x, alpha):
+    """y = x where x > 0, else alpha * expm1(x)."""
+    return np.where(x > 0, x, np.expm1(_not_positive(x)) * x.dtype.type(alpha))
+
+
+@_ieee
+def elu_backward(dy, x, alpha):
+    """dx = dy where x > 0, else dy * alpha * exp(x) (NaN at a NaN x)."""
+    return np.where(x > 0, dy, dy * dy.dtype.type(alpha) * np.exp(_not_positive(x)))
+
+
+@_ieee
+def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)) as (1 or e) / (1 + e) with e = exp(-|x|) <= 1."""
+    e = np.exp(-np.abs(x))
+    return np.asarray(np.where(x >= 0, x.dtype.type(1), e) / (1 + e))
+
+
+@_ieee
+def sigmoid_backward(dy, y):
+    """dx = dy * (1 - y) * y."""
+    return np.asarray(dy * (1 - y) * y)
+
+
+def tanh_forward(x):
+    """y = tanh(x)."""
+    return np.asarray(np.tanh(x))
+
+
+@_ieee
+def tanh_backward(dy, y):
+    """dx = dy * (1 - y * y)."""
+    return np.asarray(dy * (1 - y * y))
+
+
+# ---------------------------------------------------------------------------
+# batchnorm: statistics in float64, the rest in the input's dtype, in the
+# kernel's order of operations.
+
+def _per_channel(x):
+    """The axes a per-channel reduction of x (N, C, *) sums over, and the shape
+    that broadcasts a (C,) vector against x."""
+    return (0,) + tuple(range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+
+
+def _scale(weight, var, eps, dtype):
+    """(invstd, weight * invstd as dtype); invstd = 1 / sqrt(var + eps) in float64."""
+    invstd = 1.0 / np.sqrt(var.astype(np.float64) + eps)
+    return invstd, (invstd if weight is None else invstd * weight).astype(dtype)
+
+
+@_ieee
+def batchnorm_forward(x, weight, bias, mean, var, eps):
+    """(y, mean, var): y = (x - mean) / sqrt(var + eps) * weight + bias per channel;
+    mean/var None: the batch mean and biased variance over N and the trailing axes."""
+    axes, shape = _per_channel(x)
+    if mean is None:
+        x64 = x.astype(np.float64)
+        m = x64.mean(axis=axes)
+        mean = m.astype(x.dtype)
+        var = np.square(x64 - m.reshape(shape)).mean(axis=axes).astype(x.dtype)
+    _, scale = _scale(weight, var, eps, x.dtype)
+    shift = np.zeros_like(scale) if bias is None else bias
+    y = (x - mean.reshape(shape)) * scale.reshape(shape) + shift.reshape(shape)
+    return y.astype(x.dtype, copy=False), mean, var
+
+
+@_ieee
+def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
+    """(dx, dweight, dbias) of batchnorm_forward; through the batch statistics
+    too when batch_stats."""
+    axes, shape = _per_channel(x)
+    count = max(x.size // max(x.shape[1], 1), 1)
+    xc = x - mean.reshape(shape)
+    sdy = dy.sum(axis=axes, dtype=np.float64)
+    sdyx = (dy.astype(np.float64) * (x.astype(np.float64) - mean.reshape(shape))).sum(axis=axes)
+    invstd, scale = _scale(weight, var, eps, x.dtype)
+    dweight, dbias = (sdyx * invstd).astype(x.dtype), sdy.astype(x.dtype)
+    if batch_stats:
+        gm, k = (sdy / count).astype(x.dtype), (sdyx * invstd * invstd / count).astype(x.dtype)
+        dx = (dy - gm.reshape(shape) - xc * k.reshape(shape)) * scale.reshape(shape)
+    else:
+        dx = dy * scale.reshape(shape)
+    return dx.astype(x.dtype, copy=False), dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# avgpool2d
+
+def avgpool2d_forward(x, kernel, stride, padding):
+    """Window means; zero padding counts in the divisor kh * kw (count_include_pad)."""
+    kh, kw = _pair(kernel)
+    win = _windows(x, kernel, stride, padding)
+    return np.ascontiguousarray(win.sum(axis=(4, 5)) / x.dtype.type(kh * kw), dtype=x.dtype)
+
+
+def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
+    """dx of x_shape: each dy / (kh * kw) added over its window (col2im)."""
+    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    n, c, h, w = x_shape
+    oh, ow = dy.shape[2:]
+    g = dy / dy.dtype.type(kh * kw)
+    dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g
+    return np.ascontiguousarray(dx_pad[:, :, ph:ph + h, pw:pw + w])

@@ -7,12 +7,26 @@
  *   B panel: a kc x NR sliver of op(B), stored row by row:
  *            b[p * NR + j] = op(B)[p, j]   for p < kc, j < NR (zero-filled
  *            past the edge).
+ * Packing buffers are 64-byte aligned and a B panel starts a multiple of
+ * kc * NR floats into one, so each row of b is aligned to the largest power
+ * of two dividing NR * sizeof(float), at most 64: a kernel whose NR is a
+ * multiple of its vector width may load b with aligned loads. a has no
+ * alignment beyond a float's.
  *
- * A micro-kernel computes, for the m x n corner (m <= MR, n <= NR) of C:
+ * A micro-kernel computes, for the m x n corner (1 <= m <= MR, 1 <= n <= NR)
+ * of C, with kc >= 1:
  *   C[i, j] := beta * C[i, j] + alpha * sum_p a[p*MR + i] * b[p*NR + j]
- * C is row-major with row stride ldc. When beta == 0, C is never read.
- * Edge tiles (m < MR or n < NR) are handled inside the kernel and never
- * write outside the m x n corner.
+ * summing over p in increasing order (sgemm.c relies on a fixed order for
+ * determinism). C is row-major with row stride ldc and any alignment. When
+ * beta == 0, C is never read (NaN or garbage there does not propagate).
+ * Edge tiles (m < MR or n < NR) are handled inside the kernel, which never
+ * reads or writes C outside the m x n corner. A kernel keeps no state: it is
+ * called from several threads at once.
+ *
+ * Block sizes: sgemm.c packs an MC x KC block of op(A) for L2, a KC x NC
+ * block of op(B) for L3, and walks it in kc x NR slivers that should stay in
+ * L1 while every MR x kc sliver of A streams past. MC must be a multiple of
+ * MR and NC of NR.
  */
 #ifndef FC_GEMM_UKERNEL_H
 #define FC_GEMM_UKERNEL_H
@@ -25,7 +39,7 @@ typedef void fc_gemm_ukr(fc_int kc, float alpha, const float *a, const float *b,
 typedef struct {
     const char *name;
     int mr, nr;           /* register tile */
-    fc_int mc, kc, nc;    /* cache blocks: A block mc x kc (L2), B panel kc x nr (L1), B block kc x nc (L3) */
+    fc_int mc, kc, nc;    /* cache blocks: A block mc x kc (L2), B sliver kc x nr (L1), B block kc x nc (L3) */
     fc_gemm_ukr *ukr;
 } fc_gemm_kernel;
 
@@ -35,6 +49,13 @@ extern const fc_gemm_kernel fc_gemm_kernel_generic;
 extern const fc_gemm_kernel fc_gemm_kernel_avx2;
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
 #endif
+
+/* Put before a loop over the register tile (its rows, the vectors of a row)
+ * in a micro-kernel. Fully unrolled early, such loops index the accumulator
+ * array with constants, so the compiler keeps it in registers; GCC 12
+ * otherwise keeps it in memory and stores it on every k step, at a third of
+ * the speed. */
+#define FC_UNROLL_TILE _Pragma("GCC unroll 32")
 
 /* The kernel of the ISA picked at run time (dispatch.c). */
 const fc_gemm_kernel *fc_gemm_kernel_current(void);

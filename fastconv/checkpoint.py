@@ -1,0 +1,311 @@
+"""Checkpoints: safetensors for arrays, JSON for the rest, no pickle, written atomically.
+
+A checkpoint is a folder::
+
+    best/
+      model.safetensors       model.state_dict(): PyTorch's keys ("0.weight") and layouts
+      optimizer.safetensors   optimizer buffers, keyed "state.<param index>.<buffer name>"
+      checkpoint.json         optimizer hyperparameters and step counts, scheduler state,
+                              and the caller's metadata (epoch, best metric, RNG states, ...)
+      (more files the caller adds, e.g. history.json)
+
+so a PyTorch model with the same layers loads the weights directly::
+
+    from safetensors.torch import load_file
+    torch_model.load_state_dict(load_file("runs/digits/best/model.safetensors"))
+
+Writing is atomic: the files go to a temporary folder beside the target and
+are fsynced with it; then the old folder is renamed to ``<name>.old``, the new
+one to ``<name>``, the parent folder is fsynced and ``<name>.old`` removed. A
+crash at any point leaves either the old or the new checkpoint complete; a
+crash between the two renames leaves only ``<name>.old``, which
+:func:`load_checkpoint` and the next :func:`save_checkpoint` use as ``<name>``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import tempfile
+
+import numpy as np
+
+FORMAT = "fastconv.checkpoint"
+VERSION = 1
+MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
+
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "read_metadata",
+           "atomic_write", "atomic_write_json", "dumps_json", "loads_json"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, or does not fit the objects it is loaded into."""
+
+
+# -- atomic files -----------------------------------------------------------------------
+
+
+def fsync_dir(path: str) -> None:
+    """Make a rename or a new file in folder ``path`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(path or ".", os.O_RDONLY)
+    except OSError:  # e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    A temporary file in the same folder is written and fsynced, renamed over
+    ``path`` with ``os.replace``, and the folder fsynced.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fsync_dir(folder)
+
+
+def _encode(obj):
+    """JSON-ready: non-finite floats become {"__float__": "inf"}; tuples lists; numpy scalars Python."""
+    if isinstance(obj, dict):
+        return {str(k): _encode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _encode(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    return obj
+
+
+def _decode(d: dict):
+    if len(d) == 1 and "__float__" in d:
+        return float(d["__float__"])
+    return d
+
+
+def dumps_json(obj, indent: int | None = None) -> str:
+    """Strict JSON (no NaN/Infinity literals; those are tagged and restored by :func:`loads_json`)."""
+    try:  # the fast path: plain Python data, finite floats
+        return json.dumps(obj, indent=indent, allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(_encode(obj), indent=indent, allow_nan=False)
+
+
+def loads_json(text: str):
+    return json.loads(text, object_hook=_decode)
+
+
+def atomic_write_json(path, obj, indent: int | None = 1) -> None:
+    atomic_write(path, dumps_json(obj, indent).encode())
+
+
+# -- checkpoints ------------------------------------------------------------------------
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy
+    except ImportError:  # a runtime dependency; only a broken install lacks it
+        raise ImportError("fastconv checkpoints need safetensors: pip install safetensors") from None
+    return safetensors.numpy
+
+
+def _existing(path: str) -> str | None:
+    """The folder holding the checkpoint ``path``: itself, or ``path.old`` after an interrupted swap."""
+    if os.path.isfile(os.path.join(path, META_FILE)):
+        return path
+    if not os.path.exists(path) and os.path.isfile(os.path.join(path + ".old", META_FILE)):
+        return path + ".old"
+    return None
+
+
+def _split_optimizer_state(state: dict):
+    tensors, scalars = {}, {}
+    for i, buffers in state["state"].items():
+        for name, value in buffers.items():
+            if isinstance(value, np.ndarray) and value.ndim > 0:
+                tensors[f"state.{i}.{name}"] = np.asarray(value, order="C")
+            else:
+                scalars.setdefault(str(i), {})[name] = value
+    return tensors, scalars
+
+
+def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | None = None,
+                    files: dict | None = None) -> str:
+    """Write a complete checkpoint folder at ``path`` atomically; returns the path.
+
+    ``meta`` (JSON-able: numbers, strings, lists, dicts; tuples become lists)
+    is stored in checkpoint.json and returned by :func:`load_checkpoint`.
+    ``files`` maps extra file names to bytes written into the same folder.
+    """
+    st = _safetensors()
+    path = os.fspath(path).rstrip("/\\") or "."
+    parent, base = os.path.dirname(path) or ".", os.path.basename(path)
+    os.makedirs(parent, exist_ok=True)
+    payload = {MODEL_FILE: st.save({k: np.asarray(v, order="C") for k, v in model.state_dict().items()},
+                                   metadata={"format": "pt"})}
+    info = {"format": FORMAT, "version": VERSION, "model_keys": list(model.state_dict().keys()),
+            "optimizer": None, "scheduler": None, "meta": meta or {}}
+    if optimizer is not None:
+        state = optimizer.state_dict()
+        tensors, scalars = _split_optimizer_state(state)
+        payload[OPTIMIZER_FILE] = st.save(tensors)
+        info["optimizer"] = {"type": type(optimizer).__name__, "param_groups": state["param_groups"],
+                             "scalars": scalars}
+    if scheduler is not None:
+        info["scheduler"] = {"type": type(scheduler).__name__, "state": scheduler.state_dict()}
+    payload[META_FILE] = dumps_json(info, indent=1).encode()
+    for name, data in (files or {}).items():
+        if os.path.basename(name) != name or name in payload:
+            raise ValueError(f"save_checkpoint: extra file name {name!r} must be a plain file name, not a reserved one")
+        payload[name] = data
+
+    for stale in glob.glob(os.path.join(glob.escape(parent), glob.escape(base) + ".tmp-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=base + ".tmp-", dir=parent)
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+        for name, data in payload.items():
+            _write_synced(os.path.join(tmp, name), data)
+        fsync_dir(tmp)
+        old = path + ".old"
+        if not os.path.exists(path) and os.path.isdir(old):
+            os.rename(old, path)  # finish a swap a crash interrupted: old is the last complete one
+        if os.path.exists(path):
+            if os.path.exists(old):
+                shutil.rmtree(old)
+            os.rename(path, old)
+            fsync_dir(parent)
+        os.rename(tmp, path)
+        fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(path + ".old", ignore_errors=True)
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The whole checkpoint.json of checkpoint ``path`` (with the caller's data under "meta")."""
+    path = os.fspath(path)
+    folder = _existing(path)
+    if folder is None:
+        what = "is not a checkpoint folder (no checkpoint.json in it)" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"checkpoint {path} {what}")
+    with open(os.path.join(folder, META_FILE), encoding="utf-8") as f:
+        try:
+            info = loads_json(f.read())
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {path}: checkpoint.json is not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: checkpoint.json is not a fastconv checkpoint")
+    if info.get("version", 0) > VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {info['version']} is newer than this "
+                              f"fastconv reads ({VERSION}); upgrade fastconv")
+    info["folder"] = folder
+    return info
+
+
+def _load_tensors(folder: str, name: str) -> dict:
+    file = os.path.join(folder, name)
+    if not os.path.isfile(file):
+        raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+    st = _safetensors()
+    from safetensors import SafetensorError
+
+    try:
+        return st.load_file(file)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {name} is not a valid safetensors file ({e})") from None
+
+
+def _in_model_order(info: dict, weights: dict) -> dict:
+    """safetensors sorts its keys; give them back in the model's order (as ``state_dict()``)."""
+    order = [k for k in info.get("model_keys", []) if k in weights]
+    return {**{k: weights[k] for k in order}, **{k: v for k, v in weights.items() if k not in order}}
+
+
+def load_weights(path) -> dict:
+    """The model weights of checkpoint ``path`` as {PyTorch key: numpy array}, in the model's order."""
+    info = read_metadata(path)
+    return _in_model_order(info, _load_tensors(info["folder"], MODEL_FILE))
+
+
+def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
+    """Load checkpoint ``path`` into the given objects (those given); returns its metadata.
+
+    All files are read, and the optimizer's and scheduler's types checked,
+    before anything changes; each object's ``load_state_dict`` then checks
+    keys and shapes (a mismatch raises naming the key).
+    """
+    info = read_metadata(path)
+    folder = info["folder"]
+    weights = _in_model_order(info, _load_tensors(folder, MODEL_FILE)) if model is not None else None
+    opt_state = None
+    if optimizer is not None:
+        saved = info.get("optimizer")
+        if saved is None:
+            raise CheckpointError(f"checkpoint {path} holds no optimizer state")
+        if saved["type"] != type(optimizer).__name__:
+            raise CheckpointError(f"checkpoint {path} holds {saved['type']} state; the optimizer is "
+                                  f"{type(optimizer).__name__}")
+        state: dict = {}
+        for key, value in _load_tensors(folder, OPTIMIZER_FILE).items():
+            _, i, name = key.split(".", 2)
+            state.setdefault(int(i), {})[name] = value
+        for i, scalars in saved["scalars"].items():
+            state.setdefault(int(i), {}).update(scalars)
+        groups = []
+        for g, mine in zip(saved["param_groups"], optimizer.param_groups):
+            # JSON has no tuples: give back the types the optimizer uses (Adam's betas).
+            groups.append({k: tuple(v) if isinstance(mine.get(k), tuple) else v for k, v in g.items()})
+        groups += saved["param_groups"][len(groups):]
+        opt_state = {"state": state, "param_groups": groups}
+    if scheduler is not None:
+        saved = info.get("scheduler")
+        if saved is None or saved["type"] != type(scheduler).__name__:
+            have = saved["type"] if saved else "no scheduler"
+            raise CheckpointError(f"checkpoint {path} holds {have} state; the scheduler is {type(scheduler).__name__}")
+    if model is not None:
+        model.load_state_dict(weights)
+    if optimizer is not None:
+        optimizer.load_state_dict(opt_state)
+    if scheduler is not None:
+        scheduler.load_state_dict(info["scheduler"]["state"])
+    return info["meta"]
