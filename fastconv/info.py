@@ -47,6 +47,9 @@ def self_test(seed: int = 0) -> dict:
     dy = rng.standard_normal(y.shape).astype(np.float32)
     _, am = reference.maxpool2d_forward(x, (2, 2), (2, 2), (0, 0))
     dpool = rng.standard_normal(am.shape).astype(np.float32)
+    s3, b3 = rng.standard_normal((2, 3)).astype(np.float32)
+    _, m3, v3 = reference.batchnorm_forward(x, s3, b3, None, None, 1e-5)
+    dx3 = rng.standard_normal(x.shape).astype(np.float32)
     cases = {
         "sgemm": ((a, c), {}),
         "conv2d_forward": ((x, w, b, (1, 1), (1, 1)), {}),
@@ -56,7 +59,22 @@ def self_test(seed: int = 0) -> dict:
         "relu_forward": ((x,), {}),
         "relu_backward": ((dy, y), {}),
         "bias_add": ((y.copy(), b), {}),
+        "leaky_relu_forward": ((x, 0.1), {}),
+        "leaky_relu_backward": ((dy, y, 0.1), {}),
+        "elu_forward": ((x, 1.0), {}),
+        "elu_backward": ((dy, y, 1.0), {}),
+        "sigmoid_forward": ((x,), {}),
+        "sigmoid_backward": ((dy, y), {}),
+        "tanh_forward": ((x,), {}),
+        "tanh_backward": ((dy, y), {}),
+        "batchnorm_forward": ((x, s3, b3, None, None, 1e-5), {}),
+        "batchnorm_backward": ((dx3, x, s3, m3, v3, 1e-5, True), {}),
+        "avgpool2d_forward": ((x, (2, 2), (2, 2), (0, 0)), {}),
+        "avgpool2d_backward": ((dpool, x.shape, (2, 2), (2, 2), (0, 0)), {}),
     }
+    missing = set(_kernels.KERNELS) - set(cases)
+    if missing:  # a new kernel must be added here too
+        raise RuntimeError(f"self_test has no case for {sorted(missing)}")
     errors = {}
     for name, (args, kwargs) in cases.items():
         ref_args = tuple(v.copy() if isinstance(v, np.ndarray) else v for v in args)
