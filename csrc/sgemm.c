@@ -112,6 +112,7 @@ typedef struct {
 } gemm_problem;
 
 static inline fc_int min_i(fc_int x, fc_int y) { return x < y ? x : y; }
+static inline fc_int max_i(fc_int x, fc_int y) { return x > y ? x : y; }
 static inline fc_int ceil_div(fc_int x, fc_int y) { return (x + y - 1) / y; }
 
 /* Address of op(X)[r, col] for X stored row-major with row stride ld. */
@@ -361,22 +362,18 @@ static int gemm_grid(const fc_gemm_kernel *kr, const gemm_problem *g, int nthrea
     const int threads = gr.tm * gr.tn;
     if (threads == 1) return gemm_serial(kr, g);
     const fc_int pm = ceil_div(g->m, kr->mr), pn = ceil_div(g->n, kr->nr);
-    const int tn = gr.tm > 1 ? gr.tn
-                             : (int)min_i((fc_int)gr.tn * TASKS_PER_THREAD,
-                                          pn / TASK_MIN_SLIVERS > gr.tn ? pn / TASK_MIN_SLIVERS : gr.tn);
-    const int tasks = gr.tm * tn;
+    fc_int tn = gr.tn;
+    if (gr.tm == 1) tn = min_i(gr.tn * TASKS_PER_THREAD, max_i(gr.tn, pn / TASK_MIN_SLIVERS));
+    const fc_int tasks = gr.tm * tn;
     int err = 0;
-#pragma omp parallel num_threads(threads) reduction(| : err)
-    {
-#pragma omp for schedule(dynamic, 1)
-        for (int r = 0; r < tasks; r++) {
-            long long i0, i1, j0, j1;
-            fc_split_range(pm, gr.tm, r / tn, &i0, &i1);
-            fc_split_range(pn, tn, r % tn, &j0, &j1);
-            gemm_problem s = sub_problem(g, i0 * kr->mr, min_i(i1 * kr->mr, g->m), j0 * kr->nr,
-                                         min_i(j1 * kr->nr, g->n), 0, g->k);
-            err |= gemm_serial(kr, &s) != 0;
-        }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) reduction(| : err)
+    for (fc_int r = 0; r < tasks; r++) {
+        long long i0, i1, j0, j1;
+        fc_split_range(pm, gr.tm, (int)(r / tn), &i0, &i1);
+        fc_split_range(pn, (int)tn, (int)(r % tn), &j0, &j1);
+        gemm_problem s = sub_problem(g, i0 * kr->mr, min_i(i1 * kr->mr, g->m), j0 * kr->nr,
+                                     min_i(j1 * kr->nr, g->n), 0, g->k);
+        err |= gemm_serial(kr, &s) != 0;
     }
     return err ? FC_ENOMEM : 0;
 }
@@ -411,11 +408,11 @@ static int ksplit_chunks(const fc_gemm_kernel *kr, const gemm_problem *g, fc_int
     return 0;
 }
 
-/* Rows [i0, i1) of C = alpha * (sum of the partials in chunk order) + beta * C. */
-static void ksplit_reduce(const gemm_problem *g, fc_int chunks, const float *partial, fc_int i0, fc_int i1)
+/* C = alpha * (sum of the partials in chunk order) + beta * C. */
+static void ksplit_reduce(const gemm_problem *g, fc_int chunks, const float *partial)
 {
     const fc_int mn = g->m * g->n;
-    for (fc_int i = i0; i < i1; i++)
+    for (fc_int i = 0; i < g->m; i++)
         for (fc_int j = 0; j < g->n; j++) {
             const float *pq = partial + i * g->n + j;
             float s = pq[0];
@@ -431,33 +428,20 @@ static int gemm_ksplit(const fc_gemm_kernel *kr, const gemm_problem *g, int nthr
     const fc_int chunk = ceil_div(g->k, chunks);
     float *partial = ws_get(WS_PARTIAL, (size_t)(chunks * g->m * g->n));
     if (partial == NULL) return FC_ENOMEM;
-    if (nthreads == 1) {
-        if (ksplit_chunks(kr, g, chunk, partial, 0, chunks) != 0) return FC_ENOMEM;
-        ksplit_reduce(g, chunks, partial, 0, g->m);
-        return 0;
-    }
     int err = 0;
-#pragma omp parallel num_threads(nthreads)
-    {
+    if (nthreads == 1 || (double)g->m * g->n * g->k < PAR_MIN_MADDS) {
+        err = ksplit_chunks(kr, g, chunk, partial, 0, chunks) != 0;
+    } else {
         /* Chunks go to threads as they become free: each has its own partial,
          * so who computes it does not matter. */
-#pragma omp for schedule(dynamic, 1)
-        for (fc_int q = 0; q < chunks; q++)
-            if (ksplit_chunks(kr, g, chunk, partial, q, q + 1) != 0) {
-#pragma omp atomic write
-                err = 1;
-            }
-        /* Past the loop's barrier every partial is complete and err final,
-         * the same for every thread. */
-        int failed;
-#pragma omp atomic read
-        failed = err;
-        if (!failed) {
-#pragma omp for schedule(static)
-            for (fc_int i = 0; i < g->m; i++) ksplit_reduce(g, chunks, partial, i, i + 1);
-        }
+#pragma omp parallel for num_threads(nthreads) schedule(dynamic, 1) reduction(| : err)
+        for (fc_int q = 0; q < chunks; q++) err |= ksplit_chunks(kr, g, chunk, partial, q, q + 1) != 0;
     }
-    return err ? FC_ENOMEM : 0;
+    if (err) return FC_ENOMEM;
+    /* The sum is at most KSPLIT_MAX_CHUNKS x KSPLIT_MAX_MN additions: done by
+     * the calling thread, it needs no barrier inside the parallel region. */
+    ksplit_reduce(g, chunks, partial);
+    return 0;
 }
 
 /* ---- entry point --------------------------------------------------------- */

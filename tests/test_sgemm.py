@@ -87,13 +87,13 @@ def check(a, b, c=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
 
 
 def dimension(data, name, register, cache, limit):
-    """Small sizes (up to 3 register tiles), and sizes around the register
+    """Small sizes (0 to 3 register tiles), and sizes around the register
     tile and the cache block of the ISA in use (tile +- 1, block +- 1, ...),
     at most limit. k has no register tile: `register` is then just a small
     length to vary around."""
     around = [register - 1, register, register + 1, 2 * register + 1,
               cache - 1, cache, cache + 1, cache + register + 1, 2 * cache + 1]
-    choices = st.one_of(st.integers(1, 3 * register),
+    choices = st.one_of(st.integers(0, 3 * register),
                         st.sampled_from(sorted({d for d in around if 1 <= d <= limit})))
     return data.draw(choices, label=name)
 
@@ -353,6 +353,15 @@ def test_rejects_non_numeric_scalars():
         _kernels.sgemm(a, b, alpha="two")
     with pytest.raises(TypeError, match=r"sgemm: `alpha` and `beta` must be real numbers"):
         _kernels.sgemm(a, b, np.zeros((4, 5), np.float32), beta=None)
+
+
+def test_accepts_single_row_and_column_views():
+    """A one-column or one-row view has contiguous rows whatever its other
+    stride (x.T of a (1, n) array is (n, 1) with column stride 4 * n)."""
+    rng = np.random.default_rng(0)
+    col, row = rand(rng, 1, 6).T, rand(rng, 6, 1).T  # (6, 1) and (1, 6)
+    np.testing.assert_allclose(_kernels.sgemm(col, row), col @ row, rtol=1e-6)
+    np.testing.assert_allclose(_kernels.sgemm(row, col), row @ col, rtol=1e-5)
 
 
 def test_reference_rejects_nothing_valid():
