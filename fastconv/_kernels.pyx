@@ -183,6 +183,8 @@ cdef _check_array(str fn, str name, a, int ndim, bint writable=False):
         raise ValueError(f"{fn}: `{name}` must have rank {ndim}; got {_describe(a)}")
     if not a.flags.c_contiguous:
         raise ValueError(f"{fn}: `{name}` must be C-contiguous; got {_describe(a)}")
+    if not a.flags.aligned:  # C dereferences float pointers: misalignment is undefined behaviour
+        raise ValueError(f"{fn}: `{name}` must be aligned to its element size; got a misaligned view")
     if writable and not a.flags.writeable:
         raise ValueError(f"{fn}: `{name}` must be writable; got a read-only array")
     if a.size > _MAX_ELEMENTS:
@@ -245,6 +247,8 @@ cdef _check_matrix(str fn, str name, a, bint writable=False):
         raise ValueError(
             f"{fn}: `{name}` must have contiguous rows (unit column stride, row stride >= its width); "
             f"got strides {a.strides} for shape {a.shape}")
+    if not a.flags.aligned:
+        raise ValueError(f"{fn}: `{name}` must be aligned to its element size; got a misaligned view")
     if writable and not a.flags.writeable:
         raise ValueError(f"{fn}: `{name}` must be writable; got a read-only array")
 
@@ -264,16 +268,19 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     fn = "sgemm"
     _check_matrix(fn, "A", A)
     _check_matrix(fn, "B", B)
+    for name, flag in (("trans_a", trans_a), ("trans_b", trans_b)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise TypeError(f"sgemm: `{name}` must be a bool; got {flag!r}")
+    for name, v in (("alpha", alpha), ("beta", beta)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise TypeError(f"sgemm: `{name}` must be a real number; got {v!r}")
     m, k = (A.shape[1], A.shape[0]) if trans_a else A.shape
     kb, n = (B.shape[1], B.shape[0]) if trans_b else B.shape
     if k != kb:
         raise ValueError(
             f"sgemm: inner dimensions must match: op(A) is {m}x{k} but op(B) is {kb}x{n} "
             f"(trans_a={bool(trans_a)}, trans_b={bool(trans_b)})")
-    try:
-        alpha_f, beta_f = float(alpha), float(beta)
-    except (TypeError, ValueError):
-        raise TypeError(f"sgemm: `alpha` and `beta` must be real numbers; got {alpha!r}, {beta!r}") from None
+    alpha_f, beta_f = float(alpha), float(beta)
     if C is None:
         if beta_f != 0.0:
             raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
@@ -464,8 +471,8 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     want = argmax_dtype((s.kh, s.kw))
     if not isinstance(argmax, np.ndarray) or argmax.dtype != want:
         raise TypeError(f"{fn}: `argmax` must be a {want} array for kernel {(s.kh, s.kw)}; got {_describe(argmax)}")
-    if not argmax.flags.c_contiguous:
-        raise ValueError(f"{fn}: `argmax` must be C-contiguous; got {_describe(argmax)}")
+    if not argmax.flags.c_contiguous or not argmax.flags.aligned:
+        raise ValueError(f"{fn}: `argmax` must be C-contiguous and aligned; got {_describe(argmax)}")
     _check_shape(fn, "argmax", argmax, expected)
     dx = np.empty(x_shape, dtype=np.float32)
     cdef int nbytes = want.itemsize, nt = _num_threads

@@ -45,7 +45,7 @@ def check_input(layer, x, ranks, what="x"):
     if x.ndim not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ValueError(f"{layer}: `{what}` must have rank {want}; got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return np.require(x, requirements=("C", "A"))  # copies only views the kernels can't read
 
 
 def _batched(layer, x, channels=None):

@@ -123,3 +123,12 @@ def test_constructor_errors(make, exc, match):
 def test_cross_entropy_errors(scores, y, exc, match):
     with pytest.raises(exc, match=match):
         fc.SoftmaxCrossEntropy()(scores, y)
+
+
+def test_misaligned_input_is_copied_by_layers(rng):
+    raw = np.zeros(2 * 3 * 5 * 5 * 4 + 1, np.uint8)[1:]
+    x = raw.view(np.float32).reshape(2, 3, 5, 5)
+    x[...] = rand(rng, 2, 3, 5, 5)
+    assert not x.flags.aligned
+    conv = fc.Conv2d(3, 2, 3)
+    np.testing.assert_array_equal(conv(x), conv(np.array(x)))

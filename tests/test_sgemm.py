@@ -349,9 +349,9 @@ def test_rejects_beta_without_c(beta):
 
 def test_rejects_non_numeric_scalars():
     a, b = good()
-    with pytest.raises(TypeError, match=r"sgemm: `alpha` and `beta` must be real numbers"):
+    with pytest.raises(TypeError, match=r"sgemm: `alpha` must be a real number; got 'two'"):
         _kernels.sgemm(a, b, alpha="two")
-    with pytest.raises(TypeError, match=r"sgemm: `alpha` and `beta` must be real numbers"):
+    with pytest.raises(TypeError, match=r"sgemm: `beta` must be a real number; got None"):
         _kernels.sgemm(a, b, np.zeros((4, 5), np.float32), beta=None)
 
 
@@ -369,3 +369,21 @@ def test_reference_rejects_nothing_valid():
     rng = np.random.default_rng(0)
     a, b = operands(rng, 5, 6, 7, False, False, pad=3)
     np.testing.assert_allclose(_kernels.sgemm(a, b), reference.sgemm(a, b), rtol=1e-5, atol=1e-5)
+
+
+def misaligned(rows, cols):
+    """A C-contiguous float32 array whose data pointer is not 4-byte aligned."""
+    raw = np.zeros(rows * cols * 4 + 1, np.uint8)[1:]
+    return raw.view(np.float32).reshape(rows, cols)
+
+
+def test_misaligned_and_mistyped_arguments_are_refused(rng):
+    a, b = rand(rng, 3, 4), rand(rng, 4, 5)
+    bad = misaligned(3, 4)
+    assert not bad.flags.aligned
+    with pytest.raises(ValueError, match=r"sgemm: `A` must be aligned"):
+        _kernels.sgemm(bad, b)
+    with pytest.raises(TypeError, match=r"sgemm: `trans_a` must be a bool; got 1"):
+        _kernels.sgemm(a, b, trans_a=1)
+    with pytest.raises(TypeError, match=r"sgemm: `alpha` must be a real number; got '2'"):
+        _kernels.sgemm(a, b, alpha="2")
