@@ -13,9 +13,10 @@
  * least FC_GROUP_COLS wide. An 8x8 output alone makes a 64-column GEMM that
  * packs all of W for few multiply-adds and runs at two thirds of the speed
  * of four images side by side. The group's outputs (or its dy, gathered)
- * then sit side by side in a (K, g*OH*OW) matrix. Each output column is
- * computed the same whatever the group, so results do not depend on how a
- * batch is cut.
+ * then sit side by side in a (K, g*OH*OW) matrix. As long as fc_sgemm
+ * gives each column of C the same arithmetic whatever the number of
+ * columns, results do not depend on the grouping, hence on how a batch is
+ * cut (tests/test_conv2d.py checks it).
  *
  * Threading. With at least as many images as threads, the batch is split
  * statically: each thread runs whole images with a single-threaded GEMM and

@@ -189,12 +189,22 @@ def test_empty_batch(rng):
 # ---------------------------------------------------------------------------
 # chunking and determinism
 
-@pytest.mark.parametrize("conv", [EDGES["odd-batch-split"], EDGES["pointwise-identity"]._replace(n=7)],
-                         ids=["3x2", "pointwise"])
+# A long reduction (C*kh*kw = 2304) into few outputs: sgemm sums k in
+# chunks for a C of at most 4096 elements, and in one pass above, so an
+# image's result depends on how many columns its GEMM had (how many images
+# were grouped with it). Strict: the marker goes once sgemm is fixed.
+DEEP_FEW_OUTPUTS = pytest.param(
+    Conv(7, 256, 8, 8, 32, 3, 3, (1, 1), (1, 1)), id="deep",
+    marks=pytest.mark.xfail(raises=AssertionError, strict=True,
+                            reason="sgemm's k-split order depends on n"))
+
+
+@pytest.mark.parametrize("conv", [EDGES["odd-batch-split"], EDGES["pointwise-identity"]._replace(n=7),
+                                  DEEP_FEW_OUTPUTS], ids=["3x2", "pointwise", "deep"])
 def test_batch_chunking_does_not_change_results(isa_threads, rng, conv):
     """Per-image outputs are the same whether the batch runs whole or in
     parts (parts of 1 image run the GEMM multi-threaded, larger ones split
-    the batch over threads)."""
+    the batch over threads; small images are grouped several per GEMM)."""
     x, weight, bias, dy = conv.arrays(rng)
     y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
     dx = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)[0]
