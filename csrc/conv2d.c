@@ -301,8 +301,9 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
         const float *cols = group_columns(s, x, n, gn, work, nthreads);
         /* One image writes its y directly; a group goes through `wide`. */
         float *wide = gn == 1 ? y + n * kohow : work + plan->col_floats;
-        int rc = fc_sgemm(0, 0, s->k, ld, ckk, 1.0f, weight, ckk, cols, ld, 0.0f, wide, ld,
-                          nthreads);
+        /* No k split: an image's outputs must not depend on its group's width. */
+        int rc = fc_sgemm_ex(0, 0, s->k, ld, ckk, 1.0f, weight, ckk, cols, ld, 0.0f, wide, ld,
+                             nthreads, 0);
         if (rc) return rc;
         /* y_n = the image's columns of wide, plus the bias: a copy for a
          * group, in place for a single image (the same loop, wide == y_n). */
@@ -382,8 +383,8 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
         /* W^T @ dy is dx_n itself when the columns are x; else it overwrites
          * the column matrix, free again, and col2im folds it into dx. */
         const int direct = columns_are_x(s, gn);
-        rc = fc_sgemm(1, 0, ckk, ld, s->k, 1.0f, weight, ckk, dyg, ld, 0.0f,
-                      direct ? dx + n * chw : work, ld, nthreads);
+        rc = fc_sgemm_ex(1, 0, ckk, ld, s->k, 1.0f, weight, ckk, dyg, ld, 0.0f,
+                         direct ? dx + n * chw : work, ld, nthreads, 0);
         if (rc) return rc;
         if (!direct)
             for (fc_int q = 0; q < gn; q++)

@@ -43,6 +43,13 @@ const char *fc_build_flags(void);
 int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
              const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
              float *c, fc_int ldc, int nthreads);
+/* fc_sgemm with the k split (for a tiny C with a long k) allowed or not. That
+ * split sums in another order, and it is chosen by the size of C; callers that
+ * need each column of C computed the same whatever n is (a convolution whose
+ * images may share a GEMM in groups) pass allow_ksplit = 0. */
+int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+                const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
+                float *c, fc_int ldc, int nthreads, int allow_ksplit);
 
 /* ---- conv2d.c --------------------------------------------------------------
  * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with

@@ -450,6 +450,13 @@ int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha
              const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
              float *c, fc_int ldc, int nthreads)
 {
+    return fc_sgemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, nthreads, 1);
+}
+
+int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+                const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
+                float *c, fc_int ldc, int nthreads, int allow_ksplit)
+{
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0) {
         /* An empty sum: C = beta * C, never reading C when beta == 0. */
@@ -460,7 +467,7 @@ int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha
     const fc_gemm_kernel *kr = fc_gemm_kernel_current();
     const gemm_problem g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
     if (nthreads < 1) nthreads = 1;
-    if (use_ksplit(kr, m, n, k)) return gemm_ksplit(kr, &g, nthreads);
+    if (allow_ksplit && use_ksplit(kr, m, n, k)) return gemm_ksplit(kr, &g, nthreads);
     if (nthreads == 1) return gemm_serial(kr, &g);
     return gemm_grid(kr, &g, nthreads);
 }

@@ -207,8 +207,10 @@ cdef tuple _pair(str fn, str name, v, int minimum):
     for e in (h, w):
         if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
             raise TypeError(f"{fn}: `{name}` must be an int or an (h, w) pair of ints; got {v!r}")
-        if e < minimum or e > _MAX_ELEMENTS:
+        if e < minimum:
             raise ValueError(f"{fn}: `{name}` must be >= {minimum}; got {(int(h), int(w))}")
+        if e > _MAX_ELEMENTS:
+            raise ValueError(f"{fn}: `{name}` must be at most 2**48; got {(int(h), int(w))}")
     return int(h), int(w)
 
 
@@ -329,7 +331,9 @@ cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
     s.ph, s.pw = _pair(fn, "padding", padding, 0)
     s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
     s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
-    if s.n * s.k * s.oh * s.ow > _MAX_ELEMENTS or s.c * s.kh * s.kw * s.oh * s.ow > _MAX_ELEMENTS:
+    # Python ints: the same products in fc_int could wrap around.
+    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
+    if n * k * oh * ow > _MAX_ELEMENTS or c * kh * kw * oh * ow > _MAX_ELEMENTS:
         raise ValueError(f"{fn}: output or column matrix too large for x {x.shape}, weight {weight.shape}")
     return s
 

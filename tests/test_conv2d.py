@@ -189,14 +189,10 @@ def test_empty_batch(rng):
 # ---------------------------------------------------------------------------
 # chunking and determinism
 
-# A long reduction (C*kh*kw = 2304) into few outputs: sgemm sums k in
-# chunks for a C of at most 4096 elements, and in one pass above, so an
-# image's result depends on how many columns its GEMM had (how many images
-# were grouped with it). Strict: the marker goes once sgemm is fixed.
-DEEP_FEW_OUTPUTS = pytest.param(
-    Conv(7, 256, 8, 8, 32, 3, 3, (1, 1), (1, 1)), id="deep",
-    marks=pytest.mark.xfail(raises=AssertionError, strict=True,
-                            reason="sgemm's k-split order depends on n"))
+# A long reduction (C*kh*kw = 2304) into few outputs: the case where sgemm
+# would sum k in chunks for a small C but not for a wide one; the conv asks
+# sgemm not to, so an image's result does not depend on its group.
+DEEP_FEW_OUTPUTS = Conv(7, 256, 8, 8, 32, 3, 3, (1, 1), (1, 1))
 
 
 @pytest.mark.parametrize("conv", [EDGES["odd-batch-split"], EDGES["pointwise-identity"]._replace(n=7),
@@ -344,3 +340,11 @@ def test_valid_defaults_pass():
     """The validation cases above differ from these calls in one argument only."""
     assert _forward().shape == GOOD_DY.shape
     assert _backward()[1].shape == GOOD_W.shape
+
+
+def test_huge_sizes_get_the_wrappers_message():
+    one = np.zeros((1, 1, 1, 1), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d_forward: output or column matrix too large"):
+        _kernels.conv2d_forward(one, one, None, 1, 2**31)
+    with pytest.raises(ValueError, match=r"`stride` must be at most 2\*\*48"):
+        _kernels.conv2d_forward(one, one, None, 2**50, 0)
