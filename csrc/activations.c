@@ -1,4 +1,4 @@
-/* Element-wise activations, forward and backward: leaky ReLU, ELU, sigmoid,
+/* Element-wise activations, forward and backward: ReLU, leaky ReLU, ELU, sigmoid,
  * tanh. Each op is one loop split statically over threads, with a body that
  * gcc vectorizes: selects are bit masks (blend) and exp and tanh are branch-
  * free polynomials (exp_nonpos, tanh_poly) instead of libm calls, which glibc
@@ -22,9 +22,9 @@
 #include "fastconv.h"
 #include "fc_omp.h"
 
-/* Below this many elements a parallel region costs more than it saves. Leaky
- * ReLU and the backwards stream memory like ReLU (same threshold as relu.c);
- * an exp or tanh costs several times more per element. */
+/* Below this many elements a parallel region costs more than it saves. ReLU,
+ * leaky ReLU and the backwards stream memory; an exp or tanh costs several
+ * times more per element, so it pays to split smaller arrays. */
 #define FC_STREAM_PAR_MIN 32768
 #define FC_EXP_PAR_MIN 8192
 
@@ -99,6 +99,10 @@ void fc_activation_forward(int op, fc_int count, const float *x, float param, fl
                            int nthreads)
 {
     switch (op) {
+    case FC_ACT_RELU: /* x < 0 is false for NaN, so NaN passes through as in PyTorch */
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (count >= FC_STREAM_PAR_MIN)
+        for (fc_int i = 0; i < count; i++) y[i] = blend(x[i] < 0.0f, 0.0f, x[i]);
+        break;
     case FC_ACT_LEAKY_RELU:
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (count >= FC_STREAM_PAR_MIN)
         for (fc_int i = 0; i < count; i++) y[i] = blend(x[i] > 0.0f, x[i], x[i] * param);
@@ -124,6 +128,10 @@ void fc_activation_backward(int op, fc_int count, const float *dy, const float *
                             float *dx, int nthreads)
 {
     switch (op) {
+    case FC_ACT_RELU: /* a = y; zero where y <= 0, so dy passes where y is NaN (threshold_backward) */
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (count >= FC_STREAM_PAR_MIN)
+        for (fc_int i = 0; i < count; i++) dx[i] = blend(a[i] <= 0.0f, 0.0f, dy[i]);
+        break;
     case FC_ACT_LEAKY_RELU: /* a = x */
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (count >= FC_STREAM_PAR_MIN)
         for (fc_int i = 0; i < count; i++) dx[i] = blend(a[i] > 0.0f, dy[i], dy[i] * param);

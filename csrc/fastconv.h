@@ -92,12 +92,6 @@ int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
 fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
                            int argmax_bytes, float *dx, int nthreads);
 
-/* ---- relu.c ----------------------------------------------------------------
- * y = max(x, 0) with NaN kept; dx = dy where y > 0 else 0 (dy kept where y is
- * NaN, as PyTorch's threshold_backward). y may alias x, dx may alias dy. */
-void fc_relu_forward(fc_int count, const float *x, float *y, int nthreads);
-void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, int nthreads);
-
 /* ---- bias_add.c ------------------------------------------------------------
  * In place: y[i, j, r] += bias[j] for y viewed as (outer, channels, inner). */
 void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
@@ -108,11 +102,11 @@ void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
  * negative slope or the ELU's alpha (ignored by sigmoid and tanh).
  *   forward:  y = f(x)
  *   backward: dx = dy * f'(.) where `a`, the saved forward tensor, is the
- *             INPUT x for leaky ReLU and ELU and the OUTPUT y for sigmoid and
- *             tanh, as in PyTorch's autograd.
+ *             INPUT x for leaky ReLU and ELU and the OUTPUT y for ReLU, sigmoid
+ *             and tanh, as in PyTorch's autograd.
  * Formulas, NaN and infinity rules are PyTorch's (see activations.c); no
  * intermediate overflows. Outputs may alias inputs. */
-enum { FC_ACT_LEAKY_RELU = 0, FC_ACT_ELU = 1, FC_ACT_SIGMOID = 2, FC_ACT_TANH = 3 };
+enum { FC_ACT_LEAKY_RELU = 0, FC_ACT_ELU = 1, FC_ACT_SIGMOID = 2, FC_ACT_TANH = 3, FC_ACT_RELU = 4 };
 
 void fc_activation_forward(int op, fc_int count, const float *x, float param, float *y,
                            int nthreads);

@@ -47,12 +47,10 @@ cdef extern from "fastconv.h" nogil:
     fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
                                  int argmax_bytes, float *dx, int nthreads)
 
-    void fc_relu_forward(fc_int count, const float *x, float *y, int nthreads)
-    void fc_relu_backward(fc_int count, const float *dy, const float *y, float *dx, int nthreads)
     void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
                      const float *bias, int nthreads)
 
-    int FC_ACT_LEAKY_RELU, FC_ACT_ELU, FC_ACT_SIGMOID, FC_ACT_TANH
+    int FC_ACT_LEAKY_RELU, FC_ACT_ELU, FC_ACT_SIGMOID, FC_ACT_TANH, FC_ACT_RELU
     void fc_activation_forward(int op, fc_int count, const float *x, float param, float *y,
                                int nthreads)
     void fc_activation_backward(int op, fc_int count, const float *dy, const float *a, float param,
@@ -500,36 +498,6 @@ cdef _check_any_rank(str fn, str name, a):
     _check_array(fn, name, a, a.ndim)
 
 
-def relu_forward(x):
-    """y = max(x, 0) (NaN kept), any shape."""
-    _check_any_rank("relu_forward", "x", x)
-    y = np.empty_like(x)
-    cdef fc_int count = x.size
-    cdef int nt = _num_threads
-    cdef const float *px = _fptr(x)
-    cdef float *py = _fptr(y)
-    with nogil:
-        fc_relu_forward(count, px, py, nt)
-    return y
-
-
-def relu_backward(dy, y):
-    """dx = dy where y > 0, else 0 (y is the forward's output)."""
-    fn = "relu_backward"
-    _check_any_rank(fn, "dy", dy)
-    _check_any_rank(fn, "y", y)
-    _check_shape(fn, "y", y, dy.shape)
-    dx = np.empty_like(dy)
-    cdef fc_int count = dy.size
-    cdef int nt = _num_threads
-    cdef const float *pdy = _fptr(dy)
-    cdef const float *py = _fptr(y)
-    cdef float *pdx = _fptr(dx)
-    with nogil:
-        fc_relu_backward(count, pdy, py, pdx, nt)
-    return dx
-
-
 def bias_add(y, bias):
     """In place: y[:, j, ...] += bias[j] for y of rank >= 2; returns y."""
     fn = "bias_add"
@@ -609,6 +577,16 @@ cdef _activation_backward(str fn, int op, dy, a, str a_name, float param):
 cdef float _param(str fn, str name, v) except? -1:
     """An activation's parameter: finite once rounded to float32."""
     return <float>_real(fn, name, v, -_FLT_MAX, _FLT_MAX)
+
+
+def relu_forward(x):
+    """y = max(x, 0) (NaN kept), any shape."""
+    return _activation_forward("relu_forward", FC_ACT_RELU, x, 0.0)
+
+
+def relu_backward(dy, y):
+    """dx = dy where y > 0, else 0 (y is the forward's output; dy passes where y is NaN)."""
+    return _activation_backward("relu_backward", FC_ACT_RELU, dy, y, "y", 0.0)
 
 
 def leaky_relu_forward(x, negative_slope):
