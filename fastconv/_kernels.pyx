@@ -103,8 +103,9 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """The number of threads kernels use (default: the CPUs this process may use)."""
-    return _num_threads
+    """The number of threads kernels use (default: the CPUs this process may use;
+    always 1 in a build without OpenMP, where set_num_threads has no effect)."""
+    return _num_threads if fc_openmp_enabled() else 1
 
 
 ISAS = tuple(fc_isa_name(i).decode() for i in range(FC_ISA_COUNT))
