@@ -235,6 +235,9 @@ class Flatten(Module):
 
     def forward(self, x):
         x = check_input("Flatten", x, range(1, 33))
+        for name, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -x.ndim <= d < x.ndim:
+                raise ValueError(f"Flatten: `{name}` must be in [{-x.ndim}, {x.ndim - 1}] for shape {x.shape}; got {d}")
         start, end = self.start_dim % x.ndim, self.end_dim % x.ndim
         if start > end:
             raise ValueError(f"Flatten: start_dim {self.start_dim} comes after end_dim {self.end_dim} for shape {x.shape}")

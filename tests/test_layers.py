@@ -132,3 +132,14 @@ def test_misaligned_input_is_copied_by_layers(rng):
     assert not x.flags.aligned
     conv = fc.Conv2d(3, 2, 3)
     np.testing.assert_array_equal(conv(x), conv(np.array(x)))
+
+
+def test_flatten_dims_as_torch(rng):
+    x = rand(rng, 2, 3, 4, 5)
+    assert fc.Flatten()(x).shape == (2, 60)
+    assert fc.Flatten(0, 1)(x).shape == (6, 4, 5)
+    assert fc.Flatten(-2)(x).shape == (2, 3, 20)
+    with pytest.raises(ValueError, match=r"Flatten: `start_dim` must be in \[-1, 0\] for shape \(5,\); got 1"):
+        fc.Flatten()(rand(rng, 5))
+    with pytest.raises(ValueError, match="comes after end_dim"):
+        fc.Flatten(2, 1)(x)
