@@ -168,11 +168,11 @@ class Adagrad(Optimizer):
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10):
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, eps=eps))
+        # As PyTorch: the sums exist from the start, filled from the constructor's value.
+        for i, p, _ in self._indexed():
+            self.state[i] = {"step": 0, "sum": np.full_like(p.data, initial_accumulator_value)}
 
     def _update(self, p, state, group):
-        if not state:
-            state["step"] = 0
-            state["sum"] = np.full_like(p.data, group["initial_accumulator_value"])
         state["step"] += 1
         g = _decayed(p, group)
         clr = group["lr"] / (1 + (state["step"] - 1) * group["lr_decay"])

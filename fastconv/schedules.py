@@ -1,8 +1,9 @@
 """Learning-rate schedules, stepped once per epoch, as PyTorch's lr_scheduler.
 
-Each sets ``optimizer.param_groups[i]["lr"]`` from the group's initial rate
-(``base_lrs``) and the epoch count ``last_epoch``. Creating a schedule
-applies epoch 0; each ``step()`` moves one epoch on.
+Each ``step()`` moves one epoch on and changes ``optimizer.param_groups[i]["lr"]``
+by the schedule's rule, from the rate the group has now (so schedules chain,
+as in PyTorch); ``closed_form(base_lr, epoch)`` is the rate of a schedule
+used alone.
 
 >>> opt = fc.SGD(model.parameters(), lr=0.1)
 >>> sched = fc.StepLR(opt, step_size=10, gamma=0.5)
@@ -39,7 +40,12 @@ class _Stateful:
 
 
 class LRScheduler(_Stateful):
-    """Base: subclasses give the closed form ``lr_at(base_lr, epoch)``."""
+    """Base. As in PyTorch, each ``step()`` changes the rate the group has now
+    (``next_lr``), so that schedules chain and a rate set by hand carries on;
+    ``closed_form`` gives the rate of a schedule used alone, from the group's
+    initial rate ``base_lr``. Loading a state dict restores the schedule's
+    counters, not the rates: those come with the optimizer's state dict.
+    """
 
     def __init__(self, optimizer: Optimizer):
         if not isinstance(optimizer, Optimizer):
@@ -48,26 +54,24 @@ class LRScheduler(_Stateful):
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
-        self.last_epoch = -1
-        self.step()
+        self.last_epoch = 0
 
-    def lr_at(self, base_lr: float, epoch: int) -> float:
+    def next_lr(self, lr: float, base_lr: float, epoch: int) -> float:
+        """The rate for ``epoch`` from the rate of the epoch before."""
+        raise NotImplementedError
+
+    def closed_form(self, base_lr: float, epoch: int) -> float:
         raise NotImplementedError
 
     def step(self) -> None:
         """Advance one epoch and set each group's learning rate."""
         self.last_epoch += 1
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = self.lr_at(base, self.last_epoch)
+            group["lr"] = self.next_lr(group["lr"], base, self.last_epoch)
 
     def get_last_lr(self) -> list:
         """The learning rate of each parameter group, as last set."""
         return [g["lr"] for g in self.optimizer.param_groups]
-
-    def load_state_dict(self, state: dict) -> None:
-        super().load_state_dict(state)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = self.lr_at(base, self.last_epoch)
 
 
 class StepLR(LRScheduler):
@@ -79,7 +83,10 @@ class StepLR(LRScheduler):
         self.step_size, self.gamma = step_size, _check_positive("StepLR", "gamma", gamma, allow_zero=True)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def next_lr(self, lr, base_lr, epoch):
+        return lr * self.gamma if epoch % self.step_size == 0 else lr
+
+    def closed_form(self, base_lr, epoch):
         return base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -90,7 +97,10 @@ class ExponentialLR(LRScheduler):
         self.gamma = _check_positive("ExponentialLR", "gamma", gamma, allow_zero=True)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def next_lr(self, lr, base_lr, epoch):
+        return lr * self.gamma
+
+    def closed_form(self, base_lr, epoch):
         return base_lr * self.gamma ** epoch
 
 
@@ -102,8 +112,14 @@ class InverseTimeLR(LRScheduler):
         self.decay_steps = _check_positive("InverseTimeLR", "decay_steps", decay_steps)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
-        return base_lr / (1.0 + self.decay_rate * epoch / self.decay_steps)
+    def next_lr(self, lr, base_lr, epoch):
+        return lr * self._denominator(epoch - 1) / self._denominator(epoch)
+
+    def _denominator(self, epoch):
+        return 1.0 + self.decay_rate * epoch / self.decay_steps
+
+    def closed_form(self, base_lr, epoch):
+        return base_lr / self._denominator(epoch)
 
 
 class CosineAnnealingLR(LRScheduler):
@@ -115,7 +131,16 @@ class CosineAnnealingLR(LRScheduler):
         self.T_max, self.eta_min = T_max, _check_positive("CosineAnnealingLR", "eta_min", eta_min, allow_zero=True)
         super().__init__(optimizer)
 
-    def lr_at(self, base_lr, epoch):
+    def next_lr(self, lr, base_lr, epoch):
+        # PyTorch's recursive form; at the bottom of each cosine (where the
+        # ratio below would divide by zero) it restarts from the closed form's step.
+        t = self.T_max
+        if (epoch - 1 - t) % (2 * t) == 0:
+            return lr + (base_lr - self.eta_min) * (1 - math.cos(math.pi / t)) / 2
+        return (self.eta_min + (1 + math.cos(math.pi * epoch / t)) / (1 + math.cos(math.pi * (epoch - 1) / t))
+                * (lr - self.eta_min))
+
+    def closed_form(self, base_lr, epoch):
         return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * epoch / self.T_max)) / 2
 
 

@@ -28,7 +28,9 @@ def _sequence(sched, epochs=25):
      lambda t: 0.01 + 0.09 * (1 + math.cos(math.pi * t / 10)) / 2),
 ])
 def test_closed_forms(make, closed):
-    np.testing.assert_allclose(_sequence(make(_opt())), [closed(t) for t in range(26)], rtol=1e-12)
+    sched = make(_opt())
+    np.testing.assert_allclose(_sequence(sched), [closed(t) for t in range(26)], rtol=1e-12)
+    np.testing.assert_allclose([sched.closed_form(0.1, t) for t in range(26)], [closed(t) for t in range(26)])
 
 
 @pytest.mark.parametrize("name,kwargs", [
@@ -81,6 +83,7 @@ def test_state_dict_resume():
     state = sched.state_dict()
     opt2 = _opt()
     sched2 = fc.StepLR(opt2, step_size=2, gamma=0.5)
+    opt2.load_state_dict(opt.state_dict())  # the rates come with the optimizer, as in PyTorch
     sched2.load_state_dict(state)
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(0.1 * 0.25)
     sched.step()
@@ -99,3 +102,24 @@ def test_schedule_errors():
         fc.ExponentialLR(object(), gamma=0.5)
     with pytest.raises(ValueError, match=r"`mode` must be 'min' or 'max'"):
         fc.ReduceLROnPlateau(_opt(), mode="up")
+
+
+def test_chained_schedules_and_manual_changes_match_torch(torch):
+    def run(lib, sched_mod):
+        p = fc.Parameter(np.zeros(1)) if lib is fc else torch.nn.Parameter(torch.zeros(1))
+        opt = lib.SGD([p], lr=0.1) if lib is fc else torch.optim.SGD([p], lr=0.1)
+        a = sched_mod.StepLR(opt, step_size=2, gamma=0.5)
+        b = sched_mod.ExponentialLR(opt, gamma=0.9)
+        c = sched_mod.CosineAnnealingLR(opt, T_max=4)
+        lrs = []
+        for epoch in range(12):
+            if epoch == 5:
+                opt.param_groups[0]["lr"] = 0.05  # set by hand: the schedules carry on from it
+            if lib is not fc:
+                opt.step()
+            for sched in (a, b, c):
+                sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        return lrs
+
+    np.testing.assert_allclose(run(fc, fc), run(torch, torch.optim.lr_scheduler), rtol=1e-9, atol=1e-15)
