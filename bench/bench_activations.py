@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from peers import to_torch
 
 try:
     import torch
@@ -37,13 +38,6 @@ def _data(op):
     return x, y, rng.standard_normal(SHAPE, dtype=np.float32)
 
 
-def _torch(a, impl):
-    if torch is None:
-        pytest.skip("PyTorch is not installed")
-    t = torch.from_numpy(a)
-    return t.contiguous(memory_format=torch.channels_last) if impl == "torch_cl" else t
-
-
 def _torch_forward(op):
     F = torch.nn.functional
     return {"leaky_relu": lambda t: F.leaky_relu(t, 0.01), "elu": lambda t: F.elu(t, 1.0),
@@ -67,7 +61,7 @@ def test_activation_forward(benchmark, threads, record, op, impl):
         impl_module = _kernels if impl == "fastconv" else reference
         benchmark(getattr(impl_module, f"{op}_forward"), x, *_args(op))
     else:
-        benchmark(_torch_forward(op), _torch(x, impl))
+        benchmark(_torch_forward(op), to_torch(x, impl))
     record(impl, nbytes=2 * x.nbytes, shape=SHAPE, op=op)
 
 
@@ -81,5 +75,5 @@ def test_activation_backward(benchmark, threads, record, op, impl):
         impl_module = _kernels if impl == "fastconv" else reference
         benchmark(getattr(impl_module, f"{op}_backward"), dy, saved, *_args(op))
     else:
-        benchmark(_torch_backward(op), _torch(dy, impl), _torch(saved, impl))
+        benchmark(_torch_backward(op), to_torch(dy, impl), to_torch(saved, impl))
     record(impl, nbytes=3 * x.nbytes, shape=SHAPE, op=op)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from peers import to_torch
 
 try:
     import torch
@@ -33,13 +34,6 @@ def _pool_name(pool):
     return "k{}s{}p{}".format(*pool)
 
 
-def _torch(a, impl):
-    if torch is None:
-        pytest.skip("PyTorch is not installed")
-    t = torch.from_numpy(a)
-    return t.contiguous(memory_format=torch.channels_last) if impl == "torch_cl" else t
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("pool", POOLS, ids=_pool_name)
 def test_avgpool2d_forward(benchmark, threads, record, pool, impl):
@@ -48,7 +42,7 @@ def test_avgpool2d_forward(benchmark, threads, record, pool, impl):
     if impl in ("fastconv", "numpy"):
         benchmark((_kernels if impl == "fastconv" else reference).avgpool2d_forward, x, *pool)
     else:
-        benchmark(torch.nn.functional.avg_pool2d, _torch(x, impl), *pool)  # count_include_pad=True
+        benchmark(torch.nn.functional.avg_pool2d, to_torch(x, impl), *pool)  # count_include_pad=True
     record(impl, nbytes=x.nbytes + y.nbytes, shape=SHAPE, pool=_pool_name(pool))
 
 
@@ -61,6 +55,6 @@ def test_avgpool2d_backward(benchmark, threads, record, pool, impl):
     if impl in ("fastconv", "numpy"):
         benchmark((_kernels if impl == "fastconv" else reference).avgpool2d_backward, dy, x.shape, *pool)
     else:
-        benchmark(torch.ops.aten.avg_pool2d_backward, _torch(dy, impl), _torch(x, impl), [kernel] * 2,
+        benchmark(torch.ops.aten.avg_pool2d_backward, to_torch(dy, impl), to_torch(x, impl), [kernel] * 2,
                   [stride] * 2, [padding] * 2, False, True, None)
     record(impl, nbytes=dy.nbytes + x.nbytes, shape=SHAPE, pool=_pool_name(pool))

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from peers import to_torch
 
 try:
     import torch
@@ -36,13 +37,6 @@ def _data():
     return x, weight, bias, running, dy
 
 
-def _torch(a, impl):
-    if torch is None:
-        pytest.skip("PyTorch is not installed")
-    t = torch.from_numpy(a)
-    return t.contiguous(memory_format=torch.channels_last) if impl == "torch_cl" and t.dim() == 4 else t
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_batchnorm_forward(benchmark, threads, record, training, impl):
@@ -53,7 +47,7 @@ def test_batchnorm_forward(benchmark, threads, record, training, impl):
         fn = (_kernels if impl == "fastconv" else reference).batchnorm_forward
         benchmark(fn, x, weight, bias, *given, EPS)
     else:
-        tx, tw, tb, tm, tv = (_torch(a, impl) for a in (x, weight, bias, rmean.copy(), rvar.copy()))
+        tx, tw, tb, tm, tv = (to_torch(a, impl) for a in (x, weight, bias, rmean.copy(), rvar.copy()))
         # native_batch_norm is what F.batch_norm runs; in training it also
         # updates the running statistics, as our layer does around the kernel.
         benchmark(torch.ops.aten.native_batch_norm, tx, tw, tb, tm, tv, training, 0.1, EPS)
@@ -69,7 +63,7 @@ def test_batchnorm_backward(benchmark, threads, record, impl):
         _, mean, var = ops.batchnorm_forward(x, weight, bias, None, None, EPS)
         benchmark(ops.batchnorm_backward, dy, x, weight, mean, var, EPS, True)
     else:
-        tx, tw, tb, tm, tv, tdy = (_torch(a, impl) for a in (x, weight, bias, rmean, rvar, dy))
+        tx, tw, tb, tm, tv, tdy = (to_torch(a, impl) for a in (x, weight, bias, rmean, rvar, dy))
         _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(tx, tw, tb, tm.clone(), tv.clone(),
                                                                      True, 0.1, EPS)
         benchmark(torch.ops.aten.native_batch_norm_backward, tdy, tx, tw, tm, tv, save_mean, save_invstd,

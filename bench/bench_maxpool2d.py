@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from peers import to_torch
 
 try:
     import torch
@@ -31,13 +32,6 @@ def _data(shape):
     return x, y, am, dy
 
 
-def _torch(a, impl):
-    if torch is None:
-        pytest.skip("PyTorch is not installed")
-    t = torch.from_numpy(a)
-    return t.contiguous(memory_format=torch.channels_last) if impl == "torch_cl" else t
-
-
 def _name(shape):
     return "x".join(map(str, shape))
 
@@ -52,7 +46,7 @@ def test_maxpool2d_forward(benchmark, threads, record, shape, impl):
     elif impl == "numpy":
         benchmark(reference.maxpool2d_forward, x, KERNEL, STRIDE, PADDING)
     else:
-        benchmark(torch.nn.functional.max_pool2d, _torch(x, impl), KERNEL, STRIDE, PADDING,
+        benchmark(torch.nn.functional.max_pool2d, to_torch(x, impl), KERNEL, STRIDE, PADDING,
                   return_indices=True)
     record(impl, nbytes=x.nbytes + y.nbytes + am.nbytes, shape=shape)
 
@@ -67,9 +61,9 @@ def test_maxpool2d_backward(benchmark, threads, record, shape, impl):
     elif impl == "numpy":
         benchmark(reference.maxpool2d_backward, dy, am, x.shape, KERNEL, STRIDE, PADDING)
     else:
-        tx = _torch(x, impl)
+        tx = to_torch(x, impl)
         _, idx = torch.nn.functional.max_pool2d(tx, KERNEL, STRIDE, PADDING, return_indices=True)
-        tdy = _torch(dy, impl)  # the same memory format as the forward's output
+        tdy = to_torch(dy, impl)  # the same memory format as the forward's output
         benchmark(torch.ops.aten.max_pool2d_with_indices_backward, tdy, tx, [KERNEL] * 2,
                   [STRIDE] * 2, [PADDING] * 2, [1, 1], False, idx)
     record(impl, nbytes=dy.nbytes + am.nbytes + x.nbytes, shape=shape)

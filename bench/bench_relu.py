@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from peers import to_torch
 
 try:
     import torch
@@ -28,13 +29,6 @@ def _data():
     return x, _kernels.relu_forward(x), rng.standard_normal(SHAPE, dtype=np.float32)
 
 
-def _torch(a, impl):
-    if torch is None:
-        pytest.skip("PyTorch is not installed")
-    t = torch.from_numpy(a)
-    return t.contiguous(memory_format=torch.channels_last) if impl == "torch_cl" else t
-
-
 @pytest.mark.parametrize("impl", IMPLS)
 def test_relu_forward(benchmark, threads, record, impl):
     x, _, _ = _data()
@@ -44,7 +38,7 @@ def test_relu_forward(benchmark, threads, record, impl):
     elif impl == "numpy":
         benchmark(reference.relu_forward, x)
     else:
-        benchmark(torch.relu, _torch(x, impl))
+        benchmark(torch.relu, to_torch(x, impl))
     record(impl, nbytes=2 * x.nbytes, shape=SHAPE)
 
 
@@ -57,5 +51,5 @@ def test_relu_backward(benchmark, threads, record, impl):
     elif impl == "numpy":
         benchmark(reference.relu_backward, dy, y)
     else:
-        benchmark(torch.ops.aten.threshold_backward, _torch(dy, impl), _torch(y, impl), 0)
+        benchmark(torch.ops.aten.threshold_backward, to_torch(dy, impl), to_torch(y, impl), 0)
     record(impl, nbytes=3 * y.nbytes, shape=SHAPE)
