@@ -61,6 +61,22 @@ def _batched(layer, x, channels=None):
     return x, unbatched
 
 
+def _conv_padding(padding, kernel_size, stride):
+    """PyTorch's padding argument: ints, or "valid" (none) and "same" (output
+    size = input size; stride 1, and odd kernels, since the kernels pad
+    symmetrically and PyTorch puts an even kernel's extra row at the end)."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+            raise ValueError(f"Conv2d: padding='same' needs stride 1 and an odd kernel size; "
+                             f"got stride {stride}, kernel_size {kernel_size}")
+        return (kernel_size[0] // 2, kernel_size[1] // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"Conv2d: `padding` must be an int, a pair, 'valid' or 'same'; got {padding!r}")
+    return _pair("Conv2d", "padding", padding, 0)
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as PyTorch) with zero padding.
 
@@ -68,8 +84,9 @@ class Conv2d(Module):
 
     Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, OH, OW) with
     OH = (H + 2*ph - kh) // sh + 1 (OW likewise). ``weight`` has shape
-    (out_channels, in_channels, kh, kw), as PyTorch. Default init: He normal
-    weights (std sqrt(2 / fan_in), fan_in = in_channels*kh*kw), zero bias.
+    (out_channels, in_channels, kh, kw), as PyTorch. ``padding`` is an int, an
+    (h, w) pair, "valid" or "same". Default init: He normal weights
+    (std sqrt(2 / fan_in), fan_in = in_channels*kh*kw), zero bias.
 
     >>> conv = Conv2d(3, 16, kernel_size=3, padding=1)
     >>> conv(np.zeros((8, 3, 32, 32), np.float32)).shape
@@ -83,7 +100,7 @@ class Conv2d(Module):
         self.out_channels = _positive_int(name, "out_channels", out_channels)
         self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
         self.stride = _pair(name, "stride", stride, 1)
-        self.padding = _pair(name, "padding", padding, 0)
+        self.padding = _conv_padding(padding, self.kernel_size, self.stride)
         self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None

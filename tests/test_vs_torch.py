@@ -172,3 +172,19 @@ def test_torch_loads_our_state_dict_and_back(rng):
     other = lenet()
     other.load_state_dict(net.state_dict())  # torch tensors accepted
     np.testing.assert_allclose(other(x), model(x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, (5, 3)])
+def test_conv2d_string_padding_matches_torch(kernel, rng):
+    x = rand(rng, 2, 3, 7, 6)
+    for padding in ("same", "valid"):
+        conv = fc.Conv2d(3, 4, kernel, padding=padding)
+        ref = F.conv2d(torch.tensor(x), torch.tensor(conv.weight.data), torch.tensor(conv.bias.data), padding=padding)
+        _close(conv(x), ref, scale=3)
+
+
+def test_conv2d_string_padding_errors():
+    with pytest.raises(ValueError, match=r"padding='same' needs stride 1 and an odd kernel size"):
+        fc.Conv2d(1, 1, 2, padding="same")
+    with pytest.raises(ValueError, match=r"`padding` must be an int, a pair, 'valid' or 'same'; got 'full'"):
+        fc.Conv2d(1, 1, 3, padding="full")
