@@ -303,3 +303,12 @@ def test_layer_bad_input(cls):
     layer(X)
     with pytest.raises(ValueError, match=rf"{name}.backward: `dy` must have the forward output's shape \(2, 3\); got \(3, 2\)"):
         layer.backward(X.reshape(3, 2))
+
+
+@pytest.mark.parametrize("size", [5, 100_000], ids=["scalar-sized", "threaded"])
+def test_signed_zero_kept_like_torch(size, isa_threads):
+    """tanh(-0) = -0 and elu(-0) = alpha * expm1(-0) = -0, as in PyTorch and NumPy."""
+    x = np.full(size, -0.0, np.float32)
+    for y in (_kernels.tanh_forward(x), _kernels.elu_forward(x, 1.0), _kernels.sigmoid_forward(x) - 0.5):
+        assert np.all(y == 0)
+    assert np.all(np.signbit(_kernels.tanh_forward(x))) and np.all(np.signbit(_kernels.elu_forward(x, 1.0)))
