@@ -106,7 +106,7 @@ def map_trials(run: Callable, tasks: list[tuple], shared: tuple, scheduler=None,
         else:
             with dask.config.set(LOCAL_CLUSTER_CONFIG | {"distributed.scheduler.allowed-failures": int(retries)}):
                 cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                                   dashboard_address=None, silence_logs=40)
+                                                   dashboard_address=":0", silence_logs=40)
             owned.append(cluster)
             client = distributed.Client(cluster)
             owned.insert(0, client)

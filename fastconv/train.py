@@ -140,7 +140,8 @@ class Trainer:
         distributed: None, or "mpi" for synchronous data-parallel training
             over MPI (run under ``mpirun -n P``): each rank trains on its
             shard of every global batch of ``batch_size``, gradients are
-            averaged, and only rank 0 logs and writes checkpoints. Batch norm
+            averaged, and only rank 0 logs and writes checkpoints. ``fit`` and
+            ``evaluate`` are then collective: every rank calls them. Batch norm
             and dropout semantics: see :mod:`fastconv.distributed`.
 
     ``fit`` returns the history (also saved as ``history.json``):

@@ -114,7 +114,7 @@ def cluster():
     from fastconv.distributed import LOCAL_CLUSTER_CONFIG
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG | {"distributed.scheduler.allowed-failures": 1}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                                            silence_logs=50)
     yield cluster
     cluster.close()
