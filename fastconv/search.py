@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fastconv import init
+from fastconv._kernels import get_num_threads, set_num_threads
 from fastconv.checkpoint import atomic_write, atomic_write_json
 from fastconv.data import as_dataset
 from fastconv.train import Trainer, TrainingDiverged
@@ -128,8 +129,6 @@ def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_s
     With ``threads``, the kernels use that many threads (set in this process).
     """
     if threads is not None:
-        from fastconv import set_num_threads
-
         set_num_threads(threads)
     init.manual_seed(trial_seed)
     built = build_fn(dict(config))
@@ -224,17 +223,20 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
         done = map_trials(run_trial, tasks, (train, val), scheduler=scheduler, workers=workers, retries=retries,
                           epochs=epochs, threads=threads or 1)
     trials = [None] * n_trials
-    for i, record in done:
-        if isinstance(record, BaseException):
-            record = _failed(*tasks[i][1:], record)
-        trials[i] = record
-        if verbose:
-            config = record["config"]
-            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in config.items())
-            outcome = (f"val acc {100 * record['val_accuracy']:.1f}% (loss {record['val_loss']:.4f})"
-                       if record["status"] == "ok" else record["status"])
-            log(f"trial {record['trial']:>{len(str(n_trials))}}/{n_trials}  {shown}  -> {outcome}  "
-                f"{record['time']:.1f}s")
+    threads_before = get_num_threads()
+    try:
+        for i, record in done:
+            if isinstance(record, BaseException):
+                record = _failed(*tasks[i][1:], record)
+            trials[i] = record
+            if verbose:
+                shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record["config"].items())
+                outcome = (f"val acc {100 * record['val_accuracy']:.1f}% (loss {record['val_loss']:.4f})"
+                           if record["status"] == "ok" else record["status"])
+                log(f"trial {record['trial']:>{len(str(n_trials))}}/{n_trials}  {shown}  -> {outcome}  "
+                    f"{record['time']:.1f}s")
+    finally:
+        set_num_threads(threads_before)  # a serial search with `threads` leaves the caller's setting as it was
     ranked = sorted(trials, key=_row_key)
     for rank, t in enumerate(ranked, 1):
         t["rank"] = rank

@@ -145,6 +145,10 @@ def test_mpirun_fastconv_train(tmp_path):
     w = {d: safetensors_numpy.load_file(str(tmp_path / d / "best" / "model.safetensors")) for d in ("mpi", "single")}
     for key in w["single"]:
         np.testing.assert_allclose(w["mpi"][key], w["single"][key], rtol=1e-4, atol=1e-5, err_msg=key)
+    # every rank resumes from rank 0's checkpoint
+    shown = mpirun(sys.executable, "-m", "fastconv", "train", "--resume", "--out", "mpi", "--epochs", "3", cwd=tmp_path)
+    assert shown.count("epoch 3/3") == 1 and "epoch 2/3" not in shown
+    assert json.loads((tmp_path / "mpi" / "summary.json").read_text())["epochs_run"] == 3
 
 
 def test_split_covers_a_batch_in_nearly_equal_contiguous_pieces():
