@@ -37,6 +37,7 @@ rounding (the sum order of the gradients differs).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -106,7 +107,7 @@ def map_trials(run: Callable, tasks: list[tuple], shared: tuple, scheduler=None,
         else:
             with dask.config.set(LOCAL_CLUSTER_CONFIG | {"distributed.scheduler.allowed-failures": int(retries)}):
                 cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                                   dashboard_address=":0", silence_logs=40)
+                                                   dashboard_address=":0", silence_logs=logging.ERROR)
             owned.append(cluster)
             client = distributed.Client(cluster)
             owned.insert(0, client)

@@ -5,6 +5,7 @@ Skipped when dask.distributed is not installed (pip install "fastconv[dask]").
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -115,7 +116,7 @@ def cluster():
 
     with dask.config.set(LOCAL_CLUSTER_CONFIG | {"distributed.scheduler.allowed-failures": 1}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                           silence_logs=50)
+                                           silence_logs=logging.CRITICAL)
     yield cluster
     cluster.close()
 
