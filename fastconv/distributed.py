@@ -63,15 +63,11 @@ def _import_dask_distributed():
     return distributed
 
 
-# Several trials share one machine: one task per worker process at a time, and each trial sets its own kernel
-# threads. A worker is sent no task beyond the one it runs (saturation 1.0; Dask's default of 1.1 queues a second),
-# because Dask counts every task held by a worker that dies against that task's allowed-failures (the number of
-# worker deaths a task may be part of before it is given up): only the trial that was running pays for a death.
-LOCAL_CLUSTER_CONFIG = {"distributed.scheduler.worker-saturation": 1.0}
+def _with_shared(run, plugin_name, *task, **kwargs):
+    """``run(*task, *shared, **kwargs)`` in a worker, with ``shared`` from the worker's copy (see map_trials)."""
+    from distributed import get_worker
 
-
-def _identity(x):
-    return x
+    return run(*task, *get_worker().plugins[plugin_name].items, **kwargs)
 
 
 def map_trials(run: Callable, tasks: list[tuple], shared: tuple, scheduler=None, workers: int | None = None,
@@ -83,11 +79,16 @@ def map_trials(run: Callable, tasks: list[tuple], shared: tuple, scheduler=None,
     processes (one task at a time each) is started and closed at the end.
     ``shared`` (e.g. the datasets) is sent to each worker once. A task whose
     worker died ``retries + 1`` times yields the ``KilledWorker`` error as its
-    result. On a cluster you did not start, the scheduler's configuration
-    decides: ``distributed.scheduler.allowed-failures`` plays the part of
-    ``retries``, and ``worker-saturation: 1.0`` (see ``LOCAL_CLUSTER_CONFIG``)
-    keeps a death from counting against trials queued on the same worker.
-    Other errors raised by ``run`` are raised here, as in a serial loop.
+    result. Other errors raised by ``run`` are raised here, as in a serial loop.
+
+    Why fastconv, not Dask, reruns the tasks: Dask counts a worker's death
+    against every task the worker holds, running or queued, and after deaths
+    it may queue several tasks on one worker; so a trial could be given up for
+    another's crash. Here no more tasks are in flight than the cluster has
+    worker threads, and the local cluster gives a task up at its first worker
+    death (``allowed-failures`` 0), so the task that was running is the one
+    charged. (On a cluster you did not start, the scheduler's own
+    ``distributed.scheduler.allowed-failures`` applies first.)
     """
     distributed = _import_dask_distributed()
     import dask
@@ -105,26 +106,60 @@ def map_trials(run: Callable, tasks: list[tuple], shared: tuple, scheduler=None,
             client = distributed.Client(scheduler)
             owned.append(client)
         else:
-            with dask.config.set(LOCAL_CLUSTER_CONFIG | {"distributed.scheduler.allowed-failures": int(retries)}):
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                                    dashboard_address=":0", silence_logs=logging.ERROR)
             owned.append(cluster)
             client = distributed.Client(cluster)
             owned.insert(0, client)
-        # Shared data as tasks, not scattered: the scheduler keeps the task, so when the worker holding a result
-        # dies it is computed again (scattered data would be lost with its last worker, and every trial with it).
-        shared_futures = [client.submit(_identity, item, pure=False) for item in shared]
-        futures = {client.submit(run, *task, *shared_futures, pure=False, **kwargs): i for i, task in enumerate(tasks)}
-        for future in distributed.as_completed(futures):
-            i = futures[future]
+        # The shared data travel as a worker plugin: the scheduler keeps it and gives it to every worker that
+        # joins, a restarted one too. Scattered data die with their last worker (and every trial with them);
+        # data as a task are recomputed on another worker, where a second death could make Dask give them up.
+        plugin = _shared_data_plugin(distributed, shared)
+        client.register_plugin(plugin)
+        waiting, running, done = list(enumerate(tasks))[::-1], {}, distributed.as_completed()
+
+        def submit_while_threads_are_free():
+            free = max(1, sum(client.nthreads().values())) - len(running)
+            for _ in range(min(free, len(waiting))):
+                i, task = waiting.pop()
+                future = client.submit(_with_shared, run, plugin.name, *task, pure=False, **kwargs)
+                running[future] = i
+                done.add(future)
+
+        submit_while_threads_are_free()
+        deaths = [0] * len(tasks)
+        for future in done:
+            i = running.pop(future)
             try:
                 result = future.result()
             except distributed.KilledWorker as e:
+                deaths[i] += 1
+                if deaths[i] <= retries:
+                    waiting.append((i, tasks[i]))  # next in line
+                    submit_while_threads_are_free()
+                    continue
                 result = e
+            submit_while_threads_are_free()
             yield i, result
+        if scheduler is not None:  # a cluster that outlives the search need not keep the data
+            client.unregister_worker_plugin(plugin.name)
     finally:
         for thing in owned:
             thing.close()
+
+
+def _shared_data_plugin(distributed, items):
+    import uuid
+
+    class SharedData(distributed.WorkerPlugin):
+        """Data every trial reads, held once per worker."""
+
+        def __init__(self):
+            self.name = f"fastconv-shared-{uuid.uuid4().hex}"
+            self.items = tuple(items)
+
+    return SharedData()
 
 
 # -- data-parallel training over MPI ----------------------------------------------------------------

@@ -155,11 +155,12 @@ def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_s
     return record
 
 
-def _failed(trial: int, config: dict, trial_seed: int, error: BaseException) -> dict:
-    """The record of a trial that never finished: its worker died each time it ran."""
+def _failed(trial: int, config: dict, trial_seed: int, error: BaseException, runs: int) -> dict:
+    """The record of a trial that never finished: its worker died each of the ``runs`` times it ran."""
     return {"trial": trial, "seed": trial_seed, "config": config, "status": "failed", "val_accuracy": None,
             "val_loss": None, "train_loss": None, "best_epoch": None, "epochs": 0, "time": 0.0,
-            "error": f"{type(error).__name__}: {error}"}
+            "error": f"the worker process died each of the {runs} times it ran this trial "
+                     f"({type(error).__name__}: {error})"}
 
 
 def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, train, val, epochs: int = 3,
@@ -227,7 +228,7 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
     try:
         for i, record in done:
             if isinstance(record, BaseException):
-                record = _failed(*tasks[i][1:], record)
+                record = _failed(*tasks[i][1:], record, runs=retries + 1)
             trials[i] = record
             if verbose:
                 shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record["config"].items())
