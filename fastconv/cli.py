@@ -706,7 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes results.csv and results.json (trials ranked by validation accuracy,\n"
                                    "with their seeds) and best_config.toml, for 'fastconv train --config'.",
                        formatter_class=raw,
-                       epilog="example:\n  fastconv search --trials 20 --epochs 5 --lr 1e-4:1e-1 --batch-size 32,64\n")
+                       epilog="examples:\n  fastconv search --trials 20 --epochs 5 --lr 1e-4:1e-1 --batch-size 32,64\n"
+                              "  fastconv search --trials 20 --workers 2              # 2 trials at a time, Dask\n"
+                              "  fastconv search --trials 200 --scheduler tcp://10.0.0.5:8786 --threads 4\n")
     _add_data_options(p)
     p.add_argument("--arch", default="auto", metavar="NAME|SPEC", help="as for train (default: %(default)s)")
     p.add_argument("--optimizer", default="sgd", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")

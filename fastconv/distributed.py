@@ -11,8 +11,9 @@ Search on Dask (:func:`map_trials`, used by ``random_search(scheduler=...,
 workers=...)``): each trial is one Dask task that sets its own kernel thread
 count, seeds itself and trains; the datasets are sent to every worker once.
 A worker that dies mid-trial (killed, out of memory, a crash in native code)
-costs that trial only: Dask runs it again on another worker, and when it has
-killed ``retries + 1`` workers it is reported as failed and the search goes on.
+costs that trial only: it runs again on another worker (the nanny restarts the
+dead one), and when it has killed ``retries + 1`` workers it is reported as
+failed and the search goes on.
 
 Data-parallel training over MPI (:class:`MPIDataParallel`, used by
 ``Trainer(..., distributed="mpi")``): synchronous SGD. Every rank draws the
@@ -20,8 +21,9 @@ same shuffled global batches and trains on its contiguous shard of each one.
 After the backward pass one ``Allreduce`` over one flat float32 buffer sums,
 weighted by shard size, every parameter gradient, every floating-point buffer
 (batch-norm running statistics) and the batch's loss and correct count; so
-each rank then holds the gradient of the global batch's mean loss, and takes
-the same optimizer step, and all ranks keep identical weights.
+each rank then holds the gradient of the global batch's mean loss and takes
+the same optimizer step, and all ranks keep identical weights. Rank 0's
+weights and buffers are broadcast when ``fit`` starts.
 
 Batch norm: in training mode each rank normalizes with the statistics of its
 own shard (PyTorch's DistributedDataParallel without SyncBatchNorm does the
