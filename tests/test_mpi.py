@@ -22,7 +22,7 @@ from fastconv.train import Trainer, build_model
 
 # One training run; argv: arch, out dir, "single" or "mpi", epochs, batch size[, first N training examples]. Every rank saves its final
 # state and history as rank<R>.npz / history<R>.json, and gets its own checkpoint folder ckpt<R>, so the test
-# can see that ranks agree and that only rank 0 writes checkpoints.
+# can see that ranks agree and that only rank 0 writes checkpoints. Rank r initializes with seed 3 + r.
 SCRIPT = """
 import json, os, sys
 import numpy as np
@@ -35,10 +35,10 @@ fc.set_num_threads(1)
 train, val = D.train_val_split(D.load_digits()[:400], 0.25, seed=0)
 norm = D.Normalizer.fit(train)
 train, val = norm(train)[:int(sys.argv[6]) if len(sys.argv) > 6 else None], norm(val)
-fc.manual_seed(3)
+rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
+fc.manual_seed(3 + rank)  # each rank initializes its own weights: fit starts from rank 0's
 model = build_model(arch, (1, 8, 8), 10)
 opt = fc.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-rank = int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0")))
 trainer = Trainer(model, fc.SoftmaxCrossEntropy(), opt, batch_size=batch, seed=5, progress=False,
                   checkpoint_dir=os.path.join(out, f"ckpt{rank}"), distributed=None if mode == "single" else "mpi")
 history = trainer.fit(train, val, epochs=epochs)
@@ -91,6 +91,7 @@ def run_script(tmp_path, arch, mode, epochs, batch, n_train=300):
 
 
 def test_mpirun_2_equals_one_process_and_only_rank_0_writes(tmp_path):
+    """Rank 1 starts from other weights than rank 0: equal results mean rank 0's were broadcast."""
     arch = "conv4x3p1-relu-pool2-fc10"
     mpi, shown = run_script(tmp_path, arch, "mpi", 2, 32)  # 300 examples: 9 batches of 32, then one of 12
     single, _ = run_script(tmp_path, arch, "single", 2, 32)
