@@ -3,6 +3,8 @@
     fastconv train                 a small CNN on the shipped digits -> runs/<name>/
     fastconv evaluate CHECKPOINT   loss, accuracy and confusion matrix of a checkpoint
     fastconv search                random hyperparameter search -> results table, best config
+                                   (--workers N or --scheduler ADDRESS: trials on a Dask cluster)
+    mpirun -n P fastconv train     data-parallel training over MPI (rank 0 writes the run folder)
     fastconv bench                 kernel timings against NumPy (and PyTorch when installed)
     fastconv info                  build, CPU path, threads, and a kernel self-test
 """
@@ -10,6 +12,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -313,7 +317,7 @@ def _build(args, data, log):
             "val_fraction": args.val_fraction, "config": _train_options(args)}
     trainer = Trainer(model, fc.SoftmaxCrossEntropy(), opt, sched, batch_size=args.batch_size,
                       early_stopping=stopper, checkpoint_dir=args.out, seed=args.seed, monitor=args.monitor,
-                      progress=args.progress, metadata=meta, log=log)
+                      progress=args.progress, metadata=meta, log=log, distributed=getattr(args, "mpi", None))
     return model, trainer, spec
 
 
@@ -332,11 +336,22 @@ def _sanity(args, data) -> int:
 
 
 def _train(args) -> int:
+    """Under mpirun (more than one rank) train data-parallel; ranks other than 0 print and write nothing."""
+    from fastconv import distributed
+
+    args.mpi = distributed.MPIDataParallel() if distributed.launched_by_mpi() else None
+    if args.mpi is None or args.mpi.rank == 0:
+        return _train_run(args, root=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return _train_run(args, root=False)
+
+
+def _train_run(args, root: bool) -> int:
     from fastconv import plot
     from fastconv.checkpoint import atomic_write_json
 
     start = time.perf_counter()
-    _set_threads(args.threads)
+    _set_threads(args.threads or (args.mpi.default_threads() if args.mpi else None))
     if args.lr is None:
         args.lr = LR_DEFAULTS[args.optimizer]  # recorded in config.toml and the checkpoints
     if args.resume:
@@ -350,13 +365,15 @@ def _train(args) -> int:
     if args.out is None:
         arch = args.arch if args.arch != "auto" else "auto"
         args.out = _default_run_dir(f"{os.path.splitext(os.path.basename(args.data))[0]}-{arch}"[:60])
+        if args.mpi is not None:  # the name holds the time: rank 0's
+            args.out = args.mpi.broadcast_text(args.out)
     elif not args.resume and os.path.exists(os.path.join(args.out, "last")):
         raise CommandError(f"{args.out} already holds a run; add --resume to continue it, or pick another --out")
     _writable_dir(args.out)
     data = load_data(args.data, args.data_dir, args.val_fraction)
     train, val, test = data["train"], data["val"], data["test"]
     model, trainer, spec = _build(args, data, print)
-    if not args.resume:
+    if not args.resume and root:
         _write_toml(os.path.join(args.out, "config.toml"), _train_options(args) | {"arch": spec},
                     "fastconv train options of this run; reuse with: fastconv train --config config.toml")
     n_params = sum(p.data.size for p in model.parameters())
@@ -369,7 +386,7 @@ def _train(args) -> int:
     best = history["best_epoch"]
     best_val = history["val_accuracy"][best - 1]
     pictures = []
-    if not args.no_plots:
+    if not args.no_plots and root:
         try:
             pictures.append(plot.training_curves(history, os.path.join(args.out, "curves.png")))
             pictures.append(plot.filters(model, os.path.join(args.out, "filters.png")))
@@ -379,10 +396,12 @@ def _train(args) -> int:
         except ValueError as e:  # e.g. no conv layer to show
             print(f"a picture was skipped: {e}")
     wall = time.perf_counter() - start
-    atomic_write_json(os.path.join(args.out, "summary.json"), {
-        "test_accuracy": result["accuracy"], "test_loss": result["loss"], "val_accuracy": best_val,
-        "best_epoch": best, "epochs_run": len(history["epoch"]), "stopped_early": history["stopped_early"],
-        "wall_time_s": wall, "arch": spec, "parameters": n_params})
+    if root:
+        atomic_write_json(os.path.join(args.out, "summary.json"), {
+            "test_accuracy": result["accuracy"], "test_loss": result["loss"], "val_accuracy": best_val,
+            "best_epoch": best, "epochs_run": len(history["epoch"]), "stopped_early": history["stopped_early"],
+            "wall_time_s": wall, "arch": spec, "parameters": n_params,
+            "mpi_ranks": args.mpi.size if args.mpi else 1})
     correct = round(result["accuracy"] * len(test))
     stop = " (early stop)" if history["stopped_early"] else ""
     print(f"best epoch {best} of {len(history['epoch'])}{stop}: val accuracy {100 * best_val:.1f}%; "
@@ -471,7 +490,8 @@ def _search(args) -> int:
     from fastconv import search as S
     from fastconv.train import build_model, resolve_arch
 
-    _set_threads(args.threads)
+    if args.scheduler is None and args.workers is None:
+        _set_threads(args.threads)
     out = args.out or _default_run_dir("search")
     _writable_dir(out)
     data = load_data(args.data, args.data_dir, args.val_fraction)
@@ -488,18 +508,26 @@ def _search(args) -> int:
         if not (0 <= lo and hi < 1):
             raise CommandError(f"--{k} values must be in [0, 1); got {v}")
 
+    input_shape, num_classes = train.input_shape, train.num_classes  # not `train`: build travels to Dask workers
+
     def build(config):
         import fastconv as fc
 
-        model = build_model(spec, train.input_shape, train.num_classes, dropout=config["dropout"])
+        model = build_model(spec, input_shape, num_classes, dropout=config["dropout"])
         opt = _make_optimizer(args.optimizer, model.parameters(), config["lr"], config["momentum"],
                               config["weight_decay"])
         return model, fc.SoftmaxCrossEntropy(), opt
 
+    where = ""
+    if args.scheduler or args.workers:
+        where = f" on the Dask cluster at {args.scheduler}" if args.scheduler else \
+            f" on a local Dask cluster of {args.workers} workers"
+        where += f", {args.threads or 1} kernel thread(s) per trial"
     print(f"random search: {args.trials} trials x {args.epochs} epochs of {spec} ({args.optimizer}) on "
-          f"{os.path.basename(data['name'])}; results in {out}")
+          f"{os.path.basename(data['name'])}{where}; results in {out}")
     result = S.random_search(build, space, args.trials, data["train"], data["val"], epochs=args.epochs,
-                             seed=args.seed, out_dir=out)
+                             seed=args.seed, out_dir=out, scheduler=args.scheduler, workers=args.workers,
+                             threads=args.threads)
     best = result.best
     if best["status"] != "ok":
         raise CommandError(f"every trial diverged; lower the --lr range (results in {out})")
@@ -678,7 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes results.csv and results.json (trials ranked by validation accuracy,\n"
                                    "with their seeds) and best_config.toml, for 'fastconv train --config'.",
                        formatter_class=raw,
-                       epilog="example:\n  fastconv search --trials 20 --epochs 5 --lr 1e-4:1e-1 --batch-size 32,64\n")
+                       epilog="examples:\n  fastconv search --trials 20 --epochs 5 --lr 1e-4:1e-1 --batch-size 32,64\n"
+                              "  fastconv search --trials 20 --workers 2              # 2 trials at a time, Dask\n"
+                              "  fastconv search --trials 200 --scheduler tcp://10.0.0.5:8786 --threads 4\n")
     _add_data_options(p)
     p.add_argument("--arch", default="auto", metavar="NAME|SPEC", help="as for train (default: %(default)s)")
     p.add_argument("--optimizer", default="sgd", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
@@ -694,7 +724,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_range("int"), default="32,64", metavar="A,B", help="(default: %(default)s)")
     p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
                    help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="kernel threads of each trial (default: all CPUs; 1 on a Dask cluster)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="run the trials on a local Dask cluster of N worker processes (needs fastconv[dask])")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the trials on the Dask cluster at ADDRESS, e.g. tcp://10.0.0.5:8786 "
+                        "(needs fastconv[dask])")
     p.add_argument("--out", metavar="DIR", help="results folder (default: runs/search-<date-time>)")
     p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file; the command line wins")
     p.set_defaults(func=_search)
@@ -748,6 +784,9 @@ def main(argv=None) -> int:
         if isinstance(e, OSError) and e.filename and e.strerror:
             message = f"{e.filename}: {e.strerror}"
         print(f"{where}: error: {message}", file=sys.stderr)
+        from fastconv.distributed import abort_mpi_job
+
+        abort_mpi_job(1)  # under mpirun the other ranks may be waiting for this one
         return 1
 
 

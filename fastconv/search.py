@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 
 from fastconv import init
+from fastconv._kernels import get_num_threads, set_num_threads
 from fastconv.checkpoint import atomic_write, atomic_write_json
 from fastconv.data import as_dataset
 from fastconv.train import Trainer, TrainingDiverged
 
-__all__ = ["LogUniform", "Uniform", "Choice", "sample", "random_search", "SearchResult"]
+__all__ = ["Choice", "LogUniform", "SearchResult", "Uniform", "random_search", "run_trial", "sample"]
 
 
 class LogUniform:
@@ -121,9 +122,51 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_seed: int, train, val, epochs: int,
+              threads: int | None = None) -> dict:
+    """Train one trial and return its record (see :func:`random_search`); runs the same in a Dask worker.
+
+    With ``threads``, the kernels use that many threads (set in this process).
+    """
+    if threads is not None:
+        set_num_threads(threads)
+    init.manual_seed(trial_seed)
+    built = build_fn(dict(config))
+    if isinstance(built, Trainer):
+        trainer = built
+        trainer.seed = trial_seed
+    elif isinstance(built, tuple) and len(built) in (3, 4):
+        trainer = Trainer(*built, batch_size=int(config.get("batch_size", 64)), seed=trial_seed)
+    else:
+        raise TypeError("random_search: `build_fn` must return a Trainer or "
+                        f"(model, loss_fn, optimizer[, scheduler]); got {type(built).__name__}")
+    trainer.verbose, trainer.progress, trainer.checkpoint_dir = False, False, None
+    record = {"trial": trial, "seed": trial_seed, "config": config, "status": "ok", "val_accuracy": None,
+              "val_loss": None, "train_loss": None, "best_epoch": None, "epochs": 0, "time": 0.0}
+    start = time.perf_counter()
+    try:
+        history = trainer.fit(train, val, epochs=epochs)
+        b = history["best_epoch"] - 1
+        record.update(val_accuracy=history["val_accuracy"][b], val_loss=history["val_loss"][b],
+                      train_loss=history["train_loss"][b], best_epoch=b + 1, epochs=len(history["epoch"]))
+    except TrainingDiverged as e:
+        record.update(status="diverged", error=str(e), epochs=len(trainer.history["epoch"]))
+    record["time"] = time.perf_counter() - start
+    return record
+
+
+def _failed(trial: int, config: dict, trial_seed: int, error: BaseException, runs: int) -> dict:
+    """The record of a trial that never finished: its worker died each of the ``runs`` times it ran."""
+    return {"trial": trial, "seed": trial_seed, "config": config, "status": "failed", "val_accuracy": None,
+            "val_loss": None, "train_loss": None, "best_epoch": None, "epochs": 0, "time": 0.0,
+            "error": f"the worker process died each of the {runs} times it ran this trial "
+                     f"({type(error).__name__}: {error})"}
+
+
 def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, train, val, epochs: int = 3,
                   seed: int = 0, out_dir=None, verbose: bool = True,
-                  log: Callable[[str], None] | None = None) -> SearchResult:
+                  log: Callable[[str], None] | None = None, *, scheduler=None, workers: int | None = None,
+                  threads: int | None = None, retries: int = 1) -> SearchResult:
     """Train ``n_trials`` configurations drawn at random from ``space``; return them ranked.
 
     ``space`` maps names to :class:`LogUniform`, :class:`Uniform`,
@@ -139,48 +182,62 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
     (and loss) of its best epoch. A trial whose loss diverges is recorded with
     status "diverged" and ranked last.
 
+    On a Dask cluster (``pip install "fastconv[dask]"``): ``scheduler`` (an
+    address such as "tcp://host:8786", or a ``distributed.Client``) sends the
+    trials to that cluster; ``workers=N`` without a scheduler starts a local
+    cluster of N worker processes. ``build_fn`` then travels to the workers
+    (by cloudpickle, as Dask does), so it should not capture large data;
+    ``train`` and ``val`` are sent to each worker once. Seeds, records and the
+    table are the same as a serial search's run with the same ``threads``.
+    A trial whose worker dies is run again on another worker; one that killed
+    ``retries + 1`` workers is recorded with status "failed" and ranked last.
+
+    ``threads``: kernel threads of each trial (default: 1 on a Dask cluster,
+    so that trials sharing a machine do not oversubscribe it; the current
+    setting in a serial search, which sets nothing then).
+
     With ``out_dir``, writes ``results.csv`` and ``results.json`` (all trials,
     best first, with their seeds and configurations) and ``best_config.json``.
     """
     log = log or print
     if isinstance(n_trials, bool) or not isinstance(n_trials, (int, np.integer)) or n_trials < 1:
         raise ValueError(f"random_search: `n_trials` must be an int >= 1; got {n_trials!r}")
+    for name, value in (("workers", workers), ("threads", threads)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"random_search: `{name}` must be an int >= 1 or None; got {value!r}")
+    if scheduler is not None and workers is not None:
+        raise ValueError("random_search: give either `scheduler` (an existing Dask cluster) or `workers` (a local "
+                         f"one), not both; got scheduler={scheduler!r}, workers={workers!r}")
+    if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
+        raise ValueError(f"random_search: `retries` must be an int >= 0; got {retries!r}")
     train, val = as_dataset(train, "train"), as_dataset(val, "val")
     rng = np.random.default_rng(seed)
     configs = [sample(space, rng) for _ in range(n_trials)]  # drawn up front: trial i's config doesn't depend on others
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
-    trials = []
-    for i, config in enumerate(configs, 1):
-        trial_seed = int(seed) + i
-        init.manual_seed(trial_seed)
-        built = build_fn(dict(config))
-        if isinstance(built, Trainer):
-            trainer = built
-            trainer.seed = trial_seed
-        elif isinstance(built, tuple) and len(built) in (3, 4):
-            trainer = Trainer(*built, batch_size=int(config.get("batch_size", 64)), seed=trial_seed)
-        else:
-            raise TypeError("random_search: `build_fn` must return a Trainer or "
-                            f"(model, loss_fn, optimizer[, scheduler]); got {type(built).__name__}")
-        trainer.verbose, trainer.progress, trainer.checkpoint_dir = False, False, None
-        record = {"trial": i, "seed": trial_seed, "config": config, "status": "ok", "val_accuracy": None,
-                  "val_loss": None, "train_loss": None, "best_epoch": None, "epochs": 0, "time": 0.0}
-        start = time.perf_counter()
-        try:
-            history = trainer.fit(train, val, epochs=epochs)
-            b = history["best_epoch"] - 1
-            record.update(val_accuracy=history["val_accuracy"][b], val_loss=history["val_loss"][b],
-                          train_loss=history["train_loss"][b], best_epoch=b + 1, epochs=len(history["epoch"]))
-        except TrainingDiverged as e:
-            record.update(status="diverged", error=str(e), epochs=len(trainer.history["epoch"]))
-        record["time"] = time.perf_counter() - start
-        trials.append(record)
-        if verbose:
-            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in config.items())
-            outcome = (f"val acc {100 * record['val_accuracy']:.1f}% (loss {record['val_loss']:.4f})"
-                       if record["status"] == "ok" else "diverged")
-            log(f"trial {i:>{len(str(n_trials))}}/{n_trials}  {shown}  -> {outcome}  {record['time']:.1f}s")
+    tasks = [(build_fn, i, config, int(seed) + i) for i, config in enumerate(configs, 1)]
+    if scheduler is None and workers is None:
+        done = ((i, run_trial(*task, train, val, epochs, threads)) for i, task in enumerate(tasks))
+    else:
+        from fastconv.distributed import map_trials
+
+        done = map_trials(run_trial, tasks, (train, val), scheduler=scheduler, workers=workers, retries=retries,
+                          epochs=epochs, threads=threads or 1)
+    trials = [None] * n_trials
+    threads_before = get_num_threads()
+    try:
+        for i, record in done:
+            if isinstance(record, BaseException):
+                record = _failed(*tasks[i][1:], record, runs=retries + 1)
+            trials[i] = record
+            if verbose:
+                shown = "  ".join(f"{k} {_fmt(v)}" for k, v in record["config"].items())
+                outcome = (f"val acc {100 * record['val_accuracy']:.1f}% (loss {record['val_loss']:.4f})"
+                           if record["status"] == "ok" else record["status"])
+                log(f"trial {record['trial']:>{len(str(n_trials))}}/{n_trials}  {shown}  -> {outcome}  "
+                    f"{record['time']:.1f}s")
+    finally:
+        set_num_threads(threads_before)  # a serial search with `threads` leaves the caller's setting as it was
     ranked = sorted(trials, key=_row_key)
     for rank, t in enumerate(ranked, 1):
         t["rank"] = rank

@@ -137,6 +137,12 @@ class Trainer:
             "train_*" when there is no validation data.
         metadata: JSON-able data stored in every checkpoint (e.g. how to rebuild the model).
         log: where summary lines go (default ``print``).
+        distributed: None, or "mpi" for synchronous data-parallel training
+            over MPI (run under ``mpirun -n P``): each rank trains on its
+            shard of every global batch of ``batch_size``, gradients are
+            averaged, and only rank 0 logs and writes checkpoints. ``fit`` and
+            ``evaluate`` are then collective: every rank calls them. Batch norm
+            and dropout semantics: see :mod:`fastconv.distributed`.
 
     ``fit`` returns the history (also saved as ``history.json``):
     ``iteration_loss``; per epoch ``epoch``, ``train_loss``, ``train_accuracy``
@@ -151,7 +157,7 @@ class Trainer:
     def __init__(self, model: Module, loss_fn, optimizer, scheduler=None, batch_size: int = 64,
                  early_stopping: EarlyStopping | None = None, checkpoint_dir=None, seed: int = 0,
                  progress: bool | None = None, verbose: bool = True, monitor: str | None = None,
-                 metadata: dict | None = None, log: Callable[[str], None] | None = None):
+                 metadata: dict | None = None, log: Callable[[str], None] | None = None, distributed=None):
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: `model` must be a fastconv Module; got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -173,6 +179,13 @@ class Trainer:
         self.best_epoch: int | None = None
         self._best_state = None
         self._rng = np.random.default_rng(seed)
+        self._dist = None
+        if distributed is not None:
+            from fastconv.distributed import data_parallel
+
+            self._dist = data_parallel(distributed)
+            if self._dist.rank != 0:  # one rank speaks and writes for all
+                self.progress, self.verbose = False, False
 
     # -- public -----------------------------------------------------------------------
 
@@ -205,6 +218,8 @@ class Trainer:
         self.history["iterations_per_epoch"] = math.ceil(len(train) / self.batch_size)
         if self.checkpoint_dir is not None:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
+        if self._dist is not None:
+            self._dist.setup(self.model, len(train), self.batch_size)
         stopper = self.early_stopping
         while self.epoch < epochs and not (stopper is not None and stopper.should_stop):
             self._run_epoch(train, val, epochs, monitor)
@@ -223,12 +238,15 @@ class Trainer:
         self.model.eval()
         try:
             total, correct = 0.0, 0
-            for xb, yb in data.batches(batch_size or max(self.batch_size, 256)):
+            part = data if self._dist is None else self._dist.shard_dataset(data)
+            for xb, yb in part.batches(batch_size or max(self.batch_size, 256)):
                 scores = self.model(xb)
                 total += self.loss_fn(scores, yb) * len(yb)
                 correct += int(np.count_nonzero(scores.argmax(axis=1) == yb))
         finally:
             self.model.train(was_training)
+        if self._dist is not None:
+            total, correct = self._dist.sum(total, correct)
         return {"loss": total / len(data), "accuracy": correct / len(data)}
 
     def predict(self, X, batch_size: int | None = None, return_scores: bool = False) -> np.ndarray:
@@ -315,15 +333,20 @@ class Trainer:
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is reported below
                 for it, (xb, yb) in enumerate(train.batches(self.batch_size, shuffle=True, rng=self._rng)):
+                    if self._dist is not None:
+                        xb, yb = self._dist.shard(xb, yb)
                     record = it == n_batches - 1
                     scores, acts = self._forward(xb, record)
                     loss = self.loss_fn(scores, yb)
+                    hits, n = int(np.count_nonzero(scores.argmax(axis=1) == yb)), len(yb)
+                    self.optimizer.zero_grad()
+                    grads = self._backward(self.loss_fn.backward(), record)
+                    if self._dist is not None:  # checked after the reduction, so all ranks agree on divergence
+                        loss, hits, n = self._dist.allreduce(self.model, loss, hits, n)
                     if not math.isfinite(loss):
                         self.history["iteration_loss"].extend(new_losses)
                         self._diverged(f"the training loss is {loss} at epoch {epoch + 1}, iteration {it + 1} "
                                        f"of {n_batches} (step {self.iteration + 1}, lr {lr:g})")
-                    self.optimizer.zero_grad()
-                    grads = self._backward(self.loss_fn.backward(), record)
                     if record:
                         before = {name: p.data.copy() for name, p in self.model.named_parameters()}
                     self.optimizer.step()
@@ -331,9 +354,9 @@ class Trainer:
                         stats = self._stats(epoch, before, acts, grads)
                     self.iteration += 1
                     new_losses.append(float(loss))
-                    loss_sum += float(loss) * len(yb)
-                    correct += int(np.count_nonzero(scores.argmax(axis=1) == yb))
-                    seen += len(yb)
+                    loss_sum += float(loss) * n
+                    correct += hits
+                    seen += n
                     if bar is not None:
                         bar.update(1)
                         if it % 5 == 0 or record:
@@ -376,7 +399,7 @@ class Trainer:
         h["best_epoch"], h["best_metric"] = self.best_epoch, self.best_metric
         self.epoch = epoch + 1
         h["time"].append(time.perf_counter() - start)
-        if self.checkpoint_dir is not None:
+        if self._writes_files():
             encoded = ckpt.dumps_json(self.history).encode()
             if improved:  # best before last: a crash between them leaves a best no older than last's
                 self._save("best")
@@ -450,12 +473,17 @@ class Trainer:
                 "rng": {"shuffle": self._rng.bit_generator.state, "init": init.generator().bit_generator.state},
                 "user": self.metadata}
 
+    def _writes_files(self) -> bool:
+        return self.checkpoint_dir is not None and (self._dist is None or self._dist.rank == 0)
+
     def _save(self, name: str, history: bytes | None = None) -> None:
+        if not self._writes_files():
+            return
         ckpt.save_checkpoint(os.path.join(self.checkpoint_dir, name), self.model, self.optimizer, self.scheduler,
                              meta=self._trainer_state(), files={"history.json": history} if history else None)
 
     def _save_history(self, encoded: bytes | None = None) -> None:
-        if self.checkpoint_dir is not None:
+        if self._writes_files():
             encoded = encoded or ckpt.dumps_json(self.history).encode()
             ckpt.atomic_write(os.path.join(self.checkpoint_dir, "history.json"), encoded)
 
