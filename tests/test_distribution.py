@@ -174,7 +174,7 @@ TAKING_TURNS = """
         for name, fn in run.items():
             time.sleep(0.1)  # let the other library's idle workers stop spinning and sleep
             before = cpu_ticks()
-            for _ in range(8):
+            for _ in range(16):  # ~20 GFLOP: tens of clock ticks per thread on a fast CPU
                 fn()
             after = cpu_ticks()
             used = {tid: after[tid] - before.get(tid, 0) for tid in after}
