@@ -5,8 +5,6 @@
 ...                       fc.Flatten(), fc.Linear(8 * 14 * 14, 10))
 """
 
-from importlib.metadata import PackageNotFoundError, version as _version
-
 from fastconv import checkpoint, convert, data, init, plot, search, train
 from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
 from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
@@ -24,10 +22,18 @@ from fastconv.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR,
                                  ReduceLROnPlateau, StepLR)
 from fastconv.train import EarlyStopping, Trainer, TrainingDiverged
 
-try:
-    __version__ = _version("fastconv")
-except PackageNotFoundError:  # running from a source tree without metadata
-    __version__ = "0+unknown"
+
+def __getattr__(name):
+    # __version__ is read from the installed metadata on first use: importlib.metadata
+    # costs more to import than the rest of fastconv together (see bench/bench_import.py).
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version("fastconv")
+        except PackageNotFoundError:  # running from a source tree without metadata
+            return "0+unknown"
+    raise AttributeError(f"module 'fastconv' has no attribute {name!r}")
 
 __all__ = [
     "Adagrad",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
 from fastconv import _kernels, reference
@@ -29,6 +32,58 @@ def info() -> dict:
         "supported_isas": list(_kernels.supported_isas()),
         "gemm_blocksizes": _kernels.gemm_blocksizes(),
         "backend": get_backend(),
+        **_openmp_report(),
+    }
+
+
+# threadpoolctl's name for each OpenMP implementation (its `prefix`) and what we call it.
+OPENMP_IMPLEMENTATIONS = {"libgomp": "GNU", "libomp": "LLVM", "libiomp": "Intel", "vcomp": "MSVC"}
+
+
+def openmp_runtimes() -> list[dict]:
+    """The OpenMP runtimes loaded in this process, read by threadpoolctl from its loaded libraries.
+
+    One dict per loaded library file: ``implementation`` ("GNU", "LLVM", "Intel", "MSVC"),
+    ``filepath``, ``version`` (or None) and ``num_threads`` (its default team size).
+    """
+    from threadpoolctl import threadpool_info  # imported here: only info() needs it
+
+    return [
+        {"implementation": OPENMP_IMPLEMENTATIONS.get(lib["prefix"], lib["prefix"]),
+         "filepath": lib["filepath"], "version": lib.get("version"), "num_threads": lib["num_threads"]}
+        for lib in threadpool_info() if lib["user_api"] == "openmp"
+    ]
+
+
+def openmp_conflict(runtimes: list[dict]) -> str:
+    """A warning when runtimes of two different OpenMP implementations are loaded, else "".
+
+    "Different" means different implementations (GNU libgomp, LLVM libomp, Intel libiomp):
+    LLVM's and Intel's export the GNU entry points too, so whichever is loaded first can
+    serve another library's parallel regions, a known cause of crashes and deadlocks.
+    Two copies of one implementation (e.g. PyTorch's libgomp and the one vendored in
+    fastconv's wheel, each under its own name) are not a conflict: each library keeps its
+    own copy and thread pool.
+    """
+    kinds = sorted({r["implementation"] for r in runtimes})
+    if len(kinds) < 2:
+        return ""
+    files = ", ".join(os.path.basename(r["filepath"]) for r in runtimes)
+    return (f"{len(kinds)} different OpenMP implementations are loaded in this process "
+            f"({' and '.join(kinds)}: {files}); mixing them can crash or deadlock. "
+            "Make the libraries use one OpenMP runtime (e.g. install them from the same "
+            "channel), or run them in separate processes.")
+
+
+def _openmp_report() -> dict:
+    runtimes = openmp_runtimes()
+    warning = openmp_conflict(runtimes)
+    if warning:
+        warnings.warn(warning, RuntimeWarning, stacklevel=3)
+    return {
+        "openmp_loaded": "; ".join(f"{r['implementation']} {r['filepath']} ({r['num_threads']} threads)"
+                                   for r in runtimes) or "none",
+        "openmp_warning": warning,
     }
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from fastconv.module import Parameter
 
-_rng = np.random.default_rng()
+# Created on first use: numpy.random is a noticeable part of `import fastconv`.
+_rng: np.random.Generator | None = None
 
 
 def manual_seed(seed: int) -> None:
@@ -26,6 +27,9 @@ def manual_seed(seed: int) -> None:
 
 
 def generator() -> np.random.Generator:
+    global _rng
+    if _rng is None:
+        _rng = np.random.default_rng()
     return _rng
 
 
@@ -47,7 +51,7 @@ def he_normal_(tensor, gain: float = math.sqrt(2.0)):
     """Fill with N(0, std^2), std = gain / sqrt(fan_in) (He et al. 2015 for gain sqrt(2))."""
     a = _array(tensor)
     fan_in, _ = _fans(a)
-    a[...] = _rng.normal(0.0, gain / math.sqrt(fan_in), a.shape)
+    a[...] = generator().normal(0.0, gain / math.sqrt(fan_in), a.shape)
     return tensor
 
 
@@ -56,7 +60,7 @@ def he_uniform_(tensor, gain: float = math.sqrt(2.0)):
     a = _array(tensor)
     fan_in, _ = _fans(a)
     bound = gain * math.sqrt(3.0 / fan_in)
-    a[...] = _rng.uniform(-bound, bound, a.shape)
+    a[...] = generator().uniform(-bound, bound, a.shape)
     return tensor
 
 
@@ -64,7 +68,7 @@ def xavier_normal_(tensor, gain: float = 1.0):
     """Fill with N(0, std^2), std = gain * sqrt(2 / (fan_in + fan_out)) (Glorot & Bengio 2010)."""
     a = _array(tensor)
     fan_in, fan_out = _fans(a)
-    a[...] = _rng.normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), a.shape)
+    a[...] = generator().normal(0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), a.shape)
     return tensor
 
 
@@ -73,7 +77,7 @@ def xavier_uniform_(tensor, gain: float = 1.0):
     a = _array(tensor)
     fan_in, fan_out = _fans(a)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
-    a[...] = _rng.uniform(-bound, bound, a.shape)
+    a[...] = generator().uniform(-bound, bound, a.shape)
     return tensor
 
 
