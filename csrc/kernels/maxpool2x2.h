@@ -11,8 +11,8 @@
  *
  * Backward, the same row: dx0[2ox + j] = dy[ox] if am[ox] == j else 0, and
  * dx1[2ox + j] likewise for am[ox] == 2 + j, j in {0, 1}. Windows do not
- * overlap, so each dx element is written exactly once (no memset, no
- * accumulation). An am[ox] > 3 writes zeros there; the caller counts those.
+ * overlap, so each dx element of the row pair is stored, never accumulated
+ * (no memset; a SIMD kernel may store an element twice, with the same value). An am[ox] > 3 writes zeros there; the caller counts those.
  * All pointers may have any alignment. */
 #ifndef FC_MAXPOOL2X2_H
 #define FC_MAXPOOL2X2_H
