@@ -486,10 +486,11 @@ def columns(sides):
     return cols + [f"vs {LABELS[s]}" for s in PEERS if s in sides]
 
 
-def markdown(table_rows, sides):
-    """A Markdown table of `rows()` output; '-' where a side did not run."""
+def markdown(table_rows, sides, header=True):
+    """A Markdown table of `rows()` output ('-' where a side did not run);
+    without the header lines when `header` is false (rows printed as measured)."""
     cols = columns(sides)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] if header else []
     for name, threads, cells in table_rows:
         values = [name, str(threads)] + [cells.get(c, "-") for c in cols[2:]]
         lines.append("| " + " | ".join(values) + " |")
@@ -557,17 +558,17 @@ def run(args, out=None):
         print(f"- malloc thresholds pinned: {'yes' if pinned else 'no (not glibc)'}; {args.reps} turns per side, "
               f"A B C / C B A; median (min) per call; vs X = X's median / fastconv's (> 1: fastconv faster)\n",
               file=out)
-        results, fairness = [], []
+        fairness = []
+        print(markdown([], sides), file=out)
         with Threads(n):
             for w in todo:
                 fns = {s: w.make[s]() for s in sides if s in w.make}
                 timings = time_sides(fns, args.reps, args.turn_ms / 1e3)
-                results.append((w, timings))
+                print(markdown(rows([(w, timings)], n, info["_peak"]), sides, header=False), file=out, flush=True)
                 if args.fairness:
                     alone = time_sides(fns, args.reps, args.turn_ms / 1e3, alone=True)
                     fairness.append((w.name, {s: alone[s].median / timings[s].median for s in fns}))
                 del fns
-        print(markdown(rows(results, n, info["_peak"]), sides), file=out)
         if fairness:
             print("\nFairness: median alone / median taking turns (1.00 = taking turns changes nothing)\n", file=out)
             cols = ["workload"] + [LABELS[s] for s in sides]
