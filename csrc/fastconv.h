@@ -143,4 +143,12 @@ void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y, int 
  * real (unpadded) elements, summed where windows overlap. */
 void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx, int nthreads);
 
+/* ---- peak.c ----------------------------------------------------------------
+ * A measurement, not a kernel: each of nthreads threads runs `iters` steps of
+ * fc_peak_flop_per_iter(isa) FLOP of independent multiply-adds on the ISA's
+ * vectors (isa must be supported); returns the wall time in seconds. *sink
+ * receives the (meaningless) result. */
+double fc_peak_flop_per_iter(int isa);
+double fc_peak_run(int isa, fc_int iters, int nthreads, float *sink);
+
 #endif

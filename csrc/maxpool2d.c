@@ -1,12 +1,22 @@
 /* Max-pool with recorded argmax, and its backward through that argmax.
- * Work is split over (n, c) planes: each plane is read and written by one
- * thread only, so the backward's scatter-add has no race and no atomics, and
- * the result does not depend on the thread count. */
+ *
+ * 2x2 windows with stride 2 and no padding (every pool of the workloads) go
+ * to the ISA's row kernels (kernels/maxpool2x2.h), threads splitting the
+ * output rows of all planes: windows do not overlap, so the backward writes
+ * each dx element once, with no memset. Any other geometry takes the general
+ * path below, whose work is split over (n, c) planes: each plane is read and
+ * written by one thread only, so the backward's scatter-add has no race and no
+ * atomics. Either way the result does not depend on the thread count. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "fastconv.h"
 #include "fc_omp.h"
+#include "kernels/maxpool2x2.h"
+
+/* Below this many input elements a pool runs on one thread: waking a team
+ * costs more than it saves. */
+#define PARALLEL_MIN 16384
 
 static inline void store_index(void *argmax, int bytes, fc_int i, int v)
 {
@@ -55,12 +65,64 @@ static void pool_row(const fc_pool_shape *s, const float *plane, fc_int oy, floa
     }
 }
 
+static int is_2x2_stride_2(const fc_pool_shape *s)
+{
+    return s->kh == 2 && s->kw == 2 && s->sh == 2 && s->sw == 2 && s->ph == 0 && s->pw == 0;
+}
+
+static void forward_2x2(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax, int nthreads)
+{
+    const fc_pool2x2_kernel *k = fc_pool2x2_kernel_current();
+    fc_int planes = s->n * s->c;
+    /* collapse(2): threads split the rows of all planes, so a batch of one
+     * image with few channels still keeps both busy. */
+#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static) \
+    if (planes * s->h * s->w >= PARALLEL_MIN)
+    for (fc_int p = 0; p < planes; p++)
+        for (fc_int oy = 0; oy < s->oh; oy++) {
+            const float *r0 = x + (p * s->h + 2 * oy) * s->w;
+            fc_int o = (p * s->oh + oy) * s->ow;
+            k->forward(s->ow, r0, r0 + s->w, y + o, argmax + o);
+        }
+}
+
+/* dx rows and columns that no window covers (the last of an odd H or W) get
+ * zeros here; the row kernels write all the others. */
+static fc_int backward_2x2(const fc_pool_shape *s, const float *dy, const uint8_t *argmax, float *dx,
+                           int nthreads)
+{
+    const fc_pool2x2_kernel *k = fc_pool2x2_kernel_current();
+    fc_int planes = s->n * s->c, bad = 0;
+#pragma omp parallel for collapse(2) num_threads(nthreads) schedule(static) reduction(+ : bad) \
+    if (planes * s->h * s->w >= PARALLEL_MIN)
+    for (fc_int p = 0; p < planes; p++)
+        for (fc_int oy = 0; oy < s->oh; oy++) {
+            fc_int o = (p * s->oh + oy) * s->ow;
+            const uint8_t *am = argmax + o;
+            float *d0 = dx + (p * s->h + 2 * oy) * s->w, *d1 = d0 + s->w;
+            k->backward(s->ow, dy + o, am, d0, d1);
+            /* An index past 3 sets a bit above the low two: OR all (cheap,
+             * vectorized), count only when one is there. */
+            uint8_t any = 0;
+            for (fc_int ox = 0; ox < s->ow; ox++) any |= am[ox];
+            if (any > 3)
+                for (fc_int ox = 0; ox < s->ow; ox++) bad += am[ox] > 3;
+            if (s->w > 2 * s->ow) d0[s->w - 1] = d1[s->w - 1] = 0.0f;
+            if (oy == s->oh - 1) memset(d1 + s->w, 0, sizeof(float) * (size_t)((s->h - 2 * s->oh) * s->w));
+        }
+    return bad;
+}
+
 int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
                          void *argmax, int argmax_bytes, int nthreads)
 {
+    if (is_2x2_stride_2(s) && argmax_bytes == 1) {
+        forward_2x2(s, x, y, argmax, nthreads);
+        return 0;
+    }
     fc_int planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->oh * s->ow;
     int failed = 0;
-#pragma omp parallel num_threads(nthreads) if (planes * in_plane >= 16384) reduction(| : failed)
+#pragma omp parallel num_threads(nthreads) if (planes * in_plane >= PARALLEL_MIN) reduction(| : failed)
     {
         int32_t *row_i = malloc(sizeof(int32_t) * (size_t)s->ow);
         if (!row_i) failed = 1;
@@ -81,9 +143,10 @@ int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
 fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void *argmax,
                              int argmax_bytes, float *dx, int nthreads)
 {
+    if (is_2x2_stride_2(s) && argmax_bytes == 1) return backward_2x2(s, dy, argmax, dx, nthreads);
     fc_int planes = s->n * s->c, in_plane = s->h * s->w, out_plane = s->oh * s->ow;
     fc_int bad = 0;
-#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : bad) if (planes * in_plane >= 16384)
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : bad) if (planes * in_plane >= PARALLEL_MIN)
     for (fc_int p = 0; p < planes; p++) {
         float *plane = dx + p * in_plane;
         memset(plane, 0, sizeof(float) * (size_t)in_plane);

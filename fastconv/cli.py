@@ -5,7 +5,7 @@
     fastconv search                random hyperparameter search -> results table, best config
                                    (--workers N or --scheduler ADDRESS: trials on a Dask cluster)
     mpirun -n P fastconv train     data-parallel training over MPI (rank 0 writes the run folder)
-    fastconv bench                 kernel timings against NumPy (and PyTorch when installed)
+    fastconv bench                 timings side by side with PyTorch and NumPy/OpenBLAS
     fastconv info                  build, CPU path, threads, and a kernel self-test
 """
 
@@ -550,89 +550,10 @@ def _search(args) -> int:
 # -- fastconv bench ----------------------------------------------------------------------------------
 
 
-def _median_time(fn, repeat: int) -> float:
-    fn()  # warm up (allocations, thread pool)
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def _bench(args) -> int:
-    import numpy as np
+    from fastconv import compare
 
-    import fastconv as fc
-    from fastconv import _kernels as K
-    from fastconv import reference as R
-
-    threads = args.threads or fc.get_num_threads()
-    fc.set_num_threads(threads)
-    limiter = None
-    try:
-        from threadpoolctl import threadpool_limits
-
-        limiter = threadpool_limits(limits=threads)  # NumPy's BLAS on the same thread budget
-    except ImportError:
-        pass
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch
-            import torch.nn.functional as F
-
-            torch.set_num_threads(threads)
-        except ImportError:
-            torch = None
-    rng = np.random.default_rng(0)
-
-    def r(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    m = args.gemm_size
-    A, B = r(m, m), r(m, m)
-    x, w, b = r(32, 16, 32, 32), r(32, 16, 3, 3), r(32)
-    xp = r(32, 32, 32, 32)
-    cases = [
-        ("sgemm", f"{m}x{m} @ {m}x{m}", lambda: K.sgemm(A, B), lambda: np.matmul(A, B),
-         (lambda: torch.mm(tA, tB)) if torch else None),
-        ("conv2d_forward", "32x16x32x32 * 32x16x3x3 p1", lambda: K.conv2d_forward(x, w, b, (1, 1), (1, 1)),
-         lambda: R.conv2d_forward(x, w, b, (1, 1), (1, 1)),
-         (lambda: F.conv2d(tx, tw, tb, padding=1)) if torch else None),
-        ("maxpool2d_forward", "32x32x32x32, 2x2 s2", lambda: K.maxpool2d_forward(xp, (2, 2), (2, 2), (0, 0)),
-         lambda: R.maxpool2d_forward(xp, (2, 2), (2, 2), (0, 0)),
-         (lambda: F.max_pool2d(txp, 2)) if torch else None),
-    ]
-    if torch:
-        tA, tB, tx, tw, tb, txp = (torch.from_numpy(a) for a in (A, B, x, w, b, xp))
-    print(f"fastconv bench: {threads} thread(s), ISA {fc.get_isa()}, median of {args.repeat} runs "
-          "(ratio = other time / fastconv time; > 1 means fastconv is faster)")
-    header = f"{'kernel':18} {'shape':28} {'fastconv':>10} {'numpy':>10} {'ratio':>7}"
-    header += f" {'torch':>10} {'ratio':>7}" if torch else ""
-    print(header)
-    try:
-        for name, shape, ours, numpy_fn, torch_fn in cases:
-            t_ours = _median_time(ours, args.repeat)
-            t_np = _median_time(numpy_fn, args.repeat)
-            line = f"{name:18} {shape:28} {1e3 * t_ours:8.2f}ms {1e3 * t_np:8.2f}ms {t_np / t_ours:6.2f}x"
-            if torch_fn is not None:
-                with torch.no_grad():
-                    t_torch = _median_time(torch_fn, args.repeat)
-                line += f" {1e3 * t_torch:8.2f}ms {t_torch / t_ours:6.2f}x"
-            print(line)
-    finally:
-        if limiter is not None:
-            limiter.restore_original_limits()
-    notes = ["numpy column: numpy.matmul (its BLAS) for sgemm, fastconv.reference (NumPy) for the others"]
-    if limiter is None:
-        notes.append("NumPy's BLAS threads are not limited (pip install threadpoolctl to pin them)")
-    if torch is None and not args.no_torch:
-        notes.append("PyTorch is not installed: no torch column")
-    for n in notes:
-        print(f"note: {n}")
-    return 0
+    return compare.run(args)
 
 
 # -- fastconv info ------------------------------------------------------------------------------------
@@ -735,16 +656,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file; the command line wins")
     p.set_defaults(func=_search)
 
-    p = sub.add_parser("bench", help="time the main kernels against NumPy (and PyTorch when installed)",
-                       description="A quick timing (a few seconds) of fastconv's sgemm, conv2d_forward and "
-                                   "maxpool2d_forward against numpy.matmul / the NumPy reference kernels and, when "
-                                   "importable, PyTorch, on the same thread count. For full benchmarks: "
-                                   "pytest bench/.")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="threads for every library (default: all CPUs)")
-    p.add_argument("--repeat", type=_positive_int, default=7, metavar="N",
-                   help="runs per timing (default: %(default)s)")
-    p.add_argument("--gemm-size", type=_positive_int, default=512, metavar="M", help="(default: %(default)s)")
-    p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    p = sub.add_parser("bench", help="time fastconv against PyTorch and NumPy/OpenBLAS side by side",
+                       description="The workloads of workloads.md (sgemm, conv layers, max-pool, ReLU, whole "
+                                   "nets) timed in one process, taking turns with PyTorch (channels_last and "
+                                   "NCHW, when installed) and NumPy/OpenBLAS; prints a Markdown table. Also "
+                                   "python bench/compare.py. Per-kernel suites: pytest bench/.")
+    from fastconv.compare import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("info", help="build, CPU and threading information, and a kernel self-test")
@@ -761,6 +680,10 @@ def _subparser(parser, name):
 
 def main(argv=None) -> int:
     parser = build_parser()
+    if argv is None and sys.argv[1:2] == ["bench"]:  # OpenBLAS must see its settings at load
+        from fastconv.compare import reexec_for_openblas
+
+        reexec_for_openblas(sys.argv)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     where = f"fastconv {args.command}"

@@ -153,6 +153,44 @@ def test_empty_batch(isa_threads):
     assert dx.shape == x.shape
 
 
+# The 2x2 stride-2 path (kernels/maxpool2x2.h): rows shorter than, equal to and
+# longer than one 8-window vector, with a scalar tail, odd H and W (an
+# uncovered last row and column), batch 1, above and below the parallel
+# threshold.
+SHAPES_2X2 = [(1, 1, 2, 2), (1, 1, 3, 3), (2, 3, 2, 33), (1, 2, 17, 16), (1, 1, 5, 31),
+              (3, 4, 9, 48), (1, 5, 64, 65), (2, 64, 30, 34), (1, 1, 255, 2)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES_2X2, ids=str)
+def test_2x2_stride_2_path(isa_threads, rng, shape, mode):
+    check_native_vs_reference(make_input(rng, shape, mode), 2, 2, 0, rng)
+
+
+def test_2x2_backward_writes_every_element(isa_threads, rng):
+    """No memset on this path: dx comes from np.empty, so memory that held NaN
+    just before (likely reused by malloc) must be overwritten everywhere."""
+    x = make_input(rng, (2, 3, 17, 19), "ties")
+    y, am = _kernels.maxpool2d_forward(x, 2, 2, 0)
+    dy = rand(rng, *y.shape)
+    expected = reference.maxpool2d_backward(dy, am, x.shape, 2, 2, 0)
+    for _ in range(5):
+        poison = np.full(x.shape, np.nan, dtype=np.float32)
+        del poison
+        dx = _kernels.maxpool2d_backward(dy, am, x.shape, 2, 2, 0)
+        np.testing.assert_array_equal(bits(dx), bits(expected))
+
+
+@pytest.mark.parametrize("value,count", [(4, 1), (255, 1), (7, 6)])
+def test_2x2_backward_counts_stray_indices(isa_threads, rng, value, count):
+    x = rand(rng, 1, 2, 6, 20)  # rows of 10 windows: a vector and a tail
+    y, am = _kernels.maxpool2d_forward(x, 2, 2, 0)
+    am = am.copy()
+    am.reshape(-1)[[0, 9, 10, 29, 30, 59][:count]] = value
+    with pytest.raises(ValueError, match=f"has {count} indices outside their window"):
+        _kernels.maxpool2d_backward(rand(rng, *y.shape), am, x.shape, 2, 2, 0)
+
+
 def test_thread_count_agnostic(rng):
     """Same bits with 1 and 2 threads, above the parallel threshold."""
     x = make_input(rng, (3, 16, 45, 47), "ties")

@@ -1,0 +1,70 @@
+/* The 2x2 stride-2 max-pool row kernels (the common case: every pool of the
+ * workloads), one pair per ISA behind one interface; csrc/maxpool2d.c does the
+ * geometry and the threading and falls back to its general path otherwise.
+ *
+ * Forward, one output row of `ow` windows: window ox covers r0[2ox], r0[2ox+1],
+ * r1[2ox], r1[2ox+1], taps 0..3 in that (row-major) order. y[ox] is the
+ * maximum and am[ox] its tap, by the scan rule of fc_maxpool2d_forward: start
+ * from tap 0, take a later tap when it is greater or NaN (so ties keep the
+ * first maximum, a NaN beats numbers and the last NaN wins; a window of -inf
+ * points at tap 0).
+ *
+ * Backward, the same row: dx0[2ox + j] = dy[ox] if am[ox] == j else 0, and
+ * dx1[2ox + j] likewise for am[ox] == 2 + j, j in {0, 1}. Windows do not
+ * overlap, so each dx element of the row pair is stored, never accumulated
+ * (no memset; a SIMD kernel may store an element twice, with the same value). An am[ox] > 3 writes zeros there; the caller counts those.
+ * All pointers may have any alignment. */
+#ifndef FC_MAXPOOL2X2_H
+#define FC_MAXPOOL2X2_H
+
+#include "fastconv.h"
+
+typedef void fc_pool2x2_fwd(fc_int ow, const float *r0, const float *r1, float *y, uint8_t *am);
+typedef void fc_pool2x2_bwd(fc_int ow, const float *dy, const uint8_t *am, float *dx0, float *dx1);
+
+typedef struct {
+    fc_pool2x2_fwd *forward;
+    fc_pool2x2_bwd *backward;
+} fc_pool2x2_kernel;
+
+/* Windows [from, ow) in plain C: the generic kernel, and the SIMD kernels' tails. */
+static inline void fc_pool2x2_fwd_scalar(fc_int from, fc_int ow, const float *r0, const float *r1,
+                                         float *y, uint8_t *am)
+{
+    for (fc_int ox = from; ox < ow; ox++) {
+        float v[4] = {r0[2 * ox], r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]};
+        float best = v[0];
+        uint8_t tap = 0;
+        for (int t = 1; t < 4; t++) {
+            int take = (v[t] > best) | (v[t] != v[t]);
+            best = take ? v[t] : best;
+            tap = take ? (uint8_t)t : tap;
+        }
+        y[ox] = best;
+        am[ox] = tap;
+    }
+}
+
+static inline void fc_pool2x2_bwd_scalar(fc_int from, fc_int ow, const float *dy, const uint8_t *am,
+                                         float *dx0, float *dx1)
+{
+    for (fc_int ox = from; ox < ow; ox++) {
+        float g = dy[ox];
+        int t = am[ox];
+        dx0[2 * ox] = t == 0 ? g : 0.0f;
+        dx0[2 * ox + 1] = t == 1 ? g : 0.0f;
+        dx1[2 * ox] = t == 2 ? g : 0.0f;
+        dx1[2 * ox + 1] = t == 3 ? g : 0.0f;
+    }
+}
+
+extern const fc_pool2x2_kernel fc_pool2x2_kernel_generic;
+#ifdef FC_X86_KERNELS
+extern const fc_pool2x2_kernel fc_pool2x2_kernel_avx2;
+#endif
+
+/* The kernel of the ISA picked at run time (dispatch.c); AVX-512 uses AVX2's,
+ * since the row kernels are bound by memory, not by vector width. */
+const fc_pool2x2_kernel *fc_pool2x2_kernel_current(void);
+
+#endif

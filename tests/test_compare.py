@@ -1,0 +1,188 @@
+"""The comparison harness (fastconv.compare, ``fastconv bench``): the turn
+order, the per-call arithmetic, and a table whose figures agree with each
+other. Timing is never asserted: a fake clock drives the scheduler, and the
+end-to-end run uses tiny arrays and checks only the table's consistency."""
+
+import argparse
+import io
+import re
+
+import pytest
+
+from fastconv import _kernels, compare
+
+
+class FakeClock:
+    """A clock that advances only when a fake side is called."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_sides(clock, costs, log):
+    def side(name, cost):
+        def call():
+            log.append(name)
+            clock.now += cost
+        return call
+    return {name: side(name, cost) for name, cost in costs.items()}
+
+
+@pytest.fixture
+def turn_log(monkeypatch):
+    """The sides in the order time_sides gives them their timed turns."""
+    log, turn = [], compare._turn
+
+    def logged(fn, warm, calls, clock):
+        log.append(fn.__name__)
+        return turn(fn, warm, calls, clock)
+    monkeypatch.setattr(compare, "_turn", logged)
+    return log
+
+
+def test_turns_alternate_and_time_each_call(turn_log):
+    clock, log = FakeClock(), []
+    costs = {"fastconv": 1e-3, "torch_cl": 4e-3, "numpy": 2e-4}
+    sides = fake_sides(clock, costs, log)
+    for name, fn in sides.items():
+        fn.__name__ = name
+    out = compare.time_sides(sides, reps=4, turn_seconds=8e-3, clock=clock)
+    for name, cost in costs.items():
+        assert out[name].per_call == pytest.approx([cost] * 4)
+        assert out[name].calls == round(8e-3 / cost)
+        assert out[name].median == pytest.approx(cost) and out[name].best == pytest.approx(cost)
+    timed = turn_log[3:]  # after one calibration turn each
+    assert timed == ["fastconv", "torch_cl", "numpy", "numpy", "torch_cl", "fastconv"] * 2
+
+
+def test_warm_calls_are_not_timed():
+    clock, state = FakeClock(), {"cold": True}
+
+    def side():  # 1 ms a call, but 50 ms for the first of a turn (a sleeping thread team waking up)
+        clock.now += 0.05 if state["cold"] else 1e-3
+        state["cold"] = False
+    turns = []
+    for _ in range(3):
+        state["cold"] = True
+        turns.append(compare._turn(side, 1, 5, clock))
+    assert turns == pytest.approx([1e-3] * 3)
+    assert compare.calibrate(side, 0.01, clock) == (1, 10)
+
+
+def test_alone_runs_each_side_back_to_back(turn_log):
+    clock, log = FakeClock(), []
+    sides = fake_sides(clock, {"a": 1e-3, "b": 1e-3}, log)
+    for name, fn in sides.items():
+        fn.__name__ = name
+    out = compare.time_sides(sides, reps=3, turn_seconds=2e-3, alone=True, clock=clock)
+    assert turn_log[2:] == ["a"] * 3 + ["b"] * 3
+    assert len(out["a"].per_call) == len(out["b"].per_call) == 3
+
+
+def test_table_figures_are_consistent():
+    w = compare.Workload("conv x", {}, flop=2e9)
+    p = compare.Workload("pool y", {}, nbytes=3e8)
+    results = [(w, {"fastconv": compare.Timing([0.010, 0.012, 0.011]),
+                    "torch_cl": compare.Timing([0.020, 0.022, 0.025]),
+                    "numpy": compare.Timing([0.1, 0.1, 0.1])}),
+               (p, {"fastconv": compare.Timing([0.002]), "torch_cl": compare.Timing([0.005])})]
+    rows = compare.rows(results, threads=2, peak=400.0)
+    cells = rows[0][2]
+    assert cells["fastconv ms"] == "11 (10)"
+    assert cells["vs PyTorch CL"] == "2.00x" and cells["vs NumPy/OpenBLAS"] == "9.09x"
+    assert cells["rate"] == "181.8 GFLOP/s" and cells["% peak"] == "45%"
+    assert rows[1][2]["rate"] == "150.0 GB/s" and "% peak" not in rows[1][2]
+    table = compare.markdown(rows, ["fastconv", "torch_cl", "numpy"]).splitlines()
+    assert table[0] == ("| workload | threads | fastconv ms | PyTorch CL ms | NumPy/OpenBLAS ms | rate | % peak "
+                        "| vs PyTorch CL | vs NumPy/OpenBLAS |")
+    assert table[3] == "| pool y | 2 | 2 (2) | 5 (5) | - | 150.0 GB/s | - | 2.50x | - |"
+
+
+def _parse(text):
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return header, [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+
+
+def _median(cell):
+    return float(cell.split(" (")[0])
+
+
+@pytest.mark.parametrize("fairness", [False, True])
+def test_tiny_run_prints_a_consistent_table(fairness, torch):
+    threads, torch_threads = _kernels.get_num_threads(), torch.get_num_threads()
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    args = p.parse_args(["--tiny", "--reps", "2", "--turn-ms", "1", "--threads", "1"]
+                        + (["--fairness", "--only", "maxpool"] if fairness else []))
+    out = io.StringIO()
+    try:
+        assert compare.run(args, out=out) == 0
+    finally:
+        _kernels.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+    text = out.getvalue()
+    assert "- ISA: " + _kernels.get_isa() in text and re.search(r"- peak: [\d.]+ GFLOP/s at 1 thread", text)
+    table = text.split("Fairness")[0]
+    header, rows = _parse(table)
+    assert header == compare.columns(list(compare.SIDES))
+    names = [w.name for w in compare.workloads(tiny=True) if not fairness or "maxpool" in w.name]
+    assert [r["workload"] for r in rows] == names
+    for r in rows:
+        ours = _median(r["fastconv ms"])
+        for side in compare.PEERS:
+            label = compare.LABELS[side]
+            if r[f"{label} ms"] == "-":  # only sgemm lacks a side: PyTorch
+                assert r[f"vs {label}"] == "-" and side != "numpy" and r["workload"].startswith("sgemm")
+                continue
+            ratio = float(r[f"vs {label}"].rstrip("x"))
+            assert ratio == pytest.approx(_median(r[f"{label} ms"]) / ours, rel=2e-3, abs=6e-3)
+        assert r["rate"].endswith("GFLOP/s") == (r["% peak"] != "-")
+    if fairness:
+        header, rows = _parse(text.split("Fairness")[1])
+        assert header == ["workload"] + [compare.LABELS[s] for s in compare.SIDES]
+        assert [r["workload"] for r in rows] == names and all(float(r["fastconv"]) > 0 for r in rows)
+
+
+def test_sgemm_has_no_torch_column_but_every_other_workload_has_all_sides():
+    for w in compare.workloads(tiny=True):
+        expected = {"fastconv", "numpy"} | (set() if w.name.startswith("sgemm") else {"torch_cl", "torch_nchw"})
+        if compare._torch() is None:
+            expected -= {"torch_cl", "torch_nchw"}
+        assert set(w.make) == expected, w.name
+        assert (w.flop > 0) != (w.nbytes > 0), w.name
+
+
+def test_bad_options():
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    for argv, match in [(["--sides", "torch_cl"], "must include fastconv"), (["--sides", "fastconv,jax"], "jax"),
+                        (["--reps", "0"], "--reps must be >= 1"), (["--threads", "a"], "comma-separated ints"),
+                        (["--threads", "0"], "must be positive")]:
+        with pytest.raises(ValueError, match=match):
+            compare.run(p.parse_args(argv + ["--list"]), out=io.StringIO())
+
+
+def test_pin_malloc_on_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert compare.pin_malloc() is True
+
+
+@pytest.mark.parametrize("isa", _kernels.supported_isas())
+def test_peak_is_a_positive_measurement(isa):
+    assert 0 < _kernels.peak_gflops(1, isa, seconds=0.01) < 1e5
+
+
+@pytest.mark.parametrize("kwargs,match", [({"threads": 0}, "`threads` must be an int"),
+                                          ({"threads": 1.5}, "`threads` must be an int"),
+                                          ({"isa": "sse9"}, "`isa` must be one of"),
+                                          ({"seconds": 0}, r"`seconds` must be in \(0, 60\]")])
+def test_peak_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _kernels.peak_gflops(**kwargs)
