@@ -2,7 +2,6 @@
  * read by the Python side, which calls fc_isa_set after checking support). */
 #include "fastconv.h"
 #include "kernels/gemm_ukernel.h"
-#include "kernels/maxpool2x2.h"
 
 #ifndef FC_BUILD_FLAGS
 #define FC_BUILD_FLAGS "unknown"
@@ -63,13 +62,6 @@ void fc_isa_set(int isa) { current_isa = isa; }
 
 const fc_gemm_kernel *fc_gemm_kernel_current(void) { return isa_kernel(fc_isa_get()); }
 
-const fc_pool2x2_kernel *fc_pool2x2_kernel_current(void)
-{
-#ifdef FC_X86_KERNELS
-    if (fc_isa_get() >= FC_ISA_AVX2) return &fc_pool2x2_kernel_avx2;
-#endif
-    return &fc_pool2x2_kernel_generic;
-}
 
 void fc_isa_blocksizes(int isa, fc_int out[5])
 {
