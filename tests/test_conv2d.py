@@ -370,3 +370,57 @@ def test_huge_sizes_get_the_wrappers_message():
         _kernels.conv2d_forward(one, one, None, 1, 2**31)
     with pytest.raises(ValueError, match=r"`stride` must be at most 2\*\*48"):
         _kernels.conv2d_forward(one, one, None, 2**50, 0)
+
+
+# ---------------------------------------------------------------------------
+# the layer: fused Conv2d + ReLU in a Sequential, and skipping dx
+
+def _conv_relu_pair(seed=0):
+    import fastconv as fc
+    fc.manual_seed(seed)
+    return fc.Conv2d(3, 5, 3, padding=1), fc.ReLU()
+
+
+def test_sequential_fuses_conv_relu_with_the_same_results(isa_threads, rng):
+    import fastconv as fc
+    x = rng.standard_normal((4, 3, 9, 7), dtype=np.float32)
+    dy = rng.standard_normal((4, 5, 9, 7), dtype=np.float32)
+    conv, relu = _conv_relu_pair()
+    conv.bias.data[:] = rng.standard_normal(5, dtype=np.float32)
+    y_apart = relu(conv(x))  # one by one, as Sequential ran before fusing
+    dx_apart = conv.backward(relu.backward(dy))
+    grads_apart = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    model = fc.Sequential(conv, relu)
+    y = model(x)
+    np.testing.assert_array_equal(y, y_apart)
+    assert (y == 0).any()  # the ReLU did clamp something
+    np.testing.assert_array_equal(model.backward(dy), dx_apart)
+    np.testing.assert_array_equal(conv.weight.grad, grads_apart[0])
+    np.testing.assert_array_equal(conv.bias.grad, grads_apart[1])
+
+
+def test_fused_conv_relu_gradcheck():
+    import fastconv as fc
+    conv, relu = _conv_relu_pair(1)
+    model = fc.Sequential(conv, relu)
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    result = fc.gradcheck(model, x)
+    assert result.passed and result.checked > 0, str(result)
+
+
+def test_needs_input_grad_false_skips_dx(isa_threads, rng):
+    import fastconv as fc
+    x = rng.standard_normal((3, 3, 6, 6), dtype=np.float32)
+    dy = rng.standard_normal((3, 5, 6, 6), dtype=np.float32)
+    conv, _ = _conv_relu_pair()
+    conv(x)
+    assert conv.backward(dy) is not None
+    expected = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    conv.needs_input_grad = False
+    model = fc.Sequential(conv)
+    model(x)
+    assert model.backward(dy) is None
+    np.testing.assert_array_equal(conv.weight.grad, expected[0])
+    np.testing.assert_array_equal(conv.bias.grad, expected[1])
