@@ -51,6 +51,28 @@ int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float al
                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
                 float *c, fc_int ldc, int nthreads, int allow_ksplit);
 
+/* A B operand that is never stored whole: sgemm asks `pack` for each block
+ * it needs, already in the packed layout of csrc/kernels/gemm_ukernel.h. The
+ * call writes rows [p0, p0 + kc) x columns [j0, j0 + nb) of B to dst as
+ * ceil(nb / nr) slivers of nr columns, dst[(j / nr) * nr * kc + p * nr + j % nr],
+ * zero past nb. It runs on several threads at once (ctx is shared, read only). */
+typedef void fc_pack_b_fn(const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_int nb, int nr,
+                          float *dst);
+typedef struct {
+    fc_pack_b_fn *pack;
+    const void *ctx;
+} fc_b_source;
+
+/* C = A @ B + bias (bias[i] added to row i; NULL for none), then max(C, 0)
+ * when relu (NaN kept, as relu_forward), applied as each tile of C is
+ * finished. B is the matrix (b, ldb) when bsrc is NULL, else packed by bsrc.
+ * No k split: each column of C gets the same arithmetic whatever n is, and
+ * k <= FC_GEMM_ONE_PASS_K is done in one pass, so C is written once. */
+#define FC_GEMM_ONE_PASS_K 576
+int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, const float *b,
+                   fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
+                   fc_int ldc, int nthreads);
+
 /* ---- conv2d.c --------------------------------------------------------------
  * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with
  * oh = (h + 2*ph - kh) / sh + 1, ow = (w + 2*pw - kw) / sw + 1 (caller checks
@@ -62,9 +84,9 @@ typedef struct {
     fc_int oh, ow;          /* output size */
 } fc_conv_shape;
 
-/* bias may be NULL. */
+/* bias may be NULL; relu: y = max(conv + bias, 0) (NaN kept), in the same pass. */
 int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                      const float *bias, float *y, int nthreads);
+                      const float *bias, int relu, float *y, int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,

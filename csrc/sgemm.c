@@ -109,6 +109,12 @@ typedef struct {
     const float *a, *b;
     float *c;
     fc_int lda, ldb, ldc;
+    /* Set by fc_sgemm_fused only: B packed by bsrc (rows from bp0, columns
+     * from bj0 of the whole problem's B), and the epilogue. */
+    const fc_b_source *bsrc;
+    fc_int bp0, bj0;
+    const float *bias; /* of row 0 of this (sub-)problem */
+    int relu;
 } gemm_problem;
 
 static inline fc_int min_i(fc_int x, fc_int y) { return x < y ? x : y; }
@@ -130,7 +136,13 @@ static gemm_problem sub_problem(const gemm_problem *g, fc_int i0, fc_int i1, fc_
     s.n = j1 - j0;
     s.k = p1 - p0;
     s.a = op_at(g->a, g->lda, g->ta, i0, p0);
-    s.b = op_at(g->b, g->ldb, g->tb, p0, j0);
+    if (g->bsrc) {
+        s.bp0 += p0;
+        s.bj0 += j0;
+    } else {
+        s.b = op_at(g->b, g->ldb, g->tb, p0, j0);
+    }
+    if (g->bias) s.bias += i0;
     s.c = g->c + i0 * g->ldc + j0;
     return s;
 }
@@ -264,10 +276,31 @@ static fc_int even_block(fc_int total, fc_int block, fc_int unit)
     return min_i(block, ceil_div(ceil_div(total, nblocks), unit) * unit);
 }
 
+/* The fused epilogue on an m x n tile of C (row stride ldc): + bias[i] on
+ * row i (bias may be NULL), then ReLU as relu_forward (x < 0 ? 0 : x keeps
+ * NaN). The same additions as a separate pass, so results match one. */
+static void tile_epilogue(float *c, fc_int ldc, fc_int m, fc_int n, const float *bias, int relu)
+{
+    for (fc_int i = 0; i < m; i++) {
+        float *ci = c + i * ldc;
+        if (bias) {
+            const float b = bias[i];
+            for (fc_int j = 0; j < n; j++) ci[j] += b;
+        }
+        if (relu)
+            for (fc_int j = 0; j < n; j++) ci[j] = ci[j] < 0.0f ? 0.0f : ci[j];
+    }
+}
+
+#define BSRC_MIN_COLS 256
+
 static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
 {
     const fc_int MR = kr->mr, NR = kr->nr;
-    const fc_int KC = even_block(g->k, kr->kc, 1);
+    const int fused = g->bsrc || g->bias || g->relu;
+    /* Fused: C finished in one pass when k allows, so the epilogue runs once
+     * per tile, on a tile the micro-kernel just stored (still in L1). */
+    const fc_int KC = fused && g->k <= FC_GEMM_ONE_PASS_K ? g->k : even_block(g->k, kr->kc, 1);
     const fc_int MC = even_block(g->m, kr->mc, MR);
     const fc_int NC = even_block(g->n, kr->nc, NR);
     /* The B block is packed during the first ic pass, a sub-block of NB
@@ -277,7 +310,10 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
      * im2col GEMMs, that first pass is the only one: then every sub-block
      * reuses the same buffer, which stays in L2 instead of being written
      * back to L3 for nothing. */
-    const fc_int NB = ceil_div(kr->mc * kr->kc, KC * NR) * NR;
+    fc_int NB = ceil_div(kr->mc * kr->kc, KC * NR) * NR;
+    /* A packing callback pays a cost per call and per row: ask it for at
+     * least BSRC_MIN_COLS columns at a time (with k <= 576, still within L2). */
+    if (g->bsrc) NB = max_i(NB, ceil_div(BSRC_MIN_COLS, NR) * NR);
     const int one_pass = g->m <= MC;
     float *ap = ws_get(WS_A, (size_t)(ceil_div(MC, MR) * MR * KC));
     float *bp = ws_get(WS_B, (size_t)(ceil_div(one_pass ? min_i(NB, NC) : NC, NR) * NR * KC));
@@ -298,14 +334,20 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
                 for (fc_int jb = 0; jb < nc; jb += NB) {
                     const fc_int nb = min_i(NB, nc - jb);
                     float *bpj = one_pass ? bp : bp + jb * kc;
-                    if (ic == 0)
+                    if (ic == 0 && g->bsrc)
+                        g->bsrc->pack(g->bsrc->ctx, g->bp0 + pc, kc, g->bj0 + jc + jb, nb, (int)NR, bpj);
+                    else if (ic == 0)
                         pack_slivers(nb, kc, (int)NR, op_at(g->b, g->ldb, g->tb, pc, jc + jb), b_js, b_ps,
                                      bpj);
                     for (fc_int jr = 0; jr < nb; jr += NR)
-                        for (fc_int ir = 0; ir < mc; ir += MR)
-                            kr->ukr(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta,
-                                    g->c + (ic + ir) * g->ldc + jc + jb + jr, g->ldc,
-                                    min_i(MR, mc - ir), min_i(NR, nb - jr));
+                        for (fc_int ir = 0; ir < mc; ir += MR) {
+                            float *ct = g->c + (ic + ir) * g->ldc + jc + jb + jr;
+                            const fc_int mt = min_i(MR, mc - ir), nt = min_i(NR, nb - jr);
+                            kr->ukr(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta, ct, g->ldc, mt, nt);
+                            if (fused && pc + kc == g->k)
+                                tile_epilogue(ct, g->ldc, mt, nt, g->bias ? g->bias + ic + ir : NULL,
+                                              g->relu);
+                        }
                 }
             }
         }
@@ -465,9 +507,28 @@ int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float al
         return 0;
     }
     const fc_gemm_kernel *kr = fc_gemm_kernel_current();
-    const gemm_problem g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc};
+    const gemm_problem g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc,
+                            NULL, 0, 0, NULL, 0};
     if (nthreads < 1) nthreads = 1;
     if (allow_ksplit && use_ksplit(kr, m, n, k)) return gemm_ksplit(kr, &g, nthreads);
     if (nthreads == 1) return gemm_serial(kr, &g);
+    return gemm_grid(kr, &g, nthreads);
+}
+
+int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, const float *b,
+                   fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
+                   fc_int ldc, int nthreads)
+{
+    if (m <= 0 || n <= 0) return 0;
+    if (k <= 0) { /* an empty sum: the epilogue alone */
+        for (fc_int i = 0; i < m; i++)
+            for (fc_int j = 0; j < n; j++) c[i * ldc + j] = 0.0f;
+        tile_epilogue(c, ldc, m, n, bias, relu);
+        return 0;
+    }
+    const fc_gemm_kernel *kr = fc_gemm_kernel_current();
+    const gemm_problem g = {0, 0, m, n, k, 1.0f, 0.0f, a, b, c, lda, ldb, ldc,
+                            bsrc, 0, 0, bias, relu};
+    if (nthreads <= 1) return gemm_serial(kr, &g);
     return gemm_grid(kr, &g, nthreads);
 }

@@ -35,7 +35,7 @@ cdef extern from "fastconv.h" nogil:
     ctypedef struct fc_conv_shape:
         fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
     int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                          const float *bias, float *y, int nthreads)
+                          const float *bias, int relu, float *y, int nthreads)
     int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
                            const float *dy, float *dx, float *dweight, float *dbias,
                            int nthreads)
@@ -340,14 +340,17 @@ cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
     return s
 
 
-def conv2d_forward(x, weight, bias, stride, padding):
+def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     """y = conv2d(x, weight) + bias, zero padding (cross-correlation, as PyTorch).
 
     x (N, C, H, W), weight (K, C, kh, kw), bias (K,) or None; stride and
     padding are ints or (h, w) pairs. Returns y (N, K, OH, OW) with
-    OH = (H + 2*ph - kh) // sh + 1 and likewise OW.
+    OH = (H + 2*ph - kh) // sh + 1 and likewise OW; with relu true,
+    max(y, 0) (NaN kept, as relu_forward) computed in the same pass.
     """
     fn = "conv2d_forward"
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
     cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
     cdef const float *pb = NULL
     if bias is not None:
@@ -360,9 +363,9 @@ def conv2d_forward(x, weight, bias, stride, padding):
     cdef const float *px = _fptr(x)
     cdef const float *pw = _fptr(weight)
     cdef float *py = _fptr(y)
-    cdef int rc, nt = _num_threads
+    cdef int rc, nt = _num_threads, fuse_relu = bool(relu)
     with nogil:
-        rc = fc_conv2d_forward(&s, px, pw, pb, py, nt)
+        rc = fc_conv2d_forward(&s, px, pw, pb, fuse_relu, py, nt)
     if rc != 0:
         raise MemoryError("conv2d_forward: could not allocate the im2col workspace")
     return y

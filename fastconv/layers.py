@@ -88,6 +88,15 @@ class Conv2d(Module):
     (h, w) pair, "valid" or "same". Default init: He normal weights
     (std sqrt(2 / fan_in), fan_in = in_channels*kh*kw), zero bias.
 
+    ``needs_input_grad`` (default True): when set to False, ``backward``
+    skips dL/dx and returns None, as PyTorch does for an input that does not
+    require grad. Set it on a network's first layer, whose input gradient
+    (the images') nobody reads: ``model[0].needs_input_grad = False``; this
+    saves the dx GEMM and col2im. In a ``Sequential``, a Conv2d directly
+    followed by a ``ReLU`` computes the ReLU in its own pass (``relu=True``
+    of ``forward``); the ReLU then keeps that output for its backward, so
+    results and gradients are those of the two layers run one by one.
+
     >>> conv = Conv2d(3, 16, kernel_size=3, padding=1)
     >>> conv(np.zeros((8, 3, 32, 32), np.float32)).shape
     (8, 16, 32, 32)
@@ -104,9 +113,11 @@ class Conv2d(Module):
         self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None
+        self.needs_input_grad = True
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """y = conv(x) + bias; max(y, 0) in the same pass when ``relu``."""
         x, unbatched = _batched("Conv2d", x, self.in_channels)
         kh, kw = self.kernel_size
         (ph, pw), (h, w) = self.padding, x.shape[2:]
@@ -117,7 +128,7 @@ class Conv2d(Module):
         b = self.bias.data if self.bias is not None else None
         y = kernel("conv2d_forward")(x, self.weight.data.astype(x.dtype, copy=False),
                                      None if b is None else b.astype(x.dtype, copy=False),
-                                     self.stride, self.padding)
+                                     self.stride, self.padding, relu)
         self._cache = (x, unbatched)
         return y[0] if unbatched else y
 
@@ -126,10 +137,13 @@ class Conv2d(Module):
         dy = check_input("Conv2d.backward", dy, (3,) if unbatched else (4,), "dy")
         dy = dy[None] if unbatched else dy
         dx, dw, db = kernel("conv2d_backward")(x, self.weight.data.astype(x.dtype, copy=False), dy,
-                                               self.stride, self.padding)
+                                               self.stride, self.padding,
+                                               need_dx=bool(self.needs_input_grad))
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
+        if dx is None:
+            return None
         return dx[0] if unbatched else dx
 
     def extra_repr(self):
@@ -189,6 +203,12 @@ class ReLU(Module):
         x = check_input("ReLU", x, range(0, 33))
         self._y = kernel("relu_forward")(x)
         return self._y
+
+    def adopt_output(self, y):
+        """Take y = relu(x), computed by the layer before (a fused Conv2d), as
+        this layer's forward output: kept for the backward, returned as is."""
+        self._y = y
+        return y
 
     def backward(self, dy):
         dy = check_input("ReLU.backward", dy, (self._y.ndim,), "dy")

@@ -40,13 +40,17 @@ def _windows(x, kernel, stride, padding, pad_value=0.0):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv2d_forward(x, weight, bias, stride, padding):
-    """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k]."""
+def conv2d_forward(x, weight, bias, stride, padding, relu=False):
+    """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k],
+    then relu_forward(y) when relu is true."""
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"conv2d_forward: `relu` must be a bool; got {relu!r}")
     win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
     y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
     if bias is not None:
         y += bias[None, :, None, None]
-    return np.ascontiguousarray(y, dtype=x.dtype)
+    y = np.ascontiguousarray(y, dtype=x.dtype)
+    return relu_forward(y) if relu else y
 
 
 def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):

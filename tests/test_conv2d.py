@@ -75,12 +75,15 @@ def assert_close(actual, expected, magnitude, length, what):
         f"(got {actual[worst]!r}, expected {expected[worst]!r})")
 
 
-def check_forward(conv, x, weight, bias):
-    y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
-    expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+def check_forward(conv, x, weight, bias, relu=False):
+    y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
+    expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
     abs_bias = None if bias is None else np.abs(bias)
     magnitude = reference.conv2d_forward(np.abs(x), np.abs(weight), abs_bias, conv.stride, conv.padding)
     assert_close(y, expected, magnitude, conv.c * conv.kh * conv.kw + 1, "y")
+    if relu:  # the fused ReLU is the same arithmetic as a separate pass
+        plain = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+        np.testing.assert_array_equal(y, _kernels.relu_forward(plain))
 
 
 def check_backward(conv, x, weight, dy, need_dx):
@@ -128,6 +131,13 @@ EDGES = {
     "single-pixel": Conv(2, 1, 1, 1, 2, 5, 5, (1, 1), (2, 2)),
     "odd-batch-split": Conv(7, 3, 9, 8, 4, 3, 2, (1, 2), (1, 0)),
     "batch1-large": Conv(1, 8, 30, 31, 6, 3, 3, (1, 1), (1, 1)),
+    # Unit strides pack the GEMM's B straight from x (implicit im2col): an
+    # output narrower than the image (no one-span copy), groups of small
+    # images whose packed blocks straddle images, and rows longer than the
+    # packer's row buffer.
+    "unit-stride-valid": Conv(3, 3, 9, 11, 5, 3, 4, (1, 1), (0, 1)),
+    "unit-stride-groups": Conv(9, 5, 6, 7, 7, 3, 3, (1, 1), (1, 1)),
+    "unit-stride-long-rows": Conv(2, 2, 37, 41, 3, 3, 3, (1, 1), (1, 1)),
 }
 
 
@@ -135,14 +145,14 @@ EDGES = {
 # against the NumPy twins
 
 @FIXTURE_OK
-@given(case=convs(), with_bias=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_forward_matches_reference(isa_threads, case, with_bias, seed):
+@given(case=convs(), with_bias=st.booleans(), relu=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_forward_matches_reference(isa_threads, case, with_bias, relu, seed):
     conv, stride, padding = case
     x, weight, bias, _ = conv.arrays(np.random.default_rng(seed))
     bias = bias if with_bias else None
     y = _kernels.conv2d_forward(x, weight, bias, stride, padding)
     assert y.shape == (conv.n, conv.k) + conv.out
-    check_forward(conv, x, weight, bias)
+    check_forward(conv, x, weight, bias, relu)
 
 
 @FIXTURE_OK
@@ -155,9 +165,20 @@ def test_backward_matches_reference(isa_threads, case, need_dx, seed):
 
 @pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_forward_edges(isa_threads, rng, conv, with_bias):
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+def test_forward_edges(isa_threads, rng, conv, with_bias, relu):
     x, weight, bias, _ = conv.arrays(rng)
-    check_forward(conv, x, weight, bias if with_bias else None)
+    check_forward(conv, x, weight, bias if with_bias else None, relu)
+
+
+def test_fused_relu_keeps_nan_and_zeroes_negatives(isa_threads, rng):
+    conv = EDGES["unit-stride-groups"]
+    x, weight, bias, _ = conv.arrays(rng)
+    x[1, 2, 3, 4] = np.nan
+    y = _kernels.conv2d_forward(x, weight, bias, 1, 1, relu=True)
+    plain = _kernels.conv2d_forward(x, weight, bias, 1, 1)
+    assert np.isnan(y).sum() == np.isnan(plain).sum() > 0
+    assert (y[~np.isnan(y)] >= 0).all() and (plain < 0).any()
 
 
 @pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
@@ -296,6 +317,7 @@ FORWARD_ERRORS = {
     "bias-shape": (dict(bias=_x(5)), ValueError, r"`bias` must have shape \(4,\); got \(5,\)"),
     "bias-rank": (dict(bias=_x(1, 4)), ValueError, r"`bias` must have rank 1"),
     "bias-dtype": (dict(bias=_x(4, dtype=np.float64)), TypeError, r"`bias` must be a float32 array"),
+    "relu-not-bool": (dict(relu=1), TypeError, r"`relu` must be a bool; got 1"),
 }
 
 BACKWARD_ERRORS = {
@@ -306,8 +328,8 @@ BACKWARD_ERRORS = {
 }
 
 
-def _forward(x=GOOD_X, weight=GOOD_W, bias=GOOD_B, stride=1, padding=0):
-    return _kernels.conv2d_forward(x, weight, bias, stride, padding)
+def _forward(x=GOOD_X, weight=GOOD_W, bias=GOOD_B, stride=1, padding=0, relu=False):
+    return _kernels.conv2d_forward(x, weight, bias, stride, padding, relu)
 
 
 def _backward(x=GOOD_X, weight=GOOD_W, dy=GOOD_DY, stride=1, padding=0):
@@ -348,3 +370,57 @@ def test_huge_sizes_get_the_wrappers_message():
         _kernels.conv2d_forward(one, one, None, 1, 2**31)
     with pytest.raises(ValueError, match=r"`stride` must be at most 2\*\*48"):
         _kernels.conv2d_forward(one, one, None, 2**50, 0)
+
+
+# ---------------------------------------------------------------------------
+# the layer: fused Conv2d + ReLU in a Sequential, and skipping dx
+
+def _conv_relu_pair(seed=0):
+    import fastconv as fc
+    fc.manual_seed(seed)
+    return fc.Conv2d(3, 5, 3, padding=1), fc.ReLU()
+
+
+def test_sequential_fuses_conv_relu_with_the_same_results(isa_threads, rng):
+    import fastconv as fc
+    x = rng.standard_normal((4, 3, 9, 7), dtype=np.float32)
+    dy = rng.standard_normal((4, 5, 9, 7), dtype=np.float32)
+    conv, relu = _conv_relu_pair()
+    conv.bias.data[:] = rng.standard_normal(5, dtype=np.float32)
+    y_apart = relu(conv(x))  # one by one, as Sequential ran before fusing
+    dx_apart = conv.backward(relu.backward(dy))
+    grads_apart = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    model = fc.Sequential(conv, relu)
+    y = model(x)
+    np.testing.assert_array_equal(y, y_apart)
+    assert (y == 0).any()  # the ReLU did clamp something
+    np.testing.assert_array_equal(model.backward(dy), dx_apart)
+    np.testing.assert_array_equal(conv.weight.grad, grads_apart[0])
+    np.testing.assert_array_equal(conv.bias.grad, grads_apart[1])
+
+
+def test_fused_conv_relu_gradcheck():
+    import fastconv as fc
+    conv, relu = _conv_relu_pair(1)
+    model = fc.Sequential(conv, relu)
+    x = np.random.default_rng(3).standard_normal((2, 3, 5, 4)).astype(np.float32)
+    result = fc.gradcheck(model, x)
+    assert result.passed and result.checked > 0, str(result)
+
+
+def test_needs_input_grad_false_skips_dx(isa_threads, rng):
+    import fastconv as fc
+    x = rng.standard_normal((3, 3, 6, 6), dtype=np.float32)
+    dy = rng.standard_normal((3, 5, 6, 6), dtype=np.float32)
+    conv, _ = _conv_relu_pair()
+    conv(x)
+    assert conv.backward(dy) is not None
+    expected = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    conv.needs_input_grad = False
+    model = fc.Sequential(conv)
+    model(x)
+    assert model.backward(dy) is None
+    np.testing.assert_array_equal(conv.weight.grad, expected[0])
+    np.testing.assert_array_equal(conv.bias.grad, expected[1])
