@@ -15,6 +15,7 @@ learning rate is too small; much higher: too large).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -114,6 +115,21 @@ def _new_history() -> dict:
     return {"iteration_loss": [], "epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
             "val_accuracy": [], "lr": [], "time": [], "stats": [], "best_epoch": None, "best_metric": None,
             "monitor": None, "stopped_early": False, "iterations_per_epoch": None}
+
+
+@contextlib.contextmanager
+def _no_image_grad(model):
+    """Nobody reads the gradient of the images: a first Conv2d skips its dx
+    (the user's setting is restored afterwards)."""
+    first = model[0] if isinstance(model, Sequential) and len(model) else None
+    if not hasattr(first, "needs_input_grad"):
+        yield
+        return
+    saved, first.needs_input_grad = first.needs_input_grad, False
+    try:
+        yield
+    finally:
+        first.needs_input_grad = saved
 
 
 class Trainer:
@@ -433,14 +449,15 @@ class Trainer:
 
     def _backward(self, dy, record: bool):
         """Backpropagate; with ``record``, also the gradient at each layer's output."""
-        if not (record and isinstance(self.model, Sequential)):
-            self.model.backward(dy)
-            return None
-        grads = []
-        for name, layer in reversed(self.model._modules.items()):
-            grads.append((f"{name}.{type(layer).__name__}", dy))
-            dy = layer.backward(dy)
-        return grads[::-1]
+        with _no_image_grad(self.model):
+            if not (record and isinstance(self.model, Sequential)):
+                self.model.backward(dy)
+                return None
+            grads = []
+            for name, layer in reversed(self.model._modules.items()):
+                grads.append((f"{name}.{type(layer).__name__}", dy))
+                dy = layer.backward(dy)
+            return grads[::-1]
 
     def _stats(self, epoch, before, acts, grads) -> dict:
         ratios, weights, param_grads = {}, {}, {}

@@ -357,3 +357,23 @@ def test_load_model_rebuilds_from_metadata(digits, tmp_path):
     t2.fit(train, val, epochs=1)
     with pytest.raises(ckpt.CheckpointError, match=r"does not say how to rebuild its model"):
         load_model(tmp_path / "bare" / "best")
+
+
+def test_fit_skips_the_gradient_of_the_images_and_restores_the_flag(digits):
+    trainer = make()
+    first = trainer.model[0]
+    calls = []
+    backward = first.backward
+
+    def spy(dy):
+        dx = backward(dy)
+        calls.append((first.needs_input_grad, dx))
+        return dx
+
+    first.backward = spy
+    trainer.fit(*digits, epochs=1)
+    assert calls and all(flag is False and dx is None for flag, dx in calls)
+    assert first.needs_input_grad is True  # the user's setting, back after fit
+    x = digits[0].X[:2]
+    trainer.model(x)
+    assert trainer.model.backward(np.ones((2, 10), np.float32)).shape == x.shape
