@@ -49,12 +49,15 @@ def test_kernel_is_thread_count_invariant(name, restore_threads):
                 assert np.array_equal(a, b, equal_nan=True), (name, scale)
 
 
-def _train(threads, steps=6):
-    """A few SGD steps of a small conv net with batch norm and dropout on the digits."""
+CONV_NET = "conv8x3p1-bn-relu-pool2-drop0.25-fc32-relu-fc10"
+
+
+def _train(threads, arch=CONV_NET, steps=6):
+    """A few Adam steps of a small net with batch norm and dropout on the digits."""
     fc.set_num_threads(threads)
     data = fc.data.load_digits()
     fc.manual_seed(7)
-    model = fc.train.build_model("conv8x3p1-bn-relu-pool2-drop0.25-fc32-relu-fc10", (1, 8, 8), 10)
+    model = fc.train.build_model(arch, (1, 8, 8), 10)
     opt = fc.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     loss_fn = fc.SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)
@@ -73,6 +76,13 @@ def test_training_is_bitwise_reproducible(threads, restore_threads):
     (losses, state), (losses2, state2) = _train(threads), _train(threads)
     assert losses == losses2
     for k, v in state.items():
+        assert np.array_equal(v, state2[k]), k
+
+
+def test_training_without_convolutions_is_thread_count_invariant(restore_threads):
+    (losses1, state1), (losses2, state2) = (_train(t, "fc64-bn-tanh-drop0.25-fc32-elu-fc10") for t in (1, 2))
+    assert losses1 == losses2
+    for k, v in state1.items():
         assert np.array_equal(v, state2[k]), k
 
 
