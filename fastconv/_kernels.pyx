@@ -239,7 +239,7 @@ cdef tuple _pair(str fn, str name, v, int minimum):
 
 cdef bint _flag(str fn, str name, v) except -1:
     if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{fn}: `{name}` must be a bool; got {type(v).__name__} {v!r}")
+        raise TypeError(f"{fn}: `{name}` must be a bool; got {v!r}")
     return bool(v)
 
 
@@ -311,14 +311,14 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         raise ValueError(
             f"sgemm: inner dimensions must match: op(A) is {m}x{k} but op(B) is {kb}x{n} "
             f"(trans_a={bool(trans_a)}, trans_b={bool(trans_b)})")
+    if C is None and beta != 0:  # (not float(beta): an int past the float range)
+        raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
     alpha_f = _real(fn, "alpha", alpha, -_FLT_MAX, _FLT_MAX)
     beta_f = _real(fn, "beta", beta, -_FLT_MAX, _FLT_MAX)
     if m * n > _MAX_ELEMENTS or m * k > _MAX_ELEMENTS or k * n > _MAX_ELEMENTS:
         raise ValueError(f"sgemm: sizes m={m}, n={n}, k={k} are too large: `A`, `B` and `C` must have at most "
                          f"{_MAX_ELEMENTS} elements; got op(A) {m}x{k}, op(B) {k}x{n}")
     if C is None:
-        if beta_f != 0.0:
-            raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
         _check_alloc(fn, "`C`", (m, n), f"`A` {A.shape} and `B` {B.shape}")
         C = np.empty((m, n), dtype=np.float32)
     else:
@@ -465,8 +465,10 @@ def _x_shape(str fn, x_shape):
         x_shape = tuple(int(v) for v in x_shape)
     except (TypeError, ValueError):
         raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
-    if len(x_shape) != 4 or min(x_shape) < 0 or max(x_shape) > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: `x_shape` must be 4 ints (N, C, H, W) in [0, 2**48]; got {x_shape}")
+    if len(x_shape) != 4 or min(x_shape) < 0:
+        raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
+    if max(x_shape) > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `x_shape` must have sizes of at most 2**48; got {x_shape}")
     if x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3] > _MAX_ELEMENTS:
         raise ValueError(f"{fn}: `x_shape` {x_shape} has more than {_MAX_ELEMENTS} elements")
     _check_alloc(fn, "`dx`", x_shape, f"`x_shape` {x_shape}")
