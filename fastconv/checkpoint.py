@@ -83,6 +83,11 @@ def atomic_write(path, data: bytes) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(os.path.basename(path)) + ".tmp-*")):
+        try:  # left by a writer that was killed
+            os.unlink(stale)
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
