@@ -5,6 +5,7 @@ Every function here has a twin of the same name and signature in
 ``fastconv.reference``; ``tests/`` compares the two.
 """
 
+import math
 import os
 
 import numpy as np
@@ -452,7 +453,7 @@ cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) e
         raise ValueError(
             f"{fn}: `padding` must be at most half the kernel size {(s.kh, s.kw)}; "
             f"got {(s.ph, s.pw)}")
-    if s.kh * s.kw > 2**31 - 1:
+    if (<object>s.kh) * s.kw > 2**31 - 1:  # in Python ints: the C product could overflow (UBSan)
         raise ValueError(f"{fn}: `kernel` must have kh * kw < 2**31; got {(s.kh, s.kw)}")
     s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
     s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
@@ -554,7 +555,8 @@ def bias_add(y, bias):
     if np.shares_memory(y, bias):  # C reads bias while it updates y
         raise ValueError("bias_add: `bias` must not overlap `y`")
     cdef fc_int outer = y.shape[0], channels = y.shape[1]
-    cdef fc_int inner = y.size // (outer * channels) if outer * channels else 0
+    rows = int(y.shape[0]) * int(y.shape[1])  # Python ints: with an empty axis, the C product could overflow
+    cdef fc_int inner = y.size // rows if rows else 0
     cdef int nt = _num_threads
     cdef float *py = _fptr(y)
     cdef const float *pb = _fptr(bias)
@@ -687,7 +689,7 @@ cdef tuple _channels(str fn, x):
     _check_any_rank(fn, "x", x)
     if x.ndim < 2:
         raise ValueError(f"{fn}: `x` must have rank >= 2 (N, C, ...); got {_describe(x)}")
-    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])  # exact, unlike np.prod
 
 
 cdef _check_vector(str fn, str name, a, fc_int c):

@@ -457,8 +457,10 @@ HUGE = 2**20  # a padding or stride that makes an output of 2**40 elements (4 Ti
     lambda: _kernels.avgpool2d_backward(np.ones((1, 1, 1, 1), np.float32), (2**64, 1, 1, 1), 1, 1, 0),
     lambda: _kernels.maxpool2d_backward(np.ones((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.uint8),
                                         (1, 2**62, 1, 1), 1, 1, 0),
+    # kh * kw overflows 64 bits (undefined behaviour in C; UBSan under .ci/sanitize)
+    lambda: _kernels.avgpool2d_forward(np.ones((1, 1, 4, 4), np.float32), 2**32 + 1, 1, 0),
 ], ids=["conv-padding-2**20", "conv-padding-2**40", "conv-backward-padding", "maxpool-backward-x_shape",
-        "avgpool-backward-x_shape", "x_shape-2**64", "x_shape-2**62"])
+        "avgpool-backward-x_shape", "x_shape-2**64", "x_shape-2**62", "kernel-2**32+1"])
 def test_huge_sizes_are_refused_before_allocating(call):
     with pytest.raises(ValueError, match=r"^\w+: (?=.*`\w+`)(?=.*got)"):
         call()
