@@ -5,6 +5,7 @@ Every function here has a twin of the same name and signature in
 ``fastconv.reference``; ``tests/`` compares the two.
 """
 
+import math
 import os
 
 import numpy as np
@@ -74,6 +75,30 @@ cdef extern from "fastconv.h" nogil:
 # Index arithmetic in C is 64-bit; refuse anything whose element count could
 # overflow it (or that no machine could hold) before allocating.
 cdef fc_int _MAX_ELEMENTS = (<fc_int>1) << 48
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX: leave it to the allocator
+        return 1 << 62
+
+
+# An output larger than the machine's memory is refused before it is allocated:
+# numpy would raise MemoryError, or, under overcommit, the kernel's writes would
+# get the process killed.
+_MEMORY = _physical_memory()
+
+
+cdef _check_alloc(str fn, str what, shape, str because, int itemsize=4):
+    """Refuse to allocate an array of `shape` that needs more than this machine's memory."""
+    nbytes = itemsize
+    for d in shape:
+        nbytes *= int(d)
+    if nbytes > _MEMORY:
+        raise ValueError(
+            f"{fn}: {what} must fit in this machine's memory ({_MEMORY / 2**30:.3g} GiB); got shape "
+            f"{tuple(int(d) for d in shape)}, {nbytes / 2**30:.3g} GiB, from {because}")
 
 
 # ---------------------------------------------------------------------------
@@ -190,7 +215,7 @@ cdef _check_array(str fn, str name, a, int ndim, bint writable=False):
     if writable and not a.flags.writeable:
         raise ValueError(f"{fn}: `{name}` must be writable; got a read-only array")
     if a.size > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: `{name}` has {a.size} elements; at most {_MAX_ELEMENTS} are supported")
+        raise ValueError(f"{fn}: `{name}` must have at most {_MAX_ELEMENTS} elements; got {a.size}")
 
 
 cdef _check_shape(str fn, str name, a, tuple expected):
@@ -216,16 +241,23 @@ cdef tuple _pair(str fn, str name, v, int minimum):
     return int(h), int(w)
 
 
+cdef bint _flag(str fn, str name, v) except -1:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{fn}: `{name}` must be a bool; got {v!r}")
+    return bool(v)
+
+
 cdef inline float *_fptr(cnp.ndarray a):
     return <float *>cnp.PyArray_DATA(a)
 
 
-def _out_size(str fn, size, kernel, stride, padding, str what):
+def _out_size(str fn, size, kernel, stride, padding, str what, str kernel_arg="kernel"):
     out = (size + 2 * padding - kernel) // stride + 1
     if size + 2 * padding < kernel:
         raise ValueError(
             f"{fn}: kernel {what} {kernel} is larger than the padded input {what} "
-            f"{size} + 2*{padding} = {size + 2 * padding}")
+            f"{size} + 2*{padding} = {size + 2 * padding}: `{kernel_arg}` must fit in `x` padded by `padding`; "
+            f"got {what} {kernel}")
     return out
 
 
@@ -272,9 +304,8 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     fn = "sgemm"
     _check_matrix(fn, "A", A)
     _check_matrix(fn, "B", B)
-    for name, flag in (("trans_a", trans_a), ("trans_b", trans_b)):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise TypeError(f"sgemm: `{name}` must be a bool; got {flag!r}")
+    _flag(fn, "trans_a", trans_a)
+    _flag(fn, "trans_b", trans_b)
     for name, v in (("alpha", alpha), ("beta", beta)):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
             raise TypeError(f"sgemm: `{name}` must be a real number; got {v!r}")
@@ -284,10 +315,15 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         raise ValueError(
             f"sgemm: inner dimensions must match: op(A) is {m}x{k} but op(B) is {kb}x{n} "
             f"(trans_a={bool(trans_a)}, trans_b={bool(trans_b)})")
-    alpha_f, beta_f = float(alpha), float(beta)
+    if C is None and beta != 0:  # (not float(beta): an int past the float range)
+        raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
+    alpha_f = _real(fn, "alpha", alpha, -_FLT_MAX, _FLT_MAX)
+    beta_f = _real(fn, "beta", beta, -_FLT_MAX, _FLT_MAX)
+    if m * n > _MAX_ELEMENTS or m * k > _MAX_ELEMENTS or k * n > _MAX_ELEMENTS:
+        raise ValueError(f"sgemm: sizes m={m}, n={n}, k={k} are too large: `A`, `B` and `C` must have at most "
+                         f"{_MAX_ELEMENTS} elements; got op(A) {m}x{k}, op(B) {k}x{n}")
     if C is None:
-        if beta_f != 0.0:
-            raise ValueError(f"sgemm: `beta` must be 0 when `C` is None; got {beta!r}")
+        _check_alloc(fn, "`C`", (m, n), f"`A` {A.shape} and `B` {B.shape}")
         C = np.empty((m, n), dtype=np.float32)
     else:
         _check_matrix(fn, "C", C, writable=True)
@@ -295,8 +331,6 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
             raise ValueError(f"sgemm: `C` must have shape {(m, n)}; got {C.shape}")
         if np.shares_memory(C, A) or np.shares_memory(C, B):
             raise ValueError("sgemm: `C` must not overlap `A` or `B`")
-    if m * n > _MAX_ELEMENTS or m * k > _MAX_ELEMENTS or k * n > _MAX_ELEMENTS:
-        raise ValueError(f"sgemm: sizes m={m}, n={n}, k={k} are too large")
     if m == 0 or n == 0:
         return C
     cdef int ta = bool(trans_a), tb = bool(trans_b), rc, nt = _num_threads
@@ -331,12 +365,17 @@ cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
         raise ValueError(f"{fn}: `weight` must have non-zero sizes; got shape {weight.shape}")
     s.sh, s.sw = _pair(fn, "stride", stride, 1)
     s.ph, s.pw = _pair(fn, "padding", padding, 0)
-    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
-    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
+    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height", "weight")
+    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width", "weight")
     # Python ints: the same products in fc_int could wrap around.
     n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
     if n * k * oh * ow > _MAX_ELEMENTS or c * kh * kw * oh * ow > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: output or column matrix too large for x {x.shape}, weight {weight.shape}")
+        raise ValueError(f"{fn}: output or column matrix too large for x {x.shape}, weight {weight.shape}: "
+                         f"`x`, `weight`, `stride` and `padding` must give at most {_MAX_ELEMENTS} elements; "
+                         f"got output {(n, k, oh, ow)}")
+    because = f"`x` {x.shape}, `weight` {weight.shape}, `stride` {(s.sh, s.sw)}, `padding` {(s.ph, s.pw)}"
+    _check_alloc(fn, "the output", (n, k, oh, ow), because)
+    _check_alloc(fn, "the column matrix", (c * kh * kw, oh, ow), because)
     return s
 
 
@@ -381,6 +420,7 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
     _check_array(fn, "dy", dy, 4)
     _check_shape(fn, "dy", dy, (s.n, s.k, s.oh, s.ow))
+    need_dx = _flag(fn, "need_dx", need_dx)
     dx = np.empty(x.shape, dtype=np.float32) if need_dx else None
     dweight = np.empty(weight.shape, dtype=np.float32)
     dbias = np.empty((s.k,), dtype=np.float32)
@@ -411,7 +451,7 @@ cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) e
     cdef fc_pool_shape s
     s.n, s.c, s.h, s.w = x_shape
     if s.c < 1 or s.h < 1 or s.w < 1:
-        raise ValueError(f"{fn}: input must have non-zero C, H and W; got shape {x_shape}")
+        raise ValueError(f"{fn}: input (`x`, `x_shape`) must have non-zero C, H and W; got shape {x_shape}")
     s.kh, s.kw = _pair(fn, "kernel", kernel, 1)
     s.sh, s.sw = _pair(fn, "stride", stride, 1)
     s.ph, s.pw = _pair(fn, "padding", padding, 0)
@@ -419,8 +459,8 @@ cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) e
         raise ValueError(
             f"{fn}: `padding` must be at most half the kernel size {(s.kh, s.kw)}; "
             f"got {(s.ph, s.pw)}")
-    if s.kh * s.kw > 2**31 - 1:
-        raise ValueError(f"{fn}: `kernel` {(s.kh, s.kw)} is too large")
+    if (<object>s.kh) * s.kw > 2**31 - 1:  # in Python ints: the C product could overflow (UBSan)
+        raise ValueError(f"{fn}: `kernel` must have kh * kw < 2**31; got {(s.kh, s.kw)}")
     s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height")
     s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width")
     return s
@@ -434,8 +474,11 @@ def _x_shape(str fn, x_shape):
         raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
     if len(x_shape) != 4 or min(x_shape) < 0:
         raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
+    if max(x_shape) > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `x_shape` must have sizes of at most 2**48; got {x_shape}")
     if x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3] > _MAX_ELEMENTS:
         raise ValueError(f"{fn}: `x_shape` {x_shape} has more than {_MAX_ELEMENTS} elements")
+    _check_alloc(fn, "`dx`", x_shape, f"`x_shape` {x_shape}")
     return x_shape
 
 
@@ -518,7 +561,8 @@ def bias_add(y, bias):
     if np.shares_memory(y, bias):  # C reads bias while it updates y
         raise ValueError("bias_add: `bias` must not overlap `y`")
     cdef fc_int outer = y.shape[0], channels = y.shape[1]
-    cdef fc_int inner = y.size // (outer * channels) if outer * channels else 0
+    rows = int(y.shape[0]) * int(y.shape[1])  # Python ints: with an empty axis, the C product could overflow
+    cdef fc_int inner = y.size // rows if rows else 0
     cdef int nt = _num_threads
     cdef float *py = _fptr(y)
     cdef const float *pb = _fptr(bias)
@@ -651,7 +695,7 @@ cdef tuple _channels(str fn, x):
     _check_any_rank(fn, "x", x)
     if x.ndim < 2:
         raise ValueError(f"{fn}: `x` must have rank >= 2 (N, C, ...); got {_describe(x)}")
-    return x.shape[0], x.shape[1], int(np.prod(x.shape[2:], dtype=np.int64))
+    return x.shape[0], x.shape[1], math.prod(x.shape[2:])  # exact, unlike np.prod
 
 
 cdef _check_vector(str fn, str name, a, fc_int c):
@@ -724,7 +768,7 @@ def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
     _check_vector(fn, "mean", mean, c)
     _check_vector(fn, "var", var, c)
     cdef double ceps = _real(fn, "eps", eps, 0.0)
-    cdef int cbatch = bool(batch_stats)
+    cdef int cbatch = _flag(fn, "batch_stats", batch_stats)
     dx = np.empty_like(x)
     dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
     cdef fc_int cn = n, cc = c, ci = inner

@@ -12,7 +12,7 @@ import numpy as np
 
 from fastconv import init
 from fastconv.backend import kernel
-from fastconv.layers import _positive_int, check_grad, check_input, check_real
+from fastconv.layers import _positive_int, check_grad, check_input, check_real, check_size
 from fastconv.module import Module, Parameter
 
 
@@ -131,7 +131,8 @@ class Maxout(Module):
         self.in_features = _positive_int("Maxout", "in_features", in_features)
         self.out_features = _positive_int("Maxout", "out_features", out_features)
         self.pieces = _positive_int("Maxout", "pieces", pieces)
-        self.weight = Parameter(np.empty((self.out_features * self.pieces, self.in_features), np.float32))
+        shape = check_size("Maxout", "`weight`", (self.out_features * self.pieces, self.in_features))
+        self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_features * self.pieces, np.float32))
         self._cache = None

@@ -83,6 +83,11 @@ def atomic_write(path, data: bytes) -> None:
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
+    for stale in glob.glob(os.path.join(glob.escape(folder), glob.escape(os.path.basename(path)) + ".tmp-*")):
+        try:  # left by a writer that was killed
+            os.unlink(stale)
+        except OSError:
+            pass
     fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -228,24 +233,111 @@ def read_metadata(path) -> dict:
     if folder is None:
         what = "is not a checkpoint folder (no checkpoint.json in it)" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint {path} {what}")
-    with open(os.path.join(folder, META_FILE), encoding="utf-8") as f:
+    with open(os.path.join(folder, META_FILE), "rb") as f:
         try:
-            info = loads_json(f.read())
-        except ValueError as e:
-            raise CheckpointError(f"checkpoint {path}: checkpoint.json is not valid JSON ({e})") from None
+            info = loads_json(f.read().decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise CheckpointError(f"checkpoint {path}: checkpoint.json is not valid UTF-8 JSON "
+                                  f"({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: checkpoint.json is not a fastconv checkpoint")
-    if info.get("version", 0) > VERSION:
+    version = info.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: checkpoint.json `version` must be an int; got {version!r}")
+    if version > VERSION:
         raise CheckpointError(f"checkpoint {path}: format version {info['version']} is newer than this "
                               f"fastconv reads ({VERSION}); upgrade fastconv")
+    _check_structure(path, info)
     info["folder"] = folder
     return info
 
 
-def _load_tensors(folder: str, name: str) -> dict:
+def _check_structure(path, info: dict) -> None:
+    """The parts of checkpoint.json the loaders index into have the types they expect."""
+    def need(ok, what, value):
+        if not ok:
+            raise CheckpointError(f"checkpoint {path}: checkpoint.json `{what}` is malformed; got {str(value)[:200]}")
+
+    keys = info.get("model_keys")
+    need(isinstance(keys, list) and all(isinstance(k, str) for k in keys), "model_keys", keys)
+    need(isinstance(info.get("meta"), dict), "meta", info.get("meta"))
+    opt = info.get("optimizer")
+    if opt is not None:
+        need(isinstance(opt, dict) and isinstance(opt.get("type"), str), "optimizer", opt)
+        groups, scalars = opt.get("param_groups"), opt.get("scalars")
+        need(isinstance(groups, list) and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                              for g in groups), "optimizer.param_groups", groups)
+        need(isinstance(scalars, dict) and all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items()),
+             "optimizer.scalars", scalars)
+    sched = info.get("scheduler")
+    if sched is not None:
+        need(isinstance(sched, dict) and isinstance(sched.get("type"), str) and isinstance(sched.get("state"), dict),
+             "scheduler", sched)
+
+
+# safetensors dtype names and the NumPy dtypes fastconv checkpoints hold.
+_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+           "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit
+
+
+def _read_header(file: str, folder: str, name: str) -> dict:
+    """{key: (dtype, shape)} from a safetensors header, checked against the file's size,
+    without building any array."""
+    def bad(why):
+        return CheckpointError(f"checkpoint {folder}: {name} is not a valid safetensors file ({why})")
+
+    size = os.path.getsize(file)
+    with open(file, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise bad(f"{size} bytes, shorter than the 8-byte header length")
+        n = int.from_bytes(raw, "little")
+        if n > min(size - 8, _MAX_HEADER):
+            raise bad(f"header length {n} exceeds the file ({size} bytes) or {_MAX_HEADER} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, RecursionError) as e:
+            raise bad(f"header is not JSON: {str(e)[:200]}") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    data, out = size - 8 - n, {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = _DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
+            ok = (all(isinstance(d, int) and 0 <= d < 2**48 for d in shape)
+                  and isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data
+                  and end - start == np.dtype(dtype).itemsize * math.prod(shape))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise bad(f"tensor {key!r} has a bad dtype, shape or offsets: {str(entry)[:200]}")
+        out[key] = (np.dtype(dtype), shape)
+    return out
+
+
+def _check_tensors(folder: str, name: str, found: dict, expected: dict) -> None:
+    """Dtypes and shapes of a tensor file against what the objects it loads into hold."""
+    if found.keys() != expected.keys():
+        return  # missing and unexpected keys: load_state_dict names them
+    for key in found:
+        (dtype, shape), (want_dtype, want_shape) = found[key], expected[key]
+        if (dtype, shape) != (want_dtype, want_shape):
+            raise CheckpointError(f"checkpoint {folder}: {name} `{key}` must be {want_dtype} with shape "
+                                  f"{want_shape}; got {dtype} with shape {shape}")
+
+
+def _load_tensors(folder: str, name: str, expected=None) -> dict:
+    """The arrays of a tensor file; with ``expected`` ({key: (dtype, shape)} or a function
+    of the header giving it), keys, dtypes and shapes are checked from the header first."""
     file = os.path.join(folder, name)
     if not os.path.isfile(file):
         raise CheckpointError(f"checkpoint {folder}: {name} is missing")
+    found = _read_header(file, folder, name)
+    if expected is not None:
+        _check_tensors(folder, name, found, expected(found) if callable(expected) else expected)
     st = _safetensors()
     from safetensors import SafetensorError
 
@@ -276,7 +368,10 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
     """
     info = read_metadata(path)
     folder = info["folder"]
-    weights = _in_model_order(info, _load_tensors(folder, MODEL_FILE)) if model is not None else None
+    weights = None
+    if model is not None:
+        expected = {k: (np.asarray(v).dtype, np.shape(v)) for k, v in model.state_dict().items()}
+        weights = _in_model_order(info, _load_tensors(folder, MODEL_FILE, expected))
     opt_state = None
     if optimizer is not None:
         saved = info.get("optimizer")
@@ -285,8 +380,18 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
         if saved["type"] != type(optimizer).__name__:
             raise CheckpointError(f"checkpoint {path} holds {saved['type']} state; the optimizer is "
                                   f"{type(optimizer).__name__}")
+        shapes = [p.data.shape for g in optimizer.param_groups for p in g["params"]]
+
+        def expected(found):  # any buffer name, for an existing parameter, of its shape
+            want = {}
+            for key, (dtype, shape) in found.items():
+                parts = key.split(".", 2)
+                if len(parts) == 3 and parts[0] == "state" and parts[1].isdigit() and int(parts[1]) < len(shapes):
+                    want[key] = (np.dtype(np.float32) if dtype.kind == "f" else dtype, shapes[int(parts[1])])
+            return want
+
         state: dict = {}
-        for key, value in _load_tensors(folder, OPTIMIZER_FILE).items():
+        for key, value in _load_tensors(folder, OPTIMIZER_FILE, expected).items():
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = value
         for i, scalars in saved["scalars"].items():

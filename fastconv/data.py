@@ -22,6 +22,7 @@ import io
 import os
 import pickle
 import struct
+import zipfile
 from collections.abc import Iterator, Sequence
 from importlib import resources
 
@@ -503,7 +504,7 @@ def load_npz(path) -> dict[str, Dataset]:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise FileNotFoundError(f"load_npz: no such file: {path}") from None
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"load_npz: {path} is not a .npz of plain arrays ({e})") from None
     if "X" not in arrays or "y" not in arrays:
         raise DataError(f"load_npz: {path} must hold arrays 'X' and 'y'; it has {sorted(arrays)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv import init
+from fastconv import _kernels, init
 from fastconv.backend import get_backend, kernel
 from fastconv.module import Module, Parameter
 
@@ -35,6 +35,17 @@ def _positive_int(layer, name, v):
     return int(v)
 
 
+def check_size(layer, what, shape):
+    """Refuse, before allocating, a float32 array of `shape` larger than this machine's memory."""
+    nbytes = 4
+    for d in shape:
+        nbytes *= int(d)
+    if nbytes > _kernels._MEMORY:
+        raise ValueError(f"{layer}: {what} must fit in this machine's memory ({_kernels._MEMORY / 2**30:.3g} GiB); "
+                         f"got shape {tuple(shape)}, {nbytes} bytes")
+    return tuple(shape)
+
+
 def check_input(layer, x, ranks, what="x"):
     """Return x as a C-contiguous float array of one of the given ranks, or raise."""
     allowed = (np.float32, np.float64) if get_backend() == "reference" else (np.float32,)
@@ -45,6 +56,8 @@ def check_input(layer, x, ranks, what="x"):
     if x.ndim not in ranks:
         want = " or ".join(str(r) for r in ranks)
         raise ValueError(f"{layer}: `{what}` must have rank {want}; got shape {x.shape}")
+    if not (x.flags.c_contiguous and x.flags.aligned):  # the copy below must fit, e.g. of a broadcast view
+        check_size(layer, f"`{what}` (copied to C order)", x.shape)
     return np.require(x, requirements=("C", "A"))  # copies only views the kernels can't read
 
 
@@ -110,7 +123,8 @@ class Conv2d(Module):
         self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
         self.stride = _pair(name, "stride", stride, 1)
         self.padding = _conv_padding(padding, self.kernel_size, self.stride)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels) + self.kernel_size, np.float32))
+        shape = check_size(name, "`weight`", (self.out_channels, self.in_channels) + self.kernel_size)
+        self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None
         self.needs_input_grad = True
@@ -226,7 +240,8 @@ class Linear(Module):
         super().__init__()
         self.in_features = _positive_int("Linear", "in_features", in_features)
         self.out_features = _positive_int("Linear", "out_features", out_features)
-        self.weight = Parameter(np.empty((self.out_features, self.in_features), np.float32))
+        shape = check_size("Linear", "`weight`", (self.out_features, self.in_features))
+        self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
         self._cache = None

@@ -13,6 +13,10 @@ from typing import Iterator
 import numpy as np
 
 
+class StateDictKeyError(KeyError, ValueError):
+    """A state dict with missing or unexpected keys: a KeyError, and a ValueError like every other bad input."""
+
+
 class Parameter:
     """A trainable float32 array ``data`` with its gradient ``grad`` (same shape).
 
@@ -148,7 +152,7 @@ class Module:
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}; unexpected keys {unexpected}")
+            raise StateDictKeyError(f"load_state_dict: missing keys {missing}; unexpected keys {unexpected}")
         values = {}
         for key, (module, name) in targets.items():
             if key not in state_dict:

@@ -7,10 +7,18 @@ each optimizer implements only ``_update`` for one parameter.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 
 from fastconv.module import Parameter
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 class Optimizer:
@@ -20,7 +28,11 @@ class Optimizer:
 
     def __init__(self, params, defaults: dict):
         self.defaults = dict(defaults)
-        params = list(params)
+        try:
+            params = list(params)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__}: `params` must be an iterable of Parameters or param-group "
+                            f"dicts; got {type(params).__name__}") from None
         if not params:
             raise ValueError(f"{type(self).__name__}: `params` is an empty list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
@@ -45,7 +57,7 @@ class Optimizer:
             v = group[key]
             if isinstance(v, (bool, tuple)):
                 continue
-            if not isinstance(v, (int, float, np.floating, np.integer)) or not np.isfinite(v) or v < 0:
+            if not isinstance(v, (int, float, np.floating, np.integer)) or not _finite(v) or v < 0:
                 raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {v!r}")
 
     def _indexed(self):

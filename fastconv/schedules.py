@@ -19,7 +19,11 @@ from fastconv.optim import Optimizer
 
 
 def _check_positive(cls, name, v, allow_zero=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+    try:
+        finite = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    except OverflowError:  # an int beyond the float range
+        finite = False
+    if not finite or v < 0 or (v == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{cls}: `{name}` must be a finite number {bound}; got {v!r}")
     return v
@@ -126,8 +130,8 @@ class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2."""
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
-        if isinstance(T_max, bool) or not isinstance(T_max, int) or T_max < 1:
-            raise ValueError(f"CosineAnnealingLR: `T_max` must be an int >= 1; got {T_max!r}")
+        if isinstance(T_max, bool) or not isinstance(T_max, int) or not 1 <= T_max <= 2**53:  # exact as a float
+            raise ValueError(f"CosineAnnealingLR: `T_max` must be an int >= 1 and <= 2**53; got {T_max!r}")
         self.T_max, self.eta_min = T_max, _check_positive("CosineAnnealingLR", "eta_min", eta_min, allow_zero=True)
         super().__init__(optimizer)
 
