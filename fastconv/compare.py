@@ -504,11 +504,15 @@ def markdown(table_rows, sides, header=True):
 
 
 def add_arguments(p):
-    """The options of ``fastconv bench`` / ``bench/compare.py``."""
-    p.add_argument("--threads", default=None, metavar="N[,N...]",
+    """The options of ``fastconv bench`` / ``bench/compare.py``; bad values are
+    usage errors (exit code 2), as for the other commands."""
+    from fastconv.cli import _positive_float, _positive_int
+
+    p.add_argument("--threads", default=None, type=_thread_list, metavar="N[,N...]",
                    help="thread counts, each applied to every library (default: all CPUs)")
-    p.add_argument("--reps", type=int, default=15, metavar="N", help="timed turns per side (default: %(default)s)")
-    p.add_argument("--turn-ms", type=float, default=20.0, metavar="MS",
+    p.add_argument("--reps", type=_positive_int, default=15, metavar="N",
+                   help="timed turns per side (default: %(default)s)")
+    p.add_argument("--turn-ms", type=_positive_float, default=20.0, metavar="MS",
                    help="timed calls per turn add up to about this (default: %(default)s)")
     p.add_argument("--only", action="append", default=[], metavar="TEXT",
                    help="only workloads whose name contains TEXT (repeatable)")
@@ -521,17 +525,16 @@ def add_arguments(p):
     p.add_argument("--list", action="store_true", help="print the workload names and exit")
 
 
-def _thread_counts(text):
-    import fastconv as fc
+def _thread_list(text):
+    """"1,2" -> [1, 2]; an argparse type."""
+    import argparse
 
-    if text is None:
-        return [fc.get_num_threads()]
     try:
         counts = [int(t) for t in str(text).split(",")]
     except ValueError:
-        raise ValueError(f"fastconv bench: --threads must be comma-separated ints; got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise ValueError(f"fastconv bench: --threads must be positive; got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers; got {text!r}") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {text!r}")
     return counts
 
 
@@ -544,9 +547,9 @@ def run(args, out=None):
         raise ValueError(f"fastconv bench: --sides must include fastconv and name only {SIDES}; got {args.sides!r}")
     if args.no_torch or _torch() is None:
         sides = [s for s in sides if not s.startswith("torch")]
-    if args.reps < 1:
-        raise ValueError(f"fastconv bench: --reps must be >= 1; got {args.reps}")
-    counts = _thread_counts(args.threads)
+    import fastconv as fc
+
+    counts = args.threads or [fc.get_num_threads()]
     todo = [w for w in workloads(args.tiny) if not args.only or any(t in w.name for t in args.only)]
     if args.list:
         print("\n".join(w.name for w in todo), file=out)

@@ -156,14 +156,20 @@ def test_sgemm_has_no_torch_column_but_every_other_workload_has_all_sides():
         assert (w.flop > 0) != (w.nbytes > 0), w.name
 
 
-def test_bad_options():
+def test_bad_options(capsys):
     p = argparse.ArgumentParser()
     compare.add_arguments(p)
-    for argv, match in [(["--sides", "torch_cl"], "must include fastconv"), (["--sides", "fastconv,jax"], "jax"),
-                        (["--reps", "0"], "--reps must be >= 1"), (["--threads", "a"], "comma-separated ints"),
-                        (["--threads", "0"], "must be positive")]:
+    for argv, match in [(["--sides", "torch_cl"], "must include fastconv"), (["--sides", "fastconv,jax"], "jax")]:
         with pytest.raises(ValueError, match=match):
             compare.run(p.parse_args(argv + ["--list"]), out=io.StringIO())
+    # Bad numbers are usage errors: argparse exits with code 2 and names the option.
+    for argv, match in [(["--reps", "0"], "--reps: must be >= 1; got 0"),
+                        (["--turn-ms", "-1"], "--turn-ms: must be a finite number >= 0"),
+                        (["--threads", "a"], "--threads: must be comma-separated whole numbers"),
+                        (["--threads", "2,0"], "--threads: must be >= 1; got '2,0'")]:
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(argv)
+        assert e.value.code == 2 and match in capsys.readouterr().err
 
 
 def test_pin_malloc_on_glibc():

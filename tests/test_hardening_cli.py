@@ -80,7 +80,8 @@ def test_nan_data_stops_with_a_clear_error(files):
     (("train", "--lr", "-1"), "--lr: must be a finite number >= 0; got -1"),
     (("train", "--dropout", "1"), "--dropout: must be in [0, 1); got 1"),
     (("evaluate", "a", "b"), "unrecognized arguments: b"),
-    (("bench", "--repeat", "0"), "--repeat: must be >= 1; got 0"),
+    (("bench", "--reps", "0"), "--reps: must be >= 1; got 0"),
+    (("bench", "--threads", "1,0"), "--threads: must be >= 1"),
     (("nonsense",), "invalid choice: 'nonsense'"),
 ])
 def test_bad_option_values_exit_2(tmp_path, args, message):
