@@ -191,8 +191,11 @@ static inline void zero_column(float *out, fc_int a, fc_int stop, fc_int ow, fc_
     for (fc_int pix = first; pix < stop; pix += ow) out[pix - a] = 0.0f;
 }
 
-__attribute__((optimize("no-tree-loop-distribute-patterns"))) static void im2col_row_part(const fc_conv_shape *s, const float *restrict x, fc_int c, fc_int i,
-                            fc_int j, fc_int a, fc_int b, float *restrict out)
+static inline __attribute__((always_inline)) void im2col_row_part(const fc_conv_shape *s,
+                                                                   const float *restrict x,
+                                                                   fc_int c, fc_int i, fc_int j,
+                                                                   fc_int a, fc_int b,
+                                                                   float *restrict out)
 {
     const col_row_taps t = taps_of_row(s, c, i, j);
     const fc_int ow = s->ow;
@@ -288,7 +291,8 @@ static inline __attribute__((always_inline)) void deal_row(const float *restrict
     }
 }
 
-static void deal_row_any(const float *src, fc_int nb, int R, fc_int kc, float *dst)
+static inline __attribute__((always_inline)) void deal_row_any(const float *src, fc_int nb,
+                                                                int R, fc_int kc, float *dst)
 {
     switch (R) { /* the NR of the kernel tables, and a fallback */
     case 16: deal_row(src, nb, 16, kc, dst); break;
@@ -298,8 +302,9 @@ static void deal_row_any(const float *src, fc_int nb, int R, fc_int kc, float *d
     }
 }
 
-static void pack_columns(const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_int nb, int nr,
-                         float *dst)
+static inline __attribute__((always_inline)) void pack_columns_body(const void *ctx, fc_int p0,
+                                                                     fc_int kc, fc_int j0,
+                                                                     fc_int nb, int nr, float *dst)
 {
     const column_source *src = ctx;
     const fc_conv_shape *s = src->s;
@@ -325,6 +330,35 @@ static void pack_columns(const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_in
             }
         }
     }
+}
+
+/* pack_columns_body compiled for the baseline ISA and for AVX2 (a
+ * per-function target, as maxpool2d.c's row kernels): its copies are
+ * vector loops, twice as wide with AVX2. Both keep the short copies as
+ * inline loops instead of memset and memcpy calls. */
+#define FC_PACK_OPTS optimize("no-tree-loop-distribute-patterns")
+
+__attribute__((FC_PACK_OPTS)) static void pack_columns(const void *ctx, fc_int p0, fc_int kc,
+                                                       fc_int j0, fc_int nb, int nr, float *dst)
+{
+    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
+}
+
+#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((FC_PACK_OPTS, target("avx2"))) static void pack_columns_avx2(
+    const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_int nb, int nr, float *dst)
+{
+    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
+}
+#endif
+
+/* The packer for the ISA picked at run time. */
+static fc_pack_b_fn *column_packer(void)
+{
+#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+    if (fc_isa_get() >= FC_ISA_AVX2) return pack_columns_avx2;
+#endif
+    return pack_columns;
 }
 
 /* Input: one image's column matrix, rows ld apart, whose entries at
@@ -433,7 +467,7 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
     for (fc_int n = n0; n < n1; n += plan->g) {
         const fc_int gn = min_i(plan->g, n1 - n), ld = gn * ohow;
         const column_source cols = {s, x + n * chw};
-        const fc_b_source packer = {pack_columns, &cols};
+        const fc_b_source packer = {column_packer(), &cols};
         /* Unit strides pack B from x (implicit im2col); other strides build
          * the column matrix first, which measured 15% faster for the 7x7
          * stride-2 layer, whose output-row-sized gathers cost more per call
