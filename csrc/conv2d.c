@@ -128,7 +128,7 @@ static int taps_are_one_span(const fc_conv_shape *s)
 /* Zero the entries of a column-matrix row that tap padding columns, in rows
  * [y0, y1): a few per row, so written column by column, as strided stores
  * (row by row, the compiler would turn each into a memset call). */
-static void zero_padding_columns(float *row, const col_row_taps *t, fc_int ow)
+static inline __attribute__((always_inline)) void zero_padding_columns(float *row, const col_row_taps *t, fc_int ow)
 {
     for (fc_int ox = 0; ox < t->x0; ox++)
         for (fc_int oy = t->y0; oy < t->y1; oy++) row[oy * ow + ox] = 0.0f;
@@ -155,7 +155,7 @@ static inline __attribute__((always_inline)) void add_loop(float *restrict dst, 
  * them as constants, so that each gets its own vectorized copy of the loop;
  * with a run-time stride the compiler can only emit scalar code (half the
  * time of im2col for a stride-2 convolution). */
-static void gather(float *dst, const float *src, fc_int stride, fc_int count)
+static inline __attribute__((always_inline)) void gather(float *dst, const float *src, fc_int stride, fc_int count)
 {
     if (stride == 1)
         gather_loop(dst, src, 1, count);
@@ -165,7 +165,7 @@ static void gather(float *dst, const float *src, fc_int stride, fc_int count)
         gather_loop(dst, src, stride, count);
 }
 
-static void add_strided(float *dst, fc_int stride, const float *src, fc_int count)
+static inline __attribute__((always_inline)) void add_strided(float *dst, fc_int stride, const float *src, fc_int count)
 {
     if (stride == 1)
         add_loop(dst, 1, src, count);
@@ -242,8 +242,9 @@ static inline __attribute__((always_inline)) void im2col_row_part(const fc_conv_
 
 /* Input x: one image (C, H, W); output: row (c, i, j) of its column
  * matrix, whose rows are ld apart. */
-static void im2col_row(const fc_conv_shape *s, const float *restrict x, float *restrict col,
-                       fc_int ld, fc_int c, fc_int i, fc_int j)
+static inline __attribute__((always_inline)) void im2col_row(const fc_conv_shape *s, const float *restrict x,
+                                                              float *restrict col, fc_int ld, fc_int c,
+                                                              fc_int i, fc_int j)
 {
     const col_row_taps t = taps_of_row(s, c, i, j);
     const fc_int ow = s->ow;
@@ -332,42 +333,13 @@ static inline __attribute__((always_inline)) void pack_columns_body(const void *
     }
 }
 
-/* pack_columns_body compiled for the baseline ISA and for AVX2 (a
- * per-function target, as maxpool2d.c's row kernels): its copies are
- * vector loops, twice as wide with AVX2. Both keep the short copies as
- * inline loops instead of memset and memcpy calls. */
-#define FC_PACK_OPTS optimize("no-tree-loop-distribute-patterns")
-
-__attribute__((FC_PACK_OPTS)) static void pack_columns(const void *ctx, fc_int p0, fc_int kc,
-                                                       fc_int j0, fc_int nb, int nr, float *dst)
-{
-    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
-}
-
-#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((FC_PACK_OPTS, target("avx2"))) static void pack_columns_avx2(
-    const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_int nb, int nr, float *dst)
-{
-    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
-}
-#endif
-
-/* The packer for the ISA picked at run time. */
-static fc_pack_b_fn *column_packer(void)
-{
-#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-    if (fc_isa_get() >= FC_ISA_AVX2) return pack_columns_avx2;
-#endif
-    return pack_columns;
-}
-
 /* Input: one image's column matrix, rows ld apart, whose entries at
  * padding taps are zeroed on the way (it is a workspace); output: channel c
  * of that image's dx, overwritten with the sum of every tap that lands on
  * each pixel. A channel is the unit of work because its kh*kw rows overlap
  * in dx and the channels do not. */
-static void col2im_channel(const fc_conv_shape *s, float *restrict col, fc_int ld,
-                           float *restrict dx, fc_int c)
+static inline __attribute__((always_inline)) void col2im_channel(const fc_conv_shape *s, float *restrict col,
+                                                                  fc_int ld, float *restrict dx, fc_int c)
 {
     const fc_int ow = s->ow;
     memset(dx + c * s->h * s->w, 0, sizeof(float) * s->h * s->w);
@@ -388,23 +360,111 @@ static void col2im_channel(const fc_conv_shape *s, float *restrict col, fc_int l
         }
 }
 
+/* The copy loops (implicit im2col's packer, im2col, col2im) compiled for the
+ * baseline ISA and for AVX2 (a per-function target, as maxpool2d.c's row
+ * kernels), picked by the run-time ISA: the file builds with baseline flags,
+ * whose SSE2 loops copy half as much per instruction. The packer keeps its
+ * short copies as inline loops instead of memset and memcpy calls. */
+#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+#define FC_AVX2_COPIES 1
+#define FC_AVX2_TARGET target("avx2")
+#else
+#define FC_AVX2_COPIES 0
+#define FC_AVX2_TARGET
+#endif
+#define FC_PACK_OPTS optimize("no-tree-loop-distribute-patterns")
+
+__attribute__((FC_PACK_OPTS)) static void pack_columns(const void *ctx, fc_int p0, fc_int kc,
+                                                       fc_int j0, fc_int nb, int nr, float *dst)
+{
+    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
+}
+
+typedef void im2col_row_fn(const fc_conv_shape *s, const float *x, float *col, fc_int ld,
+                           fc_int c, fc_int i, fc_int j);
+typedef void col2im_channel_fn(const fc_conv_shape *s, float *col, fc_int ld, float *dx,
+                               fc_int c);
+
+static void im2col_row_base(const fc_conv_shape *s, const float *x, float *col, fc_int ld,
+                            fc_int c, fc_int i, fc_int j)
+{
+    im2col_row(s, x, col, ld, c, i, j);
+}
+
+static void col2im_channel_base(const fc_conv_shape *s, float *col, fc_int ld, float *dx, fc_int c)
+{
+    col2im_channel(s, col, ld, dx, c);
+}
+
+#if FC_AVX2_COPIES
+__attribute__((FC_PACK_OPTS, FC_AVX2_TARGET)) static void pack_columns_avx2(
+    const void *ctx, fc_int p0, fc_int kc, fc_int j0, fc_int nb, int nr, float *dst)
+{
+    pack_columns_body(ctx, p0, kc, j0, nb, nr, dst);
+}
+
+__attribute__((FC_AVX2_TARGET)) static void im2col_row_avx2(const fc_conv_shape *s, const float *x,
+                                                             float *col, fc_int ld, fc_int c,
+                                                             fc_int i, fc_int j)
+{
+    im2col_row(s, x, col, ld, c, i, j);
+}
+
+__attribute__((FC_AVX2_TARGET)) static void col2im_channel_avx2(const fc_conv_shape *s,
+                                                                 float *col, fc_int ld, float *dx,
+                                                                 fc_int c)
+{
+    col2im_channel(s, col, ld, dx, c);
+}
+
+static int copies_use_avx2(void) { return fc_isa_get() >= FC_ISA_AVX2; }
+#endif
+
+
+/* The packer, im2col row and col2im channel for the ISA picked at run time. */
+static fc_pack_b_fn *column_packer(void)
+{
+#if FC_AVX2_COPIES
+    if (copies_use_avx2()) return pack_columns_avx2;
+#endif
+    return pack_columns;
+}
+
+static im2col_row_fn *im2col_row_isa(void)
+{
+#if FC_AVX2_COPIES
+    if (copies_use_avx2()) return im2col_row_avx2;
+#endif
+    return im2col_row_base;
+}
+
+static col2im_channel_fn *col2im_channel_isa(void)
+{
+#if FC_AVX2_COPIES
+    if (copies_use_avx2()) return col2im_channel_avx2;
+#endif
+    return col2im_channel_base;
+}
+
 /* Input: one image x; output: its column matrix in col, rows ld apart.
  * Work is shared by (c, i) pairs, so that a single-channel image still
  * splits over threads; each runs the kw rows of its pair. */
 static void im2col(const fc_conv_shape *s, const float *x, float *col, fc_int ld, int nthreads)
 {
+    im2col_row_fn *const row = im2col_row_isa();
     const fc_int units = s->c * s->kh;
 #pragma omp parallel for num_threads(nthreads) schedule(static) \
     if (nthreads > 1 && units * s->kw * s->oh * s->ow >= FC_CONV_PAR_MIN)
     for (fc_int u = 0; u < units; u++)
-        for (fc_int j = 0; j < s->kw; j++) im2col_row(s, x, col, ld, u / s->kh, u % s->kh, j);
+        for (fc_int j = 0; j < s->kw; j++) row(s, x, col, ld, u / s->kh, u % s->kh, j);
 }
 
 static void col2im(const fc_conv_shape *s, float *col, fc_int ld, float *dx, int nthreads)
 {
+    col2im_channel_fn *const channel = col2im_channel_isa();
 #pragma omp parallel for num_threads(nthreads) schedule(static) \
     if (nthreads > 1 && s->c > 1 && s->c * s->kh * s->kw * s->oh * s->ow >= FC_CONV_PAR_MIN)
-    for (fc_int c = 0; c < s->c; c++) col2im_channel(s, col, ld, dx, c);
+    for (fc_int c = 0; c < s->c; c++) channel(s, col, ld, dx, c);
 }
 
 /* Sum of v[0, n) in a fixed order: FC_SUM_LANES running sums, then those
