@@ -106,11 +106,12 @@ def _pair(v):
 
 @st.composite
 def convs(draw, max_n=4):
-    """Any valid problem: every stride 1..3, padding 0..kernel-1, image sizes
-    from the smallest that fits the kernel (a 1x1 output) up."""
+    """Any valid problem: every stride 1..3, padding 0..kernel+1 (beyond
+    kernel-1, a stride-1 dx convolves dy with a negative padding), image
+    sizes from the smallest that fits the kernel (a 1x1 output) up."""
     n, c, k = draw(st.integers(1, max_n)), draw(st.integers(1, 4)), draw(st.integers(1, 5))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
-    ph, pw = draw(st.integers(0, kh - 1)), draw(st.integers(0, kw - 1))
+    ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
     h_min, w_min = max(1, kh - 2 * ph), max(1, kw - 2 * pw)
     h, w = draw(st.integers(h_min, h_min + 9)), draw(st.integers(w_min, w_min + 9))
     stride = draw(st.sampled_from([1, 2, 3]) | st.tuples(st.integers(1, 3), st.integers(1, 3)))
@@ -138,6 +139,12 @@ EDGES = {
     "unit-stride-valid": Conv(3, 3, 9, 11, 5, 3, 4, (1, 1), (0, 1)),
     "unit-stride-groups": Conv(9, 5, 6, 7, 7, 3, 3, (1, 1), (1, 1)),
     "unit-stride-long-rows": Conv(2, 2, 37, 41, 3, 3, 3, (1, 1), (1, 1)),
+    # A stride-1 dx with C >= K is a convolution of dy with padding
+    # kernel-1-padding: negative here (in both axes, unequal), so its taps
+    # skip dy's border; and the same with C < K (col2im).
+    "unit-stride-padding-beyond-kernel": Conv(3, 3, 5, 4, 2, 3, 2, (1, 1), (3, 2)),
+    "unit-stride-padding-beyond-kernel-widening": Conv(3, 2, 5, 4, 3, 3, 2, (1, 1), (3, 2)),
+    "unit-stride-1xk-wide-padding": Conv(1, 3, 1, 6, 2, 1, 3, (1, 1), (2, 0)),
 }
 
 
@@ -233,8 +240,9 @@ def test_batch_chunking_does_not_change_results(isa_threads, rng, conv):
 
 
 @pytest.mark.parametrize("n", [1, 5], ids=["batch1", "batch5"])
-def test_bitwise_deterministic(isa_threads, rng, n):
-    conv = Conv(n, 6, 12, 11, 10, 3, 3, (1, 1), (1, 1))
+@pytest.mark.parametrize("c, k", [(6, 10), (10, 6)], ids=["dx-col2im", "dx-convolution"])
+def test_bitwise_deterministic(isa_threads, rng, n, c, k):
+    conv = Conv(n, c, 12, 11, k, 3, 3, (1, 1), (1, 1))
     x, weight, bias, dy = conv.arrays(rng)
     first_y = _kernels.conv2d_forward(x, weight, bias, 1, 1)
     first = _kernels.conv2d_backward(x, weight, dy, 1, 1)
