@@ -182,7 +182,7 @@ class MaxPool2d(Module):
             raise ValueError(
                 f"MaxPool2d: `padding` must be at most half of `kernel_size` {self.kernel_size}; "
                 f"got {self.padding}")
-        self._cache = None
+        self._cache = self.output = None
 
     def forward(self, x):
         x, unbatched = _batched("MaxPool2d", x)
@@ -193,7 +193,8 @@ class MaxPool2d(Module):
                 f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {self.padding})")
         y, argmax = kernel("maxpool2d_forward")(x, self.kernel_size, self.stride, self.padding)
         self._cache = (x.shape, argmax, unbatched)
-        return y[0] if unbatched else y
+        self.output = y[0] if unbatched else y  # Sequential's ReLU -> MaxPool2d backward reads it
+        return self.output
 
     def backward(self, dy):
         x_shape, argmax, unbatched = self._cache
@@ -225,8 +226,18 @@ class ReLU(Module):
         return y
 
     def backward(self, dy):
-        dy = check_input("ReLU.backward", dy, (self._y.ndim,), "dy")
-        return kernel("relu_backward")(dy, self._y)
+        return self.mask(dy, self._y)
+
+    def mask(self, dy, y):
+        """dy where y > 0 (or NaN), else 0: the backward, masked by ``y``.
+
+        A max-pool after this layer sends each window's gradient to the
+        window's maximum, whose value is the pooled output; so Sequential
+        masks the pooled gradient by the pooled output, a quarter of the
+        work for a 2x2 pool, with the same bits as masking after the pool.
+        """
+        dy = check_input("ReLU.backward", dy, (y.ndim,), "dy")
+        return kernel("relu_backward")(dy, y)
 
 
 class Linear(Module):

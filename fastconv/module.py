@@ -184,9 +184,10 @@ class Module:
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
 
-def _fuses_relu(m, nxt) -> bool:
-    """Whether m is a Conv2d and nxt a ReLU (by name: layers imports this module)."""
-    return type(m).__name__ == "Conv2d" and type(nxt).__name__ == "ReLU" and \
+def _is_pair(m, nxt, first: str, second: str) -> bool:
+    """Whether m is fastconv's `first` layer and nxt its `second` (by name:
+    layers imports this module)."""
+    return type(m).__name__ == first and type(nxt).__name__ == second and \
         type(m).__module__ == type(nxt).__module__ == "fastconv.layers"
 
 
@@ -211,7 +212,7 @@ class Sequential(Module):
             # A Conv2d followed by a ReLU runs as one fused pass (the ReLU
             # adopts the conv's rectified output for its backward): one pass
             # over the activations instead of two.
-            if i + 1 < len(mods) and _fuses_relu(mods[i], mods[i + 1]):
+            if i + 1 < len(mods) and _is_pair(mods[i], mods[i + 1], "Conv2d", "ReLU"):
                 x = mods[i + 1].adopt_output(mods[i].forward(x, relu=True))
                 i += 2
             else:
@@ -220,8 +221,17 @@ class Sequential(Module):
         return x
 
     def backward(self, dy):
-        for m in reversed(self._modules.values()):
-            dy = m.backward(dy)
+        mods = list(self._modules.values())
+        i = len(mods) - 1
+        while i >= 0:
+            # ReLU then MaxPool2d: ReLU's mask is applied to the pooled
+            # gradient, before the pool spreads it (see ReLU.mask).
+            if i >= 1 and _is_pair(mods[i - 1], mods[i], "ReLU", "MaxPool2d") and mods[i].output is not None:
+                dy = mods[i].backward(mods[i - 1].mask(dy, mods[i].output))
+                i -= 2
+            else:
+                dy = mods[i].backward(dy)
+                i -= 1
         return dy
 
     def __getitem__(self, i):

@@ -510,3 +510,57 @@ def test_backward_huge_x_shape():
     one = np.zeros((1, 1, 1, 1), dtype=np.float32)
     with pytest.raises(ValueError, match=r"`x_shape` \(1, 1, 33554432, 33554432\) has more than \d+ elements"):
         _kernels.maxpool2d_backward(one, one.astype(np.uint8), (1, 1, 2**25, 2**25), 1, 2**26, 0)
+
+
+# -- Sequential: ReLU then MaxPool2d masks the pooled gradient (ReLU.mask) ----------------------------
+
+def _relu_pool_input(rng, shape):
+    """Signs mixed, with exact zeros, ties and a NaN, so every branch of both masks is taken."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[rng.random(shape) < 0.2] = 0.0
+    x[..., 0, 1] = x[..., 0, 0]
+    x.flat[3] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 0))],
+                         ids=str)
+def test_sequential_relu_pool_backward_is_bitwise_the_unfused_one(isa_threads, rng, kernel, stride, padding):
+    import fastconv as fc
+    x = _relu_pool_input(rng, (3, 4, 9, 7))
+    relu, pool = fc.ReLU(), fc.MaxPool2d(kernel, stride, padding)
+    y = pool(relu(x))
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx_apart = relu.backward(pool.backward(dy))
+    model = fc.Sequential(fc.ReLU(), fc.MaxPool2d(kernel, stride, padding))
+    np.testing.assert_array_equal(model(x), y)
+
+    def full_size_mask(dy):
+        raise AssertionError("the ReLU's full-size backward ran; the pooled gradient should be masked")
+    model[0].backward = full_size_mask
+    dx = model.backward(dy)
+    assert (dx == 0).mean() > 0.5 and np.isnan(x).any()  # the masks did work
+    np.testing.assert_array_equal(dx.view(np.uint32), dx_apart.view(np.uint32))
+
+
+def test_sequential_conv_relu_pool_backward_is_the_unfused_one(isa_threads, rng):
+    import fastconv as fc
+    fc.manual_seed(0)
+    layers = [fc.Conv2d(2, 3, 3, padding=1), fc.ReLU(), fc.MaxPool2d(2), fc.Flatten(), fc.Linear(3 * 4 * 3, 5)]
+    x = rng.standard_normal((2, 2, 8, 7)).astype(np.float32)
+    dy = rng.standard_normal((2, 5)).astype(np.float32)
+    h = x
+    for m in layers:
+        h = m(h)
+    d = dy
+    for m in reversed(layers):
+        d = m.backward(d)
+    apart = [p.grad.copy() for m in layers for p in m.parameters()]
+    for m in layers:
+        m.zero_grad()
+    model = fc.Sequential(*layers)
+    np.testing.assert_array_equal(model(x), h)
+    np.testing.assert_array_equal(model.backward(dy), d)
+    for p, g in zip(model.parameters(), apart):
+        np.testing.assert_array_equal(p.grad, g)
+    assert fc.gradcheck(fc.Sequential(fc.ReLU(), fc.MaxPool2d(2)), x).passed
