@@ -8,9 +8,9 @@ and writes y; a backward reads dy and writes dx.
 
 import numpy as np
 import pytest
+from peers import to_torch
 
 from fastconv import _kernels, reference
-from peers import to_torch
 
 try:
     import torch

@@ -12,9 +12,9 @@ so their figures can sit below the machine's bandwidth by design.
 
 import numpy as np
 import pytest
+from peers import to_torch
 
 from fastconv import _kernels, reference
-from peers import to_torch
 
 try:
     import torch

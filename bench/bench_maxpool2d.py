@@ -10,9 +10,9 @@ argmax and writes dx.
 
 import numpy as np
 import pytest
+from peers import to_torch
 
 from fastconv import _kernels, reference
-from peers import to_torch
 
 try:
     import torch

@@ -7,7 +7,14 @@ channels_last (its fastest configuration) and NCHW, same weights and batches.
 import pytest
 
 import fastconv as fc
-from fastconv.compare import NETS, batch, cifar_small, fastconv_step, torch_model, torch_step
+from fastconv.compare import (
+    NETS,
+    batch,
+    cifar_small,
+    fastconv_step,
+    torch_model,
+    torch_step,
+)
 
 try:
     import torch
@@ -43,7 +50,7 @@ def test_cifar_small_inference(benchmark, record, n, impl):
     x, _ = batch((n, 3, 32, 32))
     if impl == "fastconv":
         model = cifar_small(fc).eval()
-        run = lambda: model(x)  # noqa: E731
+        run = lambda: model(x)
     else:
         model, tx = _torch_model(cifar_small, impl, x)
         model.eval()

@@ -9,9 +9,9 @@ and y and writes dx (12 bytes per element).
 
 import numpy as np
 import pytest
+from peers import to_torch
 
 from fastconv import _kernels, reference
-from peers import to_torch
 
 try:
     import torch

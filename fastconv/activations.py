@@ -12,7 +12,13 @@ import numpy as np
 
 from fastconv import init
 from fastconv.backend import kernel
-from fastconv.layers import _positive_int, check_grad, check_input, check_real, check_size
+from fastconv.layers import (
+    _positive_int,
+    check_grad,
+    check_input,
+    check_real,
+    check_size,
+)
 from fastconv.module import Module, Parameter
 
 
@@ -34,7 +40,7 @@ class _Elementwise(Module):
         return ()
 
     def forward(self, x):
-        x = check_input(type(self).__name__, x, range(0, 33))
+        x = check_input(type(self).__name__, x, range(33))
         y = kernel(f"{self.op}_forward")(x, *self._args())
         self._saved = x if self.saves == "x" else y
         return y

@@ -37,8 +37,16 @@ FORMAT = "fastconv.checkpoint"
 VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "read_metadata",
-           "atomic_write", "atomic_write_json", "dumps_json", "loads_json"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_json",
+    "dumps_json",
+    "load_checkpoint",
+    "load_weights",
+    "loads_json",
+    "read_metadata",
+    "save_checkpoint",
+]
 
 
 class CheckpointError(ValueError):

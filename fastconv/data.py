@@ -29,8 +29,15 @@ from importlib import resources
 import numpy as np
 
 __all__ = [
-    "Dataset", "Normalizer", "as_dataset", "train_val_split",
-    "load_digits", "load_mnist", "load_cifar10", "load_npz", "read_idx",
+    "Dataset",
+    "Normalizer",
+    "as_dataset",
+    "load_cifar10",
+    "load_digits",
+    "load_mnist",
+    "load_npz",
+    "read_idx",
+    "train_val_split",
 ]
 
 DIGITS_SHA256 = "09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"

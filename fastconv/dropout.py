@@ -34,7 +34,7 @@ class Dropout(Module):
 
     @np.errstate(over="ignore", invalid="ignore")  # x * scale past float max, inf * 0: IEEE results
     def forward(self, x):
-        x = check_input("Dropout", x, range(0, 33))
+        x = check_input("Dropout", x, range(33))
         if not self.training or self.p == 0.0:
             self._cache = (x.shape, None)  # identity: the backward passes dy through
             return x

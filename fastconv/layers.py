@@ -215,7 +215,7 @@ class ReLU(Module):
         self._y = None
 
     def forward(self, x):
-        x = check_input("ReLU", x, range(0, 33))
+        x = check_input("ReLU", x, range(33))
         self._y = kernel("relu_forward")(x)
         return self._y
 

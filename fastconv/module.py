@@ -8,7 +8,7 @@ returns dL/dx and *adds* parameter gradients into each ``Parameter.grad``
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -83,15 +83,15 @@ class Module:
 
     # -- traversal -----------------------------------------------------------
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         yield prefix, self
         for name, child in self._modules.items():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
-    def children(self) -> Iterator["Module"]:
+    def children(self) -> Iterator[Module]:
         return iter(self._modules.values())
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         return (m for _, m in self.named_modules())
 
     def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
@@ -109,13 +109,13 @@ class Module:
 
     # -- modes and gradients ---------------------------------------------------
 
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         """Training mode (dropout active, batch norm on batch statistics); returns self."""
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         """Evaluation mode; same as ``train(False)``."""
         return self.train(False)
 
@@ -126,7 +126,7 @@ class Module:
 
     # -- state -----------------------------------------------------------------
 
-    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """Copies of all parameters and buffers, keyed as in PyTorch, in PyTorch's layouts."""
         state = OrderedDict()
         for prefix, module in self.named_modules():  # module by module, as PyTorch orders keys
@@ -244,6 +244,6 @@ class Sequential(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
-    def append(self, module: Module) -> "Sequential":
+    def append(self, module: Module) -> Sequential:
         setattr(self, str(len(self)), module)
         return self

@@ -10,7 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv.backend import kernel
-from fastconv.layers import _positive_int, check_grad, check_input, check_real, check_size
+from fastconv.layers import (
+    _positive_int,
+    check_grad,
+    check_input,
+    check_real,
+    check_size,
+)
 from fastconv.module import Module, Parameter
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from fastconv.checkpoint import atomic_write
 from fastconv.module import Module
 
-__all__ = ["PlotUnavailable", "training_curves", "filters", "layer_stats", "available"]
+__all__ = ["PlotUnavailable", "available", "filters", "layer_stats", "training_curves"]
 
 INSTALL_HINT = 'pip install "fastconv[plot]"  (or: pip install matplotlib)'
 

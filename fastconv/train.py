@@ -32,7 +32,7 @@ from fastconv.data import Dataset, as_dataset
 from fastconv.module import Module, Sequential
 from fastconv.schedules import ReduceLROnPlateau
 
-__all__ = ["Trainer", "EarlyStopping", "TrainingDiverged", "build_model", "load_model", "confusion_matrix", "ARCHS"]
+__all__ = ["ARCHS", "EarlyStopping", "Trainer", "TrainingDiverged", "build_model", "confusion_matrix", "load_model"]
 
 
 class TrainingDiverged(FloatingPointError):

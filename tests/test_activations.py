@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -15,7 +16,6 @@ from hypothesis.extra import numpy as hnp
 import fastconv as fc
 from fastconv import _kernels, reference
 from fastconv.activations import ELU, LeakyReLU, Sigmoid, Tanh
-from conftest import rand
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -8,13 +8,13 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import _kernels, reference
 from fastconv.normalization import BatchNorm1d, BatchNorm2d
-from conftest import rand
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

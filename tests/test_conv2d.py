@@ -6,12 +6,11 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from conftest import rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastconv import _kernels, reference
-
-from conftest import rand
 
 try:
     import torch

@@ -7,10 +7,10 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
 from fastconv.dropout import Dropout
-from conftest import rand
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])

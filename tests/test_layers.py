@@ -3,9 +3,9 @@ against PyTorch, and the errors bad input gets."""
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
-from conftest import rand
 
 # ---------------------------------------------------------------------------
 # backward vs central differences (float64, through fc.gradcheck)

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
-from conftest import rand
 
 
 def test_svm_worked_example_from_the_notes():

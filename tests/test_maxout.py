@@ -5,10 +5,10 @@ skipped without torch), parameters and state_dict, and bad input."""
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
 from fastconv.activations import Maxout
-from conftest import rand
 
 
 def make(rng, in_features, out_features, pieces):

@@ -3,9 +3,9 @@ state-dict resume. (SGD's are in test_training.py and test_vs_torch.py.)"""
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
-from conftest import rand
 
 
 def test_adam_first_step_by_hand():

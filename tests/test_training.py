@@ -6,9 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import fastconv as fc
-from conftest import rand
 
 
 def lenet():

@@ -4,11 +4,12 @@ Native backend, float32."""
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from conftest import rand
+from hypothesis import given
+from hypothesis import strategies as st
+from test_training import lenet
 
 import fastconv as fc
-from conftest import rand
-from test_training import lenet
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
