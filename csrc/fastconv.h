@@ -93,6 +93,19 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
                        const float *dy, float *dx, float *dweight, float *dbias,
                        int nthreads);
 
+/* ---- conv2d_winograd.c -----------------------------------------------------
+ * 3x3 kernels at unit stride by Winograd's F(2x2, 3x3): fc_conv2d_forward's
+ * arguments and results (to float32 rounding; fewer multiply-adds).
+ * fc_conv2d_forward takes this path when fc_winograd_applies: never, where
+ * it measured faster (auto, the default), or whenever possible (tests). */
+enum { FC_WINOGRAD_NEVER = 0, FC_WINOGRAD_AUTO = 1, FC_WINOGRAD_ALWAYS = 2 };
+void fc_winograd_set_mode(int mode);
+int fc_winograd_get_mode(void);
+int fc_winograd_possible(const fc_conv_shape *s);
+int fc_winograd_applies(const fc_conv_shape *s);
+int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *bias, int relu, float *y, int nthreads);
+
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
  * argmax holds the index of the winner within its kh x kw window, row-major,

@@ -37,6 +37,9 @@ cdef extern from "fastconv.h" nogil:
         fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
     int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                           const float *bias, int relu, float *y, int nthreads)
+    int FC_WINOGRAD_NEVER, FC_WINOGRAD_AUTO, FC_WINOGRAD_ALWAYS
+    void fc_winograd_set_mode(int mode)
+    int fc_winograd_get_mode()
     int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
                            const float *dy, float *dx, float *dweight, float *dbias,
                            int nthreads)
@@ -154,6 +157,22 @@ def set_isa(name):
             f"set_isa: ISA {name!r} is not supported on this CPU or build; "
             f"supported: {supported_isas()}")
     fc_isa_set(i)
+
+
+WINOGRAD_MODES = ("never", "auto", "always")
+
+
+def set_winograd(mode):
+    """When 3x3 unit-stride convolutions (forward, and dx computed as one) use
+    Winograd F(2x2, 3x3): 'auto' (default: where it measured faster than
+    im2col + GEMM), 'never', or 'always' (every 3x3 unit-stride problem; for
+    tests and benchmarks). Returns the previous mode."""
+    if mode not in WINOGRAD_MODES:
+        raise ValueError(f"set_winograd: `mode` must be one of {WINOGRAD_MODES}; got {mode!r}")
+    previous = WINOGRAD_MODES[fc_winograd_get_mode()]
+    fc_winograd_set_mode((FC_WINOGRAD_NEVER, FC_WINOGRAD_AUTO, FC_WINOGRAD_ALWAYS)[
+        WINOGRAD_MODES.index(mode)])
+    return previous
 
 
 def get_isa():

@@ -1,0 +1,449 @@
+/* 3x3 convolution at unit stride by Winograd's minimal filtering F(2x2, 3x3)
+ * (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+ *
+ * The output is cut into 2x2 tiles; tile t reads a 4x4 patch d of each input
+ * channel (zero outside the image), and with the 4x4 transforms
+ *   V = B^T d B  (of each patch),  U = G g G^T  (of each 3x3 filter g),
+ * every tile's outputs are Y = A^T M A with M = sum over channels c of
+ * U[k, c] * V[c, t] elementwise. Element xi of the 4x4 M is thus a matrix
+ * product over channels, M_xi (K x tiles) = U_xi (K x C) @ V_xi (C x tiles):
+ * 16 GEMMs of 16 K C multiply-adds per tile, against 36 K C for the direct
+ * convolution's 2x2 outputs, 2.25x fewer.
+ *
+ *   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
+ *   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
+ *   A^T = [1 1 1 0; 0 1 -1 -1]
+ *
+ * The transforms add and subtract a few terms (halving is exact), so the
+ * result stays within a small multiple of the direct sum's rounding error
+ * (tests/test_conv2d_winograd.py measures it against the NumPy twin).
+ *
+ * Blocks. Tiles are taken a block of tile rows at a time, per thread: the
+ * block's V is written straight into the GEMM micro-kernel's packed B layout
+ * (one sliver of NR tiles per C rows), U once per call into its packed A
+ * layout, and the micro-kernel is called directly, so nothing is packed
+ * twice; the block's M (16 x K x tiles) goes through the output transform
+ * while it is still in L2. A block's V and M together take at most
+ * WG_BLOCK_FLOATS. Every output is the same arithmetic whatever the block,
+ * the batch split or the thread count: the micro-kernel sums each element
+ * of M over c in a fixed order, and the transforms are per tile.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastconv.h"
+#include "fc_omp.h"
+#include "kernels/gemm_ukernel.h"
+
+#define XI 16 /* points of a 4x4 transformed tile */
+#define TILES_PER_VEC 8 /* tiles transformed at once, one per lane */
+
+/* A block's V and M in floats: 512 KB, half of a 1 MB L2 (and past a
+ * 512 KB one still mostly L2 hits, as M is written and read in k order). */
+#define WG_BLOCK_FLOATS (128 * 1024)
+
+/* Per-thread workspace slices start on their own cache lines. */
+#define WG_LINE_FLOATS 16
+
+static int wg_mode = FC_WINOGRAD_AUTO;
+
+void fc_winograd_set_mode(int mode) { wg_mode = mode; }
+int fc_winograd_get_mode(void) { return wg_mode; }
+
+static fc_int min_i(fc_int a, fc_int b) { return a < b ? a : b; }
+static fc_int max_i(fc_int a, fc_int b) { return a > b ? a : b; }
+static fc_int ceil_div(fc_int a, fc_int b) { return (a + b - 1) / b; }
+static fc_int round_to_line(fc_int n) { return ceil_div(n, WG_LINE_FLOATS) * WG_LINE_FLOATS; }
+
+/* At least n floats, an odd number of cache lines. The 16 points of a tile
+ * are written (V) and read (M) together, a point's array apart; at a
+ * stride of an even number of lines, as the usual power-of-two channel
+ * counts give, they fall into a few sets of the L1 cache and evict each
+ * other (128x128x8x8 -> 64 ran 1.7x slower). Odd strides spread them over
+ * 16 sets. */
+static fc_int odd_lines(fc_int n)
+{
+    const fc_int lines = ceil_div(n, WG_LINE_FLOATS);
+    return (lines | 1) * WG_LINE_FLOATS;
+}
+
+int fc_winograd_possible(const fc_conv_shape *s)
+{
+    return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->ph >= 0 && s->pw >= 0;
+}
+
+/* Where it pays (auto mode). Measured, 2 threads, AVX2 (see the bench):
+ * the GEMMs reduce over C alone, so with few input channels each
+ * micro-kernel call does little work per store of its tile and the
+ * transforms dominate; with few output channels the input transform is
+ * spread over few outputs. */
+#define WG_MIN_C 16
+#define WG_MIN_K 16
+/* Batch-1 inference: below this many tiles, the weight transform and
+ * GEMMs a few tiles wide cost more than the multiply-adds saved
+ * (1x64x8x8 -> 128, 16 tiles: 0.42x the im2col path). */
+#define WG_MIN_TILES 256
+
+int fc_winograd_applies(const fc_conv_shape *s)
+{
+    if (wg_mode == FC_WINOGRAD_NEVER || !fc_winograd_possible(s)) return 0;
+    if (wg_mode == FC_WINOGRAD_ALWAYS) return 1;
+    const fc_int tiles = s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2);
+    return s->c >= WG_MIN_C && s->k >= WG_MIN_K && tiles >= WG_MIN_TILES;
+}
+
+typedef struct {
+    fc_int th, tw;       /* tiles per image: rows, columns */
+    fc_int rows;         /* tile rows per block */
+    fc_int tiles;        /* tiles per (full) block: rows * tw */
+    fc_int nblocks;      /* ceil(n * th / rows) */
+    fc_int slivers;      /* NR-tile slivers per block */
+    fc_int nks;          /* MR-row slivers of K */
+    fc_int v_stride;     /* floats from one point's packed V to the next's */
+    fc_int m_stride;     /* the same for M */
+    fc_int v_floats;     /* a block's packed V: XI * v_stride */
+    fc_int m_floats;     /* a block's M: XI * m_stride */
+    fc_int ld;           /* padded input row: 2 tw rounded up to whole vectors, + 2 */
+    fc_int row_floats;   /* a block's padded input rows of one channel */
+    fc_int tmp_floats;   /* a block's outputs, 4 * tiles */
+    fc_int per_thread;   /* all of the above, each on whole cache lines */
+} wg_plan;
+
+static wg_plan plan_for(const fc_conv_shape *s, int mr, int nr, int nthreads)
+{
+    wg_plan p;
+    p.th = ceil_div(s->oh, 2);
+    p.tw = ceil_div(s->ow, 2);
+    /* Tiles that fit the budget, then the most tile rows within it, rather
+     * a whole number of slivers (no partial sliver but the last). */
+    const fc_int fit = max_i(1, WG_BLOCK_FLOATS / (XI * (s->c + s->k)));
+    const fc_int most = max_i(1, fit / p.tw);
+    p.rows = most;
+    for (fc_int r = most; r >= 1 && 2 * r >= most; r--)
+        if (r * p.tw % nr == 0) {
+            p.rows = r;
+            break;
+        }
+    /* Enough blocks for every thread (batch-1 inference). */
+    p.rows = min_i(p.rows, ceil_div(s->n * p.th, nthreads > 1 ? nthreads : 1));
+    p.tiles = p.rows * p.tw;
+    p.nblocks = ceil_div(s->n * p.th, p.rows);
+    p.slivers = ceil_div(p.tiles, nr);
+    p.nks = ceil_div(s->k, mr);
+    p.v_stride = odd_lines(p.slivers * s->c * nr);
+    p.m_stride = odd_lines(s->k * p.tiles);
+    p.v_floats = XI * p.v_stride;
+    p.m_floats = XI * p.m_stride;
+    p.ld = 2 * ceil_div(p.tw, TILES_PER_VEC) * TILES_PER_VEC + 2;
+    p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
+    p.tmp_floats = round_to_line(4 * p.tiles);
+    p.per_thread = p.v_floats + p.m_floats + p.row_floats + p.tmp_floats;
+    return p;
+}
+
+/* U = G g G^T of each filter g = weight[k, c], packed as the micro-kernel's
+ * A panels, one set per point xi: ua[((xi * nks + ks) * C + c) * MR + i]
+ * holds U_xi[ks * MR + i, c], zero past K. Work-shared over the team. */
+static void transform_weights(const fc_conv_shape *s, const float *weight, int mr, fc_int nks,
+                              float *ua)
+{
+#pragma omp for schedule(static)
+    for (fc_int kc = 0; kc < nks * mr * s->c; kc++) {
+        const fc_int k = kc / s->c, c = kc % s->c;
+        float u[XI];
+        if (k < s->k) {
+            const float *g = weight + (k * s->c + c) * 9;
+            float t[4][3]; /* G g */
+            for (int j = 0; j < 3; j++) {
+                t[0][j] = g[j];
+                t[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+                t[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+                t[3][j] = g[6 + j];
+            }
+            for (int i = 0; i < 4; i++) { /* (G g) G^T */
+                u[4 * i + 0] = t[i][0];
+                u[4 * i + 1] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
+                u[4 * i + 2] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
+                u[4 * i + 3] = t[i][2];
+            }
+        } else {
+            for (int xi = 0; xi < XI; xi++) u[xi] = 0.0f;
+        }
+        const fc_int ks = k / mr, i = k % mr;
+        for (int xi = 0; xi < XI; xi++) ua[((xi * nks + ks) * s->c + c) * mr + i] = u[xi];
+    }
+}
+
+/* The padded rows [pr0, pr0 + count) of channel plane (H, W), padded row pr
+ * being image row pr - ph, and padded column pc (< 2 tw + 2) image column
+ * pc - pw; zero outside the image. Rows ld = 2 tw + 2 apart in out. */
+static inline __attribute__((always_inline)) void pad_rows(const fc_conv_shape *s,
+                                                           const float *restrict plane, fc_int pr0,
+                                                           fc_int count, fc_int ld,
+                                                           float *restrict out)
+{
+    /* Image columns [x0, x1) land at padded columns [x0 + pw, x1 + pw). */
+    const fc_int x0 = 0, x1 = min_i(s->w, ld - s->pw);
+    for (fc_int r = 0; r < count; r++) {
+        const fc_int iy = pr0 + r - s->ph;
+        float *row = out + r * ld;
+        if (iy < 0 || iy >= s->h || x1 <= x0) {
+            for (fc_int e = 0; e < ld; e++) row[e] = 0.0f;
+            continue;
+        }
+        for (fc_int e = 0; e < s->pw; e++) row[e] = 0.0f;
+        const float *src = plane + iy * s->w;
+        for (fc_int e = x0; e < x1; e++) row[s->pw + e] = src[e];
+        for (fc_int e = x1 + s->pw; e < ld; e++) row[e] = 0.0f;
+    }
+}
+
+/* Eight floats as one value: GNU C vector extensions (GCC, clang), compiled
+ * to the SIMD of each function's target (AVX2 in the avx2 variants below,
+ * pairs of SSE2 operations at the baseline). */
+typedef float v8f __attribute__((vector_size(32)));
+typedef int v8i __attribute__((vector_size(32)));
+#ifdef __clang__
+#define EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+#define ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+#else
+#define EVEN8(a, b) __builtin_shuffle(a, b, (v8i){0, 2, 4, 6, 8, 10, 12, 14})
+#define ODD8(a, b) __builtin_shuffle(a, b, (v8i){1, 3, 5, 7, 9, 11, 13, 15})
+#endif
+
+/* Unaligned vector load and store (macros: a function passing a v8f by
+ * value would change ABI with the target, and GCC warns). */
+#define LOAD8(v, p) memcpy(&(v), (p), sizeof(v8f))
+#define STORE8(p, v) memcpy((p), &(v), sizeof(v8f))
+
+/* V = B^T d B of the 8 tiles tx0 .. tx0 + 7 of a tile row whose 4 padded
+ * input rows are p[q * ld] (columns 2 tx0 .. 2 tx0 + 17 are read): v[xi]. A
+ * tile's columns 2 tx .. 2 tx + 3 are the even and odd columns from 2 tx and
+ * from 2 tx + 2, so deinterleaving two spans gives the 4 columns of all 8
+ * tiles as vectors; the transform is then whole-vector adds. */
+static inline __attribute__((always_inline)) void transform_tiles(const float *p, fc_int ld,
+                                                                  fc_int tx0, v8f v[XI])
+{
+    v8f d[4][4], t[4][4];
+    for (int q = 0; q < 4; q++) {
+        const float *row = p + q * ld + 2 * tx0;
+        v8f a, b, c, e;
+        LOAD8(a, row);
+        LOAD8(b, row + 8);
+        LOAD8(c, row + 2);
+        LOAD8(e, row + 10);
+        d[q][0] = EVEN8(a, b);
+        d[q][1] = ODD8(a, b);
+        d[q][2] = EVEN8(c, e);
+        d[q][3] = ODD8(c, e);
+    }
+    for (int j = 0; j < 4; j++) { /* B^T d */
+        t[0][j] = d[0][j] - d[2][j];
+        t[1][j] = d[1][j] + d[2][j];
+        t[2][j] = d[2][j] - d[1][j];
+        t[3][j] = d[1][j] - d[3][j];
+    }
+    for (int i = 0; i < 4; i++) { /* (B^T d) B */
+        v[4 * i + 0] = t[i][0] - t[i][2];
+        v[4 * i + 1] = t[i][1] + t[i][2];
+        v[4 * i + 2] = t[i][2] - t[i][1];
+        v[4 * i + 3] = t[i][1] - t[i][3];
+    }
+}
+
+/* The block of tile rows [r0, r1) (row r is tile row r % th of image
+ * r / th): V of every channel, written as packed B slivers,
+ * vp[((xi * slivers + j / NR) * C + c) * NR + j % NR] for the block's tile j.
+ * rows: the padded input rows (p->ld apart) of the block's tile rows of
+ * one image and one channel. */
+static inline __attribute__((always_inline)) void transform_input_body(
+    const fc_conv_shape *s, const wg_plan *p, int nr, const float *x, fc_int r0, fc_int r1,
+    float *vp, float *rows)
+{
+    const fc_int tw = p->tw, th = p->th, hw = s->h * s->w, ld = p->ld;
+    const fc_int xi_stride = p->v_stride;
+    for (fc_int c = 0; c < s->c; c++) {
+        fc_int j = 0;
+        for (fc_int r = r0; r < r1;) {
+            /* The tile rows [ty0, ty1) of image n in the block. */
+            const fc_int n = r / th, ty0 = r % th, ty1 = min_i(th, ty0 + r1 - r);
+            pad_rows(s, x + (n * s->c + c) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2, ld, rows);
+            for (fc_int ty = ty0; ty < ty1; ty++, r++, j += tw)
+                for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
+                    v8f v[XI];
+                    transform_tiles(rows + 2 * (ty - ty0) * ld, ld, tx0, v);
+                    const fc_int jj = j + tx0, count = min_i(TILES_PER_VEC, tw - tx0);
+                    float *dst = vp + ((jj / nr) * s->c + c) * nr + jj % nr;
+                    if (count == TILES_PER_VEC && jj % nr + TILES_PER_VEC <= nr) {
+                        for (int xi = 0; xi < XI; xi++) STORE8(dst + xi * xi_stride, v[xi]);
+                        continue;
+                    }
+                    /* A partial vector, or one across two slivers: tile by tile. */
+                    for (fc_int e = 0; e < count; e++) {
+                        const fc_int je = jj + e;
+                        float *d = vp + ((je / nr) * s->c + c) * nr + je % nr;
+                        for (int xi = 0; xi < XI; xi++) d[xi * xi_stride] = v[xi][e];
+                    }
+                }
+        }
+        /* The last sliver's columns past the block's tiles are read by the
+         * micro-kernel (and their results dropped): keep them finite. */
+        if (j % nr)
+            for (int xi = 0; xi < XI; xi++) {
+                float *d = vp + xi * xi_stride + ((j / nr) * s->c + c) * nr;
+                for (fc_int e = j % nr; e < nr; e++) d[e] = 0.0f;
+            }
+    }
+}
+
+/* A^T M A of tiles [0, n), whose M point xi is m[xi * stride + j], into
+ * o[e * ldo + j] for the outputs e = 2 a + b at (a, b) of each tile: A^T M
+ * sums rows 0 + 1 + 2 and 1 - 2 - 3 of each column, A the same of columns.
+ * (Parameters, not locals, are restrict: GCC then vectorizes over tiles
+ * without checking the 20 streams against each other.) */
+static inline __attribute__((always_inline)) void output_points(const float *restrict m,
+                                                                fc_int stride, fc_int n,
+                                                                float *restrict o, fc_int ldo)
+{
+    for (fc_int j = 0; j < n; j++) {
+        float v[XI];
+        for (int xi = 0; xi < XI; xi++) v[xi] = m[xi * stride + j];
+        float a[4], b[4];
+        for (int i = 0; i < 4; i++) {
+            a[i] = v[i] + v[4 + i] + v[8 + i];
+            b[i] = v[4 + i] - v[8 + i] - v[12 + i];
+        }
+        o[j] = a[0] + a[1] + a[2];
+        o[ldo + j] = a[1] - a[2] - a[3];
+        o[2 * ldo + j] = b[0] + b[1] + b[2];
+        o[3 * ldo + j] = b[1] - b[2] - b[3];
+    }
+}
+
+/* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the block of
+ * tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the block's
+ * tile). Writes y, dropping the outputs of tiles past the edge of an odd
+ * output size. tmp: 4 * ldm floats. */
+static inline __attribute__((always_inline)) void transform_output_body(
+    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
+    int relu, fc_int r0, fc_int r1, float *y, float *tmp)
+{
+    const fc_int tw = p->tw, ow = s->ow, ohow = s->oh * s->ow, kstride = p->m_stride;
+    const fc_int tiles = (r1 - r0) * tw;
+    for (fc_int k = 0; k < s->k; k++) {
+        output_points(m + k * ldm, kstride, tiles, tmp, ldm);
+        if (bias) {
+            const float b = bias[k];
+            for (fc_int j = 0; j < 4 * ldm; j++) tmp[j] += b;
+        }
+        if (relu)
+            for (fc_int j = 0; j < 4 * ldm; j++) tmp[j] = tmp[j] < 0.0f ? 0.0f : tmp[j];
+        const fc_int pairs = ow / 2; /* whole tiles across */
+        for (fc_int r = r0, j = 0; r < r1; r++, j += tw) {
+            const fc_int n = r / p->th, oy = 2 * (r % p->th);
+            float *plane = y + (n * s->k + k) * ohow;
+            for (int a = 0; a < 2 && oy + a < s->oh; a++) {
+                float *restrict row = plane + (oy + a) * ow;
+                const float *restrict left = tmp + 2 * a * ldm + j, *restrict right = left + ldm;
+                for (fc_int tx = 0; tx < pairs; tx++) {
+                    row[2 * tx] = left[tx];
+                    row[2 * tx + 1] = right[tx];
+                }
+                if (ow % 2) row[ow - 1] = left[pairs];
+            }
+        }
+    }
+}
+
+/* The transforms for the baseline ISA and for AVX2 (per-function targets,
+ * as conv2d.c's copy loops), picked at run time. */
+typedef void transform_input_fn(const fc_conv_shape *s, const wg_plan *p, int nr, const float *x,
+                                fc_int r0, fc_int r1, float *vp, float *rows);
+typedef void transform_output_fn(const fc_conv_shape *s, const wg_plan *p, const float *m,
+                                 fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
+                                 float *y, float *tmp);
+
+static void transform_input_base(const fc_conv_shape *s, const wg_plan *p, int nr,
+                                 const float *x, fc_int r0, fc_int r1, float *vp, float *rows)
+{
+    transform_input_body(s, p, nr, x, r0, r1, vp, rows);
+}
+
+static void transform_output_base(const fc_conv_shape *s, const wg_plan *p, const float *m,
+                                  fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
+                                  float *y, float *tmp)
+{
+    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+}
+
+#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx2"))) static void transform_input_avx2(
+    const fc_conv_shape *s, const wg_plan *p, int nr, const float *x, fc_int r0, fc_int r1,
+    float *vp, float *rows)
+{
+    transform_input_body(s, p, nr, x, r0, r1, vp, rows);
+}
+
+__attribute__((target("avx2"))) static void transform_output_avx2(
+    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
+    int relu, fc_int r0, fc_int r1, float *y, float *tmp)
+{
+    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+}
+#define WG_AVX2 1
+#else
+#define WG_AVX2 0
+#endif
+
+/* Blocks [b0, b1) on the calling thread, with its workspace. */
+static void run_blocks(const fc_conv_shape *s, const wg_plan *p, const fc_gemm_kernel *kr,
+                       const float *x, const float *ua, const float *bias, int relu, float *y,
+                       fc_int b0, fc_int b1, float *work)
+{
+    transform_input_fn *tin = transform_input_base;
+    transform_output_fn *tout = transform_output_base;
+#if WG_AVX2
+    if (fc_isa_get() >= FC_ISA_AVX2) tin = transform_input_avx2, tout = transform_output_avx2;
+#endif
+    const int mr = kr->mr, nr = kr->nr;
+    float *vp = work, *m = vp + p->v_floats, *rows = m + p->m_floats, *tmp = rows + p->row_floats;
+    const fc_int all_rows = s->n * p->th;
+    for (fc_int blk = b0; blk < b1; blk++) {
+        const fc_int r0 = blk * p->rows, r1 = min_i(all_rows, r0 + p->rows);
+        const fc_int tiles = (r1 - r0) * p->tw, ldm = p->tiles;
+        tin(s, p, nr, x, r0, r1, vp, rows);
+        for (int xi = 0; xi < XI; xi++)
+            for (fc_int ks = 0; ks < p->nks; ks++) {
+                const float *a = ua + (xi * p->nks + ks) * s->c * mr;
+                float *mt = m + xi * p->m_stride + ks * mr * ldm;
+                const fc_int rows_k = min_i(mr, s->k - ks * mr);
+                for (fc_int sl = 0; sl * nr < tiles; sl++)
+                    kr->ukr(s->c, 1.0f, a, vp + xi * p->v_stride + sl * s->c * nr, 0.0f,
+                            mt + sl * nr, ldm, rows_k, min_i(nr, tiles - sl * nr));
+            }
+        tout(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+    }
+}
+
+int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *bias, int relu, float *y, int nthreads)
+{
+    const fc_gemm_kernel *kr = fc_gemm_kernel_current();
+    const wg_plan p = plan_for(s, kr->mr, kr->nr, nthreads);
+    const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
+    const fc_int ua_floats = round_to_line(XI * p.nks * kr->mr * s->c);
+    /* Cache-line aligned: the micro-kernel loads packed B with aligned loads. */
+    float *work = aligned_alloc(64, sizeof(float) * (size_t)(ua_floats + team * p.per_thread));
+    if (!work) return FC_ENOMEM;
+    float *ua = work;
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        transform_weights(s, weight, kr->mr, p.nks, ua); /* ends with a barrier */
+        const int t = fc_thread_id();
+        long long lo, hi;
+        fc_split_range(p.nblocks, fc_team_size(), t, &lo, &hi);
+        run_blocks(s, &p, kr, x, ua, bias, relu, y, lo, hi, work + ua_floats + t * p.per_thread);
+    }
+    free(work);
+    return 0;
+}
