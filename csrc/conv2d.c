@@ -674,6 +674,19 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
     return rc;
 }
 
+/* dbias[k] = sum of dy[n, k] over images n, in image order. */
+static void bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads)
+{
+    const fc_int ohow = s->oh * s->ow;
+#pragma omp parallel for num_threads(nthreads) schedule(static) \
+    if (nthreads > 1 && s->n * s->k * ohow >= FC_CONV_PAR_MIN)
+    for (fc_int k = 0; k < s->k; k++) {
+        float acc = 0.0f;
+        for (fc_int n = 0; n < s->n; n++) acc += row_sum(dy + (n * s->k + k) * ohow, ohow);
+        dbias[k] = acc;
+    }
+}
+
 /* dW, db, and dx by col2im when dx is given. */
 static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float *weight,
                             const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
@@ -726,6 +739,13 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     const int unit_stride = s->sh == 1 && s->sw == 1;
     const fc_conv_shape t = dx_problem(s);
     const int by_convolution = unit_stride && (s->c >= s->k || fc_winograd_applies(&t));
+    /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
+    if (fc_winograd_applies(s) && (by_convolution || !dx)) {
+        int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
+        if (!rc && dbias) bias_gradient(s, dy, dbias, nthreads);
+        if (rc || !dx) return rc;
+        return dx_by_convolution(s, weight, dy, dx, nthreads);
+    }
     const int rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx, dweight,
                                     dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;

@@ -61,6 +61,13 @@ static fc_int round_to_line(fc_int n) { return ceil_div(n, WG_LINE_FLOATS) * WG_
  * counts give, they fall into a few sets of the L1 cache and evict each
  * other (128x128x8x8 -> 64 ran 1.7x slower). Odd strides spread them over
  * 16 sets. */
+/* count floats (a whole number of cache lines), cache-line aligned: the
+ * micro-kernel loads packed B with aligned loads. NULL on failure. */
+static float *alloc_lines(fc_int count)
+{
+    return aligned_alloc(64, sizeof(float) * (size_t)round_to_line(count > 0 ? count : 1));
+}
+
 static fc_int odd_lines(fc_int n)
 {
     const fc_int lines = ceil_div(n, WG_LINE_FLOATS);
@@ -432,8 +439,7 @@ int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weig
     const wg_plan p = plan_for(s, kr->mr, kr->nr, nthreads);
     const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
     const fc_int ua_floats = round_to_line(XI * p.nks * kr->mr * s->c);
-    /* Cache-line aligned: the micro-kernel loads packed B with aligned loads. */
-    float *work = aligned_alloc(64, sizeof(float) * (size_t)(ua_floats + team * p.per_thread));
+    float *work = alloc_lines(ua_floats + team * p.per_thread);
     if (!work) return FC_ENOMEM;
     float *ua = work;
 #pragma omp parallel num_threads(team) if (team > 1)
@@ -446,4 +452,182 @@ int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weig
     }
     free(work);
     return 0;
+}
+
+/* ---- dW: the same transforms, transposed -------------------------------
+ * The forward is linear in U, so dL/dU[k, c] = sum over tiles of
+ * (A dY A^T) * V elementwise, with dY the tile's 2x2 output gradient, and
+ * dW = G^T (dL/dU) G. Point xi of the sum over tiles is again a matrix
+ * product, here reducing over tiles: Mw_xi (C x K) = V_xi (C x tiles) @
+ * Yhat_xi^T (tiles x K), 16 K C multiply-adds per tile against 36 K C for
+ * im2col's dW. Blocks of tile rows as in the forward; V and Yhat are plain
+ * row-major matrices (tiles ldv apart per channel) that sgemm packs. Each
+ * thread sums its blocks into a private Mw, the partials are summed in
+ * thread order, then transformed: deterministic for a thread count. */
+
+/*   A = [1 0; 1 1; 1 -1; 0 -1]   (A dY A^T: 4x4 from a 2x2 tile) */
+
+/* Yhat = A dY A^T for output channel k of the block of tile rows [r0, r1),
+ * written as yhat[xi * p->m_stride + k * ldv + j] for the block's tile j.
+ * rows: 2 dy rows of 2 tw rounded up to whole vectors (zero past the edge). */
+static inline __attribute__((always_inline)) void transform_grad_body(
+    const fc_conv_shape *s, const wg_plan *p, const float *dy, fc_int r0, fc_int r1,
+    fc_int ldv, float *yhat, float *rows)
+{
+    const fc_int tw = p->tw, th = p->th, ohow = s->oh * s->ow, lw = p->ld - 2;
+    for (fc_int k = 0; k < s->k; k++) {
+        fc_int j = 0;
+        for (fc_int r = r0; r < r1; r++, j += tw) {
+            const fc_int n = r / th, oy = 2 * (r % th);
+            const float *plane = dy + (n * s->k + k) * ohow;
+            for (int a = 0; a < 2; a++) {
+                float *row = rows + a * lw;
+                fc_int e = 0;
+                if (oy + a < s->oh)
+                    for (; e < s->ow; e++) row[e] = plane[(oy + a) * s->ow + e];
+                for (; e < lw; e++) row[e] = 0.0f;
+            }
+            /* Full vectors: lanes past the row's tiles land in the next
+             * row's slots, rewritten next, or past the block's tiles. */
+            for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
+                v8f y[2][2], z[2][4], a, b;
+                for (int q = 0; q < 2; q++) {
+                    LOAD8(a, rows + q * lw + 2 * tx0);
+                    LOAD8(b, rows + q * lw + 2 * tx0 + 8);
+                    y[q][0] = EVEN8(a, b);
+                    y[q][1] = ODD8(a, b);
+                }
+                for (int q = 0; q < 2; q++) { /* dY A^T */
+                    z[q][0] = y[q][0];
+                    z[q][1] = y[q][0] + y[q][1];
+                    z[q][2] = y[q][0] - y[q][1];
+                    z[q][3] = -y[q][1];
+                }
+                float *dst = yhat + k * ldv + j + tx0;
+                for (int c = 0; c < 4; c++) { /* A (dY A^T) */
+                    const v8f v0 = z[0][c], v1 = z[0][c] + z[1][c], v2 = z[0][c] - z[1][c],
+                              v3 = -z[1][c];
+                    STORE8(dst + c * p->m_stride, v0);
+                    STORE8(dst + (4 + c) * p->m_stride, v1);
+                    STORE8(dst + (8 + c) * p->m_stride, v2);
+                    STORE8(dst + (12 + c) * p->m_stride, v3);
+                }
+            }
+        }
+    }
+}
+
+typedef void transform_grad_fn(const fc_conv_shape *s, const wg_plan *p, const float *dy,
+                               fc_int r0, fc_int r1, fc_int ldv, float *yhat, float *rows);
+
+static void transform_grad_base(const fc_conv_shape *s, const wg_plan *p, const float *dy,
+                                fc_int r0, fc_int r1, fc_int ldv, float *yhat, float *rows)
+{
+    transform_grad_body(s, p, dy, r0, r1, ldv, yhat, rows);
+}
+
+#if WG_AVX2
+__attribute__((target("avx2"))) static void transform_grad_avx2(
+    const fc_conv_shape *s, const wg_plan *p, const float *dy, fc_int r0, fc_int r1, fc_int ldv,
+    float *yhat, float *rows)
+{
+    transform_grad_body(s, p, dy, r0, r1, ldv, yhat, rows);
+}
+#endif
+
+/* dW's plan: v_stride and m_stride are V's and Yhat's point strides, tiles
+ * rows ldv (= nr, for transform_input's layout) apart; the block's V and
+ * Yhat fill L2 (twice the forward's budget: nothing else is kept). */
+static wg_plan plan_dweight(const fc_conv_shape *s, int nthreads)
+{
+    wg_plan p;
+    p.th = ceil_div(s->oh, 2);
+    p.tw = ceil_div(s->ow, 2);
+    const fc_int fit = max_i(1, 2 * WG_BLOCK_FLOATS / (XI * (s->c + s->k)));
+    p.rows = max_i(1, fit / p.tw);
+    p.rows = min_i(p.rows, ceil_div(s->n * p.th, nthreads > 1 ? nthreads : 1));
+    p.tiles = p.rows * p.tw;
+    p.nblocks = ceil_div(s->n * p.th, p.rows);
+    p.slivers = 1;
+    p.nks = 0;
+    const fc_int ldv = round_to_line(p.tiles + TILES_PER_VEC);
+    p.v_stride = odd_lines(s->c * ldv);
+    p.m_stride = odd_lines(s->k * ldv);
+    p.v_floats = XI * p.v_stride;
+    p.m_floats = XI * p.m_stride;
+    p.ld = 2 * ceil_div(p.tw, TILES_PER_VEC) * TILES_PER_VEC + 2;
+    p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
+    p.tmp_floats = round_to_line(XI * s->c * s->k); /* the thread's Mw */
+    p.per_thread = p.v_floats + p.m_floats + p.row_floats + p.tmp_floats;
+    return p;
+}
+
+/* dW = G^T Mw G of filter (k, c), Mw summed over the nparts partials
+ * (part t at mw + t * stride; point xi at xi * C K, element c K + k). */
+static void finish_dweight(const fc_conv_shape *s, const float *mw, fc_int stride, int nparts,
+                           float *dweight)
+{
+    const fc_int ck = s->c * s->k;
+#pragma omp for schedule(static)
+    for (fc_int e = 0; e < ck; e++) {
+        const fc_int c = e / s->k, k = e % s->k;
+        float m[XI], r[3][4];
+        for (int xi = 0; xi < XI; xi++) {
+            float acc = mw[xi * ck + e];
+            for (int t = 1; t < nparts; t++) acc += mw[t * stride + xi * ck + e];
+            m[xi] = acc;
+        }
+        for (int j = 0; j < 4; j++) { /* G^T Mw */
+            r[0][j] = m[j] + 0.5f * (m[4 + j] + m[8 + j]);
+            r[1][j] = 0.5f * (m[4 + j] - m[8 + j]);
+            r[2][j] = 0.5f * (m[4 + j] + m[8 + j]) + m[12 + j];
+        }
+        float *g = dweight + (k * s->c + c) * 9;
+        for (int i = 0; i < 3; i++) { /* (G^T Mw) G */
+            g[3 * i + 0] = r[i][0] + 0.5f * (r[i][1] + r[i][2]);
+            g[3 * i + 1] = 0.5f * (r[i][1] - r[i][2]);
+            g[3 * i + 2] = 0.5f * (r[i][1] + r[i][2]) + r[i][3];
+        }
+    }
+}
+
+int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
+                               float *dweight, int nthreads)
+{
+    const wg_plan p = plan_dweight(s, nthreads);
+    const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
+    float *work = alloc_lines(team * p.per_thread);
+    if (!work) return FC_ENOMEM;
+    const fc_int ldv = round_to_line(p.tiles + TILES_PER_VEC);
+    const fc_int mw_offset = p.v_floats + p.m_floats + p.row_floats;
+    int failed = 0;
+#pragma omp parallel num_threads(team) if (team > 1) reduction(| : failed)
+    {
+        transform_input_fn *tin = transform_input_base;
+        transform_grad_fn *tgrad = transform_grad_base;
+#if WG_AVX2
+        if (fc_isa_get() >= FC_ISA_AVX2) tin = transform_input_avx2, tgrad = transform_grad_avx2;
+#endif
+        const int t = fc_thread_id();
+        float *mine = work + t * p.per_thread, *v = mine, *yhat = v + p.v_floats;
+        float *rows = yhat + p.m_floats, *mw = mine + mw_offset;
+        long long lo, hi;
+        fc_split_range(p.nblocks, fc_team_size(), t, &lo, &hi);
+        if (lo == hi) memset(mw, 0, sizeof(float) * XI * s->c * s->k);
+        const fc_int all_rows = s->n * p.th;
+        for (fc_int blk = lo; blk < hi && !failed; blk++) {
+            const fc_int r0 = blk * p.rows, r1 = min_i(all_rows, r0 + p.rows);
+            tin(s, &p, (int)ldv, x, r0, r1, v, rows);
+            tgrad(s, &p, dy, r0, r1, ldv, yhat, rows);
+            for (int xi = 0; xi < XI && !failed; xi++)
+                failed |= fc_sgemm_ex(0, 1, s->c, s->k, (r1 - r0) * p.tw, 1.0f,
+                                      v + xi * p.v_stride, ldv, yhat + xi * p.m_stride, ldv,
+                                      blk == lo ? 0.0f : 1.0f, mw + xi * s->c * s->k, s->k, 1,
+                                      0) != 0;
+        }
+#pragma omp barrier
+        finish_dweight(s, work + mw_offset, p.per_thread, fc_team_size(), dweight);
+    }
+    free(work);
+    return failed ? FC_ENOMEM : 0;
 }

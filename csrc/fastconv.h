@@ -105,6 +105,9 @@ int fc_winograd_possible(const fc_conv_shape *s);
 int fc_winograd_applies(const fc_conv_shape *s);
 int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
+/* dweight of the same convolution (3x3, unit stride) from x and dy. */
+int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
+                               float *dweight, int nthreads);
 
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).

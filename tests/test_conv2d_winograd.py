@@ -29,6 +29,23 @@ def winograd_magnitude(x, weight, padding):
                                     (ph + 1, pw + 1))
 
 
+def winograd_dweight_magnitude(x, dy, padding):
+    """The same for dW = G^T (sum over tiles of (A dY A^T) * V) G: per filter
+    (k, c), the sum over tiles of (sum of |x_c| over the tile's 4x4 patch)
+    times (sum of |dy_k| over its 2x2 outputs)."""
+    (ph, pw), (n, _, oh, ow) = padding, dy.shape
+    th, tw = (oh + 1) // 2, (ow + 1) // 2
+    xp = np.zeros(x.shape[:2] + (2 * th + 2, 2 * tw + 2))
+    h, w = min(x.shape[2], 2 * th + 2 - ph), min(x.shape[3], 2 * tw + 2 - pw)
+    xp[:, :, ph:ph + h, pw:pw + w] = np.abs(x[:, :, :h, :w])
+    patches = sum(xp[:, :, i:i + 2 * th:2, j:j + 2 * tw:2] for i in range(4) for j in range(4))
+    dyp = np.zeros((n, dy.shape[1], 2 * th, 2 * tw))
+    dyp[:, :, :oh, :ow] = np.abs(dy)
+    tiles = sum(dyp[:, :, i::2, j::2] for i in range(2) for j in range(2))
+    per_filter = np.einsum("nctu,nktu->kc", patches, tiles)
+    return np.broadcast_to(per_filter[:, :, None, None], per_filter.shape + (3, 3))
+
+
 def check_forward(conv, x, weight, bias, relu=False):
     y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
     expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
@@ -42,10 +59,11 @@ def check_forward(conv, x, weight, bias, relu=False):
 
 
 def check_dx(conv, x, weight, dy):
-    """dx against the twin: a convolution of dy with the flipped weights
-    transposed, padding 2 - p (Winograd when that is not negative)."""
-    dx, dw, _ = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
-    ex_dx, ex_dw, _ = reference.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+    """dx, dW and db against the twin. dx is a convolution of dy with the
+    flipped weights transposed, padding 2 - p: Winograd when that is not
+    negative."""
+    dx, dw, db = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+    ex_dx, ex_dw, ex_db = reference.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
     flipped = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
     (ph, pw) = conv.padding
     magnitude = winograd_magnitude(dy, flipped, (2 - ph, 2 - pw)) if min(ph, pw) <= 2 else None
@@ -53,10 +71,17 @@ def check_dx(conv, x, weight, dy):
         magnitude = reference.conv2d_backward(np.abs(x), np.abs(weight), np.abs(dy), conv.stride,
                                               conv.padding)[0]
     assert_close(dx, ex_dx, magnitude, conv.k * 9, "dx")
-    # dW is im2col + GEMM: still the direct sum's bound
-    mag_dw = reference.conv2d_backward(np.abs(x), np.abs(weight), np.abs(dy), conv.stride,
-                                       conv.padding)[1]
+    # dW by Winograd when dx needs no col2im: dx as a convolution, which
+    # conv2d takes for C >= K, and always when that convolution is Winograd
+    if conv.c >= conv.k or min(ph, pw) <= 2:
+        mag_dw = winograd_dweight_magnitude(x, dy, conv.padding)
+    else:
+        mag_dw = reference.conv2d_backward(np.abs(x), np.abs(weight), np.abs(dy), conv.stride,
+                                           conv.padding)[1]
     assert_close(dw, ex_dw, mag_dw, conv.n * conv.out[0] * conv.out[1], "dweight")
+    assert_close(db, ex_db, reference.conv2d_backward(x, weight, np.abs(dy), conv.stride,
+                                                      conv.padding)[2],
+                 conv.n * conv.out[0] * conv.out[1], "dbias")
 
 
 @pytest.fixture
@@ -88,7 +113,7 @@ def test_forward_matches_reference(isa_threads, winograd, conv, with_bias, relu,
 
 @settings(max_examples=20, deadline=None, suppress_health_check=FIXTURE_OK.suppress_health_check)
 @given(conv=winograd_convs(), seed=st.integers(0, 2**16))
-def test_backward_dx_matches_reference(isa_threads, winograd, conv, seed):
+def test_backward_matches_reference(isa_threads, winograd, conv, seed):
     x, weight, _, dy = conv.arrays(np.random.default_rng(seed))
     check_dx(conv, x, weight, dy)
 
