@@ -8,6 +8,8 @@ GFLOP/s counts 2 x multiply-adds with padded taps included, for every
 implementation: a forward is 2*N*K*OH*OW*C*kh*kw FLOP and a backward twice
 that (dx and dW; db is noise). Batch-1 forwards of the cifar_small layers
 time the other threading path (one image, the GEMM on all threads).
+"fastconv_im2col" is fastconv with Winograd off (``set_winograd("never")``):
+on the 3x3 unit-stride layers, the A/B of the two algorithms.
 """
 
 import numpy as np
@@ -31,7 +33,7 @@ LAYERS = [
     (128, 64, 8, 64, 1, 1, 0),
 ]
 CIFAR_LAYERS = [(1,) + layer[1:] for layer in LAYERS[2:5]]
-IMPLS = ["fastconv", "numpy", "torch_cl", "torch_nchw"]
+IMPLS = ["fastconv", "fastconv_im2col", "numpy", "torch_cl", "torch_nchw"]
 
 
 def _name(layer):
@@ -60,12 +62,24 @@ def _torch(arrays, impl):
     return ts
 
 
+def _im2col(run):
+    """run with Winograd off."""
+    def call():
+        previous = _kernels.set_winograd("never")
+        try:
+            return run()
+        finally:
+            _kernels.set_winograd(previous)
+    return call
+
+
 def _forward(impl, layer):
     """A zero-argument forward of `impl` on `layer`, and its FLOP."""
     x, weight, bias, _, flop = _data(layer)
     stride, padding = layer[5], layer[6]
-    if impl == "fastconv":
-        return (lambda: _kernels.conv2d_forward(x, weight, bias, stride, padding)), flop
+    if impl.startswith("fastconv"):
+        run = lambda: _kernels.conv2d_forward(x, weight, bias, stride, padding)  # noqa: E731
+        return (_im2col(run) if impl == "fastconv_im2col" else run), flop
     if impl == "numpy":
         return (lambda: reference.conv2d_forward(x, weight, bias, stride, padding)), flop
     tx, tw, tb = _torch((x, weight, bias), impl)
@@ -81,8 +95,9 @@ def _backward(impl, layer):
     """A zero-argument backward (dx, dW, db) of `impl` on `layer`, and its FLOP."""
     x, weight, bias, dy, flop = _data(layer)
     stride, padding = layer[5], layer[6]
-    if impl == "fastconv":
-        return (lambda: _kernels.conv2d_backward(x, weight, dy, stride, padding)), 2 * flop
+    if impl.startswith("fastconv"):
+        run = lambda: _kernels.conv2d_backward(x, weight, dy, stride, padding)  # noqa: E731
+        return (_im2col(run) if impl == "fastconv_im2col" else run), 2 * flop
     if impl == "numpy":
         return (lambda: reference.conv2d_backward(x, weight, dy, stride, padding)), 2 * flop
     tx, tw, tdy = _torch((x, weight, dy), impl)
