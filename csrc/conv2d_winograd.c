@@ -112,7 +112,7 @@ typedef struct {
     fc_int m_floats;     /* a block's M: XI * m_stride */
     fc_int ld;           /* padded input row: 2 tw rounded up to whole vectors, + 2 */
     fc_int row_floats;   /* a block's padded input rows of one channel */
-    fc_int tmp_floats;   /* a block's outputs, 4 * tiles */
+    fc_int tmp_floats;   /* dW: the thread's sums over tiles, XI * C * K */
     fc_int per_thread;   /* all of the above, each on whole cache lines */
 } wg_plan;
 
@@ -138,12 +138,12 @@ static wg_plan plan_for(const fc_conv_shape *s, int mr, int nr, int nthreads)
     p.slivers = ceil_div(p.tiles, nr);
     p.nks = ceil_div(s->k, mr);
     p.v_stride = odd_lines(p.slivers * s->c * nr);
-    p.m_stride = odd_lines(s->k * p.tiles);
+    p.m_stride = odd_lines(s->k * p.tiles + TILES_PER_VEC); /* + what 8-lane loads overrun */
     p.v_floats = XI * p.v_stride;
     p.m_floats = XI * p.m_stride;
     p.ld = 2 * ceil_div(p.tw, TILES_PER_VEC) * TILES_PER_VEC + 2;
     p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
-    p.tmp_floats = round_to_line(4 * p.tiles);
+    p.tmp_floats = 0;
     p.per_thread = p.v_floats + p.m_floats + p.row_floats + p.tmp_floats;
     return p;
 }
@@ -205,6 +205,17 @@ static inline __attribute__((always_inline)) void pad_rows(const fc_conv_shape *
     }
 }
 
+/* Start loading the image rows that pad_rows(s, plane, pr0, count) reads.
+ * The planes of one image's channels are read a block of rows at a time,
+ * too little for the hardware prefetchers to pick up (the copy in pad_rows
+ * took 40% of the input transform, stalled on L3). */
+static inline void prefetch_rows(const fc_conv_shape *s, const float *plane, fc_int pr0,
+                                 fc_int count)
+{
+    const fc_int y0 = max_i(0, pr0 - s->ph), y1 = min_i(s->h, pr0 + count - s->ph);
+    for (fc_int e = y0 * s->w; e < y1 * s->w; e += WG_LINE_FLOATS) __builtin_prefetch(plane + e);
+}
+
 /* Eight floats as one value: GNU C vector extensions (GCC, clang), compiled
  * to the SIMD of each function's target (AVX2 in the avx2 variants below,
  * pairs of SSE2 operations at the baseline). */
@@ -213,15 +224,22 @@ typedef int v8i __attribute__((vector_size(32)));
 #ifdef __clang__
 #define EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
 #define ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
+#define ZIP_LO8(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
+#define ZIP_HI8(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
 #else
 #define EVEN8(a, b) __builtin_shuffle(a, b, (v8i){0, 2, 4, 6, 8, 10, 12, 14})
 #define ODD8(a, b) __builtin_shuffle(a, b, (v8i){1, 3, 5, 7, 9, 11, 13, 15})
+#define ZIP_LO8(a, b) __builtin_shuffle(a, b, (v8i){0, 8, 1, 9, 2, 10, 3, 11})
+#define ZIP_HI8(a, b) __builtin_shuffle(a, b, (v8i){4, 12, 5, 13, 6, 14, 7, 15})
 #endif
 
-/* Unaligned vector load and store (macros: a function passing a v8f by
- * value would change ABI with the target, and GCC warns). */
-#define LOAD8(v, p) memcpy(&(v), (p), sizeof(v8f))
-#define STORE8(p, v) memcpy((p), &(v), sizeof(v8f))
+/* Unaligned vector loads and stores, through a type of float alignment
+ * (macros: a function passing a v8f by value would change ABI with the
+ * target, and GCC warns; through memcpy, GCC moved halves via the stack and
+ * stalled on store forwarding). */
+typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
+#define LOAD8(v, p) ((v) = *(const v8f_u *)(p))
+#define STORE8(p, v) (*(v8f_u *)(p) = (v))
 
 /* V = B^T d B of the 8 tiles tx0 .. tx0 + 7 of a tile row whose 4 padded
  * input rows are p[q * ld] (columns 2 tx0 .. 2 tx0 + 17 are read): v[xi]. A
@@ -275,6 +293,8 @@ static inline __attribute__((always_inline)) void transform_input_body(
             /* The tile rows [ty0, ty1) of image n in the block. */
             const fc_int n = r / th, ty0 = r % th, ty1 = min_i(th, ty0 + r1 - r);
             pad_rows(s, x + (n * s->c + c) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2, ld, rows);
+            if (c + 1 < s->c) /* the same rows of the next channel, from L3 */
+                prefetch_rows(s, x + (n * s->c + c + 1) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2);
             for (fc_int ty = ty0; ty < ty1; ty++, r++, j += tw)
                 for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
                     v8f v[XI];
@@ -303,99 +323,106 @@ static inline __attribute__((always_inline)) void transform_input_body(
     }
 }
 
-/* A^T M A of tiles [0, n), whose M point xi is m[xi * stride + j], into
- * o[e * ldo + j] for the outputs e = 2 a + b at (a, b) of each tile: A^T M
- * sums rows 0 + 1 + 2 and 1 - 2 - 3 of each column, A the same of columns.
- * (Parameters, not locals, are restrict: GCC then vectorizes over tiles
- * without checking the 20 streams against each other.) */
-static inline __attribute__((always_inline)) void output_points(const float *restrict m,
-                                                                fc_int stride, fc_int n,
-                                                                float *restrict o, fc_int ldo)
-{
-    for (fc_int j = 0; j < n; j++) {
-        float v[XI];
-        for (int xi = 0; xi < XI; xi++) v[xi] = m[xi * stride + j];
-        float a[4], b[4];
-        for (int i = 0; i < 4; i++) {
-            a[i] = v[i] + v[4 + i] + v[8 + i];
-            b[i] = v[4 + i] - v[8 + i] - v[12 + i];
-        }
-        o[j] = a[0] + a[1] + a[2];
-        o[ldo + j] = a[1] - a[2] - a[3];
-        o[2 * ldo + j] = b[0] + b[1] + b[2];
-        o[3 * ldo + j] = b[1] - b[2] - b[3];
-    }
-}
-
 /* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the block of
- * tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the block's
- * tile). Writes y, dropping the outputs of tiles past the edge of an odd
- * output size. tmp: 4 * ldm floats. */
+ * tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the
+ * block's tile; lanes past the block's tiles are read but dropped). 8 tiles
+ * at a time: A^T M sums rows 0 + 1 + 2 and 1 - 2 - 3 of each column, A the
+ * same of columns; the two outputs of each tile across are interleaved
+ * into the output row. Tiles past the edge of an odd output size are
+ * dropped. */
 static inline __attribute__((always_inline)) void transform_output_body(
     const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
-    int relu, fc_int r0, fc_int r1, float *y, float *tmp)
+    int relu, fc_int r0, fc_int r1, float *y)
 {
-    const fc_int tw = p->tw, ow = s->ow, ohow = s->oh * s->ow, kstride = p->m_stride;
-    const fc_int tiles = (r1 - r0) * tw;
+    const fc_int tw = p->tw, ow = s->ow, ohow = s->oh * s->ow, ms = p->m_stride;
+    const v8f zero = {0};
     for (fc_int k = 0; k < s->k; k++) {
-        output_points(m + k * ldm, kstride, tiles, tmp, ldm);
-        if (bias) {
-            const float b = bias[k];
-            for (fc_int j = 0; j < 4 * ldm; j++) tmp[j] += b;
-        }
-        if (relu)
-            for (fc_int j = 0; j < 4 * ldm; j++) tmp[j] = tmp[j] < 0.0f ? 0.0f : tmp[j];
-        const fc_int pairs = ow / 2; /* whole tiles across */
+        const float b = bias ? bias[k] : 0.0f;
+        const v8f vb = {b, b, b, b, b, b, b, b};
+        const float *mk = m + k * ldm;
         for (fc_int r = r0, j = 0; r < r1; r++, j += tw) {
             const fc_int n = r / p->th, oy = 2 * (r % p->th);
-            float *plane = y + (n * s->k + k) * ohow;
-            for (int a = 0; a < 2 && oy + a < s->oh; a++) {
-                float *restrict row = plane + (oy + a) * ow;
-                const float *restrict left = tmp + 2 * a * ldm + j, *restrict right = left + ldm;
-                for (fc_int tx = 0; tx < pairs; tx++) {
-                    row[2 * tx] = left[tx];
-                    row[2 * tx + 1] = right[tx];
+            float *plane = y + (n * s->k + k) * ohow + oy * ow;
+            const int rows = oy + 1 < s->oh ? 2 : 1;
+            for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
+                v8f a[4], c[4], o[4];
+                const float *mt = mk + j + tx0;
+                for (int i = 0; i < 4; i++) { /* column i of the 4x4 points */
+                    v8f v0, v1, v2, v3;
+                    LOAD8(v0, mt + i * ms);
+                    LOAD8(v1, mt + (4 + i) * ms);
+                    LOAD8(v2, mt + (8 + i) * ms);
+                    LOAD8(v3, mt + (12 + i) * ms);
+                    a[i] = v0 + v1 + v2;
+                    c[i] = v1 - v2 - v3;
                 }
-                if (ow % 2) row[ow - 1] = left[pairs];
+                o[0] = a[0] + a[1] + a[2];
+                o[1] = a[1] - a[2] - a[3];
+                o[2] = c[0] + c[1] + c[2];
+                o[3] = c[1] - c[2] - c[3];
+                for (int e = 0; e < 4; e++) {
+                    if (bias) o[e] += vb;
+                    if (relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
+                        o[e] = (v8f)((v8i)o[e] & ~(v8i)(o[e] < zero));
+                }
+                if (tx0 + TILES_PER_VEC <= tw && 2 * tx0 + 2 * TILES_PER_VEC <= ow) {
+                    for (int q = 0; q < rows; q++) {
+                        const v8f lo = ZIP_LO8(o[2 * q], o[2 * q + 1]);
+                        const v8f hi = ZIP_HI8(o[2 * q], o[2 * q + 1]);
+                        STORE8(plane + q * ow + 2 * tx0, lo);
+                        STORE8(plane + q * ow + 2 * tx0 + 8, hi);
+                    }
+                    continue;
+                }
+                const fc_int count = min_i(TILES_PER_VEC, tw - tx0);
+                for (int q = 0; q < rows; q++)
+                    for (fc_int e = 0; e < count; e++) {
+                        const fc_int ox = 2 * (tx0 + e);
+                        plane[q * ow + ox] = o[2 * q][e];
+                        if (ox + 1 < ow) plane[q * ow + ox + 1] = o[2 * q + 1][e];
+                    }
             }
         }
     }
 }
 
 /* The transforms for the baseline ISA and for AVX2 (per-function targets,
- * as conv2d.c's copy loops), picked at run time. */
+ * as conv2d.c's copy loops), picked at run time. Their row copies stay
+ * inline loops: as memcpy and memset calls (GCC's loop distribution), the
+ * short rows of small images cost a call each. */
+#define WG_OPTS optimize("no-tree-loop-distribute-patterns")
 typedef void transform_input_fn(const fc_conv_shape *s, const wg_plan *p, int nr, const float *x,
                                 fc_int r0, fc_int r1, float *vp, float *rows);
 typedef void transform_output_fn(const fc_conv_shape *s, const wg_plan *p, const float *m,
                                  fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
-                                 float *y, float *tmp);
+                                 float *y);
 
-static void transform_input_base(const fc_conv_shape *s, const wg_plan *p, int nr,
+__attribute__((WG_OPTS)) static void transform_input_base(const fc_conv_shape *s, const wg_plan *p, int nr,
                                  const float *x, fc_int r0, fc_int r1, float *vp, float *rows)
 {
     transform_input_body(s, p, nr, x, r0, r1, vp, rows);
 }
 
-static void transform_output_base(const fc_conv_shape *s, const wg_plan *p, const float *m,
+__attribute__((WG_OPTS)) static void transform_output_base(const fc_conv_shape *s, const wg_plan *p, const float *m,
                                   fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
-                                  float *y, float *tmp)
+                                  float *y)
 {
-    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y);
 }
 
 #if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx2"))) static void transform_input_avx2(
+__attribute__((WG_OPTS, target("avx2"))) static void transform_input_avx2(
     const fc_conv_shape *s, const wg_plan *p, int nr, const float *x, fc_int r0, fc_int r1,
     float *vp, float *rows)
 {
     transform_input_body(s, p, nr, x, r0, r1, vp, rows);
 }
 
-__attribute__((target("avx2"))) static void transform_output_avx2(
+__attribute__((WG_OPTS, target("avx2"))) static void transform_output_avx2(
     const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
-    int relu, fc_int r0, fc_int r1, float *y, float *tmp)
+    int relu, fc_int r0, fc_int r1, float *y)
 {
-    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y);
 }
 #define WG_AVX2 1
 #else
@@ -413,7 +440,7 @@ static void run_blocks(const fc_conv_shape *s, const wg_plan *p, const fc_gemm_k
     if (fc_isa_get() >= FC_ISA_AVX2) tin = transform_input_avx2, tout = transform_output_avx2;
 #endif
     const int mr = kr->mr, nr = kr->nr;
-    float *vp = work, *m = vp + p->v_floats, *rows = m + p->m_floats, *tmp = rows + p->row_floats;
+    float *vp = work, *m = vp + p->v_floats, *rows = m + p->m_floats;
     const fc_int all_rows = s->n * p->th;
     for (fc_int blk = b0; blk < b1; blk++) {
         const fc_int r0 = blk * p->rows, r1 = min_i(all_rows, r0 + p->rows);
@@ -428,7 +455,7 @@ static void run_blocks(const fc_conv_shape *s, const wg_plan *p, const fc_gemm_k
                     kr->ukr(s->c, 1.0f, a, vp + xi * p->v_stride + sl * s->c * nr, 0.0f,
                             mt + sl * nr, ldm, rows_k, min_i(nr, tiles - sl * nr));
             }
-        tout(s, p, m, ldm, bias, relu, r0, r1, y, tmp);
+        tout(s, p, m, ldm, bias, relu, r0, r1, y);
     }
 }
 
@@ -520,14 +547,14 @@ static inline __attribute__((always_inline)) void transform_grad_body(
 typedef void transform_grad_fn(const fc_conv_shape *s, const wg_plan *p, const float *dy,
                                fc_int r0, fc_int r1, fc_int ldv, float *yhat, float *rows);
 
-static void transform_grad_base(const fc_conv_shape *s, const wg_plan *p, const float *dy,
+__attribute__((WG_OPTS)) static void transform_grad_base(const fc_conv_shape *s, const wg_plan *p, const float *dy,
                                 fc_int r0, fc_int r1, fc_int ldv, float *yhat, float *rows)
 {
     transform_grad_body(s, p, dy, r0, r1, ldv, yhat, rows);
 }
 
 #if WG_AVX2
-__attribute__((target("avx2"))) static void transform_grad_avx2(
+__attribute__((WG_OPTS, target("avx2"))) static void transform_grad_avx2(
     const fc_conv_shape *s, const wg_plan *p, const float *dy, fc_int r0, fc_int r1, fc_int ldv,
     float *yhat, float *rows)
 {
