@@ -674,17 +674,28 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
     return rc;
 }
 
-/* dbias[k] = sum of dy[n, k] over images n, in image order. */
-static void bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads)
+/* dbias[k] = sum over images n, in order, of the sum of dy[n, k]. The plane
+ * sums are taken in memory order (dy is read once, streaming) into a
+ * workspace, then summed per channel: the same bits at any thread count. */
+static int bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads)
 {
-    const fc_int ohow = s->oh * s->ow;
-#pragma omp parallel for num_threads(nthreads) schedule(static) \
-    if (nthreads > 1 && s->n * s->k * ohow >= FC_CONV_PAR_MIN)
-    for (fc_int k = 0; k < s->k; k++) {
-        float acc = 0.0f;
-        for (fc_int n = 0; n < s->n; n++) acc += row_sum(dy + (n * s->k + k) * ohow, ohow);
-        dbias[k] = acc;
+    const fc_int ohow = s->oh * s->ow, planes = s->n * s->k;
+    float *sums = alloc_floats(planes);
+    if (!sums) return FC_ENOMEM;
+    const int par = nthreads > 1 && planes * ohow >= FC_CONV_PAR_MIN;
+#pragma omp parallel num_threads(nthreads) if (par)
+    {
+#pragma omp for schedule(static)
+        for (fc_int e = 0; e < planes; e++) sums[e] = row_sum(dy + e * ohow, ohow);
+#pragma omp for schedule(static)
+        for (fc_int k = 0; k < s->k; k++) {
+            float acc = 0.0f;
+            for (fc_int n = 0; n < s->n; n++) acc += sums[n * s->k + k];
+            dbias[k] = acc;
+        }
     }
+    free(sums);
+    return 0;
 }
 
 /* dW, db, and dx by col2im when dx is given. */
@@ -742,7 +753,7 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
     if (fc_winograd_applies(s) && (by_convolution || !dx)) {
         int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
-        if (!rc && dbias) bias_gradient(s, dy, dbias, nthreads);
+        if (!rc && dbias) rc = bias_gradient(s, dy, dbias, nthreads);
         if (rc || !dx) return rc;
         return dx_by_convolution(s, weight, dy, dx, nthreads);
     }

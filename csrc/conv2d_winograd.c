@@ -507,6 +507,9 @@ static inline __attribute__((always_inline)) void transform_grad_body(
         for (fc_int r = r0; r < r1; r++, j += tw) {
             const fc_int n = r / th, oy = 2 * (r % th);
             const float *plane = dy + (n * s->k + k) * ohow;
+            if (k + 1 < s->k) /* these rows of the next channel, from L3 (see prefetch_rows) */
+                for (fc_int e = oy * s->ow; e < min_i(oy + 2, s->oh) * s->ow; e += WG_LINE_FLOATS)
+                    __builtin_prefetch(plane + ohow + e);
             for (int a = 0; a < 2; a++) {
                 float *row = rows + a * lw;
                 fc_int e = 0;
