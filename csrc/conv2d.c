@@ -581,6 +581,22 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
     return failed ? FC_ENOMEM : 0;
 }
 
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                              const float *bias, int relu, float *pooled, uint8_t *argmax,
+                              int nthreads)
+{
+    if (fc_winograd_applies(s))
+        return fc_conv2d_winograd_maxpool(s, x, weight, bias, relu, pooled, argmax, nthreads);
+    /* im2col's tiles are rows of output channels, not windows: conv, then pool. */
+    float *y = alloc_floats(s->n * s->k * s->oh * s->ow);
+    if (!y) return FC_ENOMEM;
+    int rc = fc_conv2d_forward(s, x, weight, bias, relu, y, nthreads);
+    const fc_pool_shape ps = {s->n, s->k, s->oh, s->ow, 2, 2, 2, 2, 0, 0, s->oh / 2, s->ow / 2};
+    if (!rc) rc = fc_maxpool2d_forward(&ps, y, pooled, argmax, 1, nthreads);
+    free(y);
+    return rc;
+}
+
 /* Images [n0, n1) of the backward pass, with workspace `work` laid out as
  * `plan` says. Outputs: dx (may be NULL) for those images; dweight and
  * dbias (may be NULL) overwritten with the sums over those images only.

@@ -323,6 +323,39 @@ static inline __attribute__((always_inline)) void transform_input_body(
     }
 }
 
+/* Where the output transform writes: y = conv + bias, then ReLU as
+ * relu_forward when relu; or, when pooled is not NULL, only the 2x2 stride-2
+ * max-pool of that (each tile is one window) and each window's argmax. */
+typedef struct {
+    const float *bias;
+    int relu;
+    float *y;
+    float *pooled;
+    uint8_t *argmax;
+} wg_out;
+
+/* The 2x2 max-pool of 8 tiles' outputs o (o[2 a + b] at (a, b)), for the
+ * first count: pooled[e] and its window index argmax[e], by maxpool2d's
+ * scan rule (take a later tap when greater or NaN). */
+static inline __attribute__((always_inline)) void pool_tiles(const v8f o[4], fc_int count,
+                                                             float *pooled, uint8_t *argmax)
+{
+    v8f best = o[0];
+    v8i idx = {0};
+    for (int t = 1; t < 4; t++) {
+        const v8i take = (v8i)(o[t] > best) | (v8i)(o[t] != o[t]);
+        const v8i tap = {t, t, t, t, t, t, t, t};
+        best = (v8f)(((v8i)o[t] & take) | ((v8i)best & ~take));
+        idx = (tap & take) | (idx & ~take);
+    }
+    if (count == TILES_PER_VEC) {
+        STORE8(pooled, best);
+    } else {
+        for (fc_int e = 0; e < count; e++) pooled[e] = best[e];
+    }
+    for (fc_int e = 0; e < count; e++) argmax[e] = (uint8_t)idx[e];
+}
+
 /* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the block of
  * tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the
  * block's tile; lanes past the block's tiles are read but dropped). 8 tiles
@@ -331,18 +364,18 @@ static inline __attribute__((always_inline)) void transform_input_body(
  * into the output row. Tiles past the edge of an odd output size are
  * dropped. */
 static inline __attribute__((always_inline)) void transform_output_body(
-    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
-    int relu, fc_int r0, fc_int r1, float *y)
+    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const wg_out *out,
+    fc_int r0, fc_int r1)
 {
     const fc_int tw = p->tw, ow = s->ow, ohow = s->oh * s->ow, ms = p->m_stride;
+    const fc_int pw = s->ow / 2, pool_plane = (s->oh / 2) * pw; /* 2x2 windows */
     const v8f zero = {0};
     for (fc_int k = 0; k < s->k; k++) {
-        const float b = bias ? bias[k] : 0.0f;
+        const float b = out->bias ? out->bias[k] : 0.0f;
         const v8f vb = {b, b, b, b, b, b, b, b};
         const float *mk = m + k * ldm;
         for (fc_int r = r0, j = 0; r < r1; r++, j += tw) {
-            const fc_int n = r / p->th, oy = 2 * (r % p->th);
-            float *plane = y + (n * s->k + k) * ohow + oy * ow;
+            const fc_int n = r / p->th, ty = r % p->th, oy = 2 * ty;
             const int rows = oy + 1 < s->oh ? 2 : 1;
             for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
                 v8f a[4], c[4], o[4];
@@ -361,10 +394,18 @@ static inline __attribute__((always_inline)) void transform_output_body(
                 o[2] = c[0] + c[1] + c[2];
                 o[3] = c[1] - c[2] - c[3];
                 for (int e = 0; e < 4; e++) {
-                    if (bias) o[e] += vb;
-                    if (relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
+                    if (out->bias) o[e] += vb;
+                    if (out->relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
                         o[e] = (v8f)((v8i)o[e] & ~(v8i)(o[e] < zero));
                 }
+                if (out->pooled) {
+                    if (rows == 2) /* a whole window: not the last row of an odd size */
+                        pool_tiles(o, min_i(TILES_PER_VEC, pw - tx0),
+                                   out->pooled + (n * s->k + k) * pool_plane + ty * pw + tx0,
+                                   out->argmax + (n * s->k + k) * pool_plane + ty * pw + tx0);
+                    continue;
+                }
+                float *plane = out->y + (n * s->k + k) * ohow + oy * ow;
                 if (tx0 + TILES_PER_VEC <= tw && 2 * tx0 + 2 * TILES_PER_VEC <= ow) {
                     for (int q = 0; q < rows; q++) {
                         const v8f lo = ZIP_LO8(o[2 * q], o[2 * q + 1]);
@@ -394,8 +435,7 @@ static inline __attribute__((always_inline)) void transform_output_body(
 typedef void transform_input_fn(const fc_conv_shape *s, const wg_plan *p, int nr, const float *x,
                                 fc_int r0, fc_int r1, float *vp, float *rows);
 typedef void transform_output_fn(const fc_conv_shape *s, const wg_plan *p, const float *m,
-                                 fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
-                                 float *y);
+                                 fc_int ldm, const wg_out *out, fc_int r0, fc_int r1);
 
 __attribute__((WG_OPTS)) static void transform_input_base(const fc_conv_shape *s, const wg_plan *p, int nr,
                                  const float *x, fc_int r0, fc_int r1, float *vp, float *rows)
@@ -403,11 +443,12 @@ __attribute__((WG_OPTS)) static void transform_input_base(const fc_conv_shape *s
     transform_input_body(s, p, nr, x, r0, r1, vp, rows);
 }
 
-__attribute__((WG_OPTS)) static void transform_output_base(const fc_conv_shape *s, const wg_plan *p, const float *m,
-                                  fc_int ldm, const float *bias, int relu, fc_int r0, fc_int r1,
-                                  float *y)
+__attribute__((WG_OPTS)) static void transform_output_base(const fc_conv_shape *s,
+                                                           const wg_plan *p, const float *m,
+                                                           fc_int ldm, const wg_out *out,
+                                                           fc_int r0, fc_int r1)
 {
-    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y);
+    transform_output_body(s, p, m, ldm, out, r0, r1);
 }
 
 #if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
@@ -419,10 +460,10 @@ __attribute__((WG_OPTS, target("avx2"))) static void transform_input_avx2(
 }
 
 __attribute__((WG_OPTS, target("avx2"))) static void transform_output_avx2(
-    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const float *bias,
-    int relu, fc_int r0, fc_int r1, float *y)
+    const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const wg_out *out,
+    fc_int r0, fc_int r1)
 {
-    transform_output_body(s, p, m, ldm, bias, relu, r0, r1, y);
+    transform_output_body(s, p, m, ldm, out, r0, r1);
 }
 #define WG_AVX2 1
 #else
@@ -431,8 +472,8 @@ __attribute__((WG_OPTS, target("avx2"))) static void transform_output_avx2(
 
 /* Blocks [b0, b1) on the calling thread, with its workspace. */
 static void run_blocks(const fc_conv_shape *s, const wg_plan *p, const fc_gemm_kernel *kr,
-                       const float *x, const float *ua, const float *bias, int relu, float *y,
-                       fc_int b0, fc_int b1, float *work)
+                       const float *x, const float *ua, const wg_out *out, fc_int b0, fc_int b1,
+                       float *work)
 {
     transform_input_fn *tin = transform_input_base;
     transform_output_fn *tout = transform_output_base;
@@ -455,12 +496,12 @@ static void run_blocks(const fc_conv_shape *s, const wg_plan *p, const fc_gemm_k
                     kr->ukr(s->c, 1.0f, a, vp + xi * p->v_stride + sl * s->c * nr, 0.0f,
                             mt + sl * nr, ldm, rows_k, min_i(nr, tiles - sl * nr));
             }
-        tout(s, p, m, ldm, bias, relu, r0, r1, y);
+        tout(s, p, m, ldm, out, r0, r1);
     }
 }
 
-int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
-                       const float *bias, int relu, float *y, int nthreads)
+static int winograd_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                            const wg_out *out, int nthreads)
 {
     const fc_gemm_kernel *kr = fc_gemm_kernel_current();
     const wg_plan p = plan_for(s, kr->mr, kr->nr, nthreads);
@@ -475,10 +516,25 @@ int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weig
         const int t = fc_thread_id();
         long long lo, hi;
         fc_split_range(p.nblocks, fc_team_size(), t, &lo, &hi);
-        run_blocks(s, &p, kr, x, ua, bias, relu, y, lo, hi, work + ua_floats + t * p.per_thread);
+        run_blocks(s, &p, kr, x, ua, out, lo, hi, work + ua_floats + t * p.per_thread);
     }
     free(work);
     return 0;
+}
+
+int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *bias, int relu, float *y, int nthreads)
+{
+    const wg_out out = {bias, relu, y, NULL, NULL};
+    return winograd_forward(s, x, weight, &out, nthreads);
+}
+
+int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
+                               const float *bias, int relu, float *pooled, uint8_t *argmax,
+                               int nthreads)
+{
+    const wg_out out = {bias, relu, NULL, pooled, argmax};
+    return winograd_forward(s, x, weight, &out, nthreads);
 }
 
 /* ---- dW: the same transforms, transposed -------------------------------

@@ -87,6 +87,13 @@ typedef struct {
 /* bias may be NULL; relu: y = max(conv + bias, 0) (NaN kept), in the same pass. */
 int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads);
+/* pooled (n, k, oh / 2, ow / 2) and argmax (uint8, index in the window): the
+ * 2x2 stride-2 max-pool (fc_maxpool2d_forward's rules) of fc_conv2d_forward's
+ * y, which is not stored when the convolution runs as Winograd. Needs
+ * oh, ow >= 2. */
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                              const float *bias, int relu, float *pooled, uint8_t *argmax,
+                              int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
@@ -105,6 +112,12 @@ int fc_winograd_possible(const fc_conv_shape *s);
 int fc_winograd_applies(const fc_conv_shape *s);
 int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
+/* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax
+ * (uint8, window index), as fc_maxpool2d_forward gives: each tile of the
+ * transform is one window, so y is never stored. */
+int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
+                               const float *bias, int relu, float *pooled, uint8_t *argmax,
+                               int nthreads);
 /* dweight of the same convolution (3x3, unit stride) from x and dy. */
 int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
                                float *dweight, int nthreads);

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 cnp.import_array()
 
@@ -37,6 +37,9 @@ cdef extern from "fastconv.h" nogil:
         fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
     int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                           const float *bias, int relu, float *y, int nthreads)
+    int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                                  const float *bias, int relu, float *pooled, uint8_t *argmax,
+                                  int nthreads)
     int FC_WINOGRAD_NEVER, FC_WINOGRAD_AUTO, FC_WINOGRAD_ALWAYS
     void fc_winograd_set_mode(int mode)
     int fc_winograd_get_mode()
@@ -427,6 +430,43 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     if rc != 0:
         raise MemoryError("conv2d_forward: could not allocate the im2col workspace")
     return y
+
+
+def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
+    """The 2x2 stride-2 max-pool of conv2d_forward(x, weight, bias, stride,
+    padding, relu): returns (y, argmax) as maxpool2d_forward(conv, 2, 2, 0)
+    does, with the same bits, for conv outputs of at least 2x2. Where the
+    convolution runs as Winograd, each 2x2 output tile is one window and the
+    full-size output is never stored (the layers of a Sequential use it
+    for a Conv2d, ReLU, MaxPool2d(2) chain).
+    """
+    fn = "conv2d_maxpool_forward"
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
+    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
+    if s.oh < 2 or s.ow < 2:
+        raise ValueError(f"{fn}: `x` {(s.h, s.w)} with `weight` {(s.kh, s.kw)}, `stride` "
+                         f"{(s.sh, s.sw)} and `padding` {(s.ph, s.pw)} gives a convolution output "
+                         f"of {(s.oh, s.ow)}; the 2x2 pool needs at least (2, 2)")
+    cdef const float *pb = NULL
+    if bias is not None:
+        _check_array(fn, "bias", bias, 1)
+        _check_shape(fn, "bias", bias, (s.k,))
+        pb = _fptr(bias)
+    y = np.empty((s.n, s.k, s.oh // 2, s.ow // 2), dtype=np.float32)
+    am = np.empty(y.shape, dtype=np.uint8)
+    if s.n == 0:
+        return y, am
+    cdef const float *px = _fptr(x)
+    cdef const float *pw = _fptr(weight)
+    cdef float *py = _fptr(y)
+    cdef uint8_t *pam = <uint8_t *>cnp.PyArray_DATA(am)
+    cdef int rc, nt = _num_threads, fuse_relu = bool(relu)
+    with nogil:
+        rc = fc_conv2d_maxpool_forward(&s, px, pw, pb, fuse_relu, py, pam, nt)
+    if rc != 0:
+        raise MemoryError(f"{fn}: could not allocate the convolution's workspace")
+    return y, am
 
 
 def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
@@ -886,7 +926,8 @@ def peak_gflops(threads=None, isa=None, seconds=0.2):
     return fc_peak_flop_per_iter(ci) * iters * nt / best / 1e9
 
 
-KERNELS = ("sgemm", "conv2d_forward", "conv2d_backward", "maxpool2d_forward",
+KERNELS = ("sgemm", "conv2d_forward", "conv2d_backward", "conv2d_maxpool_forward",
+           "maxpool2d_forward",
            "maxpool2d_backward", "relu_forward", "relu_backward", "bias_add",
            "leaky_relu_forward", "leaky_relu_backward", "elu_forward", "elu_backward",
            "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",

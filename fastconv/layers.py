@@ -130,8 +130,8 @@ class Conv2d(Module):
         self.needs_input_grad = True
         self._cache = None
 
-    def forward(self, x, relu=False):
-        """y = conv(x) + bias; max(y, 0) in the same pass when ``relu``."""
+    def _inputs(self, x):
+        """(x batched, unbatched, weight, bias) for a conv kernel; checks x."""
         x, unbatched = _batched("Conv2d", x, self.in_channels)
         kh, kw = self.kernel_size
         (ph, pw), (h, w) = self.padding, x.shape[2:]
@@ -140,11 +140,31 @@ class Conv2d(Module):
                 f"Conv2d: kernel size {self.kernel_size} is larger than the padded input "
                 f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {self.padding})")
         b = self.bias.data if self.bias is not None else None
-        y = kernel("conv2d_forward")(x, self.weight.data.astype(x.dtype, copy=False),
-                                     None if b is None else b.astype(x.dtype, copy=False),
-                                     self.stride, self.padding, relu)
+        return (x, unbatched, self.weight.data.astype(x.dtype, copy=False),
+                None if b is None else b.astype(x.dtype, copy=False))
+
+    def output_size(self, h, w):
+        """(OH, OW) for an input of h x w."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def forward(self, x, relu=False):
+        """y = conv(x) + bias; max(y, 0) in the same pass when ``relu``."""
+        x, unbatched, weight, bias = self._inputs(x)
+        y = kernel("conv2d_forward")(x, weight, bias, self.stride, self.padding, relu)
         self._cache = (x, unbatched)
         return y[0] if unbatched else y
+
+    def forward_maxpool(self, x, relu=False):
+        """The 2x2 stride-2 max-pool of ``forward(x, relu)``, in one kernel
+        call that need not store the full-size output: (pooled, argmax,
+        the conv output's shape, unbatched), for MaxPool2d.adopt_output. The
+        output must be at least 2x2."""
+        x, unbatched, weight, bias = self._inputs(x)
+        y, argmax = kernel("conv2d_maxpool_forward")(x, weight, bias, self.stride, self.padding,
+                                                     relu)
+        self._cache = (x, unbatched)
+        return y, argmax, (x.shape[0], self.out_channels) + self.output_size(*x.shape[2:]), unbatched
 
     def backward(self, dy):
         x, unbatched = self._cache
@@ -196,6 +216,19 @@ class MaxPool2d(Module):
         self.output = y[0] if unbatched else y  # Sequential's ReLU -> MaxPool2d backward reads it
         return self.output
 
+    @property
+    def is_2x2(self):
+        """A 2x2 window at stride 2 without padding (what Conv2d.forward_maxpool computes)."""
+        return self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
+
+    def adopt_output(self, y, argmax, x_shape, unbatched):
+        """Take (y, argmax) of this pool on an input of x_shape, computed by
+        the layer before (Conv2d.forward_maxpool), as this layer's forward:
+        kept for the backward; returns y (without its batch axis if unbatched)."""
+        self._cache = (x_shape, argmax, unbatched)
+        self.output = y[0] if unbatched else y
+        return self.output
+
     def backward(self, dy):
         x_shape, argmax, unbatched = self._cache
         dy = check_input("MaxPool2d.backward", dy, (3,) if unbatched else (4,), "dy")
@@ -221,7 +254,9 @@ class ReLU(Module):
 
     def adopt_output(self, y):
         """Take y = relu(x), computed by the layer before (a fused Conv2d), as
-        this layer's forward output: kept for the backward, returned as is."""
+        this layer's forward output: kept for the backward, returned as is.
+        None when a MaxPool2d after it was fused too: then only Sequential's
+        masked backward (``mask`` with the pool's output) runs."""
         self._y = y
         return y
 

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from fastconv.backend import get_backend
+
 
 class StateDictKeyError(KeyError, ValueError):
     """A state dict with missing or unexpected keys: a KeyError, and a ValueError like every other bad input."""
@@ -191,6 +193,19 @@ def _is_pair(m, nxt, first: str, second: str) -> bool:
         type(m).__module__ == type(nxt).__module__ == "fastconv.layers"
 
 
+def _conv_relu_pool(mods, x) -> bool:
+    """Whether mods are a Conv2d, a ReLU and a 2x2 stride-2 MaxPool2d that
+    Sequential runs as one kernel for input x (native backend, conv output
+    of at least 2x2)."""
+    if len(mods) < 3 or not (_is_pair(mods[0], mods[1], "Conv2d", "ReLU")
+                             and _is_pair(mods[1], mods[2], "ReLU", "MaxPool2d")):
+        return False
+    shape = getattr(x, "shape", ())
+    if not mods[2].is_2x2 or get_backend() != "native" or len(shape) not in (3, 4):
+        return False
+    return min(mods[0].output_size(*shape[-2:])) >= 2
+
+
 class Sequential(Module):
     """Modules applied in order; children are named "0", "1", ... as in PyTorch.
 
@@ -209,10 +224,21 @@ class Sequential(Module):
         mods = list(self._modules.values())
         i = 0
         while i < len(mods):
+            # Conv2d, ReLU, MaxPool2d(2): one kernel call, conv2d_maxpool_forward,
+            # which never stores the full-size activations where the conv runs
+            # as Winograd (each 2x2 output tile is a window). The backward then
+            # goes through ReLU.mask on the pooled output, below. Native only:
+            # the check backend compares argmax exactly, which the twin's own
+            # rounding may flip on near ties.
+            if _conv_relu_pool(mods[i:i + 3], x):
+                y, argmax, shape, unbatched = mods[i].forward_maxpool(x, relu=True)
+                mods[i + 1].adopt_output(None)
+                x = mods[i + 2].adopt_output(y, argmax, shape, unbatched)
+                i += 3
             # A Conv2d followed by a ReLU runs as one fused pass (the ReLU
             # adopts the conv's rectified output for its backward): one pass
             # over the activations instead of two.
-            if i + 1 < len(mods) and _is_pair(mods[i], mods[i + 1], "Conv2d", "ReLU"):
+            elif i + 1 < len(mods) and _is_pair(mods[i], mods[i + 1], "Conv2d", "ReLU"):
                 x = mods[i + 1].adopt_output(mods[i].forward(x, relu=True))
                 i += 2
             else:

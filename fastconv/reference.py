@@ -53,6 +53,16 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     return relu_forward(y) if relu else y
 
 
+def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
+    """(y, argmax): the 2x2 stride-2 max-pool of conv2d_forward's output."""
+    conv = conv2d_forward(x, weight, bias, stride, padding, relu)
+    if conv.shape[2] < 2 or conv.shape[3] < 2:
+        raise ValueError(f"conv2d_maxpool_forward: `x` {x.shape[2:]} with `weight` "
+                         f"{weight.shape[2:]}, `stride` {stride} and `padding` {padding} gives a "
+                         f"convolution output of {conv.shape[2:]}; the 2x2 pool needs at least (2, 2)")
+    return maxpool2d_forward(conv, 2, 2, 0)
+
+
 def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy."""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)

@@ -112,6 +112,18 @@ def _conv(draw, rng, backward):
     return call
 
 
+def _conv_maxpool(draw, rng):
+    """A valid conv2d_forward call whose output is at least 2x2, and relu."""
+    call = _conv(draw, rng, backward=False)
+    n, c, h, w = call["x"].shape
+    kh, kw = call["weight"].shape[2:]
+    (sh, sw), (ph, pw) = _pair(call["stride"]), _pair(call["padding"])
+    h, w = max(h, kh - 2 * ph + sh), max(w, kw - 2 * pw + sw)  # two outputs each way
+    call["x"] = values(rng, (n, c, h, w))
+    call["relu"] = draw(st.booleans())
+    return call
+
+
 def _pool_forward(draw, rng):
     h, w, kernel, stride, padding = _geometry(draw, pool=True)
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
@@ -177,6 +189,7 @@ VALID = {
     "sgemm": _sgemm,
     "conv2d_forward": lambda d, r: _conv(d, r, backward=False),
     "conv2d_backward": lambda d, r: _conv(d, r, backward=True),
+    "conv2d_maxpool_forward": _conv_maxpool,
     "maxpool2d_forward": _pool_forward,
     "maxpool2d_backward": _maxpool_backward,
     "avgpool2d_forward": _pool_forward,

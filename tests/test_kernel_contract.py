@@ -95,6 +95,7 @@ ARGS = {
     "sgemm": (lambda s: (_ramp(64 * s, 256), _ramp(256, 256)), 1024, 1e-5),
     "conv2d_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),
     "conv2d_backward": (lambda s: (*_conv(s), _ramp(s, 32, 16, 16) / 48, 1, 1), 2048, 1e-3),
+    "conv2d_maxpool_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),
     "maxpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), 5, 1, 2), 64, 0),
     "maxpool2d_backward": (_maxpool2d_backward, 128, 0),
     "relu_forward": (lambda s: (_vec(s),), 16, 0),
