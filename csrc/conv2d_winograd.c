@@ -241,22 +241,22 @@ typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
 #define LOAD8(v, p) ((v) = *(const v8f_u *)(p))
 #define STORE8(p, v) (*(v8f_u *)(p) = (v))
 
-/* V = B^T d B of the 8 tiles tx0 .. tx0 + 7 of a tile row whose 4 padded
- * input rows are p[q * ld] (columns 2 tx0 .. 2 tx0 + 17 are read): v[xi]. A
- * tile's columns 2 tx .. 2 tx + 3 are the even and odd columns from 2 tx and
- * from 2 tx + 2, so deinterleaving two spans gives the 4 columns of all 8
- * tiles as vectors; the transform is then whole-vector adds. */
-static inline __attribute__((always_inline)) void transform_tiles(const float *p, fc_int ld,
-                                                                  fc_int tx0, v8f v[XI])
+/* V = B^T d B of 8 tiles, one per lane: lanes 0-7 read columns 0-17 of lo's
+ * 4 padded input rows (ld apart), or, with hi = lo + 8, lanes 0-3 columns
+ * 0-9 of lo's rows and lanes 4-7 those of hi's: two tile rows of 4 tiles.
+ * A tile's columns 2 tx .. 2 tx + 3 are the even and odd columns from 2 tx
+ * and from 2 tx + 2, so deinterleaving two spans gives the 4 columns of all
+ * 8 tiles as vectors; the transform is then whole-vector adds. */
+static inline __attribute__((always_inline)) void transform_tiles(const float *lo, const float *hi,
+                                                                  fc_int ld, v8f v[XI])
 {
     v8f d[4][4], t[4][4];
     for (int q = 0; q < 4; q++) {
-        const float *row = p + q * ld + 2 * tx0;
         v8f a, b, c, e;
-        LOAD8(a, row);
-        LOAD8(b, row + 8);
-        LOAD8(c, row + 2);
-        LOAD8(e, row + 10);
+        LOAD8(a, lo + q * ld);
+        LOAD8(b, hi + q * ld);
+        LOAD8(c, lo + q * ld + 2);
+        LOAD8(e, hi + q * ld + 2);
         d[q][0] = EVEN8(a, b);
         d[q][1] = ODD8(a, b);
         d[q][2] = EVEN8(c, e);
@@ -273,6 +273,25 @@ static inline __attribute__((always_inline)) void transform_tiles(const float *p
         v[4 * i + 1] = t[i][1] + t[i][2];
         v[4 * i + 2] = t[i][2] - t[i][1];
         v[4 * i + 3] = t[i][1] - t[i][3];
+    }
+}
+
+/* Lanes [0, count) of v as the block's tiles jj, jj + 1, ... of channel c
+ * (layout: transform_input_body's). */
+static inline __attribute__((always_inline)) void store_v(const v8f v[XI], fc_int count, float *vp,
+                                                          fc_int xi_stride, int nr, fc_int channels,
+                                                          fc_int c, fc_int jj)
+{
+    float *dst = vp + ((jj / nr) * channels + c) * nr + jj % nr;
+    if (count == TILES_PER_VEC && jj % nr + TILES_PER_VEC <= nr) {
+        for (int xi = 0; xi < XI; xi++) STORE8(dst + xi * xi_stride, v[xi]);
+        return;
+    }
+    /* A partial vector, or one across two slivers: tile by tile. */
+    for (fc_int e = 0; e < count; e++) {
+        const fc_int je = jj + e;
+        float *d = vp + ((je / nr) * channels + c) * nr + je % nr;
+        for (int xi = 0; xi < XI; xi++) d[xi * xi_stride] = v[xi][e];
     }
 }
 
@@ -295,23 +314,21 @@ static inline __attribute__((always_inline)) void transform_input_body(
             pad_rows(s, x + (n * s->c + c) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2, ld, rows);
             if (c + 1 < s->c) /* the same rows of the next channel, from L3 */
                 prefetch_rows(s, x + (n * s->c + c + 1) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2);
-            for (fc_int ty = ty0; ty < ty1; ty++, r++, j += tw)
-                for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
-                    v8f v[XI];
-                    transform_tiles(rows + 2 * (ty - ty0) * ld, ld, tx0, v);
-                    const fc_int jj = j + tx0, count = min_i(TILES_PER_VEC, tw - tx0);
-                    float *dst = vp + ((jj / nr) * s->c + c) * nr + jj % nr;
-                    if (count == TILES_PER_VEC && jj % nr + TILES_PER_VEC <= nr) {
-                        for (int xi = 0; xi < XI; xi++) STORE8(dst + xi * xi_stride, v[xi]);
-                        continue;
-                    }
-                    /* A partial vector, or one across two slivers: tile by tile. */
-                    for (fc_int e = 0; e < count; e++) {
-                        const fc_int je = jj + e;
-                        float *d = vp + ((je / nr) * s->c + c) * nr + je % nr;
-                        for (int xi = 0; xi < XI; xi++) d[xi * xi_stride] = v[xi][e];
-                    }
+            for (fc_int ty = ty0; ty < ty1;) {
+                const float *row = rows + 2 * (ty - ty0) * ld;
+                v8f v[XI];
+                if (tw == TILES_PER_VEC / 2 && ty + 1 < ty1) { /* 8x8 images: two tile rows */
+                    transform_tiles(row, row + 2 * ld, ld, v);
+                    store_v(v, TILES_PER_VEC, vp, xi_stride, nr, s->c, c, j);
+                    ty += 2, r += 2, j += 2 * tw;
+                    continue;
                 }
+                for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
+                    transform_tiles(row + 2 * tx0, row + 2 * tx0 + 8, ld, v);
+                    store_v(v, min_i(TILES_PER_VEC, tw - tx0), vp, xi_stride, nr, s->c, c, j + tx0);
+                }
+                ty++, r++, j += tw;
+            }
         }
         /* The last sliver's columns past the block's tiles are read by the
          * micro-kernel (and their results dropped): keep them finite. */
@@ -334,95 +351,144 @@ typedef struct {
     uint8_t *argmax;
 } wg_out;
 
-/* The 2x2 max-pool of 8 tiles' outputs o (o[2 a + b] at (a, b)), for the
- * first count: pooled[e] and its window index argmax[e], by maxpool2d's
- * scan rule (take a later tap when greater or NaN). */
-static inline __attribute__((always_inline)) void pool_tiles(const v8f o[4], fc_int count,
-                                                             float *pooled, uint8_t *argmax)
+/* The 2x2 max-pool of 8 tiles' outputs o (o[2 a + b] at (a, b)): each
+ * window's maximum and its index, by maxpool2d's scan rule (take a later
+ * tap when greater or NaN). */
+static inline __attribute__((always_inline)) void pool_vec(const v8f o[4], v8f *best, v8i *idx)
 {
-    v8f best = o[0];
-    v8i idx = {0};
+    *best = o[0];
+    *idx = (v8i){0};
     for (int t = 1; t < 4; t++) {
-        const v8i take = (v8i)(o[t] > best) | (v8i)(o[t] != o[t]);
+        const v8i take = (v8i)(o[t] > *best) | (v8i)(o[t] != o[t]);
         const v8i tap = {t, t, t, t, t, t, t, t};
-        best = (v8f)(((v8i)o[t] & take) | ((v8i)best & ~take));
-        idx = (tap & take) | (idx & ~take);
+        *best = (v8f)(((v8i)o[t] & take) | ((v8i)*best & ~take));
+        *idx = (tap & take) | (*idx & ~take);
     }
-    if (count == TILES_PER_VEC) {
-        STORE8(pooled, best);
-    } else {
-        for (fc_int e = 0; e < count; e++) pooled[e] = best[e];
-    }
-    for (fc_int e = 0; e < count; e++) argmax[e] = (uint8_t)idx[e];
 }
 
-/* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the block of
- * tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the
- * block's tile; lanes past the block's tiles are read but dropped). 8 tiles
- * at a time: A^T M sums rows 0 + 1 + 2 and 1 - 2 - 3 of each column, A the
- * same of columns; the two outputs of each tile across are interleaved
- * into the output row. Tiles past the edge of an odd output size are
- * dropped. */
+/* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the 8 tiles
+ * whose M point xi is mt[xi * ms], one per lane: A^T M sums rows 0 + 1 + 2
+ * and 1 - 2 - 3 of each column, A the same of columns. o[2 a + b] holds
+ * each tile's output (a, b). */
+static inline __attribute__((always_inline)) void output_tiles(const float *mt, fc_int ms,
+                                                               const wg_out *out, const v8f *vb,
+                                                               v8f o[4])
+{
+    const v8f zero = {0};
+    v8f a[4], c[4];
+    for (int i = 0; i < 4; i++) { /* column i of the 4x4 points */
+        v8f v0, v1, v2, v3;
+        LOAD8(v0, mt + i * ms);
+        LOAD8(v1, mt + (4 + i) * ms);
+        LOAD8(v2, mt + (8 + i) * ms);
+        LOAD8(v3, mt + (12 + i) * ms);
+        a[i] = v0 + v1 + v2;
+        c[i] = v1 - v2 - v3;
+    }
+    o[0] = a[0] + a[1] + a[2];
+    o[1] = a[1] - a[2] - a[3];
+    o[2] = c[0] + c[1] + c[2];
+    o[3] = c[1] - c[2] - c[3];
+    for (int e = 0; e < 4; e++) {
+        if (out->bias) o[e] += *vb;
+        if (out->relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
+            o[e] = (v8f)((v8i)o[e] & ~(v8i)(o[e] < zero));
+    }
+}
+
+/* Lanes [l0, l0 + count) of o, tiles tx0, tx0 + 1, ... of tile row ty of
+ * plane (n, k), written one by one: y (outputs past an odd edge dropped),
+ * or the pool of whole windows. */
+static inline __attribute__((always_inline)) void emit_lanes(const fc_conv_shape *s,
+                                                             const wg_out *out, const v8f o[4],
+                                                             int l0, fc_int count, fc_int n,
+                                                             fc_int k, fc_int ty, fc_int tx0)
+{
+    const fc_int ow = s->ow, oy = 2 * ty, plane = n * s->k + k;
+    if (out->pooled) {
+        const fc_int pw = ow / 2;
+        if (oy + 1 >= s->oh) return; /* the last row of an odd size: no window */
+        v8f best;
+        v8i idx;
+        pool_vec(o, &best, &idx);
+        const fc_int at = (plane * (s->oh / 2) + ty) * pw + tx0;
+        for (fc_int e = 0; e < count && tx0 + e < pw; e++) {
+            out->pooled[at + e] = best[l0 + e];
+            out->argmax[at + e] = (uint8_t)idx[l0 + e];
+        }
+        return;
+    }
+    float *row = out->y + (plane * s->oh + oy) * ow;
+    for (int q = 0; q < 2 && oy + q < s->oh; q++)
+        for (fc_int e = 0; e < count; e++) {
+            const fc_int ox = 2 * (tx0 + e);
+            row[q * ow + ox] = o[2 * q][l0 + e];
+            if (ox + 1 < ow) row[q * ow + ox + 1] = o[2 * q + 1][l0 + e];
+        }
+}
+
+/* The 8 tiles of o as whole vectors when they are 8 tiles of a row of y
+ * (rows 2 ty and 2 ty + 1 complete), or, when pair, tiles 0-3 of tile rows
+ * ty and ty + 1 of an 8-wide y; the same for the pool. Returns 0, having
+ * written nothing, when the tiles are not laid out so. */
+static inline __attribute__((always_inline)) int emit_vectors(const fc_conv_shape *s,
+                                                              const wg_out *out, const v8f o[4],
+                                                              int pair, fc_int n, fc_int k,
+                                                              fc_int ty, fc_int tx0)
+{
+    const fc_int ow = s->ow, oy = 2 * ty, plane = n * s->k + k;
+    const fc_int rows = pair ? 4 : 2; /* output rows the tiles cover */
+    if (oy + rows > s->oh || (pair ? ow != 8 : 2 * tx0 + 16 > ow)) return 0;
+    if (out->pooled) {
+        v8f best;
+        v8i idx;
+        pool_vec(o, &best, &idx);
+        /* pair: pooled rows ty and ty + 1 of width 4 are 8 floats in a row */
+        const fc_int at = (plane * (s->oh / 2) + ty) * (ow / 2) + tx0;
+        STORE8(out->pooled + at, best);
+        for (int e = 0; e < TILES_PER_VEC; e++) out->argmax[at + e] = (uint8_t)idx[e];
+        return 1;
+    }
+    float *row = out->y + (plane * s->oh + oy) * ow + 2 * tx0;
+    for (int q = 0; q < 2; q++) {
+        const v8f lo = ZIP_LO8(o[2 * q], o[2 * q + 1]), hi = ZIP_HI8(o[2 * q], o[2 * q + 1]);
+        STORE8(row + q * ow, lo);                      /* tiles 0-3 (row ty) */
+        STORE8(row + (pair ? 2 + q : q) * ow + (pair ? 0 : 8), hi); /* tiles 4-7 */
+    }
+    return 1;
+}
+
+/* Y = A^T M A (+ bias, ReLU, pool: see wg_out) for the block of tile rows
+ * [r0, r1), whose M is m[xi * m_stride + k * ldm + j] (j: the block's tile;
+ * lanes past the block's tiles are read but dropped), 8 tiles at a time:
+ * 8 of a tile row, or, for 8x8 outputs (4 tiles across), two tile rows. */
 static inline __attribute__((always_inline)) void transform_output_body(
     const fc_conv_shape *s, const wg_plan *p, const float *m, fc_int ldm, const wg_out *out,
     fc_int r0, fc_int r1)
 {
-    const fc_int tw = p->tw, ow = s->ow, ohow = s->oh * s->ow, ms = p->m_stride;
-    const fc_int pw = s->ow / 2, pool_plane = (s->oh / 2) * pw; /* 2x2 windows */
-    const v8f zero = {0};
+    const fc_int tw = p->tw, ms = p->m_stride;
     for (fc_int k = 0; k < s->k; k++) {
         const float b = out->bias ? out->bias[k] : 0.0f;
         const v8f vb = {b, b, b, b, b, b, b, b};
         const float *mk = m + k * ldm;
-        for (fc_int r = r0, j = 0; r < r1; r++, j += tw) {
-            const fc_int n = r / p->th, ty = r % p->th, oy = 2 * ty;
-            const int rows = oy + 1 < s->oh ? 2 : 1;
-            for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
-                v8f a[4], c[4], o[4];
-                const float *mt = mk + j + tx0;
-                for (int i = 0; i < 4; i++) { /* column i of the 4x4 points */
-                    v8f v0, v1, v2, v3;
-                    LOAD8(v0, mt + i * ms);
-                    LOAD8(v1, mt + (4 + i) * ms);
-                    LOAD8(v2, mt + (8 + i) * ms);
-                    LOAD8(v3, mt + (12 + i) * ms);
-                    a[i] = v0 + v1 + v2;
-                    c[i] = v1 - v2 - v3;
+        for (fc_int r = r0, j = 0; r < r1;) {
+            const fc_int n = r / p->th, ty = r % p->th;
+            v8f o[4];
+            if (tw == TILES_PER_VEC / 2 && r + 1 < r1 && ty + 1 < p->th) {
+                output_tiles(mk + j, ms, out, &vb, o);
+                if (!emit_vectors(s, out, o, 1, n, k, ty, 0)) {
+                    emit_lanes(s, out, o, 0, tw, n, k, ty, 0);
+                    emit_lanes(s, out, o, (int)tw, tw, n, k, ty + 1, 0);
                 }
-                o[0] = a[0] + a[1] + a[2];
-                o[1] = a[1] - a[2] - a[3];
-                o[2] = c[0] + c[1] + c[2];
-                o[3] = c[1] - c[2] - c[3];
-                for (int e = 0; e < 4; e++) {
-                    if (out->bias) o[e] += vb;
-                    if (out->relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
-                        o[e] = (v8f)((v8i)o[e] & ~(v8i)(o[e] < zero));
-                }
-                if (out->pooled) {
-                    if (rows == 2) /* a whole window: not the last row of an odd size */
-                        pool_tiles(o, min_i(TILES_PER_VEC, pw - tx0),
-                                   out->pooled + (n * s->k + k) * pool_plane + ty * pw + tx0,
-                                   out->argmax + (n * s->k + k) * pool_plane + ty * pw + tx0);
-                    continue;
-                }
-                float *plane = out->y + (n * s->k + k) * ohow + oy * ow;
-                if (tx0 + TILES_PER_VEC <= tw && 2 * tx0 + 2 * TILES_PER_VEC <= ow) {
-                    for (int q = 0; q < rows; q++) {
-                        const v8f lo = ZIP_LO8(o[2 * q], o[2 * q + 1]);
-                        const v8f hi = ZIP_HI8(o[2 * q], o[2 * q + 1]);
-                        STORE8(plane + q * ow + 2 * tx0, lo);
-                        STORE8(plane + q * ow + 2 * tx0 + 8, hi);
-                    }
-                    continue;
-                }
-                const fc_int count = min_i(TILES_PER_VEC, tw - tx0);
-                for (int q = 0; q < rows; q++)
-                    for (fc_int e = 0; e < count; e++) {
-                        const fc_int ox = 2 * (tx0 + e);
-                        plane[q * ow + ox] = o[2 * q][e];
-                        if (ox + 1 < ow) plane[q * ow + ox + 1] = o[2 * q + 1][e];
-                    }
+                r += 2, j += 2 * tw;
+                continue;
             }
+            for (fc_int tx0 = 0; tx0 < tw; tx0 += TILES_PER_VEC) {
+                output_tiles(mk + j + tx0, ms, out, &vb, o);
+                if (tx0 + TILES_PER_VEC > tw || !emit_vectors(s, out, o, 0, n, k, ty, tx0))
+                    emit_lanes(s, out, o, 0, min_i(TILES_PER_VEC, tw - tx0), n, k, ty, tx0);
+            }
+            r++, j += tw;
         }
     }
 }
