@@ -343,10 +343,14 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
                         for (fc_int ir = 0; ir < mc; ir += MR) {
                             float *ct = g->c + (ic + ir) * g->ldc + jc + jb + jr;
                             const fc_int mt = min_i(MR, mc - ir), nt = min_i(NR, nb - jr);
+                            const float *bias = g->bias ? g->bias + ic + ir : NULL;
+                            if (fused && pc + kc == g->k && kr->ukr_fused) {
+                                kr->ukr_fused(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta, ct,
+                                              g->ldc, mt, nt, bias, g->relu);
+                                continue;
+                            }
                             kr->ukr(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta, ct, g->ldc, mt, nt);
-                            if (fused && pc + kc == g->k)
-                                tile_epilogue(ct, g->ldc, mt, nt, g->bias ? g->bias + ic + ir : NULL,
-                                              g->relu);
+                            if (fused && pc + kc == g->k) tile_epilogue(ct, g->ldc, mt, nt, bias, g->relu);
                         }
                 }
             }

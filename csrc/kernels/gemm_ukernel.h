@@ -36,11 +36,20 @@
 typedef void fc_gemm_ukr(fc_int kc, float alpha, const float *a, const float *b,
                          float beta, float *c, fc_int ldc, fc_int m, fc_int n);
 
+/* The micro-kernel, then, on the tile it stores: + bias[i] on row i (bias
+ * may be NULL), then max(C, 0) as relu_forward when relu (x < 0 ? 0 : x,
+ * keeping NaN and -0): the same bits as sgemm.c's separate epilogue, without
+ * reading the tile back. */
+typedef void fc_gemm_ukr_fused(fc_int kc, float alpha, const float *a, const float *b,
+                               float beta, float *c, fc_int ldc, fc_int m, fc_int n,
+                               const float *bias, int relu);
+
 typedef struct {
     const char *name;
     int mr, nr;           /* register tile */
     fc_int mc, kc, nc;    /* cache blocks: A block mc x kc (L2), B sliver kc x nr (L1), B block kc x nc (L3) */
     fc_gemm_ukr *ukr;
+    fc_gemm_ukr_fused *ukr_fused; /* may be NULL: sgemm.c then runs the epilogue itself */
 } fc_gemm_kernel;
 
 /* One per ISA, each defined in csrc/kernels/<isa>/ next to its micro-kernel. */
