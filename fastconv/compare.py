@@ -227,6 +227,24 @@ def workloads(tiny=False):
                 fwd[side], bwd[side] = f, g
         out.append(Workload(f"{name} fwd", fwd, flop=flop))
         out.append(Workload(f"{name} bwd", bwd, flop=2 * flop))
+    # Conv, ReLU and 2x2 max-pool with indices, as a net runs them: one kernel
+    # in fastconv (the pool in Winograd's output transform where it applies).
+    for nb, c, hw, kout, ks, s, p in CONVS[3:4] if tiny else CONVS[2:4]:
+        nb, hw = (2, min(hw, 8)) if tiny else (nb, hw)
+        x, w, bias = r(nb, c, hw, hw), r(kout, c, ks, ks), r(kout)
+        flop = 2.0 * nb * kout * hw * hw * c * ks * ks
+        fused = {"fastconv": lambda x=x, w=w, b=bias: lambda: K.conv2d_maxpool_forward(x, w, b, 1, 1, True),
+                 "numpy": lambda x=x, w=w, b=bias: lambda: R.conv2d_maxpool_forward(x, w, b, 1, 1, True)}
+        if torch is not None:
+            for side in ("torch_cl", "torch_nchw"):
+                def f(side=side, x=x, w=w, b=bias):
+                    F = torch.nn.functional
+                    tx, tw, tb = _tensor(torch, x, side), _tensor(torch, w, side), torch.from_numpy(b)
+                    return _no_grad(torch, lambda: F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, 1, 1)), 2, 2, 0,
+                                                                return_indices=True))
+                fused[side] = f
+        out.append(Workload(f"conv+relu+maxpool {nb}x{c}x{hw}x{hw} -> {kout}, 3x3 p1, pool 2x2/2", fused,
+                            flop=flop))
     for shape in POOLS[1:] if tiny else POOLS:
         shape = (2, 3, 8, 8) if tiny else shape
         x = r(*shape)
