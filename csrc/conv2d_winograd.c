@@ -14,9 +14,15 @@
  *   G   = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1]
  *   A^T = [1 1 1 0; 0 1 -1 -1]
  *
- * The transforms add and subtract a few terms (halving is exact), so the
- * result stays within a small multiple of the direct sum's rounding error
- * (tests/test_conv2d_winograd.py measures it against the NumPy twin).
+ * The transforms add and subtract whole patches and filters (halving is
+ * exact) and rely on exact cancellation, so the rounding error is bounded
+ * by eps times the sums of |d| over a patch and |g| over a filter, rather
+ * than by the direct sum's terms alone (tests/test_conv2d_winograd.py
+ * checks that bound against the NumPy twin).
+ *
+ * Each tile is also one window of a 2x2 stride-2 max-pool, which the output
+ * transform can take instead of storing y (fc_conv2d_winograd_maxpool).
+ * dW runs through the same transforms, transposed (below).
  *
  * Blocks. Tiles are taken a block of tile rows at a time, per thread: the
  * block's V is written straight into the GEMM micro-kernel's packed B layout
@@ -55,12 +61,6 @@ static fc_int max_i(fc_int a, fc_int b) { return a > b ? a : b; }
 static fc_int ceil_div(fc_int a, fc_int b) { return (a + b - 1) / b; }
 static fc_int round_to_line(fc_int n) { return ceil_div(n, WG_LINE_FLOATS) * WG_LINE_FLOATS; }
 
-/* At least n floats, an odd number of cache lines. The 16 points of a tile
- * are written (V) and read (M) together, a point's array apart; at a
- * stride of an even number of lines, as the usual power-of-two channel
- * counts give, they fall into a few sets of the L1 cache and evict each
- * other (128x128x8x8 -> 64 ran 1.7x slower). Odd strides spread them over
- * 16 sets. */
 /* count floats (a whole number of cache lines), cache-line aligned: the
  * micro-kernel loads packed B with aligned loads. NULL on failure. */
 static float *alloc_lines(fc_int count)
@@ -68,6 +68,12 @@ static float *alloc_lines(fc_int count)
     return aligned_alloc(64, sizeof(float) * (size_t)round_to_line(count > 0 ? count : 1));
 }
 
+/* At least n floats, an odd number of cache lines. The 16 points of a tile
+ * are written (V) and read (M) together, a point's array apart; at a
+ * stride of an even number of lines, as the usual power-of-two channel
+ * counts give, they fall into a few sets of the L1 cache and evict each
+ * other (128x128x8x8 -> 64 ran 1.7x slower). Odd strides spread them over
+ * 16 sets. */
 static fc_int odd_lines(fc_int n)
 {
     const fc_int lines = ceil_div(n, WG_LINE_FLOATS);
