@@ -554,6 +554,7 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
 int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads)
 {
+    if (fc_conv2d_direct_fits(s)) return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     conv_plan plan = plan_for(s, (s->n + team - 1) / team);
     if (s->sh == 1 && s->sw == 1) { /* implicit im2col: no column matrix */
@@ -648,6 +649,15 @@ static void sum_partials(float *out, const float *parts, fc_int stride, int npar
  * and no col2im scatter; the output size is exactly H x W). A padding
  * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
  * handle: those taps skip dy's border rows instead of reading zeros. */
+static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
+{
+    fc_conv_shape t = *s;
+    t.c = s->k, t.h = s->oh, t.w = s->ow;
+    t.k = s->c, t.oh = s->h, t.ow = s->w;
+    t.ph = s->kh - 1 - s->ph, t.pw = s->kw - 1 - s->pw;
+    return t;
+}
+
 static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const float *dy,
                              float *dx, int nthreads)
 {
@@ -658,10 +668,7 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
         for (fc_int c = 0; c < s->c; c++)
             for (fc_int e = 0; e < kk; e++)
                 flipped[(c * s->k + k) * kk + kk - 1 - e] = weight[(k * s->c + c) * kk + e];
-    fc_conv_shape t = *s;
-    t.c = s->k, t.h = s->oh, t.w = s->ow;
-    t.k = s->c, t.oh = s->h, t.ow = s->w;
-    t.ph = s->kh - 1 - s->ph, t.pw = s->kw - 1 - s->pw;
+    const fc_conv_shape t = dx_convolution_shape(s);
     const int rc = fc_conv2d_forward(&t, dy, flipped, NULL, 0, dx, nthreads);
     free(flipped);
     return rc;
@@ -714,7 +721,9 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
      * against 10.7), ties at C == K and loses when K = 2C, the usual widening
      * layer (128x32x16x16 -> 64: 34.5 against 32.5). Strided convolutions
      * always scatter by col2im, each thread on its own images. */
-    const int by_convolution = s->sh == 1 && s->sw == 1 && s->c >= s->k;
+    const fc_conv_shape t = dx_convolution_shape(s);
+    const int by_convolution =
+        s->sh == 1 && s->sw == 1 && (s->c >= s->k || fc_conv2d_direct_fits(&t));
     const int rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx, dweight,
                                     dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
