@@ -724,8 +724,10 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     const fc_conv_shape t = dx_convolution_shape(s);
     const int by_convolution =
         s->sh == 1 && s->sw == 1 && (s->c >= s->k || fc_conv2d_direct_fits(&t));
-    const int rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx, dweight,
-                                    dbias, nthreads);
+    const int rc = fc_conv2d_direct_fits(s) && (by_convolution || !dx)
+                       ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads)
+                       : dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
+                                          dweight, dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
     return dx_by_convolution(s, weight, dy, dx, nthreads);
 }

@@ -73,6 +73,15 @@ typedef struct {
     fc_int hp, wp, plane; /* padded height, width, hp * wp */
 } padded_geom;
 
+static padded_geom geom_of(const fc_conv_shape *s)
+{
+    padded_geom g;
+    g.hp = s->h + 2 * s->ph;
+    g.wp = s->w + 2 * s->pw;
+    g.plane = g.hp * g.wp;
+    return g;
+}
+
 /* Output: xp, image x (C, H, W) surrounded by ph rows and pw columns of zeros. */
 static void pad_image(const fc_conv_shape *s, const padded_geom *g, const float *x, float *xp)
 {
@@ -83,36 +92,46 @@ static void pad_image(const fc_conv_shape *s, const padded_geom *g, const float 
                    sizeof(float) * s->w);
 }
 
+/* off[t] = c * plane + i * wp + j for tap t = (c * kh + i) * kw + j: where
+ * the tap reads in the padded image, relative to the output pixel's corner. */
+static void tap_offsets(const fc_conv_shape *s, const padded_geom *g, fc_int *off)
+{
+    for (fc_int c = 0, t = 0; c < s->c; c++)
+        for (fc_int i = 0; i < s->kh; i++)
+            for (fc_int j = 0; j < s->kw; j++) off[t++] = c * g->plane + i * g->wp + j;
+}
+
 /* Output pixels [p0, p0 + NP) of one image (the tile's last pixels repeat
  * pixel `last` when the image ends inside the tile; they are not stored).
  * KV: vectors of 8 output channels (K = 8 KV). Inputs: xp, the padded image;
- * wt, the weights as (C, kh, kw, K); bias (K) or NULL. Output: y (K, OH, OW). */
+ * off, tap_offsets; wt, the weights as (C, kh, kw, K); bias (K) or NULL.
+ * Output: y (K, OH, OW). */
 static inline __attribute__((always_inline)) FC_AVX2_FMA void
-tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const float *wt,
-     const float *bias, int relu, float *y, fc_int p0, fc_int last, const int KV, const int NP)
+tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const fc_int *off,
+     const float *wt, const float *bias, int relu, float *y, fc_int p0, fc_int last,
+     const int KV, const int NP)
 {
-    const fc_int ohow = s->oh * s->ow, K = 8 * KV;
-    const float *src[FC_DIRECT_NP1];
+    const fc_int ohow = s->oh * s->ow, K = 8 * KV, taps = s->c * s->kh * s->kw;
+    fc_int at[FC_DIRECT_NP1]; /* the pixels' corners in the padded image */
     for (int q = 0; q < NP; q++) {
         const fc_int p = p0 + q <= last ? p0 + q : last;
-        src[q] = xp + p / s->ow * g->wp + p % s->ow;
+        at[q] = p / s->ow * g->wp + p % s->ow;
     }
     __m256 acc[2][FC_DIRECT_NP1];
     for (int v = 0; v < KV; v++)
         for (int q = 0; q < NP; q++) acc[v][q] = _mm256_setzero_ps();
-    const float *w = wt;
-    for (fc_int c = 0; c < s->c; c++)
-        for (fc_int i = 0; i < s->kh; i++) {
-            const fc_int row = c * g->plane + i * g->wp;
-            for (fc_int j = 0; j < s->kw; j++, w += K) {
-                __m256 wv[2];
-                for (int v = 0; v < KV; v++) wv[v] = _mm256_loadu_ps(w + 8 * v);
-                for (int q = 0; q < NP; q++) {
-                    const __m256 xv = _mm256_broadcast_ss(src[q] + row + j);
-                    for (int v = 0; v < KV; v++) acc[v][q] = _mm256_fmadd_ps(wv[v], xv, acc[v][q]);
-                }
-            }
+    for (fc_int t = 0; t < taps; t++) {
+        __m256 wv[2];
+        for (int v = 0; v < KV; v++) wv[v] = _mm256_loadu_ps(wt + t * K + 8 * v);
+        const float *xt = xp + off[t];
+        /* An opaque base: else GCC folds off[t] into every pixel's index,
+         * an extra add per broadcast instead of one addressing mode. */
+        __asm__("" : "+r"(xt));
+        for (int q = 0; q < NP; q++) {
+            const __m256 xv = _mm256_broadcast_ss(xt + at[q]);
+            for (int v = 0; v < KV; v++) acc[v][q] = _mm256_fmadd_ps(wv[v], xv, acc[v][q]);
         }
+    }
     /* Bias, ReLU (v < 0 ? 0 : v, NaN kept: maxps returns its second operand
      * on NaN), then the (pixel, channel) tile stored channel-major. */
     float out[FC_DIRECT_NP1][16] __attribute__((aligned(32)));
@@ -131,16 +150,16 @@ tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const float 
 
 /* Tiles [t0, t1) of one padded image; K / 8 = KV picks the tile shape. */
 static FC_AVX2_FMA void image_tiles(const fc_conv_shape *s, const padded_geom *g, const float *xp,
-                                    const float *wt, const float *bias, int relu, float *y,
-                                    fc_int t0, fc_int t1)
+                                    const fc_int *off, const float *wt, const float *bias,
+                                    int relu, float *y, fc_int t0, fc_int t1)
 {
     const fc_int last = s->oh * s->ow - 1;
     if (s->k == 16) {
         for (fc_int t = t0; t < t1; t++)
-            tile(s, g, xp, wt, bias, relu, y, t * FC_DIRECT_NP2, last, 2, FC_DIRECT_NP2);
+            tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP2, last, 2, FC_DIRECT_NP2);
     } else {
         for (fc_int t = t0; t < t1; t++)
-            tile(s, g, xp, wt, bias, relu, y, t * FC_DIRECT_NP1, last, 1, FC_DIRECT_NP1);
+            tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP1, last, 1, FC_DIRECT_NP1);
     }
 }
 
@@ -149,20 +168,20 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
 {
     const fc_int kk = s->kh * s->kw, taps = s->c * kk, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
-    padded_geom g;
-    g.hp = s->h + 2 * s->ph;
-    g.wp = s->w + 2 * s->pw;
-    g.plane = g.hp * g.wp;
+    const padded_geom g = geom_of(s);
     const fc_int np = s->k == 16 ? FC_DIRECT_NP2 : FC_DIRECT_NP1;
     const fc_int tiles = (ohow + np - 1) / np;
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     /* Per thread, a padded image rounded up to whole cache lines (no two
      * threads write one line); then the transposed weights. */
     const fc_int pad_floats = (s->c * g.plane + 15) / 16 * 16;
-    const size_t bytes = sizeof(float) * (size_t)(team * pad_floats + taps * s->k);
+    const size_t bytes = sizeof(float) * (size_t)(team * pad_floats + taps * s->k) +
+                         sizeof(fc_int) * (size_t)taps;
     float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!work) return FC_ENOMEM;
     float *wt = work + team * pad_floats;
+    fc_int *off = (fc_int *)(wt + taps * s->k);
+    tap_offsets(s, &g, off);
     for (fc_int k = 0; k < s->k; k++)
         for (fc_int t = 0; t < taps; t++) wt[t * s->k + k] = weight[k * taps + t];
 
@@ -175,7 +194,7 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
             fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
             for (fc_int n = lo; n < hi; n++) {
                 pad_image(s, &g, x + n * chw, xp);
-                image_tiles(s, &g, xp, wt, bias, relu, y + n * kohow, 0, tiles);
+                image_tiles(s, &g, xp, off, wt, bias, relu, y + n * kohow, 0, tiles);
             }
         }
     } else {
@@ -185,14 +204,151 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
             {
                 long long lo, hi;
                 fc_split_range(tiles, fc_team_size(), fc_thread_id(), &lo, &hi);
-                image_tiles(s, &g, work, wt, bias, relu, y + n * kohow, lo, hi);
+                image_tiles(s, &g, work, off, wt, bias, relu, y + n * kohow, lo, hi);
             }
         }
     }
     free(work);
     return 0;
 }
+
+/* ---- dW and db ------------------------------------------------------------
+ * dW[k][c][i][j] = sum over images and output pixels p of
+ * dy[k][p] * xpad[c][p + (i, j)]: the same register tile turned around, the
+ * output channels as lanes of dy transposed to (pixel, K), T taps of the
+ * padded image broadcast, KV * T accumulators that run over all the pixels
+ * of an image (in raster order) and live in a (taps, K) partial between
+ * images. */
+
+/* Accumulators per dW tile: KV * T <= 12. */
+#define FC_DW_T1 12
+#define FC_DW_T2 6
+
+/* Taps [t0, t0 + T) into part (taps, K), over all pixels of one image:
+ * xp padded, dyt (OH*OW, K). */
+static inline __attribute__((always_inline)) FC_AVX2_FMA void
+dw_tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const float *dyt,
+        const fc_int *off, fc_int t0, float *part, const int KV, const int T)
+{
+    const fc_int K = 8 * KV;
+    fc_int o[FC_DW_T1];
+    for (int t = 0; t < T; t++) o[t] = off[t0 + t];
+    __m256 acc[2][FC_DW_T1];
+    for (int v = 0; v < KV; v++)
+        for (int t = 0; t < T; t++) acc[v][t] = _mm256_loadu_ps(part + (t0 + t) * K + 8 * v);
+    for (fc_int oy = 0; oy < s->oh; oy++) {
+        const float *d = dyt + oy * s->ow * K;
+        for (fc_int ox = 0; ox < s->ow; ox++, d += K) {
+            const float *p = xp + oy * g->wp + ox;
+            __asm__("" : "+r"(p)); /* a base register, as in tile() */
+            __m256 dv[2];
+            for (int v = 0; v < KV; v++) dv[v] = _mm256_loadu_ps(d + 8 * v);
+            for (int t = 0; t < T; t++) {
+                const __m256 xv = _mm256_broadcast_ss(p + o[t]);
+                for (int v = 0; v < KV; v++) acc[v][t] = _mm256_fmadd_ps(dv[v], xv, acc[v][t]);
+            }
+        }
+    }
+    for (int v = 0; v < KV; v++)
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(part + (t0 + t) * K + 8 * v, acc[v][t]);
+}
+
+/* All taps of one image into part: tiles of FC_DW_T taps, and the rest in a
+ * last, narrower tile (T is a compile-time constant in each case). */
+#define FC_DW_CASE(KV, T) \
+    case T: dw_tile(s, g, xp, dyt, off, t0, part, KV, T); break;
+static FC_AVX2_FMA void dw_image(const fc_conv_shape *s, const padded_geom *g, const float *xp,
+                                 const float *dyt, const fc_int *off, float *part)
+{
+    const fc_int taps = s->c * s->kh * s->kw;
+    for (fc_int t0 = 0; t0 < taps;) {
+        if (s->k == 16) {
+            const fc_int T = taps - t0 < FC_DW_T2 ? taps - t0 : FC_DW_T2;
+            switch (T) {
+            FC_DW_CASE(2, 1) FC_DW_CASE(2, 2) FC_DW_CASE(2, 3) FC_DW_CASE(2, 4)
+            FC_DW_CASE(2, 5) FC_DW_CASE(2, 6)
+            }
+            t0 += T;
+        } else {
+            const fc_int T = taps - t0 < FC_DW_T1 ? taps - t0 : FC_DW_T1;
+            switch (T) {
+            FC_DW_CASE(1, 1) FC_DW_CASE(1, 2) FC_DW_CASE(1, 3) FC_DW_CASE(1, 4)
+            FC_DW_CASE(1, 5) FC_DW_CASE(1, 6) FC_DW_CASE(1, 7) FC_DW_CASE(1, 8)
+            FC_DW_CASE(1, 9) FC_DW_CASE(1, 10) FC_DW_CASE(1, 11) FC_DW_CASE(1, 12)
+            }
+            t0 += T;
+        }
+    }
+}
+
+/* dyt (OH*OW, K) = dy (K, OH*OW) of one image transposed; db += its row sums,
+ * pixel by pixel (a fixed order). */
+static FC_AVX2_FMA void transpose_dy(const fc_conv_shape *s, const float *dy, float *dyt, float *db)
+{
+    const fc_int ohow = s->oh * s->ow, K = s->k;
+    for (fc_int k = 0; k < K; k++)
+        for (fc_int p = 0; p < ohow; p++) dyt[p * K + k] = dy[k * ohow + p];
+    for (fc_int p = 0; p < ohow; p++)
+        for (fc_int k = 0; k < K; k++) db[k] += dyt[p * K + k];
+}
+
+int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
+                                     float *dweight, float *dbias, int nthreads)
+{
+    const fc_int taps = s->c * s->kh * s->kw, ohow = s->oh * s->ow;
+    const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
+    const padded_geom g = geom_of(s);
+    /* Images split over threads; n < nthreads runs on one (a small job). */
+    const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
+    /* Per thread, whole cache lines: padded image, dy transposed, the
+     * (taps, K) dW partial and the db partial. */
+    const fc_int pad_floats = (s->c * g.plane + 15) / 16 * 16, dyt_floats = ohow * s->k;
+    const fc_int part_floats = taps * s->k + 16;
+    const fc_int per_thread = pad_floats + dyt_floats + part_floats;
+    const size_t bytes = sizeof(float) * (size_t)(team * per_thread) + sizeof(fc_int) * (size_t)taps;
+    float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!work) return FC_ENOMEM;
+    fc_int *off = (fc_int *)(work + team * per_thread);
+    tap_offsets(s, &g, off);
+
+#pragma omp parallel num_threads(team) if (team > 1)
+    {
+        const int t = fc_thread_id();
+        float *xp = work + t * per_thread, *dyt = xp + pad_floats, *part = dyt + dyt_floats;
+        memset(part, 0, sizeof(float) * part_floats);
+        long long lo, hi;
+        fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
+        for (fc_int n = lo; n < hi; n++) {
+            pad_image(s, &g, x + n * chw, xp);
+            transpose_dy(s, dy + n * kohow, dyt, part + taps * s->k);
+            dw_image(s, &g, xp, dyt, off, part);
+        }
+#pragma omp barrier
+        /* dW[k][tap] and db[k]: the partials summed in thread order. */
+        const int nparts = fc_team_size();
+#pragma omp for schedule(static)
+        for (fc_int e = 0; e < taps * s->k + s->k; e++) {
+            const fc_int tap = e / s->k, k = e % s->k;
+            const float *first = work + pad_floats + dyt_floats;
+            float acc = first[e];
+            for (int q = 1; q < nparts; q++) acc += first[q * per_thread + e];
+            if (tap < taps)
+                dweight[k * taps + tap] = acc;
+            else if (dbias)
+                dbias[k] = acc;
+        }
+    }
+    free(work);
+    return 0;
+}
 #else
+int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
+                                     float *dweight, float *dbias, int nthreads)
+{
+    (void)s, (void)x, (void)dy, (void)dweight, (void)dbias, (void)nthreads;
+    return FC_ENOMEM; /* never called: fc_conv2d_direct_fits is 0 */
+}
+
 int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads)
 {

@@ -100,6 +100,9 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
 int fc_conv2d_direct_fits(const fc_conv_shape *s);
 int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads);
+/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten. */
+int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
+                                     float *dweight, float *dbias, int nthreads);
 
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
