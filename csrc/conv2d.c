@@ -642,13 +642,7 @@ static void sum_partials(float *out, const float *parts, fc_int stride, int npar
     }
 }
 
-/* dx of a stride-1 convolution is itself a convolution, of dy with the
- * weights transposed to (C, K, kh, kw) and flipped in both spatial axes,
- * padding kh-1-ph by kw-1-pw: a tap of dx at (y, x) sums dy at (y + ph - i,
- * x + pw - j). It runs as a forward pass (implicit im2col, no column matrix
- * and no col2im scatter; the output size is exactly H x W). A padding
- * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
- * handle: those taps skip dy's border rows instead of reading zeros. */
+/* The convolution whose output is dx, as dx_by_convolution below runs it. */
 static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
 {
     fc_conv_shape t = *s;
@@ -658,6 +652,13 @@ static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
     return t;
 }
 
+/* dx of a stride-1 convolution is itself a convolution, of dy with the
+ * weights transposed to (C, K, kh, kw) and flipped in both spatial axes,
+ * padding kh-1-ph by kw-1-pw: a tap of dx at (y, x) sums dy at (y + ph - i,
+ * x + pw - j). It runs as a forward pass (implicit im2col, no column matrix
+ * and no col2im scatter; the output size is exactly H x W). A padding
+ * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
+ * handle: those taps skip dy's border rows instead of reading zeros. */
 static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const float *dy,
                              float *dx, int nthreads)
 {
@@ -724,7 +725,10 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     const fc_conv_shape t = dx_convolution_shape(s);
     const int by_convolution =
         s->sh == 1 && s->sw == 1 && (s->c >= s->k || fc_conv2d_direct_fits(&t));
-    const int rc = fc_conv2d_direct_fits(s) && (by_convolution || !dx)
+    /* dW by the direct kernel (conv2d_direct.c has the numbers) only where dx
+     * does not take the col2im route, which computes dW with it: so dW has the
+     * same bits whether dx is asked for or not. */
+    const int rc = fc_conv2d_direct_fits(s) && by_convolution
                        ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads)
                        : dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
                                           dweight, dbias, nthreads);
