@@ -34,11 +34,10 @@
 #include "fastconv.h"
 #include "fc_omp.h"
 
-/* Output pixels per register tile, by vectors of output channels (K / 8):
- * 12 accumulators, plus the weight vectors and one broadcast, fit in the 16
+/* Output pixels per tile() (K = 16): 2 vectors of channels x 6 pixels = 12
+ * accumulators, plus the 2 weight vectors and one broadcast, fit in the 16
  * ymm registers. */
-#define FC_DIRECT_NP1 12
-#define FC_DIRECT_NP2 6
+#define FC_DIRECT_NP 6
 
 /* The shapes this path takes, from measurements at 1 thread (AVX2, Zen 2
  * EPYC, callgrind cycle estimates agreeing with wall-clock medians):
@@ -71,7 +70,11 @@ int fc_conv2d_direct_fits(const fc_conv_shape *s)
 /* The padded image's geometry. */
 typedef struct {
     fc_int hp, wp, plane; /* padded height, width, hp * wp */
+    fc_int floats;        /* the buffer: C planes, slack for row_tile, whole cache lines */
 } padded_geom;
+
+/* Output positions per row_tile: 3 vectors. */
+#define FC_ROW_TILE 24
 
 static padded_geom geom_of(const fc_conv_shape *s)
 {
@@ -79,13 +82,15 @@ static padded_geom geom_of(const fc_conv_shape *s)
     g.hp = s->h + 2 * s->ph;
     g.wp = s->w + 2 * s->pw;
     g.plane = g.hp * g.wp;
+    /* row_tile's last tile reads up to 2 tiles and kw floats past the planes. */
+    g.floats = (s->c * g.plane + 2 * FC_ROW_TILE + s->kw + 15) / 16 * 16;
     return g;
 }
 
 /* Output: xp, image x (C, H, W) surrounded by ph rows and pw columns of zeros. */
 static void pad_image(const fc_conv_shape *s, const padded_geom *g, const float *x, float *xp)
 {
-    memset(xp, 0, sizeof(float) * s->c * g->plane);
+    memset(xp, 0, sizeof(float) * g->floats);
     for (fc_int c = 0; c < s->c; c++)
         for (fc_int r = 0; r < s->h; r++)
             memcpy(xp + c * g->plane + (r + s->ph) * g->wp + s->pw, x + (c * s->h + r) * s->w,
@@ -101,27 +106,27 @@ static void tap_offsets(const fc_conv_shape *s, const padded_geom *g, fc_int *of
             for (fc_int j = 0; j < s->kw; j++) off[t++] = c * g->plane + i * g->wp + j;
 }
 
-/* Output pixels [p0, p0 + NP) of one image (the tile's last pixels repeat
- * pixel `last` when the image ends inside the tile; they are not stored).
- * KV: vectors of 8 output channels (K = 8 KV). Inputs: xp, the padded image;
- * off, tap_offsets; wt, the weights as (C, kh, kw, K); bias (K) or NULL.
- * Output: y (K, OH, OW). */
+/* K = 16: output pixels [p0, p0 + NP) of one image (the tile's last pixels
+ * repeat pixel `last` when the image ends inside the tile; they are not
+ * stored), KV = 2 vectors of 8 output channels each. Inputs: xp, the padded
+ * image; off, tap_offsets; wt, the weights as (C, kh, kw, K); bias (K) or
+ * NULL. Output: y (K, OH, OW). */
 static inline __attribute__((always_inline)) FC_AVX2_FMA void
 tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const fc_int *off,
-     const float *wt, const float *bias, int relu, float *y, fc_int p0, fc_int last,
-     const int KV, const int NP)
+     const float *wt, const float *bias, int relu, float *y, fc_int p0, fc_int last)
 {
-    const fc_int ohow = s->oh * s->ow, K = 8 * KV, taps = s->c * s->kh * s->kw;
-    fc_int at[FC_DIRECT_NP1]; /* the pixels' corners in the padded image */
+    enum { KV = 2, K = 16, NP = FC_DIRECT_NP };
+    const fc_int ohow = s->oh * s->ow, taps = s->c * s->kh * s->kw;
+    fc_int at[NP]; /* the pixels' corners in the padded image */
     for (int q = 0; q < NP; q++) {
         const fc_int p = p0 + q <= last ? p0 + q : last;
         at[q] = p / s->ow * g->wp + p % s->ow;
     }
-    __m256 acc[2][FC_DIRECT_NP1];
+    __m256 acc[KV][NP];
     for (int v = 0; v < KV; v++)
         for (int q = 0; q < NP; q++) acc[v][q] = _mm256_setzero_ps();
     for (fc_int t = 0; t < taps; t++) {
-        __m256 wv[2];
+        __m256 wv[KV];
         for (int v = 0; v < KV; v++) wv[v] = _mm256_loadu_ps(wt + t * K + 8 * v);
         const float *xt = xp + off[t];
         /* An opaque base: else GCC folds off[t] into every pixel's index,
@@ -134,7 +139,7 @@ tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const fc_int
     }
     /* Bias, ReLU (v < 0 ? 0 : v, NaN kept: maxps returns its second operand
      * on NaN), then the (pixel, channel) tile stored channel-major. */
-    float out[FC_DIRECT_NP1][16] __attribute__((aligned(32)));
+    float out[NP][K] __attribute__((aligned(32)));
     for (int v = 0; v < KV; v++) {
         const __m256 b = bias ? _mm256_loadu_ps(bias + 8 * v) : _mm256_setzero_ps();
         for (int q = 0; q < NP; q++) {
@@ -148,7 +153,72 @@ tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const fc_int
         for (int q = 0; q < count; q++) y[k * ohow + p0 + q] = out[q][k];
 }
 
-/* Tiles [t0, t1) of one padded image; K / 8 = KV picks the tile shape. */
+/* K = 8: with one vector of channels, tile() would broadcast one input
+ * pixel per multiply-add and run at half its speed with K = 16 (measured:
+ * the 16 -> 8 dx of lenet conv2 at 1 thread, about 1.9 ms against 1.0 ms for
+ * its forward). So here the lanes are output positions instead: outputs are
+ * computed at the padded image's row pitch, position P = oy * wp + ox (the
+ * columns ox >= OW are computed and dropped: 4 of every 18 for lenet conv2's
+ * dx, 4 of 32 for conv1), each tap then reads 3 contiguous vectors at
+ * P + off[t], and 4 channels' weights are broadcast: 12 accumulators for
+ * 3 loads and 4 broadcasts. Positions [P0, P0 + FC_ROW_TILE), both halves of
+ * the 8 channels; sums in tap order, then + bias, as tile(). */
+static inline __attribute__((always_inline)) FC_AVX2_FMA void
+row_tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const fc_int *off,
+         const float *wt, const float *bias, int relu, float *y, fc_int P0)
+{
+    const fc_int taps = s->c * s->kh * s->kw, ohow = s->oh * s->ow, span = s->oh * g->wp;
+    float buf[8][FC_ROW_TILE] __attribute__((aligned(32)));
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[4][3];
+        for (int r = 0; r < 4; r++)
+            for (int u = 0; u < 3; u++) acc[r][u] = _mm256_setzero_ps();
+        for (fc_int t = 0; t < taps; t++) {
+            const float *xt = xp + off[t] + P0;
+            __asm__("" : "+r"(xt)); /* see tile() */
+            const __m256 x0 = _mm256_loadu_ps(xt), x1 = _mm256_loadu_ps(xt + 8);
+            const __m256 x2 = _mm256_loadu_ps(xt + 16);
+            const float *w = wt + t * 8 + 4 * h;
+            for (int r = 0; r < 4; r++) {
+                const __m256 wv = _mm256_broadcast_ss(w + r);
+                acc[r][0] = _mm256_fmadd_ps(wv, x0, acc[r][0]);
+                acc[r][1] = _mm256_fmadd_ps(wv, x1, acc[r][1]);
+                acc[r][2] = _mm256_fmadd_ps(wv, x2, acc[r][2]);
+            }
+        }
+        for (int r = 0; r < 4; r++) {
+            const __m256 b = _mm256_set1_ps(bias ? bias[4 * h + r] : 0.0f);
+            for (int u = 0; u < 3; u++) {
+                __m256 v = _mm256_add_ps(acc[r][u], b);
+                if (relu) v = _mm256_max_ps(_mm256_setzero_ps(), v);
+                _mm256_store_ps(buf[4 * h + r] + 8 * u, v);
+            }
+        }
+    }
+    /* The tile's runs of real columns (ox < OW) to y. */
+    for (fc_int P = P0; P < P0 + FC_ROW_TILE && P < span;) {
+        const fc_int oy = P / g->wp, ox = P % g->wp;
+        if (ox >= s->ow) {
+            P = (oy + 1) * g->wp;
+            continue;
+        }
+        const fc_int row_end = oy * g->wp + s->ow;
+        const fc_int len = (row_end < P0 + FC_ROW_TILE ? row_end : P0 + FC_ROW_TILE) - P;
+        for (int k = 0; k < 8; k++)
+            for (fc_int e = 0; e < len; e++) y[k * ohow + oy * s->ow + ox + e] = buf[k][P - P0 + e];
+        P += len;
+    }
+}
+
+/* Tiles of one padded image: for K = 16, tile()s of FC_DIRECT_NP output
+ * pixels; for K = 8, row_tile()s. */
+static fc_int tile_count(const fc_conv_shape *s, const padded_geom *g)
+{
+    return s->k == 16 ? (s->oh * s->ow + FC_DIRECT_NP - 1) / FC_DIRECT_NP
+                      : (s->oh * g->wp + FC_ROW_TILE - 1) / FC_ROW_TILE;
+}
+
+/* Tiles [t0, t1) of one padded image. */
 static FC_AVX2_FMA void image_tiles(const fc_conv_shape *s, const padded_geom *g, const float *xp,
                                     const fc_int *off, const float *wt, const float *bias,
                                     int relu, float *y, fc_int t0, fc_int t1)
@@ -156,10 +226,9 @@ static FC_AVX2_FMA void image_tiles(const fc_conv_shape *s, const padded_geom *g
     const fc_int last = s->oh * s->ow - 1;
     if (s->k == 16) {
         for (fc_int t = t0; t < t1; t++)
-            tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP2, last, 2, FC_DIRECT_NP2);
+            tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP, last);
     } else {
-        for (fc_int t = t0; t < t1; t++)
-            tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP1, last, 1, FC_DIRECT_NP1);
+        for (fc_int t = t0; t < t1; t++) row_tile(s, g, xp, off, wt, bias, relu, y, t * FC_ROW_TILE);
     }
 }
 
@@ -169,12 +238,11 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
     const fc_int kk = s->kh * s->kw, taps = s->c * kk, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
     const padded_geom g = geom_of(s);
-    const fc_int np = s->k == 16 ? FC_DIRECT_NP2 : FC_DIRECT_NP1;
-    const fc_int tiles = (ohow + np - 1) / np;
+    const fc_int tiles = tile_count(s, &g);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     /* Per thread, a padded image rounded up to whole cache lines (no two
      * threads write one line); then the transposed weights. */
-    const fc_int pad_floats = (s->c * g.plane + 15) / 16 * 16;
+    const fc_int pad_floats = g.floats;
     const size_t bytes = sizeof(float) * (size_t)(team * pad_floats + taps * s->k) +
                          sizeof(fc_int) * (size_t)taps;
     float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
@@ -302,7 +370,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     /* Per thread, whole cache lines: padded image, dy transposed, the
      * (taps, K) dW partial and the db partial. */
-    const fc_int pad_floats = (s->c * g.plane + 15) / 16 * 16, dyt_floats = ohow * s->k;
+    const fc_int pad_floats = g.floats, dyt_floats = ohow * s->k;
     const fc_int part_floats = taps * s->k + 16;
     const fc_int per_thread = pad_floats + dyt_floats + part_floats;
     const size_t bytes = sizeof(float) * (size_t)(team * per_thread) + sizeof(fc_int) * (size_t)taps;
