@@ -39,24 +39,24 @@
  * ymm registers. */
 #define FC_DIRECT_NP 6
 
-/* The shapes this path takes, from measurements at 1 thread (AVX2, Zen 2
- * EPYC, callgrind cycle estimates agreeing with wall-clock medians):
- *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2) forward: 0.92 ms direct vs 1.62 GEMM;
- *   its dx as a convolution (16 -> 8 channels):     see fc_conv2d_backward.
- *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):           measured in the report.
- * Limits: unit strides (the tile's pixels are consecutive), K a multiple of 8
- * up to 16 (the register tile), and C * kh * kw <= 800 taps, beyond which
- * the GEMM's cache blocking wins (its packing cost is then amortized over
- * more taps per output). */
-#define FC_DIRECT_MAX_TAPS 800
-
+/* The shapes this path takes: unit strides (a tile's pixels are
+ * consecutive) and K = 8 or 16 (the register tiles). Measured at 1 thread
+ * (AVX2, 2-core EPYC; in-process A/B medians of 150 calls, forward and
+ * forward + backward with dx), direct vs the im2col GEMM path:
+ *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2):  fwd 1.07 ms vs 1.88, fwd+bwd 2.41 vs 3.78
+ *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):   fwd 0.42 vs 0.63
+ *   64x16x14x14 -> 8, 5x5 p2:                fwd 1.34 vs 2.64, bwd 2.93 vs 5.21
+ *   32x64x8x8 -> 16, 3x3 p1:                 fwd 0.52 vs 0.94, bwd 1.26 vs 2.37
+ *   32x128x8x8 -> 16, 3x3 p1 (1152 taps):    fwd 1.03 vs 1.84, bwd 2.26 vs 3.59
+ *   16x512x4x4 -> 16, 3x3 p1 (4608 taps):    fwd 0.66 vs 1.79, bwd 1.53 vs 7.27
+ *   8x256x16x16 -> 8, 5x5 p2 (6400 taps):    fwd 4.18 vs 6.99, bwd 8.65 vs 18.9
+ * so no limit on C * kh * kw: with K this small the GEMM never amortizes
+ * its packing. */
 int fc_conv2d_direct_fits(const fc_conv_shape *s)
 {
 #if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-    if (getenv("FC_NO_DIRECT")) return 0; /* TEMP */
     return fc_isa_get() >= FC_ISA_AVX2 && s->sh == 1 && s->sw == 1 && s->ph >= 0 &&
-           s->pw >= 0 && (s->k == 8 || s->k == 16) &&
-           s->c * s->kh * s->kw <= FC_DIRECT_MAX_TAPS;
+           s->pw >= 0 && (s->k == 8 || s->k == 16);
 #else
     (void)s;
     return 0;

@@ -158,17 +158,17 @@ EDGES = {
     "unit-stride-padding-beyond-kernel-widening": Conv(3, 2, 5, 4, 3, 3, 2, (1, 1), (3, 2)),
     "unit-stride-1xk-wide-padding": Conv(1, 3, 1, 6, 2, 1, 3, (1, 1), (2, 0)),
     # The direct kernel (csrc/conv2d_direct.c: unit strides, K in {8, 16},
-    # C*kh*kw <= 800 taps, on AVX2): the lenet layers, batch 1, non-square
-    # odd sizes, fewer output pixels than a register tile, and dx convolving
-    # 16 -> 8 channels (direct too), or 8 -> 1 (col2im).
+    # on AVX2): the lenet layers, batch 1, non-square odd sizes, fewer output
+    # pixels than a register tile, many taps, and dx convolving 16 -> 8
+    # channels (direct too), or 8 -> 1 (col2im).
     "direct-lenet-conv2": Conv(3, 8, 14, 14, 16, 5, 5, (1, 1), (2, 2)),
     "direct-lenet-conv1": Conv(2, 1, 28, 28, 8, 5, 5, (1, 1), (2, 2)),
     "direct-batch1-nonsquare": Conv(1, 3, 7, 9, 8, 3, 5, (1, 1), (0, 2)),
     "direct-fewer-pixels-than-a-tile": Conv(2, 5, 2, 3, 16, 3, 3, (1, 1), (1, 1)),
     "direct-dx-16-to-8": Conv(3, 16, 5, 6, 8, 5, 5, (1, 1), (2, 1)),
     "direct-padding-beyond-kernel": Conv(2, 4, 5, 6, 16, 3, 3, (1, 1), (3, 4)),
-    "direct-at-tap-limit": Conv(2, 32, 6, 5, 16, 5, 5, (1, 1), (2, 2)),
-    "direct-above-tap-limit": Conv(2, 33, 6, 5, 16, 5, 5, (1, 1), (2, 2)),
+    "direct-many-taps": Conv(2, 40, 6, 5, 16, 5, 5, (1, 1), (2, 2)),
+    "direct-k8-many-taps": Conv(3, 70, 4, 7, 8, 3, 3, (1, 1), (1, 1)),
 }
 
 
