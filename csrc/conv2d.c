@@ -583,7 +583,7 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
 
 /* Images [n0, n1) of the backward pass, with workspace `work` laid out as
  * `plan` says. Outputs: dx (may be NULL) for those images; dweight and
- * dbias (may be NULL) overwritten with the sums over those images only.
+ * dbias (each may be NULL) overwritten with the sums over those images only.
  * nthreads: threads for each group's GEMMs and copies. Returns 0 or the
  * GEMM's error. */
 static int backward_images(const fc_conv_shape *s, const float *x, const float *weight,
@@ -593,11 +593,11 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
 {
     const fc_int ckk = s->c * s->kh * s->kw, ohow = s->oh * s->ow, kohow = s->k * ohow;
     const fc_int chw = s->c * s->h * s->w;
-    memset(dweight, 0, sizeof(float) * s->k * ckk);
+    if (dweight) memset(dweight, 0, sizeof(float) * s->k * ckk);
     if (dbias) memset(dbias, 0, sizeof(float) * s->k);
     for (fc_int n = n0; n < n1; n += plan->g) {
         const fc_int gn = min_i(plan->g, n1 - n), ld = gn * ohow;
-        const float *cols = group_columns(s, x, n, gn, work, nthreads);
+        const float *cols = dweight ? group_columns(s, x, n, gn, work, nthreads) : NULL;
         /* The group's dy side by side, (K, gn*OH*OW): gathered unless single. */
         const float *dyg = dy + n * kohow;
         if (gn > 1) {
@@ -608,8 +608,9 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
                            sizeof(float) * ohow);
             dyg = wide;
         }
-        int rc = fc_sgemm(0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f, dweight, ckk,
-                          nthreads);
+        int rc = dweight ? fc_sgemm(0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f, dweight,
+                                    ckk, nthreads)
+                         : 0;
         if (rc) return rc;
         if (dbias) {
 #pragma omp parallel for num_threads(nthreads) schedule(static) \
@@ -675,7 +676,7 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
     return rc;
 }
 
-/* dW, db, and dx by col2im when dx is given. */
+/* dW and db (each may be NULL: not computed), and dx by col2im when dx is given. */
 static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float *weight,
                             const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
 {
@@ -702,10 +703,11 @@ static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float 
         float *mine = work + t * per_thread, *dw_part = mine + plan.floats;
         long long lo, hi;
         fc_split_range(s->n, team, t, &lo, &hi);
-        failed |= backward_images(s, x, weight, dy, dx, lo, hi, &plan, mine, dw_part,
-                                  dbias ? dw_part + dw_size : NULL, 1) != 0;
+        failed |= backward_images(s, x, weight, dy, dx, lo, hi, &plan, mine,
+                                  dweight ? dw_part : NULL, dbias ? dw_part + dw_size : NULL,
+                                  1) != 0;
 #pragma omp barrier
-        sum_partials(dweight, work + plan.floats, per_thread, team, dw_size);
+        if (dweight) sum_partials(dweight, work + plan.floats, per_thread, team, dw_size);
         if (dbias) sum_partials(dbias, work + plan.floats + dw_size, per_thread, team, s->k);
     }
     free(work);
@@ -725,13 +727,13 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     const fc_conv_shape t = dx_convolution_shape(s);
     const int by_convolution =
         s->sh == 1 && s->sw == 1 && (s->c >= s->k || fc_conv2d_direct_fits(&t));
-    /* dW by the direct kernel (conv2d_direct.c has the numbers) only where dx
-     * does not take the col2im route, which computes dW with it: so dW has the
-     * same bits whether dx is asked for or not. */
-    const int rc = fc_conv2d_direct_fits(s) && by_convolution
-                       ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads)
-                       : dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
-                                          dweight, dbias, nthreads);
+    /* dW and db by the direct kernel where it fits (conv2d_direct.c has the
+     * numbers), the col2im route then computing dx alone. */
+    const int direct = fc_conv2d_direct_fits(s);
+    int rc = direct ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads) : 0;
+    if (!rc && (!direct || (dx && !by_convolution)))
+        rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
+                              direct ? NULL : dweight, direct ? NULL : dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
     return dx_by_convolution(s, weight, dy, dx, nthreads);
 }

@@ -282,26 +282,37 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
 
 /* ---- dW and db ------------------------------------------------------------
  * dW[k][c][i][j] = sum over images and output pixels p of
- * dy[k][p] * xpad[c][p + (i, j)]: the same register tile turned around, the
- * output channels as lanes of dy transposed to (pixel, K), T taps of the
- * padded image broadcast, KV * T accumulators that run over all the pixels
- * of an image (in raster order) and live in a (taps, K) partial between
- * images. */
+ * dy[k][p] * xpad[c][p + (i, j)], both forward tiles turned around:
+ *
+ * K = 16 (dw_tile): the output channels as lanes of dy transposed to
+ * (pixel, K), T taps of the padded image broadcast, 2T accumulators that run
+ * over all the pixels of an image in raster order: partials of one float per
+ * (tap, k).
+ * K = 8 (dw_row_tile): lanes over output positions at the padded row pitch,
+ * as row_tile(), from dy copied to that pitch with zeros in the dropped
+ * columns (so they add nothing); 4 channels x 3 taps of accumulators, each a
+ * vector of 8 partial sums kept per (tap, k). With channel lanes, K = 8 would
+ * broadcast one pixel per multiply-add (lenet conv1's dW: 0.94 ms, no faster
+ * than the GEMM path).
+ *
+ * The partials live between images in a per-thread (taps, K, L) buffer (L = 1
+ * or 8 lanes); at the end dW = the partials summed in thread order, each
+ * thread's L lanes in order: deterministic for a thread count. db is summed
+ * the same way from dy. */
 
-/* Accumulators per dW tile: KV * T <= 12. */
-#define FC_DW_T1 12
-#define FC_DW_T2 6
+/* Accumulators per dW tile: 2 vectors x FC_DW_T taps. */
+#define FC_DW_T 6
 
-/* Taps [t0, t0 + T) into part (taps, K), over all pixels of one image:
- * xp padded, dyt (OH*OW, K). */
+/* K = 16: taps [t0, t0 + T) into part (taps, K), over all pixels of one
+ * image: xp padded, dyt (OH*OW, K). */
 static inline __attribute__((always_inline)) FC_AVX2_FMA void
 dw_tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const float *dyt,
-        const fc_int *off, fc_int t0, float *part, const int KV, const int T)
+        const fc_int *off, fc_int t0, float *part, const int T)
 {
-    const fc_int K = 8 * KV;
-    fc_int o[FC_DW_T1];
+    enum { KV = 2, K = 16 };
+    fc_int o[FC_DW_T];
     for (int t = 0; t < T; t++) o[t] = off[t0 + t];
-    __m256 acc[2][FC_DW_T1];
+    __m256 acc[KV][FC_DW_T];
     for (int v = 0; v < KV; v++)
         for (int t = 0; t < T; t++) acc[v][t] = _mm256_loadu_ps(part + (t0 + t) * K + 8 * v);
     for (fc_int oy = 0; oy < s->oh; oy++) {
@@ -309,7 +320,7 @@ dw_tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const flo
         for (fc_int ox = 0; ox < s->ow; ox++, d += K) {
             const float *p = xp + oy * g->wp + ox;
             __asm__("" : "+r"(p)); /* a base register, as in tile() */
-            __m256 dv[2];
+            __m256 dv[KV];
             for (int v = 0; v < KV; v++) dv[v] = _mm256_loadu_ps(d + 8 * v);
             for (int t = 0; t < T; t++) {
                 const __m256 xv = _mm256_broadcast_ss(p + o[t]);
@@ -321,43 +332,80 @@ dw_tile(const fc_conv_shape *s, const padded_geom *g, const float *xp, const flo
         for (int t = 0; t < T; t++) _mm256_storeu_ps(part + (t0 + t) * K + 8 * v, acc[v][t]);
 }
 
-/* All taps of one image into part: tiles of FC_DW_T taps, and the rest in a
- * last, narrower tile (T is a compile-time constant in each case). */
-#define FC_DW_CASE(KV, T) \
-    case T: dw_tile(s, g, xp, dyt, off, t0, part, KV, T); break;
-static FC_AVX2_FMA void dw_image(const fc_conv_shape *s, const padded_geom *g, const float *xp,
-                                 const float *dyt, const fc_int *off, float *part)
+/* K = 8: taps [t0, t0 + T) x channels [4h, 4h + 4) into part (taps, 8, 8
+ * lanes), over positions [0, span) of one image: xp padded, dyp (8, span)
+ * at the padded pitch. */
+static inline __attribute__((always_inline)) FC_AVX2_FMA void
+dw_row_tile(const float *xp, const float *dyp, fc_int span, const fc_int *off, fc_int t0,
+            int h, float *part, const int T)
 {
-    const fc_int taps = s->c * s->kh * s->kw;
-    for (fc_int t0 = 0; t0 < taps;) {
-        if (s->k == 16) {
-            const fc_int T = taps - t0 < FC_DW_T2 ? taps - t0 : FC_DW_T2;
-            switch (T) {
-            FC_DW_CASE(2, 1) FC_DW_CASE(2, 2) FC_DW_CASE(2, 3) FC_DW_CASE(2, 4)
-            FC_DW_CASE(2, 5) FC_DW_CASE(2, 6)
-            }
-            t0 += T;
-        } else {
-            const fc_int T = taps - t0 < FC_DW_T1 ? taps - t0 : FC_DW_T1;
-            switch (T) {
-            FC_DW_CASE(1, 1) FC_DW_CASE(1, 2) FC_DW_CASE(1, 3) FC_DW_CASE(1, 4)
-            FC_DW_CASE(1, 5) FC_DW_CASE(1, 6) FC_DW_CASE(1, 7) FC_DW_CASE(1, 8)
-            FC_DW_CASE(1, 9) FC_DW_CASE(1, 10) FC_DW_CASE(1, 11) FC_DW_CASE(1, 12)
-            }
-            t0 += T;
+    const float *xt[3];
+    for (int t = 0; t < T; t++) xt[t] = xp + off[t0 + t];
+    __m256 acc[4][3];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_loadu_ps(part + ((t0 + t) * 8 + 4 * h + r) * 8);
+    for (fc_int P = 0; P < span; P += 8) {
+        __m256 xv[3];
+        for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(xt[t] + P);
+        for (int r = 0; r < 4; r++) {
+            const __m256 dv = _mm256_loadu_ps(dyp + (4 * h + r) * span + P);
+            for (int t = 0; t < T; t++) acc[r][t] = _mm256_fmadd_ps(dv, xv[t], acc[r][t]);
         }
     }
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(part + ((t0 + t) * 8 + 4 * h + r) * 8, acc[r][t]);
 }
 
-/* dyt (OH*OW, K) = dy (K, OH*OW) of one image transposed; db += its row sums,
- * pixel by pixel (a fixed order). */
-static FC_AVX2_FMA void transpose_dy(const fc_conv_shape *s, const float *dy, float *dyt, float *db)
+/* All taps of one image into part: tiles of the widest T, and the rest in a
+ * last, narrower tile (T is a compile-time constant in each case). dyk is
+ * dyt (K = 16) or dyp (K = 8, whose positions run to span). */
+#define FC_DW_CASE(T) \
+    case T: dw_tile(s, g, xp, dyk, off, t0, part, T); break;
+#define FC_DW_ROW_CASE(T) \
+    case T: dw_row_tile(xp, dyk, span, off, t0, h, part, T); break;
+static FC_AVX2_FMA void dw_image(const fc_conv_shape *s, const padded_geom *g, const float *xp,
+                                 const float *dyk, fc_int span, const fc_int *off, float *part)
+{
+    const fc_int taps = s->c * s->kh * s->kw;
+    if (s->k == 16) {
+        for (fc_int t0 = 0; t0 < taps; t0 += FC_DW_T) {
+            switch (taps - t0 < FC_DW_T ? taps - t0 : FC_DW_T) {
+            FC_DW_CASE(1) FC_DW_CASE(2) FC_DW_CASE(3) FC_DW_CASE(4) FC_DW_CASE(5) FC_DW_CASE(6)
+            }
+        }
+        return;
+    }
+    for (int h = 0; h < 2; h++)
+        for (fc_int t0 = 0; t0 < taps; t0 += 3) {
+            switch (taps - t0 < 3 ? taps - t0 : 3) {
+            FC_DW_ROW_CASE(1) FC_DW_ROW_CASE(2) FC_DW_ROW_CASE(3)
+            }
+        }
+}
+
+/* One image's dy (K, OH*OW) in the layout dw_image reads, and db's partial
+ * (K, L) += its sums in a fixed order. K = 16: dyk = dyt (OH*OW, K), summed
+ * pixel by pixel. K = 8: dyk = dyp (K, span), rows at the padded pitch (its
+ * dropped columns and tail stay zero from the first call), summed in 8
+ * lanes. */
+static FC_AVX2_FMA void stage_dy(const fc_conv_shape *s, const padded_geom *g, const float *dy,
+                                 float *dyk, fc_int span, float *db)
 {
     const fc_int ohow = s->oh * s->ow, K = s->k;
-    for (fc_int k = 0; k < K; k++)
-        for (fc_int p = 0; p < ohow; p++) dyt[p * K + k] = dy[k * ohow + p];
-    for (fc_int p = 0; p < ohow; p++)
-        for (fc_int k = 0; k < K; k++) db[k] += dyt[p * K + k];
+    if (K == 16) {
+        for (fc_int k = 0; k < K; k++)
+            for (fc_int p = 0; p < ohow; p++) dyk[p * K + k] = dy[k * ohow + p];
+        for (fc_int p = 0; p < ohow; p++)
+            for (fc_int k = 0; k < K; k++) db[k] += dyk[p * K + k];
+        return;
+    }
+    for (fc_int k = 0; k < K; k++) {
+        for (fc_int oy = 0; oy < s->oh; oy++)
+            memcpy(dyk + k * span + oy * g->wp, dy + k * ohow + oy * s->ow, sizeof(float) * s->ow);
+        __m256 acc = _mm256_loadu_ps(db + 8 * k);
+        for (fc_int P = 0; P < span; P += 8) acc = _mm256_add_ps(acc, _mm256_loadu_ps(dyk + k * span + P));
+        _mm256_storeu_ps(db + 8 * k, acc);
+    }
 }
 
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
@@ -366,13 +414,17 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
     const fc_int taps = s->c * s->kh * s->kw, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
     const padded_geom g = geom_of(s);
+    const fc_int lanes = s->k == 16 ? 1 : 8;
+    /* K = 8: positions at the padded pitch, whole vectors (row_tile's slack
+     * covers the reads past the planes). */
+    const fc_int span = (s->oh * g.wp + 7) / 8 * 8;
     /* Images split over threads; n < nthreads runs on one (a small job). */
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
-    /* Per thread, whole cache lines: padded image, dy transposed, the
-     * (taps, K) dW partial and the db partial. */
-    const fc_int pad_floats = g.floats, dyt_floats = ohow * s->k;
-    const fc_int part_floats = taps * s->k + 16;
-    const fc_int per_thread = pad_floats + dyt_floats + part_floats;
+    /* Per thread, whole cache lines: padded image, staged dy, the (taps, K,
+     * lanes) dW partial and the (K, lanes) db partial. */
+    const fc_int dy_floats = (s->k == 16 ? ohow * s->k : span * s->k + 15) / 16 * 16;
+    const fc_int part_floats = ((taps + 1) * s->k * lanes + 15) / 16 * 16;
+    const fc_int per_thread = g.floats + dy_floats + part_floats;
     const size_t bytes = sizeof(float) * (size_t)(team * per_thread) + sizeof(fc_int) * (size_t)taps;
     float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!work) return FC_ENOMEM;
@@ -382,24 +434,25 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         const int t = fc_thread_id();
-        float *xp = work + t * per_thread, *dyt = xp + pad_floats, *part = dyt + dyt_floats;
-        memset(part, 0, sizeof(float) * part_floats);
+        float *xp = work + t * per_thread, *dyk = xp + g.floats, *part = dyk + dy_floats;
+        memset(dyk, 0, sizeof(float) * (dy_floats + part_floats));
         long long lo, hi;
         fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
         for (fc_int n = lo; n < hi; n++) {
             pad_image(s, &g, x + n * chw, xp);
-            transpose_dy(s, dy + n * kohow, dyt, part + taps * s->k);
-            dw_image(s, &g, xp, dyt, off, part);
+            stage_dy(s, &g, dy + n * kohow, dyk, span, part + taps * s->k * lanes);
+            dw_image(s, &g, xp, dyk, span, off, part);
         }
 #pragma omp barrier
-        /* dW[k][tap] and db[k]: the partials summed in thread order. */
+        /* dW[k][tap] and db[k] (as tap `taps`): partials in thread order. */
         const int nparts = fc_team_size();
+        const float *first = work + g.floats + dy_floats;
 #pragma omp for schedule(static)
-        for (fc_int e = 0; e < taps * s->k + s->k; e++) {
+        for (fc_int e = 0; e < (taps + 1) * s->k; e++) {
             const fc_int tap = e / s->k, k = e % s->k;
-            const float *first = work + pad_floats + dyt_floats;
-            float acc = first[e];
-            for (int q = 1; q < nparts; q++) acc += first[q * per_thread + e];
+            float acc = 0.0f;
+            for (int q = 0; q < nparts; q++)
+                for (fc_int l = 0; l < lanes; l++) acc += first[q * per_thread + e * lanes + l];
             if (tap < taps)
                 dweight[k * taps + tap] = acc;
             else if (dbias)
