@@ -1,27 +1,32 @@
-/* Direct convolution for layers with few output channels (contract of
- * fc_conv2d_forward in fastconv.h; the dispatch rule is fc_conv2d_direct_fits).
+/* Direct convolution for layers with 8 or 16 output channels: the forward
+ * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
+ * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
+ * (conv2d.c, dx_by_convolution), which comes here when it has 8 or 16
+ * outputs. The dispatch rule is fc_conv2d_direct_fits.
  *
  * Why: with K = 8 or 16 output channels, im2col + GEMM uses each packed B
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed
  * panels costs about as much as the arithmetic (64x8x14x14 -> 16, 5x5: the
- * implicit-im2col GEMM runs at a third of the FMA peak). Here nothing is
- * packed: the output channels are the vector lanes (K / 8 ymm registers of
- * 8 channels), and a register tile holds those channels for NP output
- * pixels, 12 accumulators in all:
- *   acc[v][q] += wt[c][i][j][8v .. 8v+7] * xpad[c][pixel q + (i, j)]
- * with one weight vector load per v and one broadcast per pixel per tap.
- * Each image is first copied into a zero-padded (C, H + 2ph, W + 2pw)
- * buffer, so that no tap needs a bounds test; weights are transposed once
- * per call to (C, kh, kw, K). Bias and ReLU are applied in the store, which
- * transposes the (pixel, channel) tile back to NCHW.
+ * implicit-im2col GEMM runs at under half of the FMA peak). Here nothing is
+ * packed. Each image is first copied into a zero-padded (C, H + 2ph, W + 2pw)
+ * buffer, so that no tap needs a bounds test, and a tap (c, i, j) is one
+ * offset into it; weights are transposed once per call to (C, kh, kw, K).
+ * Register tiles of 12 accumulators:
+ * - K = 16 (tile): the output channels are the lanes, 2 vectors x 6 output
+ *   pixels; per tap, 2 weight loads and 6 broadcast pixels;
+ * - K = 8 (row_tile): the lanes are output positions at the padded row
+ *   pitch, 4 channels x 3 vectors; per tap, 3 loads and 4 broadcast weights.
+ * Bias and ReLU are applied as a tile is stored.
  *
  * Every output sums its taps in the same order (c, i, j), then adds the
- * bias, whatever the thread count or the batch split: results are bitwise
- * identical across both (unlike dW in the GEMM path there is no reduction).
+ * bias, whatever the thread count or the batch split: the forward is bitwise
+ * identical across both. dW sums over images in per-thread partials, as the
+ * GEMM path does (see below).
  *
  * Threading: with at least as many images as threads, each thread runs whole
- * images (static split) with its own padded buffer; otherwise the images run
- * one after another and the pixel tiles of each are shared by all threads.
+ * images (static split) with its own padded buffer; otherwise the forward
+ * runs the images one after another and shares each one's tiles among the
+ * threads, and dW runs on one thread.
  *
  * AVX2 + FMA only (per-function target, picked at run time as maxpool2d.c's
  * kernels): on the generic ISA fc_conv2d_direct_fits says no and the GEMM
