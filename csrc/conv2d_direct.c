@@ -46,17 +46,20 @@
 
 /* The shapes this path takes: unit strides (a tile's pixels are
  * consecutive) and K = 8 or 16 (the register tiles). Measured at 1 thread
- * (AVX2, 2-core EPYC; in-process A/B medians of 150 calls, forward and
- * forward + backward with dx), direct vs the im2col GEMM path:
- *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2):  fwd 1.07 ms vs 1.88, fwd+bwd 2.41 vs 3.78
- *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):   fwd 0.42 vs 0.63
- *   64x16x14x14 -> 8, 5x5 p2:                fwd 1.34 vs 2.64, bwd 2.93 vs 5.21
- *   32x64x8x8 -> 16, 3x3 p1:                 fwd 0.52 vs 0.94, bwd 1.26 vs 2.37
- *   32x128x8x8 -> 16, 3x3 p1 (1152 taps):    fwd 1.03 vs 1.84, bwd 2.26 vs 3.59
- *   16x512x4x4 -> 16, 3x3 p1 (4608 taps):    fwd 0.66 vs 1.79, bwd 1.53 vs 7.27
- *   8x256x16x16 -> 8, 5x5 p2 (6400 taps):    fwd 4.18 vs 6.99, bwd 8.65 vs 18.9
- * so no limit on C * kh * kw: with K this small the GEMM never amortizes
- * its packing. */
+ * (AVX2, 2-core EPYC, shared and noisy), this build against the GEMM path
+ * before it (dee45b3), each in its own process, 3 alternating rounds of
+ * 0.6 s per case, medians; fwd, bwd (dx, dW, db) and dW (need_dx=False):
+ *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2): fwd 1.06 ms vs 1.83, bwd 2.52 vs 4.01, dW 1.20 vs 2.45
+ *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):  fwd 0.42 vs 0.61, bwd 1.10 vs 2.33, dW 0.42 vs 0.98
+ *   64x16x14x14 -> 8, 5x5 p2:               fwd 1.32 vs 2.57, bwd 2.52 vs 5.07
+ *   32x64x8x8 -> 16, 3x3 p1:                fwd 0.52 vs 0.96, bwd 1.21 vs 1.66
+ *   16x512x4x4 -> 16, 3x3 p1 (4608 taps):   fwd 0.72 vs 1.86, bwd 1.90 vs 8.43
+ *   8x256x16x16 -> 8, 5x5 p2 (6400 taps):   fwd 4.12 vs 9.27, bwd 7.18 vs 17.4
+ * so no limit on C * kh * kw: with K this small the GEMM never amortizes its
+ * packing. The one near-tie: K = 16 with a handful of taps (4x3x64x64 ->
+ * 16 3x3, 64x1x28x28 -> 16 5x5), where tile()'s transposing store weighs
+ * as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from run to
+ * run, within this machine's noise, so no separate rule. */
 int fc_conv2d_direct_fits(const fc_conv_shape *s)
 {
 #if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
