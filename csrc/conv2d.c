@@ -554,7 +554,8 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
 int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads)
 {
-    if (fc_conv2d_direct_fits(s)) return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
+    if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
+        return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     conv_plan plan = plan_for(s, (s->n + team - 1) / team);
     if (s->sh == 1 && s->sw == 1) { /* implicit im2col: no column matrix */
@@ -722,7 +723,9 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
      * Measured at 1 thread (AVX2), the convolution wins when C >= K (3x3,
      * 128x64x16x16 -> 32: 34.4 ms against 37.8; 5x5, 64x32x14x14 -> 8: 8.4
      * against 10.7), ties at C == K and loses when K = 2C, the usual widening
-     * layer (128x32x16x16 -> 64: 34.5 against 32.5). Strided convolutions
+     * layer (128x32x16x16 -> 64: 34.5 against 32.5). It also wins when that
+     * convolution (K -> C channels) fits the direct kernel: lenet conv2's dx
+     * (16 -> 8) takes 1.3 ms against 1.6 by col2im. Strided convolutions
      * always scatter by col2im, each thread on its own images. */
     const fc_conv_shape t = dx_convolution_shape(s);
     const int by_convolution =
