@@ -555,6 +555,8 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
                       const float *bias, int relu, float *y, int nthreads)
 {
     if (fc_winograd_applies(s)) return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
+    if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
+        return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     conv_plan plan = plan_for(s, (s->n + team - 1) / team);
     if (s->sh == 1 && s->sw == 1) { /* implicit im2col: no column matrix */
@@ -599,7 +601,7 @@ int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const floa
 
 /* Images [n0, n1) of the backward pass, with workspace `work` laid out as
  * `plan` says. Outputs: dx (may be NULL) for those images; dweight and
- * dbias (may be NULL) overwritten with the sums over those images only.
+ * dbias (each may be NULL) overwritten with the sums over those images only.
  * nthreads: threads for each group's GEMMs and copies. Returns 0 or the
  * GEMM's error. */
 static int backward_images(const fc_conv_shape *s, const float *x, const float *weight,
@@ -609,11 +611,11 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
 {
     const fc_int ckk = s->c * s->kh * s->kw, ohow = s->oh * s->ow, kohow = s->k * ohow;
     const fc_int chw = s->c * s->h * s->w;
-    memset(dweight, 0, sizeof(float) * s->k * ckk);
+    if (dweight) memset(dweight, 0, sizeof(float) * s->k * ckk);
     if (dbias) memset(dbias, 0, sizeof(float) * s->k);
     for (fc_int n = n0; n < n1; n += plan->g) {
         const fc_int gn = min_i(plan->g, n1 - n), ld = gn * ohow;
-        const float *cols = group_columns(s, x, n, gn, work, nthreads);
+        const float *cols = dweight ? group_columns(s, x, n, gn, work, nthreads) : NULL;
         /* The group's dy side by side, (K, gn*OH*OW): gathered unless single. */
         const float *dyg = dy + n * kohow;
         if (gn > 1) {
@@ -624,8 +626,9 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
                            sizeof(float) * ohow);
             dyg = wide;
         }
-        int rc = fc_sgemm(0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f, dweight, ckk,
-                          nthreads);
+        int rc = dweight ? fc_sgemm(0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f, dweight,
+                                    ckk, nthreads)
+                         : 0;
         if (rc) return rc;
         if (dbias) {
 #pragma omp parallel for num_threads(nthreads) schedule(static) \
@@ -658,14 +661,8 @@ static void sum_partials(float *out, const float *parts, fc_int stride, int npar
     }
 }
 
-/* dx of a stride-1 convolution is itself a convolution, of dy with the
- * weights transposed to (C, K, kh, kw) and flipped in both spatial axes,
- * padding kh-1-ph by kw-1-pw: a tap of dx at (y, x) sums dy at (y + ph - i,
- * x + pw - j). It runs as a forward pass (implicit im2col, no column matrix
- * and no col2im scatter; the output size is exactly H x W). A padding
- * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
- * handle: those taps skip dy's border rows instead of reading zeros. */
-static fc_conv_shape dx_problem(const fc_conv_shape *s)
+/* The convolution whose output is dx, as dx_by_convolution below runs it. */
+static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
 {
     fc_conv_shape t = *s;
     t.c = s->k, t.h = s->oh, t.w = s->ow;
@@ -674,6 +671,13 @@ static fc_conv_shape dx_problem(const fc_conv_shape *s)
     return t;
 }
 
+/* dx of a stride-1 convolution is itself a convolution, of dy with the
+ * weights transposed to (C, K, kh, kw) and flipped in both spatial axes,
+ * padding kh-1-ph by kw-1-pw: a tap of dx at (y, x) sums dy at (y + ph - i,
+ * x + pw - j). It runs as a forward pass (implicit im2col, no column matrix
+ * and no col2im scatter; the output size is exactly H x W). A padding
+ * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
+ * handle: those taps skip dy's border rows instead of reading zeros. */
 static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const float *dy,
                              float *dx, int nthreads)
 {
@@ -684,7 +688,7 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
         for (fc_int c = 0; c < s->c; c++)
             for (fc_int e = 0; e < kk; e++)
                 flipped[(c * s->k + k) * kk + kk - 1 - e] = weight[(k * s->c + c) * kk + e];
-    const fc_conv_shape t = dx_problem(s);
+    const fc_conv_shape t = dx_convolution_shape(s);
     const int rc = fc_conv2d_forward(&t, dy, flipped, NULL, 0, dx, nthreads);
     free(flipped);
     return rc;
@@ -714,7 +718,7 @@ static int bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, 
     return 0;
 }
 
-/* dW, db, and dx by col2im when dx is given. */
+/* dW and db (each may be NULL: not computed), and dx by col2im when dx is given. */
 static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float *weight,
                             const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
 {
@@ -741,10 +745,11 @@ static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float 
         float *mine = work + t * per_thread, *dw_part = mine + plan.floats;
         long long lo, hi;
         fc_split_range(s->n, team, t, &lo, &hi);
-        failed |= backward_images(s, x, weight, dy, dx, lo, hi, &plan, mine, dw_part,
-                                  dbias ? dw_part + dw_size : NULL, 1) != 0;
+        failed |= backward_images(s, x, weight, dy, dx, lo, hi, &plan, mine,
+                                  dweight ? dw_part : NULL, dbias ? dw_part + dw_size : NULL,
+                                  1) != 0;
 #pragma omp barrier
-        sum_partials(dweight, work + plan.floats, per_thread, team, dw_size);
+        if (dweight) sum_partials(dweight, work + plan.floats, per_thread, team, dw_size);
         if (dbias) sum_partials(dbias, work + plan.floats + dw_size, per_thread, team, s->k);
     }
     free(work);
@@ -759,13 +764,14 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
      * Measured at 1 thread (AVX2), the convolution wins when C >= K (3x3,
      * 128x64x16x16 -> 32: 34.4 ms against 37.8; 5x5, 64x32x14x14 -> 8: 8.4
      * against 10.7), ties at C == K and loses when K = 2C, the usual widening
-     * layer (128x32x16x16 -> 64: 34.5 against 32.5), unless that
-     * convolution runs as Winograd F(2x2, 3x3), with 2.25x fewer
-     * multiply-adds. Strided convolutions always scatter by col2im, each
-     * thread on its own images. */
-    const int unit_stride = s->sh == 1 && s->sw == 1;
-    const fc_conv_shape t = dx_problem(s);
-    const int by_convolution = unit_stride && (s->c >= s->k || fc_winograd_applies(&t));
+     * layer (128x32x16x16 -> 64: 34.5 against 32.5). It also wins when that
+     * convolution (K -> C channels) runs as Winograd F(2x2, 3x3), with 2.25x
+     * fewer multiply-adds, or fits the direct kernel: lenet conv2's dx
+     * (16 -> 8) takes 1.3 ms against 1.6 by col2im. Strided convolutions
+     * always scatter by col2im, each thread on its own images. */
+    const fc_conv_shape t = dx_convolution_shape(s);
+    const int by_convolution = s->sh == 1 && s->sw == 1 &&
+                               (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t));
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
     if (fc_winograd_applies(s) && (by_convolution || !dx)) {
         int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
@@ -773,8 +779,13 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
         if (rc || !dx) return rc;
         return dx_by_convolution(s, weight, dy, dx, nthreads);
     }
-    const int rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx, dweight,
-                                    dbias, nthreads);
+    /* dW and db by the direct kernel where it fits (conv2d_direct.c has the
+     * numbers), the col2im route then computing dx alone. */
+    const int direct = fc_conv2d_direct_fits(s);
+    int rc = direct ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads) : 0;
+    if (!rc && (!direct || (dx && !by_convolution)))
+        rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
+                              direct ? NULL : dweight, direct ? NULL : dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
     return dx_by_convolution(s, weight, dy, dx, nthreads);
 }

@@ -102,7 +102,9 @@ int fc_winograd_applies(const fc_conv_shape *s)
     if (wg_mode == FC_WINOGRAD_NEVER || !fc_winograd_possible(s)) return 0;
     if (wg_mode == FC_WINOGRAD_ALWAYS) return 1;
     const fc_int tiles = s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2);
-    return s->c >= WG_MIN_C && s->k >= WG_MIN_K && tiles >= WG_MIN_TILES;
+    /* K = 16 fits conv2d_direct.c's kernel, which needs no transforms. */
+    return s->c >= WG_MIN_C && s->k >= WG_MIN_K && tiles >= WG_MIN_TILES &&
+           !fc_conv2d_direct_fits(s);
 }
 
 typedef struct {

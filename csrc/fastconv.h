@@ -122,6 +122,17 @@ int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const flo
 int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
                                float *dweight, int nthreads);
 
+/* ---- conv2d_direct.c -------------------------------------------------------
+ * A direct (no im2col) forward for few output channels, on AVX2: fits says
+ * whether it takes shape s on the current ISA; forward has the contract of
+ * fc_conv2d_forward. fc_conv2d_forward and fc_conv2d_backward dispatch to it. */
+int fc_conv2d_direct_fits(const fc_conv_shape *s);
+int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                             const float *bias, int relu, float *y, int nthreads);
+/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten. */
+int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
+                                     float *dweight, float *dbias, int nthreads);
+
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
  * argmax holds the index of the winner within its kh x kw window, row-major,

@@ -179,10 +179,42 @@ FC_AVX2 static inline void forward8(fc_int ox, const float *r0, const float *r1,
     _mm_storel_epi64((__m128i *)(am + ox), _mm_packus_epi16(t16, t16));
 }
 
+/* Rows of 4 to 7 windows (a 14x14 plane pools to 7 per row: lenet's second
+ * pool) in 4-window steps on 128-bit vectors, the last overlapping as above;
+ * the scalar loop took 10x longer per element than the 8-window kernel
+ * (64x16x14x14: 0.68 ms forward, 0.50 backward at 1 thread, against 0.066
+ * and 0.094 for the same bytes in 28-wide rows). In 128 bits the even/odd
+ * shuffle keeps the windows in order. */
+FC_AVX2 static inline void take4(__m128 v, int tap, __m128 *best, __m128 *idx)
+{
+    __m128 m = _mm_or_ps(_mm_cmp_ps(v, *best, _CMP_GT_OQ), _mm_cmp_ps(v, v, _CMP_UNORD_Q));
+    *best = _mm_blendv_ps(*best, v, m);
+    *idx = _mm_blendv_ps(*idx, _mm_castsi128_ps(_mm_set1_epi32(tap)), m);
+}
+
+FC_AVX2 static inline void forward4(fc_int ox, const float *r0, const float *r1, float *y, uint8_t *am)
+{
+    const __m128 a = _mm_loadu_ps(r0 + 2 * ox), b = _mm_loadu_ps(r0 + 2 * ox + 4);
+    const __m128 c = _mm_loadu_ps(r1 + 2 * ox), d = _mm_loadu_ps(r1 + 2 * ox + 4);
+    __m128 best = _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), idx = _mm_setzero_ps();
+    take4(_mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1)), 1, &best, &idx);
+    take4(_mm_shuffle_ps(c, d, _MM_SHUFFLE(2, 0, 2, 0)), 2, &best, &idx);
+    take4(_mm_shuffle_ps(c, d, _MM_SHUFFLE(3, 1, 3, 1)), 3, &best, &idx);
+    _mm_storeu_ps(y + ox, best);
+    const __m128i t16 = _mm_packs_epi32(_mm_castps_si128(idx), _mm_castps_si128(idx));
+    const int32_t t8 = _mm_cvtsi128_si32(_mm_packus_epi16(t16, t16));
+    memcpy(am + ox, &t8, 4);
+}
+
 FC_AVX2 static void forward_avx2(fc_int ow, const float *r0, const float *r1, float *y, uint8_t *am)
 {
-    if (ow < 8) {
+    if (ow < 4) {
         row_forward_scalar(0, ow, r0, r1, y, am);
+        return;
+    }
+    if (ow < 8) {
+        forward4(0, r0, r1, y, am);
+        if (ow > 4) forward4(ow - 4, r0, r1, y, am);
         return;
     }
     for (fc_int ox = 0; ox + 8 <= ow; ox += 8) forward8(ox, r0, r1, y, am);
@@ -208,10 +240,29 @@ FC_AVX2 static inline void backward8(fc_int ox, const float *dy, const uint8_t *
     store_interleaved(dx1 + 2 * ox, d[2], d[3]);
 }
 
+FC_AVX2 static inline void backward4(fc_int ox, const float *dy, const uint8_t *am, float *dx0, float *dx1)
+{
+    const __m128 g = _mm_loadu_ps(dy + ox);
+    int32_t t8;
+    memcpy(&t8, am + ox, 4);
+    const __m128i t = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(t8));
+    __m128 d[4];
+    for (int k = 0; k < 4; k++) d[k] = _mm_and_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(t, _mm_set1_epi32(k))), g);
+    _mm_storeu_ps(dx0 + 2 * ox, _mm_unpacklo_ps(d[0], d[1]));
+    _mm_storeu_ps(dx0 + 2 * ox + 4, _mm_unpackhi_ps(d[0], d[1]));
+    _mm_storeu_ps(dx1 + 2 * ox, _mm_unpacklo_ps(d[2], d[3]));
+    _mm_storeu_ps(dx1 + 2 * ox + 4, _mm_unpackhi_ps(d[2], d[3]));
+}
+
 FC_AVX2 static void backward_avx2(fc_int ow, const float *dy, const uint8_t *am, float *dx0, float *dx1)
 {
-    if (ow < 8) {
+    if (ow < 4) {
         row_backward_scalar(0, ow, dy, am, dx0, dx1);
+        return;
+    }
+    if (ow < 8) {
+        backward4(0, dy, am, dx0, dx1);
+        if (ow > 4) backward4(ow - 4, dy, am, dx0, dx1);
         return;
     }
     for (fc_int ox = 0; ox + 8 <= ow; ox += 8) backward8(ox, dy, am, dx0, dx1);

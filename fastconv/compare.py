@@ -243,7 +243,7 @@ def workloads(tiny=False):
                     return _no_grad(torch, lambda: F.max_pool2d(F.relu(F.conv2d(tx, tw, tb, 1, 1)), 2, 2, 0,
                                                                 return_indices=True))
                 fused[side] = f
-        out.append(Workload(f"conv+relu+maxpool {nb}x{c}x{hw}x{hw} -> {kout}, 3x3 p1, pool 2x2/2", fused,
+        out.append(Workload(f"conv+relu+pool {nb}x{c}x{hw}x{hw} -> {kout}, 3x3 p1, max 2x2/2", fused,
                             flop=flop))
     for shape in POOLS[1:] if tiny else POOLS:
         shape = (2, 3, 8, 8) if tiny else shape

@@ -118,6 +118,19 @@ def convs(draw, max_n=4):
     return Conv(n, c, h, w, k, kh, kw, _pair(stride), _pair(padding)), stride, padding
 
 
+@st.composite
+def direct_convs(draw):
+    """Unit-stride problems with channel counts at and around the direct
+    kernel's (K in {8, 16}; dx of a 16 -> 8 or 8 -> 16 layer is one too)."""
+    n, c = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2, 7, 8, 9, 15, 16, 17]))
+    k = draw(st.sampled_from([7, 8, 9, 15, 16, 17]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
+    h_min, w_min = max(1, kh - 2 * ph), max(1, kw - 2 * pw)
+    h, w = draw(st.integers(h_min, h_min + 14)), draw(st.integers(w_min, w_min + 14))
+    return Conv(n, c, h, w, k, kh, kw, (1, 1), (ph, pw))
+
+
 # Edge cases named, so that every run covers them whatever hypothesis draws.
 EDGES = {
     "kernel-fills-padded-image": Conv(1, 3, 3, 5, 2, 5, 7, (1, 1), (1, 1)),
@@ -144,6 +157,18 @@ EDGES = {
     "unit-stride-padding-beyond-kernel": Conv(3, 3, 5, 4, 2, 3, 2, (1, 1), (3, 2)),
     "unit-stride-padding-beyond-kernel-widening": Conv(3, 2, 5, 4, 3, 3, 2, (1, 1), (3, 2)),
     "unit-stride-1xk-wide-padding": Conv(1, 3, 1, 6, 2, 1, 3, (1, 1), (2, 0)),
+    # The direct kernel (csrc/conv2d_direct.c: unit strides, K in {8, 16},
+    # on AVX2): the lenet layers, batch 1, non-square odd sizes, fewer output
+    # pixels than a register tile, many taps, and dx convolving 16 -> 8
+    # channels (direct too), or 8 -> 1 (col2im).
+    "direct-lenet-conv2": Conv(3, 8, 14, 14, 16, 5, 5, (1, 1), (2, 2)),
+    "direct-lenet-conv1": Conv(2, 1, 28, 28, 8, 5, 5, (1, 1), (2, 2)),
+    "direct-batch1-nonsquare": Conv(1, 3, 7, 9, 8, 3, 5, (1, 1), (0, 2)),
+    "direct-fewer-pixels-than-a-tile": Conv(2, 5, 2, 3, 16, 3, 3, (1, 1), (1, 1)),
+    "direct-dx-16-to-8": Conv(3, 16, 5, 6, 8, 5, 5, (1, 1), (2, 1)),
+    "direct-padding-beyond-kernel": Conv(2, 4, 5, 6, 16, 3, 3, (1, 1), (3, 4)),
+    "direct-many-taps": Conv(2, 40, 6, 5, 16, 5, 5, (1, 1), (2, 2)),
+    "direct-k8-many-taps": Conv(3, 70, 4, 7, 8, 3, 3, (1, 1), (1, 1)),
 }
 
 
@@ -166,6 +191,14 @@ def test_forward_matches_reference(isa_threads, case, with_bias, relu, seed):
 def test_backward_matches_reference(isa_threads, case, need_dx, seed):
     conv, stride, padding = case
     x, weight, _, dy = conv.arrays(np.random.default_rng(seed))
+    check_backward(conv, x, weight, dy, need_dx)
+
+
+@FIXTURE_OK
+@given(conv=direct_convs(), relu=st.booleans(), need_dx=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_direct_shapes_match_reference(isa_threads, conv, relu, need_dx, seed):
+    x, weight, bias, dy = conv.arrays(np.random.default_rng(seed))
+    check_forward(conv, x, weight, bias, relu)
     check_backward(conv, x, weight, dy, need_dx)
 
 
@@ -194,8 +227,9 @@ def test_backward_edges(isa_threads, rng, conv, need_dx):
     check_backward(conv, x, weight, dy, need_dx)
 
 
-def test_need_dx_false_gives_the_same_parameter_gradients(isa_threads, rng):
-    conv = EDGES["odd-batch-split"]
+@pytest.mark.parametrize("name", ["odd-batch-split", "direct-lenet-conv1", "direct-lenet-conv2"])
+def test_need_dx_false_gives_the_same_parameter_gradients(isa_threads, rng, name):
+    conv = EDGES[name]
     x, weight, _, dy = conv.arrays(rng)
     with_dx = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
     without = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding, need_dx=False)
@@ -223,7 +257,9 @@ DEEP_FEW_OUTPUTS = Conv(7, 256, 8, 8, 32, 3, 3, (1, 1), (1, 1))
 
 
 @pytest.mark.parametrize("conv", [EDGES["odd-batch-split"], EDGES["pointwise-identity"]._replace(n=7),
-                                  DEEP_FEW_OUTPUTS], ids=["3x2", "pointwise", "deep"])
+                                  DEEP_FEW_OUTPUTS, EDGES["direct-lenet-conv2"]._replace(n=7),
+                                  EDGES["direct-batch1-nonsquare"]._replace(n=7)],
+                         ids=["3x2", "pointwise", "deep", "direct-k16", "direct-k8"])
 def test_batch_chunking_does_not_change_results(isa_threads, rng, conv):
     """Per-image outputs are the same whether the batch runs whole or in
     parts (parts of 1 image run the GEMM multi-threaded, larger ones split
@@ -239,7 +275,8 @@ def test_batch_chunking_does_not_change_results(isa_threads, rng, conv):
 
 
 @pytest.mark.parametrize("n", [1, 5], ids=["batch1", "batch5"])
-@pytest.mark.parametrize("c, k", [(6, 10), (10, 6)], ids=["dx-col2im", "dx-convolution"])
+@pytest.mark.parametrize("c, k", [(6, 10), (10, 6), (8, 16), (16, 8)],
+                         ids=["dx-col2im", "dx-convolution", "direct-k16", "direct-k8"])
 def test_bitwise_deterministic(isa_threads, rng, n, c, k):
     conv = Conv(n, c, 12, 11, k, 3, 3, (1, 1), (1, 1))
     x, weight, bias, dy = conv.arrays(rng)

@@ -154,11 +154,13 @@ def test_empty_batch(isa_threads):
 
 
 # The 2x2 stride-2 path (its row kernels in csrc/maxpool2d.c): rows shorter than, equal to and
-# longer than one 8-window vector, with a scalar tail, odd H and W (an
-# uncovered last row and column), batch 1, above and below the parallel
-# threshold.
+# longer than one 8-window vector, with a scalar tail, rows of 4 to 7 windows (4-window
+# steps: lenet's 14x14 planes, odd widths), odd H and W (an uncovered last row and
+# column), batch 1, above and below the parallel threshold.
 SHAPES_2X2 = [(1, 1, 2, 2), (1, 1, 3, 3), (2, 3, 2, 33), (1, 2, 17, 16), (1, 1, 5, 31),
-              (3, 4, 9, 48), (1, 5, 64, 65), (2, 64, 30, 34), (1, 1, 255, 2)]
+              (3, 4, 9, 48), (1, 5, 64, 65), (2, 64, 30, 34), (1, 1, 255, 2),
+              (1, 1, 2, 8), (1, 3, 7, 9), (1, 2, 5, 11), (3, 1, 4, 13), (2, 16, 14, 14),
+              (1, 1, 3, 15)]
 
 
 @pytest.mark.parametrize("mode", MODES)
