@@ -78,7 +78,7 @@ def _forward(impl, layer):
     x, weight, bias, _, flop = _data(layer)
     stride, padding = layer[5], layer[6]
     if impl.startswith("fastconv"):
-        run = lambda: _kernels.conv2d_forward(x, weight, bias, stride, padding)  # noqa: E731
+        run = lambda: _kernels.conv2d_forward(x, weight, bias, stride, padding)
         return (_im2col(run) if impl == "fastconv_im2col" else run), flop
     if impl == "numpy":
         return (lambda: reference.conv2d_forward(x, weight, bias, stride, padding)), flop
@@ -96,7 +96,7 @@ def _backward(impl, layer):
     x, weight, bias, dy, flop = _data(layer)
     stride, padding = layer[5], layer[6]
     if impl.startswith("fastconv"):
-        run = lambda: _kernels.conv2d_backward(x, weight, dy, stride, padding)  # noqa: E731
+        run = lambda: _kernels.conv2d_backward(x, weight, dy, stride, padding)
         return (_im2col(run) if impl == "fastconv_im2col" else run), 2 * flop
     if impl == "numpy":
         return (lambda: reference.conv2d_backward(x, weight, dy, stride, padding)), 2 * flop

@@ -24,7 +24,8 @@ IMPLS = ["fastconv", "fastconv_unfused", "numpy", "torch_cl", "torch_nchw"]
 
 
 def _name(layer):
-    return "{}x{}x{}x{}-{}".format(layer[0], layer[1], layer[2], layer[2], layer[3])
+    n, c, hw, k = layer
+    return f"{n}x{c}x{hw}x{hw}-{k}"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
