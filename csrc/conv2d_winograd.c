@@ -85,11 +85,12 @@ int fc_winograd_possible(const fc_conv_shape *s)
     return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->ph >= 0 && s->pw >= 0;
 }
 
-/* Where it pays (auto mode). Measured, 2 threads, AVX2 (see the bench):
- * the GEMMs reduce over C alone, so with few input channels each
- * micro-kernel call does little work per store of its tile and the
- * transforms dominate; with few output channels the input transform is
- * spread over few outputs. */
+/* Where it pays (auto mode), measured on AVX2 against the im2col path: the
+ * GEMMs reduce over C alone, so with few input channels each micro-kernel
+ * call does little work per store of its tile and the transforms dominate
+ * (128x3x32x32 -> 32: 0.55x at 1 and 2 threads); with few output channels
+ * the input transform is spread over few outputs. With C and K from 32 to
+ * 128 it ran 1.4-2.0x faster (bench_conv2d's fastconv_im2col side). */
 #define WG_MIN_C 16
 #define WG_MIN_K 16
 /* Batch-1 inference: below this many tiles, the weight transform and
@@ -129,8 +130,9 @@ static wg_plan plan_for(const fc_conv_shape *s, int mr, int nr, int nthreads)
     wg_plan p;
     p.th = ceil_div(s->oh, 2);
     p.tw = ceil_div(s->ow, 2);
-    /* Tiles that fit the budget, then the most tile rows within it, rather
-     * a whole number of slivers (no partial sliver but the last). */
+    /* Tiles that fit the budget, then the most tile rows within it,
+     * preferring a whole number of slivers (no partial sliver but the
+     * last) down to half as many rows. */
     const fc_int fit = max_i(1, WG_BLOCK_FLOATS / (XI * (s->c + s->k)));
     const fc_int most = max_i(1, fit / p.tw);
     p.rows = most;
