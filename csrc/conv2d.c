@@ -20,11 +20,13 @@
  * columns, results do not depend on the grouping, hence on how a batch is
  * cut (tests/test_conv2d.py checks it).
  *
- * Threading. With at least as many images as threads, the batch is split
- * statically: each thread runs whole images with a single-threaded GEMM and
- * its own workspace, and keeps private dW/db partials that are summed in
- * thread order at the end, so results depend on the thread count but never
- * on timing, and each image's dx is written by one thread only. With fewer
+ * Threading. With at least as many images as threads, each thread runs
+ * whole images with a single-threaded GEMM and its own workspace: in the
+ * forward, groups of images go to threads as they come free (the outputs
+ * do not depend on which thread runs them); in the backward the batch is
+ * split statically and each thread keeps private dW/db partials that are
+ * summed in thread order at the end, so results depend on the thread count
+ * but never on timing, and each image's dx is written by one thread only. With fewer
  * images than threads (batch-1 inference), groups run one after another and
  * the GEMM, im2col and col2im use all threads instead.
  *
@@ -570,13 +572,17 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
     if (team == 1) {
         failed = forward_images(s, x, weight, bias, relu, y, 0, s->n, &plan, work, nthreads) != 0;
     } else {
+        /* Groups are handed out as threads come free: an image's outputs do
+         * not depend on its group or thread, and a preempted thread does not
+         * hold the other up at the end. */
+        const fc_int groups = (s->n + plan.g - 1) / plan.g;
 #pragma omp parallel num_threads(team) reduction(| : failed)
         {
-            const int t = fc_thread_id();
-            long long lo, hi;
-            fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
-            failed |= forward_images(s, x, weight, bias, relu, y, lo, hi, &plan,
-                                     work ? work + t * plan.floats : NULL, 1) != 0;
+            float *mine = work ? work + fc_thread_id() * plan.floats : NULL;
+#pragma omp for schedule(dynamic, 1)
+            for (fc_int gi = 0; gi < groups; gi++)
+                failed |= forward_images(s, x, weight, bias, relu, y, gi * plan.g,
+                                         min_i(s->n, (gi + 1) * plan.g), &plan, mine, 1) != 0;
         }
     }
     free(work);

@@ -589,10 +589,13 @@ static int winograd_forward(const fc_conv_shape *s, const float *x, const float 
 #pragma omp parallel num_threads(team) if (team > 1)
     {
         transform_weights(s, weight, kr->mr, p.nks, ua); /* ends with a barrier */
-        const int t = fc_thread_id();
-        long long lo, hi;
-        fc_split_range(p.nblocks, fc_team_size(), t, &lo, &hi);
-        run_blocks(s, &p, kr, x, ua, out, lo, hi, work + ua_floats + t * p.per_thread);
+        float *mine = work + ua_floats + fc_thread_id() * p.per_thread;
+        /* Blocks are handed out as threads come free: a block's outputs are
+         * the same bits whichever thread runs it, and a thread that the OS
+         * (or a busy host) preempts does not hold the others up at the end. */
+#pragma omp for schedule(dynamic, 1)
+        for (fc_int blk = 0; blk < p.nblocks; blk++)
+            run_blocks(s, &p, kr, x, ua, out, blk, blk + 1, mine);
     }
     free(work);
     return 0;
