@@ -192,25 +192,26 @@ static void transform_weights(const fc_conv_shape *s, const float *weight, int m
 }
 
 /* The padded rows [pr0, pr0 + count) of channel plane (H, W), padded row pr
- * being image row pr - ph, and padded column pc (< 2 tw + 2) image column
- * pc - pw; zero outside the image. Rows ld = 2 tw + 2 apart in out. */
+ * being image row pr - ph, and padded column pc (< ld, which is at least
+ * 2 tw + 2) image column pc - pw; zero outside the image. Rows ld apart in
+ * out. */
 static inline __attribute__((always_inline)) void pad_rows(const fc_conv_shape *s,
                                                            const float *restrict plane, fc_int pr0,
                                                            fc_int count, fc_int ld,
                                                            float *restrict out)
 {
-    /* Image columns [x0, x1) land at padded columns [x0 + pw, x1 + pw). */
-    const fc_int x0 = 0, x1 = min_i(s->w, ld - s->pw);
+    /* Image columns [0, x1) land at padded columns [pw, x1 + pw). */
+    const fc_int x1 = min_i(s->w, ld - s->pw);
     for (fc_int r = 0; r < count; r++) {
         const fc_int iy = pr0 + r - s->ph;
         float *row = out + r * ld;
-        if (iy < 0 || iy >= s->h || x1 <= x0) {
+        if (iy < 0 || iy >= s->h || x1 <= 0) {
             for (fc_int e = 0; e < ld; e++) row[e] = 0.0f;
             continue;
         }
         for (fc_int e = 0; e < s->pw; e++) row[e] = 0.0f;
         const float *src = plane + iy * s->w;
-        for (fc_int e = x0; e < x1; e++) row[s->pw + e] = src[e];
+        for (fc_int e = 0; e < x1; e++) row[s->pw + e] = src[e];
         for (fc_int e = x1 + s->pw; e < ld; e++) row[e] = 0.0f;
     }
 }
