@@ -80,7 +80,7 @@ static fc_int odd_lines(fc_int n)
     return (lines | 1) * WG_LINE_FLOATS;
 }
 
-int fc_winograd_possible(const fc_conv_shape *s)
+static int winograd_possible(const fc_conv_shape *s)
 {
     return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->ph >= 0 && s->pw >= 0;
 }
@@ -100,7 +100,7 @@ int fc_winograd_possible(const fc_conv_shape *s)
 
 int fc_winograd_applies(const fc_conv_shape *s)
 {
-    if (wg_mode == FC_WINOGRAD_NEVER || !fc_winograd_possible(s)) return 0;
+    if (wg_mode == FC_WINOGRAD_NEVER || !winograd_possible(s)) return 0;
     if (wg_mode == FC_WINOGRAD_ALWAYS) return 1;
     const fc_int tiles = s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2);
     /* K = 16 fits conv2d_direct.c's kernel, which needs no transforms. */
@@ -122,6 +122,7 @@ typedef struct {
     fc_int ld;           /* padded input row: 2 tw rounded up to whole vectors, + 2 */
     fc_int row_floats;   /* a block's padded input rows of one channel */
     fc_int tmp_floats;   /* dW: the thread's sums over tiles, XI * C * K */
+    fc_int ldv;          /* dW: floats between the rows of V and of Yhat */
     fc_int per_thread;   /* all of the above, each on whole cache lines */
 } wg_plan;
 
@@ -154,6 +155,7 @@ static wg_plan plan_for(const fc_conv_shape *s, int mr, int nr, int nthreads)
     p.ld = 2 * ceil_div(p.tw, TILES_PER_VEC) * TILES_PER_VEC + 2;
     p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
     p.tmp_floats = 0;
+    p.ldv = 0;
     p.per_thread = p.v_floats + p.m_floats + p.row_floats + p.tmp_floats;
     return p;
 }
@@ -718,9 +720,9 @@ static wg_plan plan_dweight(const fc_conv_shape *s, int nthreads)
     p.nblocks = ceil_div(s->n * p.th, p.rows);
     p.slivers = 1;
     p.nks = 0;
-    const fc_int ldv = round_to_line(p.tiles + TILES_PER_VEC);
-    p.v_stride = odd_lines(s->c * ldv);
-    p.m_stride = odd_lines(s->k * ldv);
+    p.ldv = round_to_line(p.tiles + TILES_PER_VEC); /* + the lanes full-vector stores spill */
+    p.v_stride = odd_lines(s->c * p.ldv);
+    p.m_stride = odd_lines(s->k * p.ldv);
     p.v_floats = XI * p.v_stride;
     p.m_floats = XI * p.m_stride;
     p.ld = 2 * ceil_div(p.tw, TILES_PER_VEC) * TILES_PER_VEC + 2;
@@ -766,7 +768,7 @@ int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const flo
     const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
     float *work = alloc_lines(team * p.per_thread);
     if (!work) return FC_ENOMEM;
-    const fc_int ldv = round_to_line(p.tiles + TILES_PER_VEC);
+    const fc_int ldv = p.ldv;
     const fc_int mw_offset = p.v_floats + p.m_floats + p.row_floats;
     int failed = 0;
 #pragma omp parallel num_threads(team) if (team > 1) reduction(| : failed)

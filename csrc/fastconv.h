@@ -108,7 +108,6 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
 enum { FC_WINOGRAD_NEVER = 0, FC_WINOGRAD_AUTO = 1, FC_WINOGRAD_ALWAYS = 2 };
 void fc_winograd_set_mode(int mode);
 int fc_winograd_get_mode(void);
-int fc_winograd_possible(const fc_conv_shape *s);
 int fc_winograd_applies(const fc_conv_shape *s);
 int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
