@@ -1,8 +1,12 @@
 """Activations beyond ReLU: LeakyReLU, ELU, Sigmoid, Tanh (element-wise, one
 kernel call per direction) and Maxout (a linear map, then a max over pieces).
 
-Formulas, gradients and NaN rules are PyTorch's; nothing overflows or warns
-for large |x|. Inputs are float32 arrays of any shape (float64 too under the
+Formulas and gradients are PyTorch's; nothing overflows or warns for large
+|x|. At a NaN input the rule is fastconv's own, the same on every CPU: every
+forward gives NaN; LeakyReLU's backward takes the x <= 0 branch (negative_slope
+* dy), ELU's gives NaN, and Sigmoid's and Tanh's (computed from y) give NaN.
+PyTorch's ELU backward at NaN depends on its vector width (NaN on its vector
+path, dy on its scalar tail), so fastconv follows its vector path everywhere. Inputs are float32 arrays of any shape (float64 too under the
 ``reference`` backend, which gradient checks use).
 """
 
@@ -72,6 +76,8 @@ class LeakyReLU(_Elementwise):
 
 class ELU(_Elementwise):
     """y = x if x > 0 else alpha * (exp(x) - 1); dx = dy if x > 0 else dy * alpha * exp(x).
+
+    At x = NaN both y and dx are NaN.
 
     The notes' max(alpha (e^x - 1), x) for 0 < alpha <= 1; the gradient is
     taken from x, so any alpha (also > 1 or < 0) is differentiated right.

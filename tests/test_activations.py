@@ -214,9 +214,11 @@ def torch_fn(torch, op, param):
             "sigmoid": torch.sigmoid, "tanh": torch.tanh}[op]
 
 
-# Sizes are multiples of 16 (two AVX2 vectors): PyTorch's vectorized ELU
-# backward gives NaN at a NaN input, its scalar tail loop gives dy; we follow
-# the former.
+# PyTorch's answer at a NaN input is its host's: its ELU backward gives NaN
+# on one vector path and dy on its scalar tail loop, and which elements take
+# which depends on the vector width (AVX2, AVX-512, NEON). So the backward is
+# compared where x is not NaN; fastconv's own NaN rule is tested against
+# itself in test_nan_rules.
 @pytest.mark.parametrize("op,param", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("shape", [(len(SPECIAL),), (2, 3, 8, 8), (EXP_PAR_MIN + 16,)], ids=str)
 def test_kernels_match_torch(torch, rng, op, param, shape):
@@ -229,14 +231,36 @@ def test_kernels_match_torch(torch, rng, op, param, shape):
     # The backward gets PyTorch's own saved tensor: 1 - y near y = 1 would
     # magnify the forward's ulp differences.
     dx = call(_kernels, op, "backward", param, dy, x if OPS[op][1] == "x" else y_torch)
+    defined = ~np.isnan(x)
     for kernel, ours, theirs, atol in ((f"{op}_forward", y, y_torch, 1.2e-38),
-                                       (f"{op}_backward", dx, t.grad.numpy(), 2.4e-7 * np.abs(dy).max())):
+                                       (f"{op}_backward", dx[defined], t.grad.numpy()[defined],
+                                        2.4e-7 * np.abs(dy).max())):
         if kernel in EXACT and kernel != "tanh_backward":
             assert_close(ours, theirs, kernel)
         else:  # PyTorch's SIMD exp/tanh and ours differ by an ulp or two; its
             # sigmoid 1 / (1 + exp(-x)) flushes x < -88 to 0 where ours is
             # subnormal; its tanh backward fuses 1 - y * y into an FMA.
             np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=atol, equal_nan=True)
+
+
+@pytest.mark.parametrize("op,param", CASES, ids=CASE_IDS)
+def test_nan_rules(isa_threads, op, param):
+    """fastconv's rule at a NaN input, the same on every ISA, vector width and
+    tail: the forward is NaN; LeakyReLU's backward takes the x <= 0 branch
+    (dx = negative_slope * dy, as `x > 0` is false for NaN); ELU's is NaN
+    (dy * alpha * exp(NaN)); Sigmoid's and Tanh's, computed from y = NaN, are
+    NaN. Checked at every position of a vector (sizes 1 to 40 cover the
+    scalar tails and full AVX2 and AVX-512 vectors) and past the thread split."""
+    for size in (*range(1, 41), EXP_PAR_MIN + 5):
+        x = np.full(size, np.nan, np.float32)
+        dy = np.linspace(-2.0, 2.0, size, dtype=np.float32)
+        y = call(_kernels, op, "forward", param, x)
+        dx = call(_kernels, op, "backward", param, dy, x if OPS[op][1] == "x" else y)
+        assert np.isnan(y).all(), (op, size)
+        if op == "leaky_relu":
+            np.testing.assert_array_equal(dx, dy * np.float32(param))
+        else:
+            assert np.isnan(dx).all(), (op, size)
 
 
 @pytest.mark.parametrize("make,make_torch", [
