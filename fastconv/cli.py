@@ -323,15 +323,19 @@ def _build(args, data, log):
 
 def _sanity(args, data) -> int:
     model, trainer, spec = _build(args, data, print)
-    print(f"sanity check (the notes' first step): {spec}, {sum(p.data.size for p in model.parameters()):,} parameters")
+    print(f"sanity check: {spec}, {sum(p.data.size for p in model.parameters()):,} parameters")
     r = trainer.overfit_check(data["train"], n=20)
-    k = data["train"].num_classes
-    print(f"  loss before training {r['initial_loss']:.4f} (about ln {k} = {r['expected_initial_loss']:.4f} "
-          "is expected for small initial scores)")
-    verdict = "passed: the network can fit a tiny set" if r["passed"] else \
+    gap = r["initial_loss"] - r["expected_initial_loss"]
+    verdict = "ok" if r["initial_ok"] else (
+        f"FAILED: {abs(gap):.2f} {'above' if gap > 0 else 'below'} it (more than 0.5): the initial scores are "
+        "too large; check the output layer's initialization, the data's normalization and the loss")
+    print(f"  loss before training {r['initial_loss']:.4f}; {r['expected_initial_loss']:.4f} is expected "
+          f"(the loss of equal scores, ln(classes) for softmax) -> {verdict}")
+    verdict = "ok: the network can fit a tiny set" if r["fits"] else \
         "FAILED: the loss did not reach ~0; check the learning rate, the model and the data before training on it all"
     print(f"  overfit {r['n']} examples, no weight decay, no dropout: loss {r['final_loss']:.4g} after "
           f"{r['steps']} steps, accuracy {100 * r['accuracy']:.0f}% -> {verdict}")
+    print("sanity check " + ("passed" if r["passed"] else "FAILED"))
     return 0 if r["passed"] else 1
 
 

@@ -2,8 +2,19 @@
 
 fan_in = in_channels * kh * kw for a conv weight (in_features for Linear),
 fan_out = out_channels * kh * kw. Layers default to He (Kaiming) normal for
-weights and zeros for biases, the notes' advice for ReLU networks:
+weights and zeros for biases, the advice for ReLU networks:
 std = sqrt(2 / fan_in).
+
+The output layer is the exception. A Linear that is the last layer of a
+``Sequential`` (no activation follows it: its outputs are the class scores)
+starts with std = CLASSIFIER_GAIN / sqrt(fan_in) instead (see
+:func:`classifier_normal_`), so the scores start small and the first
+softmax loss is about ln(C) for C classes, where He's std, made to keep a
+ReLU's input variance, gives scores of several units and a first loss far
+above ln(C). The container scales the layer's own He draw when it is built
+(no other draws are taken, so a seed gives the same hidden weights as
+before), and only while the weights are still that draw: weights that were
+set, loaded or trained are never touched.
 
 Random draws come from fastconv's generator, seeded with :func:`manual_seed`.
 """
@@ -79,6 +90,18 @@ def xavier_uniform_(tensor, gain: float = 1.0):
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     a[...] = generator().uniform(-bound, bound, a.shape)
     return tensor
+
+
+# Scores of std CLASSIFIER_GAIN * rms(h) for inputs h: with the features' rms
+# about 1 to 3 (He keeps it near the data's, max-pools raise it), the first
+# softmax loss is within 0.1 of ln(C), and the layer still passes a gradient
+# a tenth of He's back to the layers below from the first step.
+CLASSIFIER_GAIN = 0.1
+
+
+def classifier_normal_(tensor, gain: float = CLASSIFIER_GAIN):
+    """Fill with N(0, std^2), std = gain / sqrt(fan_in): an output layer's init (small initial scores)."""
+    return he_normal_(tensor, gain)
 
 
 def zeros_(tensor):

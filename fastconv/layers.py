@@ -9,6 +9,8 @@ input, as PyTorch does.
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from fastconv import _kernels, init
@@ -275,11 +277,18 @@ class ReLU(Module):
         return kernel("relu_backward")(dy, y)
 
 
+def _fingerprint(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8))
+
+
 class Linear(Module):
     """Fully connected: y = x @ weight.T + bias, for x of shape (*, in_features).
 
     ``weight`` is (out_features, in_features), as PyTorch. Default init: He
-    normal weights (std sqrt(2 / in_features)), zero bias.
+    normal weights (std sqrt(2 / in_features)), zero bias; as the last layer
+    of a Sequential (the class scores), std CLASSIFIER_GAIN / sqrt(in_features)
+    (0.1 / sqrt(in_features)), so that the first softmax loss is about ln(C)
+    (see fastconv.init).
     """
 
     def __init__(self, in_features, out_features, bias=True):
@@ -289,8 +298,18 @@ class Linear(Module):
         shape = check_size("Linear", "`weight`", (self.out_features, self.in_features))
         self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
+        self._as_output, self._drawn = False, _fingerprint(self.weight.data)
         self.bias = Parameter(np.zeros(self.out_features, np.float32)) if bias else None
         self._cache = None
+
+    def init_as_output(self, output: bool) -> None:
+        """Scale this layer's own initial draw between He (hidden) and
+        classifier_normal_ (output); weights changed since then stay as they are."""
+        if output == self._as_output or _fingerprint(self.weight.data) != self._drawn:
+            return
+        scale = init.CLASSIFIER_GAIN / np.sqrt(2.0)
+        self.weight.data *= np.float32(scale if output else 1.0 / scale)
+        self._as_output, self._drawn = output, _fingerprint(self.weight.data)
 
     def forward(self, x):
         x = check_input("Linear", x, range(1, 33))

@@ -174,6 +174,14 @@ class Module:
             current[...] = value.astype(current.dtype, copy=False)
         return missing, unexpected
 
+    # -- initialization ----------------------------------------------------------
+
+    def init_as_output(self, output: bool) -> None:
+        """Called by a container with whether this module's outputs are the
+        container's outputs (its last child) or feed later layers. Layers
+        whose default init depends on that (Linear: see fastconv.init) re-scale
+        their own untouched initial weights; others ignore it."""
+
     # -- printing ----------------------------------------------------------------
 
     def extra_repr(self) -> str:
@@ -219,6 +227,13 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: argument {i} must be a Module; got {type(m).__name__}")
             setattr(self, str(i), m)
+        for i, m in enumerate(modules):
+            m.init_as_output(i == len(modules) - 1)
+
+    def init_as_output(self, output: bool) -> None:
+        """A nested Sequential's outputs are its last child's."""
+        if len(self):
+            self[-1].init_as_output(output)
 
     def forward(self, x):
         mods = list(self._modules.values())
@@ -262,7 +277,12 @@ class Sequential(Module):
 
     def __getitem__(self, i):
         mods = list(self._modules.values())
-        return Sequential(*mods[i]) if isinstance(i, slice) else mods[i]
+        if not isinstance(i, slice):
+            return mods[i]
+        view = Sequential()  # the same layers: their initialization is not revisited
+        for j, m in enumerate(mods[i]):
+            setattr(view, str(j), m)
+        return view
 
     def __len__(self):
         return len(self._modules)
@@ -271,5 +291,10 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def append(self, module: Module) -> Sequential:
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append: `module` must be a Module; got {type(module).__name__}")
+        if len(self):
+            self[-1].init_as_output(False)
         setattr(self, str(len(self)), module)
+        module.init_as_output(True)
         return self

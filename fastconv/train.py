@@ -278,17 +278,25 @@ class Trainer:
         return scores if return_scores else scores.argmax(axis=1)
 
     def overfit_check(self, data, n: int = 20, steps: int = 300, lr: float | None = None, tol: float = 0.01,
-                      seed: int = 0) -> dict:
-        """The notes' sanity check: can the network drive the loss to ~0 on ``n`` examples?
+                      seed: int = 0, init_tol: float = 0.5) -> dict:
+        """The two first sanity checks of a new network: is the loss at
+        initialization what small initial scores give, and can the network
+        drive the loss to ~0 on ``n`` examples?
 
-        Trains a copy of the model (the trainer's own model is untouched) on
-        ``n`` examples drawn with ``seed``, full batch, with the optimizer's
-        type and settings but no weight decay and dropout off, for up to
-        ``steps`` steps. Also reports the loss before training, which for a
-        softmax classifier with small initial scores should be about ln(K).
+        The expected initial loss is the loss of all-equal scores: ln(K) for
+        softmax cross-entropy over K classes, (K - 1) * margin for the
+        multiclass SVM. A first loss more than ``init_tol`` away from it means
+        scores that start too large (an output layer initialized as a hidden
+        one, unnormalized data) or a wrong loss. Then a copy of the model (the
+        trainer's own model is untouched) is trained on ``n`` examples drawn
+        with ``seed``, full batch, with the optimizer's type and settings but
+        no weight decay and dropout off, for up to ``steps`` steps.
 
-        Returns {"passed", "initial_loss", "expected_initial_loss", "final_loss",
-        "steps", "accuracy", "n"}; passed means final_loss < tol.
+        Returns {"passed", "initial_ok", "fits", "initial_loss",
+        "expected_initial_loss", "final_loss", "steps", "accuracy", "n"}:
+        initial_ok means |initial_loss - expected_initial_loss| <= init_tol
+        (a check for a new, untrained model), fits means final_loss < tol,
+        passed means both.
         """
         data = as_dataset(data, "data")
         n = min(int(n), len(data))
@@ -307,6 +315,8 @@ class Trainer:
             settings["weight_decay"] = 0.0
         opt = type(self.optimizer)(list(model.parameters()), **settings)
         loss_fn = copy.deepcopy(self.loss_fn)
+        k = data.num_classes
+        expected = float(loss_fn(np.zeros((n, max(k, int(y.max()) + 1)), np.float32), y))
         initial = loss = loss_fn(model(X), y)
         step = 0
         for step in range(1, steps + 1):
@@ -319,9 +329,10 @@ class Trainer:
                 break
         model.eval()
         accuracy = float(np.mean(model(X).argmax(axis=1) == y))
-        k = data.num_classes
-        return {"passed": bool(math.isfinite(loss) and loss < tol), "initial_loss": float(initial),
-                "expected_initial_loss": math.log(k) if k > 1 else 0.0, "final_loss": float(loss),
+        initial_ok = bool(abs(initial - expected) <= init_tol)
+        fits = bool(math.isfinite(loss) and loss < tol)
+        return {"passed": initial_ok and fits, "initial_ok": initial_ok, "fits": fits,
+                "initial_loss": float(initial), "expected_initial_loss": expected, "final_loss": float(loss),
                 "steps": step, "accuracy": accuracy, "n": n}
 
     # -- one epoch --------------------------------------------------------------------

@@ -128,7 +128,7 @@ def test_sanity_check(tmp_path):
     r = fastconv("train", "--sanity", "--arch", "conv8x3p1-relu-pool2-fc32-relu-fc10", "--optimizer", "sgd",
                  "--lr", "0.05", "--threads", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "about ln 10 = 2.3026" in r.stdout and "passed" in r.stdout
+    assert "2.3026 is expected" in r.stdout and "-> ok" in r.stdout and "sanity check passed" in r.stdout
     assert not (tmp_path / "runs").exists()
     r = fastconv("train", "--sanity", "--arch", ARCH, "--optimizer", "sgd", "--lr", "1e-9", cwd=tmp_path)
     assert r.returncode == 1 and "FAILED" in r.stdout

@@ -218,7 +218,7 @@ def test_resume_with_dropout_and_batch_norm_is_bitwise_identical(digits, tmp_pat
     for k, v in state.items():
         np.testing.assert_array_equal(resumed.model.state_dict()[k], v, err_msg=k)
     r = full.overfit_check(train, n=20)  # dropout is switched off for the sanity check
-    assert r["passed"], r
+    assert r["fits"], r  # (a trained model's first loss is no longer ln(C): initial_ok is for new ones)
 
 
 def test_resume_errors(digits, tmp_path):
