@@ -81,6 +81,16 @@ def _positive_float(text):
     return v
 
 
+def _finite_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
+    return v
+
+
 def _fraction(text):
     v = _nonneg_float(text)
     if not 0 <= v < 1:
@@ -293,7 +303,8 @@ def _arch_help():
 
 def _train_options(args) -> dict:
     keys = ("data", "data_dir", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
-            "batch_size", "epochs", "schedule", "patience", "monitor", "seed", "threads")
+            "batch_size", "epochs", "schedule", "patience", "min_delta", "stop_at", "stop_worse", "stop_window",
+            "stop_min_average", "monitor", "seed", "threads")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -310,7 +321,10 @@ def _build(args, data, log):
     lr = args.lr if args.lr is not None else LR_DEFAULTS[args.optimizer]
     opt = _make_optimizer(args.optimizer, model.parameters(), lr, args.momentum, args.weight_decay)
     sched = _make_schedule(args.schedule, opt, args.epochs)
-    stopper = EarlyStopping(patience=args.patience, monitor=args.monitor) if args.patience else None
+    triggers = {"target": args.stop_at, "worse_epochs": args.stop_worse or None, "window": args.stop_window or None}
+    stopper = EarlyStopping(patience=args.patience or None, min_delta=args.min_delta, monitor=args.monitor,
+                            min_average_change=args.stop_min_average, **triggers) \
+        if args.patience or any(v is not None for v in triggers.values()) else None
     meta = {"arch": spec, "input_shape": list(train.input_shape), "classes": train.classes, "dropout": args.dropout,
             "normalization": data["normalizer"].to_dict(), "data": data["name"],
             "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
@@ -319,6 +333,32 @@ def _build(args, data, log):
                       early_stopping=stopper, checkpoint_dir=args.out, seed=args.seed, monitor=args.monitor,
                       progress=args.progress, metadata=meta, log=log, distributed=getattr(args, "mpi", None))
     return model, trainer, spec
+
+
+# What a run is: resuming with another value of one of these would train
+# some other run from the middle of this one, so it is refused.
+_RUN_OPTIONS = ("data", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
+                "batch_size", "schedule", "monitor", "seed")
+
+
+def _check_resume_options(args, spec: str) -> None:
+    """Refuse options that would change the run being resumed; say what the
+    honoured ones (--epochs, the early-stopping options, --threads) change."""
+    saved = _read_toml(os.path.join(args.out, "config.toml"))
+    given = _train_options(args) | {"arch": spec}
+    for key in _RUN_OPTIONS:
+        if given.get(key) != saved.get(key):
+            option = "--" + key.replace("_", "-")
+            raise CommandError(f"--resume continues the run in {args.out} as configured ({key} = "
+                               f"{saved.get(key)!r} in its config.toml); {option} {given.get(key)!r} would change it: "
+                               "start a new run (another --out) instead")
+    planned = saved.get("epochs")
+    if planned is not None and args.epochs != planned:
+        replanned = {"cosine": f"the cosine schedule now reaches its minimum at epoch {args.epochs}",
+                     "step": f"the step schedule now drops every {max(1, args.epochs // 3)} epochs"}
+        print(f"resuming with --epochs {args.epochs} (the run was planned for {planned})"
+              + (f": {replanned[args.schedule]}, from the rate it gives the next epoch"
+                 if args.schedule in replanned else ""))
 
 
 def _sanity(args, data) -> int:
@@ -377,7 +417,9 @@ def _train_run(args, root: bool) -> int:
     data = load_data(args.data, args.data_dir, args.val_fraction)
     train, val, test = data["train"], data["val"], data["test"]
     model, trainer, spec = _build(args, data, print)
-    if not args.resume and root:
+    if args.resume:
+        _check_resume_options(args, spec)
+    if root:  # on resume: the options it honours (epochs, stopping) are the run's from now on
         _write_toml(os.path.join(args.out, "config.toml"), _train_options(args) | {"arch": spec},
                     "fastconv train options of this run; reuse with: fastconv train --config config.toml")
     n_params = sum(p.data.size for p in model.parameters())
@@ -407,7 +449,7 @@ def _train_run(args, root: bool) -> int:
             "wall_time_s": wall, "arch": spec, "parameters": n_params,
             "mpi_ranks": args.mpi.size if args.mpi else 1})
     correct = round(result["accuracy"] * len(test))
-    stop = " (early stop)" if history["stopped_early"] else ""
+    stop = f" (early stop: {history['stop_reason']})" if history["stopped_early"] else ""
     print(f"best epoch {best} of {len(history['epoch'])}{stop}: val accuracy {100 * best_val:.1f}%; "
           f"weights of the best epoch restored")
     print(f"test accuracy {100 * result['accuracy']:.2f}% ({correct}/{len(test)}), test loss {result['loss']:.4f}")
@@ -597,8 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", choices=["none", "cosine", "step", "exp", "invtime", "plateau"],
                    help="learning-rate schedule, stepped per epoch (default: %(default)s)")
     p.add_argument("--patience", type=_nonneg_int, default=10, metavar="N",
-                   help="early stopping: stop after N epochs without improvement of --monitor; 0 = off "
-                        "(default: %(default)s)")
+                   help="early stopping: stop after N epochs without improvement of --monitor by more than "
+                        "--min-delta; 0 = off (default: %(default)s)")
+    p.add_argument("--min-delta", type=_nonneg_float, default=0.0, metavar="D",
+                   help="the least change of --monitor that counts as an improvement (default: %(default)s)")
+    p.add_argument("--stop-at", type=_finite_float, metavar="V",
+                   help="early stopping: stop once --monitor reaches V (e.g. 0.99 for val_accuracy)")
+    p.add_argument("--stop-worse", type=_nonneg_int, default=0, metavar="N",
+                   help="early stopping: stop after --monitor got worse N epochs in a row; 0 = off")
+    p.add_argument("--stop-window", type=_nonneg_int, default=0, metavar="N",
+                   help="early stopping: stop when --monitor improved by less than --stop-min-average per "
+                        "epoch on average over the last N epochs; 0 = off")
+    p.add_argument("--stop-min-average", type=_nonneg_float, default=0.0, metavar="D",
+                   help="the average improvement per epoch --stop-window asks for (default: %(default)s)")
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
                    help="metric that picks the best epoch and drives early stopping (default: %(default)s)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<arch>-<date-time>)")

@@ -30,7 +30,15 @@ def _check_positive(cls, name, v, allow_zero=False):
 
 
 class _Stateful:
-    """state_dict / load_state_dict over every attribute but the optimizer."""
+    """state_dict / load_state_dict over every attribute but the optimizer.
+
+    ``_settings`` names the constructor's hyperparameters. Loading restores
+    the counters and keeps the settings this object was made with, so that a
+    resumed run can be given a new plan (a cosine over more epochs); where
+    they differ from the saved ones, ``_replan`` brings the rates in line.
+    """
+
+    _settings: tuple = ()
 
     def state_dict(self) -> dict:
         """Every attribute but the optimizer (plain numbers and lists)."""
@@ -40,7 +48,13 @@ class _Stateful:
         unknown = set(state) - set(self.state_dict())
         if unknown:
             raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected keys {sorted(unknown)}")
-        self.__dict__.update(state)
+        changed = any(k in state and state[k] != getattr(self, k) for k in self._settings)
+        self.__dict__.update({k: v for k, v in state.items() if k not in self._settings})
+        if changed:
+            self._replan()
+
+    def _replan(self) -> None:
+        """After a load whose settings differ from this object's (none to do by default)."""
 
 
 class LRScheduler(_Stateful):
@@ -48,7 +62,11 @@ class LRScheduler(_Stateful):
     (``next_lr``), so that schedules chain and a rate set by hand carries on;
     ``closed_form`` gives the rate of a schedule used alone, from the group's
     initial rate ``base_lr``. Loading a state dict restores the schedule's
-    counters, not the rates: those come with the optimizer's state dict.
+    counters, not the rates: those come with the optimizer's state dict
+    (load it first). When this schedule's settings differ from the saved
+    ones (PyTorch would take the saved ones), they win and each group's rate
+    becomes ``closed_form(base_lr, last_epoch)``: a 6-epoch cosine resumed as
+    a 9-epoch one goes on down the 9-epoch curve instead of climbing back up.
     """
 
     def __init__(self, optimizer: Optimizer):
@@ -73,6 +91,10 @@ class LRScheduler(_Stateful):
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = self.next_lr(group["lr"], base, self.last_epoch)
 
+    def _replan(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.closed_form(base, self.last_epoch)
+
     def get_last_lr(self) -> list:
         """The learning rate of each parameter group, as last set."""
         return [g["lr"] for g in self.optimizer.param_groups]
@@ -80,6 +102,8 @@ class LRScheduler(_Stateful):
 
 class StepLR(LRScheduler):
     """lr = base_lr * gamma ** (epoch // step_size): drop by ``gamma`` every ``step_size`` epochs."""
+
+    _settings = ("step_size", "gamma")
 
     def __init__(self, optimizer, step_size, gamma=0.1):
         if isinstance(step_size, bool) or not isinstance(step_size, int) or step_size < 1:
@@ -97,6 +121,8 @@ class StepLR(LRScheduler):
 class ExponentialLR(LRScheduler):
     """lr = base_lr * gamma ** epoch."""
 
+    _settings = ("gamma",)
+
     def __init__(self, optimizer, gamma):
         self.gamma = _check_positive("ExponentialLR", "gamma", gamma, allow_zero=True)
         super().__init__(optimizer)
@@ -110,6 +136,8 @@ class ExponentialLR(LRScheduler):
 
 class InverseTimeLR(LRScheduler):
     """The notes' 1/t decay: lr = base_lr / (1 + decay_rate * epoch / decay_steps)."""
+
+    _settings = ("decay_rate", "decay_steps")
 
     def __init__(self, optimizer, decay_rate, decay_steps=1):
         self.decay_rate = _check_positive("InverseTimeLR", "decay_rate", decay_rate, allow_zero=True)
@@ -128,6 +156,8 @@ class InverseTimeLR(LRScheduler):
 
 class CosineAnnealingLR(LRScheduler):
     """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * epoch / T_max)) / 2."""
+
+    _settings = ("T_max", "eta_min")
 
     def __init__(self, optimizer, T_max, eta_min=0.0):
         if isinstance(T_max, bool) or not isinstance(T_max, int) or not 1 <= T_max <= 2**53:  # exact as a float
@@ -156,6 +186,8 @@ class ReduceLROnPlateau(_Stateful):
     after a reduction, ``cooldown`` epochs pass before counting again; rates
     never go below ``min_lr``, and changes smaller than ``eps`` are skipped.
     """
+
+    _settings = ("mode", "factor", "patience", "threshold", "threshold_mode", "cooldown", "min_lrs", "eps")
 
     def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):

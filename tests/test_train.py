@@ -60,12 +60,74 @@ def test_early_stopping_counts_epochs_without_improvement():
     b = EarlyStopping(patience=1, monitor="val_accuracy")
     b.load_state_dict(a.state_dict())
     assert b.best == 0.6 and b.should_stop
-    with pytest.raises(ValueError, match=r"`patience` must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match=r"`patience` must be an int >= 1 or None; got 0"):
         EarlyStopping(patience=0)
-    with pytest.raises(ValueError, match=r"`min_delta` must be a number >= 0; got -1"):
+    with pytest.raises(ValueError, match=r"`min_delta` must be a finite number >= 0; got -1"):
         EarlyStopping(min_delta=-1)
     with pytest.raises(ValueError, match=r"`monitor` must be 'val_loss', 'val_accuracy'.*got 'loss'"):
         EarlyStopping(monitor="loss")
+    with pytest.raises(ValueError, match=r"`target` must be a finite number; got nan"):
+        EarlyStopping(target=float("nan"))
+    with pytest.raises(ValueError, match=r"`worse_epochs` must be an int >= 1 or None; got 0"):
+        EarlyStopping(worse_epochs=0)
+    with pytest.raises(ValueError, match=r"`window` must be an int >= 1 or None; got 2.5"):
+        EarlyStopping(window=2.5)
+    with pytest.raises(ValueError, match=r"no trigger is set"):
+        EarlyStopping(patience=None)
+
+
+def stops(stopper, values):
+    """The epoch (1-based) at which the stopper says stop, or None."""
+    return next((i for i, v in enumerate(values, 1) if stopper.step(v)), None)
+
+
+LOSSES = [1.0, 0.8, 0.7, 0.65, 0.66, 0.64, 0.645, 0.66, 0.67, 0.7]
+
+
+@pytest.mark.parametrize("kwargs,monitor,values,epoch,reason", [
+    # 1. no improvement by more than min_delta for `patience` epochs
+    ({"patience": 3}, "val_loss", LOSSES, 9, "did not improve by more than 0 for 3 epochs"),
+    ({"patience": 2, "min_delta": 0.02}, "val_loss", LOSSES, 6, "did not improve by more than 0.02"),
+    # 2. an absolute value reached
+    ({"patience": None, "target": 0.7}, "val_loss", LOSSES, 3, "reached the target 0.7"),
+    ({"patience": None, "target": 0.9}, "val_accuracy", [0.5, 0.8, 0.89, 0.9, 0.95], 4, "reached the target 0.9"),
+    ({"patience": None, "target": 0.1}, "val_loss", LOSSES, None, None),
+    # 3. worse than the epoch before, N epochs in a row
+    ({"patience": None, "worse_epochs": 2}, "val_loss", LOSSES, 8, "got worse 2 epochs in a row"),
+    ({"patience": None, "worse_epochs": 2}, "val_accuracy", [0.5, 0.6, 0.55, 0.58, 0.57, 0.56], 6, "worse 2"),
+    # 4. average improvement per epoch over a window below a threshold
+    ({"patience": None, "window": 3, "min_average_change": 0.05}, "val_loss", LOSSES, 5,
+     "improved by 0.0466667 per epoch on average over the last 3 epochs, less than 0.05"),
+    ({"patience": None, "window": 2, "min_average_change": 0.0}, "val_accuracy", [0.5, 0.6, 0.7, 0.7, 0.65], 5,
+     "improved by -0.025"),
+])
+def test_early_stopping_triggers(kwargs, monitor, values, epoch, reason):
+    s = EarlyStopping(monitor=monitor, **kwargs)
+    assert stops(s, values) == epoch
+    assert (s.reason is None) if reason is None else (reason in s.reason and s.reason.startswith(monitor)), s.reason
+    # the state carries every trigger's counters: a copy restored mid-way stops at the same epoch
+    if epoch is not None:
+        a, b = EarlyStopping(monitor=monitor, **kwargs), EarlyStopping(monitor=monitor, **kwargs)
+        stops(a, values[:epoch - 1])
+        b.load_state_dict(a.state_dict())
+        assert b.step(values[epoch - 1]) and b.reason == s.reason
+
+
+def test_early_stopping_loads_a_state_from_before_the_triggers():
+    old = {"best": 0.5, "num_bad_epochs": 2, "should_stop": False, "patience": 3, "min_delta": 0.0,
+           "monitor": "val_loss"}
+    s = EarlyStopping(patience=3, window=2)
+    s.load_state_dict(old)
+    assert s.num_worse_epochs == 0 and s.recent == [] and s.step(0.6) and "for 3 epochs" in s.reason
+
+
+def test_trainer_records_why_it_stopped(digits):
+    train, val = digits
+    trainer = make(scheduler=False)
+    trainer.early_stopping = EarlyStopping(patience=None, target=0.5, monitor="val_accuracy")
+    history = trainer.fit(train, val, epochs=20)
+    assert history["stopped_early"] and len(history["epoch"]) < 20
+    assert history["stop_reason"].startswith("val_accuracy ") and "reached the target 0.5" in history["stop_reason"]
 
 
 # -- fit, history, statistics ----------------------------------------------------------------
