@@ -180,8 +180,9 @@ def layer_stats(history: dict, path) -> str:
 
     Top: ||lr * update|| / ||w|| per parameter and epoch, on a log scale, with
     the notes' rule of thumb 1e-3 marked. Middle: the histogram of each
-    layer's output in the last recorded minibatch (with its fraction of
-    zeros: dead ReLUs). Bottom: the histogram of the gradient at each layer's
+    layer's output in the last recorded minibatch, with its share of zero
+    elements (a ReLU's sparsity) and of dead units (units whose output is
+    zero for every example of that minibatch). Bottom: the histogram of the gradient at each layer's
     output. Bars are log10(1 + count). Returns the path written.
     """
     _check_history(history, "layer_stats")
@@ -220,7 +221,8 @@ def layer_stats(history: dict, path) -> str:
                 ax.stairs(np.log10(1 + np.asarray(s["hist"], np.float64)), s["edges"], fill=True, color=color,
                           alpha=0.8)
             std = "n/a" if s["std"] is None else f"{s['std']:.2g}"
-            ax.set_title(f"{name}\nstd {std}, zeros {100 * s['zero_fraction']:.0f}%", fontsize=7)
+            dead = f"\ndead units {100 * s['dead_units']:.0f}% (of {s['examples']} ex.)" if "dead_units" in s else ""
+            ax.set_title(f"{name}\nstd {std}, zeros {100 * s['zero_fraction']:.0f}%{dead}", fontsize=7)
             ax.tick_params(labelsize=6)
             ax.set_yticks([])
             ax.xaxis.set_major_locator(MaxNLocator(3))

@@ -181,6 +181,22 @@ def _summary(a: np.ndarray, bins: int = 24) -> dict:
             "zero_fraction": float(np.mean(a == 0)), "hist": counts.tolist(), "edges": edges.tolist()}
 
 
+def _activation_summary(a: np.ndarray) -> dict:
+    """_summary, plus the dead units of a batch of layer outputs (N, *unit_shape):
+    the share of units (each channel and position of an image; each feature)
+    whose output is exactly zero for every one of the N examples, and for
+    images the share of channels zero at every position of every example.
+    A zero share of elements (``zero_fraction``) is a ReLU layer's normal
+    sparsity; a dead unit passes no gradient for any of these examples."""
+    out = _summary(a)
+    if a.ndim >= 2 and a.shape[0] > 0:
+        silent = np.all(a == 0, axis=0)
+        out["dead_units"], out["examples"] = float(np.mean(silent)), int(a.shape[0])
+        if a.ndim == 4:
+            out["dead_channels"] = float(np.mean(np.all(silent, axis=(1, 2))))
+    return out
+
+
 def _new_history() -> dict:
     return {"iteration_loss": [], "epoch": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
             "val_accuracy": [], "lr": [], "time": [], "stats": [], "best_epoch": None, "best_metric": None,
@@ -551,7 +567,7 @@ class Trainer:
             param_grads[name] = _summary(p.grad)
         return {"epoch": epoch + 1, "iteration": self.iteration + 1, "update_ratio": ratios, "weights": weights,
                 "param_grads": param_grads,
-                "activations": {k: _summary(v) for k, v in acts or []},
+                "activations": {k: _activation_summary(v) for k, v in acts or []},
                 "gradients": {k: _summary(v) for k, v in grads or []}}
 
     def _diverged(self, what: str):

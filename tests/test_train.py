@@ -133,6 +133,20 @@ def test_trainer_records_why_it_stopped(digits):
 # -- fit, history, statistics ----------------------------------------------------------------
 
 
+def test_dead_units_are_units_silent_for_every_example():
+    from fastconv.train import _activation_summary
+
+    a = np.zeros((3, 2, 2, 2), np.float32)  # 8 units (channel, y, x), 3 examples
+    a[0, 0, 0, 0] = 1.0  # fires for one example only: alive
+    a[:, 0, 1, 1] = 2.0  # fires for all: alive
+    s = _activation_summary(a)
+    assert s["zero_fraction"] == pytest.approx(1 - 4 / 24)  # most elements are zero...
+    assert s["dead_units"] == pytest.approx(6 / 8) and s["dead_channels"] == 0.5  # ...channel 1 never fires
+    assert s["examples"] == 3
+    flat = _activation_summary(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 3.0]], np.float32))
+    assert flat["dead_units"] == pytest.approx(1 / 3) and "dead_channels" not in flat
+
+
 def test_fit_records_history_statistics_and_keeps_the_best_weights(digits, tmp_path):
     train, val = digits
     logged = []
@@ -156,6 +170,7 @@ def test_fit_records_history_statistics_and_keeps_the_best_weights(digits, tmp_p
     last_batch = len(train) - 32 * (n_it - 1)
     assert relu["min"] >= 0 and 0 < relu["zero_fraction"] < 1 and sum(relu["hist"]) == last_batch * 4 * 64
     assert len(relu["edges"]) == len(relu["hist"]) + 1
+    assert relu["examples"] == last_batch and 0 <= relu["dead_units"] <= relu["zero_fraction"]
     assert set(stats["gradients"]) == set(stats["activations"]) and "0.weight" in stats["param_grads"]
 
     saved = json.loads((tmp_path / "run" / "history.json").read_text())
