@@ -13,8 +13,8 @@ softmax loss is about ln(C) for C classes, where He's std, made to keep a
 ReLU's input variance, gives scores of several units and a first loss far
 above ln(C). The container scales the layer's own He draw when it is built
 (no other draws are taken, so a seed gives the same hidden weights as
-before), and only while the weights are still that draw: weights that were
-set, loaded or trained are never touched.
+before), and only while the layer is fresh (never run, its weights still
+that draw): weights that were set, loaded, used or trained are never touched.
 
 Random draws come from fastconv's generator, seeded with :func:`manual_seed`.
 """

@@ -304,14 +304,16 @@ class Linear(Module):
 
     def init_as_output(self, output: bool) -> None:
         """Scale this layer's own initial draw between He (hidden) and
-        classifier_normal_ (output); weights changed since then stay as they are."""
-        if output == self._as_output or _fingerprint(self.weight.data) != self._drawn:
+        classifier_normal_ (output), while the layer is fresh: never run, its
+        weights still that draw. Weights set, loaded or used stay as they are."""
+        if output == self._as_output or self._drawn is None or _fingerprint(self.weight.data) != self._drawn:
             return
         scale = init.CLASSIFIER_GAIN / np.sqrt(2.0)
         self.weight.data *= np.float32(scale if output else 1.0 / scale)
         self._as_output, self._drawn = output, _fingerprint(self.weight.data)
 
     def forward(self, x):
+        self._drawn = None  # its outputs have been seen: the init is final
         x = check_input("Linear", x, range(1, 33))
         if x.shape[-1] != self.in_features:
             raise ValueError(

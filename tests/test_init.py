@@ -122,3 +122,12 @@ def test_cli_sanity_fails_saying_why(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 1, out
     assert "FAILED" in out and "initial scores are too large" in out and "sanity check FAILED" in out
+
+
+def test_a_layer_that_has_run_keeps_its_weights(rng):
+    fc.manual_seed(0)
+    lin = fc.Linear(6, 4)
+    x = rng.standard_normal((2, 6)).astype(np.float32)
+    y = lin(x)
+    fc.Sequential(fc.Linear(3, 6), fc.ReLU(), lin)  # wrapping layers already used changes nothing
+    np.testing.assert_array_equal(lin(x), y)
