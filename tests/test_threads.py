@@ -245,7 +245,10 @@ def test_mpi_ranks_default_to_omp_num_threads_else_their_share_of_the_cpus(tmp_p
         os.environ.pop("OMP_NUM_THREADS", None)
         share = dp.default_threads()
         os.environ["OMP_NUM_THREADS"] = "3"
-        print(json.dumps([share, dp.default_threads(), max(1, len(os.sched_getaffinity(0)) // dp.size)]))
+        row = [share, dp.default_threads(), max(1, len(os.sched_getaffinity(0)) // dp.size)]
+        rows = dp.comm.gather(row, root=0)  # one print: the ranks' lines could interleave
+        if dp.rank == 0:
+            print(json.dumps(rows))
     """))
-    ranks = [json.loads(line) for line in mpirun(sys.executable, str(script), cwd=tmp_path).strip().splitlines()]
+    ranks = json.loads(mpirun(sys.executable, str(script), cwd=tmp_path).strip().splitlines()[-1])
     assert len(ranks) == 2 and all((share, from_env) == (expected, 3) for share, from_env, expected in ranks), ranks
