@@ -5,7 +5,7 @@
 ...                       fc.Flatten(), fc.Linear(8 * 14 * 14, 10))
 """
 
-from fastconv import checkpoint, convert, data, init, plot, search, train
+from fastconv import _kernels, backend, checkpoint, convert, data, init, plot, search, train
 from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
 from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
@@ -21,6 +21,21 @@ from fastconv.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 from fastconv.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR, LRScheduler,
                                  ReduceLROnPlateau, StepLR)
 from fastconv.train import EarlyStopping, Trainer, TrainingDiverged
+
+
+def _check_environment():
+    # The modules that read FASTCONV_ISA and FASTCONV_BACKEND only report a bad value, and
+    # it is raised here: the import fails with one short ValueError, and the fastconv
+    # command, whose main() runs only after this import, prints it as one line (exit 2).
+    problems = [p for p in (_kernels._environment_problem, backend._environment_problem) if p]
+    if problems:
+        from fastconv.cli import exit_if_this_command
+
+        exit_if_this_command("; ".join(problems))
+        raise ValueError("; ".join(problems))
+
+
+_check_environment()
 
 
 def __getattr__(name):

@@ -7,6 +7,7 @@ Every function here has a twin of the same name and signature in
 
 import math
 import os
+import warnings
 
 import numpy as np
 
@@ -119,27 +120,117 @@ def _cpus_available():
 
 
 MAX_THREADS = 1024
-cdef int _num_threads = _cpus_available()
+_FORK_MESSAGE = (
+    "this process was forked (os.fork, or multiprocessing's default 'fork' start method) after its parent "
+    "had run a multi-threaded kernel, and GNU OpenMP's thread pool does not survive a fork: a team of more "
+    "than one thread would wait forever for threads that exist only in the parent, so kernels here run on "
+    "1 thread. For more threads in a child, start it with the 'spawn' or 'forkserver' method, e.g. "
+    "multiprocessing.get_context('spawn').Pool(...) or ProcessPoolExecutor(mp_context=...)")
+
+cdef int _num_threads = 1        # what every kernel is given; decided by _resolve_num_threads only
+cdef bint _pool_started = False  # a kernel was given more than one thread: libgomp's pool may exist
+cdef bint _forked_pool = False   # forked after that: the pool is gone, only 1-thread teams are safe
+_omp_warned = False
+
+
+cdef inline int _team(int n) noexcept:
+    """`n`, the team size of a parallel call about to run, noting when libgomp's pool may start."""
+    global _pool_started
+    if n > 1:
+        _pool_started = True
+    return n
+
+
+def _omp_num_threads():
+    """OMP_NUM_THREADS as a thread count, or None when it is unset or malformed.
+
+    "4,2" is an OpenMP list (4 at the outer level, 2 in nested regions): fastconv's
+    regions are outer ones, so its first item counts. A malformed value ("abc", "0",
+    "-1", above MAX_THREADS) must not stop the import: it is ignored with one warning.
+    """
+    global _omp_warned
+    text = os.environ.get("OMP_NUM_THREADS", "")
+    if not text.strip():
+        return None
+    first = text.split(",")[0].strip()
+    if first.isascii() and first.isdigit() and 1 <= int(first) <= MAX_THREADS:
+        return int(first)
+    if not _omp_warned:
+        _omp_warned = True
+        warnings.warn(f"fastconv ignores OMP_NUM_THREADS={text!r}: it must be a whole number in "
+                      f"[1, {MAX_THREADS}] or a comma-separated list whose first item is one; fastconv uses "
+                      f"the {_cpus_available()} CPUs this process may use instead", RuntimeWarning)
+    return None
+
+
+def _resolve_num_threads(n=None, cpus=None):
+    """The thread count kernels use, decided here and nowhere else (as scikit-learn's
+    _openmp_effective_n_threads). The first rule that applies:
+
+    1. a build without OpenMP, or a child forked after its parent ran a
+       multi-threaded kernel (see _after_fork): 1; asking such a child for
+       `n` > 1 raises RuntimeError;
+    2. `n`, when given: fc.set_num_threads(n) (the CLI's --threads calls it);
+    3. OMP_NUM_THREADS (its first item; malformed: warned about once, skipped);
+    4. `cpus`, by default the CPUs this process may use (os.sched_getaffinity).
+    """
+    if _forked_pool and n is not None and n > 1:
+        raise RuntimeError(f"cannot run kernels on {n} threads: {_FORK_MESSAGE}")
+    if _forked_pool or not fc_openmp_enabled():
+        return 1
+    if n is not None:
+        return int(n)
+    return _omp_num_threads() or cpus or _cpus_available()
 
 
 def set_num_threads(n):
     """Set the number of threads every kernel uses (an int in [1, 1024]).
 
     Each parallel region is given this team size explicitly, so other OpenMP
-    libraries in the process are not affected.
+    libraries in the process are not affected. No effect in a build without
+    OpenMP. In a process forked after its parent ran a multi-threaded kernel,
+    only 1 is possible and n > 1 raises RuntimeError, since GNU OpenMP's thread
+    pool does not survive a fork: start such children with multiprocessing's
+    'spawn' or 'forkserver' method for more threads.
     """
     global _num_threads
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: `n` must be an int; got {type(n).__name__} {n!r}")
     if not 1 <= n <= MAX_THREADS:
         raise ValueError(f"set_num_threads: `n` must be in [1, {MAX_THREADS}]; got {n}")
-    _num_threads = int(n)
+    _num_threads = _resolve_num_threads(n)
 
 
 def get_num_threads():
-    """The number of threads kernels use (default: the CPUs this process may use;
-    always 1 in a build without OpenMP, where set_num_threads has no effect)."""
-    return _num_threads if fc_openmp_enabled() else 1
+    """The number of threads kernels use. Until set_num_threads is called:
+    OMP_NUM_THREADS (its first item) when set, else the CPUs this process may
+    use; always 1 in a build without OpenMP and in a child forked after its
+    parent ran a multi-threaded kernel."""
+    return _num_threads
+
+
+def _after_fork():
+    """In a forked child: drop to 1 thread if the parent may have started libgomp's pool.
+
+    libgomp keeps the pool's threads parked on a barrier; fork copies the pool's
+    bookkeeping but not its threads, so the child's first team of 2 or more waits
+    forever. A team of 1 never touches the pool. Nothing started the pool when no
+    kernel ran with more than one thread (a forkserver process only imports
+    fastconv), so such children keep their thread count.
+    """
+    global _num_threads, _forked_pool
+    if _pool_started:
+        _forked_pool = True
+        _num_threads = _resolve_num_threads()
+
+
+# A Python at-fork hook rather than pthread_atfork in C: a kernel can only run again in a
+# child that returns to the interpreter, and CPython runs these hooks for every such fork
+# (os.fork, multiprocessing's fork and forkserver methods, and C code, which must call
+# PyOS_AfterFork_Child); fork+exec (subprocess) needs nothing. The state it changes is
+# this module's, so no C state is shared between csrc/ and this bridge.
+os.register_at_fork(after_in_child=_after_fork)
+_num_threads = _resolve_num_threads()
 
 
 ISAS = tuple(fc_isa_name(i).decode() for i in range(FC_ISA_COUNT))
@@ -150,16 +241,24 @@ def supported_isas():
     return tuple(ISAS[i] for i in range(FC_ISA_COUNT) if fc_isa_supported(i))
 
 
+def _isa_problem(name, got=None, supported=None):
+    """What is wrong with `name` as the SIMD path (a phrase after the setting's name), or None.
+    `got`: the value as the user gave it; `supported`: default supported_isas() (tests pass others)."""
+    got = name if got is None else got
+    supported = supported_isas() if supported is None else supported
+    if name not in ISAS:
+        return f"must be one of {ISAS}; got {got!r}"
+    if name not in supported:
+        return f"must be one this CPU and build support, {supported}; got {got!r} (not supported here)"
+    return None
+
+
 def set_isa(name):
     """Force the SIMD path: 'generic', 'avx2' or 'avx512' (must be supported)."""
-    if name not in ISAS:
-        raise ValueError(f"set_isa: `name` must be one of {ISAS}; got {name!r}")
-    i = ISAS.index(name)
-    if not fc_isa_supported(i):
-        raise ValueError(
-            f"set_isa: ISA {name!r} is not supported on this CPU or build; "
-            f"supported: {supported_isas()}")
-    fc_isa_set(i)
+    problem = _isa_problem(name)
+    if problem:
+        raise ValueError(f"set_isa: `name` {problem}")
+    fc_isa_set(ISAS.index(name))
 
 
 WINOGRAD_MODES = ("never", "auto", "always")
@@ -200,16 +299,22 @@ def build_info():
     }
 
 
-def _isa_from_env():
-    requested = os.environ.get("FASTCONV_ISA", "").strip().lower()
-    if requested:
-        try:
-            set_isa(requested)
-        except ValueError as e:
-            raise ImportError(f"FASTCONV_ISA={requested!r}: {e}") from None
+def _isa_from_environment():
+    """Apply FASTCONV_ISA (any case; unset or empty: the best the CPU supports).
+    A bad value is returned, not raised: fastconv/__init__.py raises it, so that
+    the import fails with one ValueError and the fastconv command with one line."""
+    raw = os.environ.get("FASTCONV_ISA", "")
+    name = raw.strip().lower()
+    if not name:
+        return None
+    problem = _isa_problem(name, raw)
+    if problem:
+        return f"FASTCONV_ISA {problem}"
+    set_isa(name)
+    return None
 
 
-_isa_from_env()
+_environment_problem = _isa_from_environment()
 
 
 # ---------------------------------------------------------------------------
@@ -355,7 +460,7 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
             raise ValueError("sgemm: `C` must not overlap `A` or `B`")
     if m == 0 or n == 0:
         return C
-    cdef int ta = bool(trans_a), tb = bool(trans_b), rc, nt = _num_threads
+    cdef int ta = bool(trans_a), tb = bool(trans_b), rc, nt = _team(_num_threads)
     cdef fc_int cm = m, cn = n, ck = k, lda = _ld(A), ldb = _ld(B), ldc = _ld(C)
     cdef float fa = alpha_f, fb = beta_f
     cdef const float *pa = <const float *>cnp.PyArray_DATA(A)
@@ -424,7 +529,7 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     cdef const float *px = _fptr(x)
     cdef const float *pw = _fptr(weight)
     cdef float *py = _fptr(y)
-    cdef int rc, nt = _num_threads, fuse_relu = bool(relu)
+    cdef int rc, nt = _team(_num_threads), fuse_relu = bool(relu)
     with nogil:
         rc = fc_conv2d_forward(&s, px, pw, pb, fuse_relu, py, nt)
     if rc != 0:
@@ -461,7 +566,7 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
     cdef const float *pw = _fptr(weight)
     cdef float *py = _fptr(y)
     cdef uint8_t *pam = <uint8_t *>cnp.PyArray_DATA(am)
-    cdef int rc, nt = _num_threads, fuse_relu = bool(relu)
+    cdef int rc, nt = _team(_num_threads), fuse_relu = bool(relu)
     with nogil:
         rc = fc_conv2d_maxpool_forward(&s, px, pw, pb, fuse_relu, py, pam, nt)
     if rc != 0:
@@ -495,7 +600,7 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     cdef float *pdx = _fptr(dx) if dx is not None else NULL
     cdef float *pdw = _fptr(dweight)
     cdef float *pdb = _fptr(dbias)
-    cdef int rc, nt = _num_threads
+    cdef int rc, nt = _team(_num_threads)
     with nogil:
         rc = fc_conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, nt)
     if rc != 0:
@@ -559,7 +664,7 @@ def maxpool2d_forward(x, kernel, stride, padding):
     cdef fc_pool_shape s = _pool_shape(fn, x.shape, kernel, stride, padding)
     y = np.empty((s.n, s.c, s.oh, s.ow), dtype=np.float32)
     am = np.empty((s.n, s.c, s.oh, s.ow), dtype=argmax_dtype((s.kh, s.kw)))
-    cdef int nbytes = am.dtype.itemsize, nt = _num_threads
+    cdef int nbytes = am.dtype.itemsize, nt = _team(_num_threads)
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     cdef void *pam = cnp.PyArray_DATA(am)
@@ -586,7 +691,7 @@ def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
         raise ValueError(f"{fn}: `argmax` must be C-contiguous and aligned; got {_describe(argmax)}")
     _check_shape(fn, "argmax", argmax, expected)
     dx = np.empty(x_shape, dtype=np.float32)
-    cdef int nbytes = want.itemsize, nt = _num_threads
+    cdef int nbytes = want.itemsize, nt = _team(_num_threads)
     cdef const float *pdy = _fptr(dy)
     cdef const void *pam = cnp.PyArray_DATA(argmax)
     cdef float *pdx = _fptr(dx)
@@ -622,7 +727,7 @@ def bias_add(y, bias):
     cdef fc_int outer = y.shape[0], channels = y.shape[1]
     rows = int(y.shape[0]) * int(y.shape[1])  # Python ints: with an empty axis, the C product could overflow
     cdef fc_int inner = y.size // rows if rows else 0
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef float *py = _fptr(y)
     cdef const float *pb = _fptr(bias)
     if y.size:
@@ -660,7 +765,7 @@ cdef _activation_forward(str fn, int op, x, float param):
     _check_any_rank(fn, "x", x)
     y = np.empty_like(x)
     cdef fc_int count = x.size
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     with nogil:
@@ -675,7 +780,7 @@ cdef _activation_backward(str fn, int op, dy, a, str a_name, float param):
     _check_shape(fn, a_name, a, dy.shape)
     dx = np.empty_like(dy)
     cdef fc_int count = dy.size
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *pdy = _fptr(dy)
     cdef const float *pa = _fptr(a)
     cdef float *pdx = _fptr(dx)
@@ -797,7 +902,7 @@ def batchnorm_forward(x, weight, bias, mean, var, eps):
         _check_vector(fn, "var", var, c)
     y = np.empty_like(x)
     cdef fc_int cn = n, cc = c, ci = inner
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *px = _fptr(x)
     cdef const float *pw = _fptr_or_null(weight)
     cdef const float *pb = _fptr_or_null(bias)
@@ -831,7 +936,7 @@ def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
     dx = np.empty_like(x)
     dweight, dbias = np.empty(c, np.float32), np.empty(c, np.float32)
     cdef fc_int cn = n, cc = c, ci = inner
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *pdy = _fptr(dy)
     cdef const float *px = _fptr(x)
     cdef const float *pw = _fptr_or_null(weight)
@@ -858,7 +963,7 @@ def avgpool2d_forward(x, kernel, stride, padding):
     _check_array(fn, "x", x, 4)
     cdef fc_pool_shape s = _pool_shape(fn, x.shape, kernel, stride, padding)
     y = np.empty((s.n, s.c, s.oh, s.ow), dtype=np.float32)
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *px = _fptr(x)
     cdef float *py = _fptr(y)
     with nogil:
@@ -874,7 +979,7 @@ def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
     cdef fc_pool_shape s = _pool_shape(fn, x_shape, kernel, stride, padding)
     _check_shape(fn, "dy", dy, (s.n, s.c, s.oh, s.ow))
     dx = np.empty(x_shape, dtype=np.float32)
-    cdef int nt = _num_threads
+    cdef int nt = _team(_num_threads)
     cdef const float *pdy = _fptr(dy)
     cdef float *pdx = _fptr(dx)
     with nogil:
@@ -910,12 +1015,11 @@ def peak_gflops(threads=None, isa=None, seconds=0.2):
     i = fc_isa_get() if isa is None else (ISAS.index(isa) if isa in ISAS else -1)
     if i < 0 or not fc_isa_supported(i):
         raise ValueError(f"{fn}: `isa` must be one of {supported_isas()}; got {isa!r}")
-    if not fc_openmp_enabled():
-        nt = 1  # a serial build runs one team member whatever is asked
+    nt = _resolve_num_threads(nt)  # 1 in a serial build; above 1 refused in a forked child
     if not 0 < seconds <= 60:
         raise ValueError(f"{fn}: `seconds` must be in (0, 60]; got {seconds!r}")
     cdef fc_int iters = 1000
-    cdef int ci = i, cnt = nt
+    cdef int ci = i, cnt = _team(nt)
     cdef double t, best, target = seconds / 4
     with nogil:
         t = _peak_best_of(ci, iters, cnt, 2)

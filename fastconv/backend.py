@@ -30,8 +30,17 @@ def _validate(name, where):
     return name
 
 
-_backend = _validate(os.environ.get("FASTCONV_BACKEND", "native").strip().lower() or "native",
-                     "FASTCONV_BACKEND")
+def _backend_from_environment():
+    """FASTCONV_BACKEND (any case; unset or empty: native), and what is wrong with it or None.
+    A bad value is returned, not raised: fastconv/__init__.py raises it (see _kernels)."""
+    raw = os.environ.get("FASTCONV_BACKEND", "")
+    name = raw.strip().lower() or "native"
+    if name in BACKENDS:
+        return name, None
+    return "native", f"FASTCONV_BACKEND must be one of {BACKENDS}; got {raw!r}"
+
+
+_backend, _environment_problem = _backend_from_environment()
 
 
 def set_backend(name: str) -> None:

@@ -289,7 +289,8 @@ def _add_training_options(p):
     p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="(default: %(default)s)")
     p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
                    help="seeds weight initialization and minibatch order (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
 
 
 def _arch_help():
@@ -673,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="(default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="kernel threads (default: all CPUs)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("search", help="random hyperparameter search; writes a results table and the best config",
@@ -703,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
                    help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
     p.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="kernel threads of each trial (default: all CPUs; 1 on a Dask cluster)")
+                   help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this process may use; "
+                        "1 on a Dask cluster)")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="run the trials on a local Dask cluster of N worker processes (needs fastconv[dask])")
     p.add_argument("--scheduler", metavar="ADDRESS",
@@ -733,6 +736,18 @@ def _subparser(parser, name):
         if isinstance(action, argparse._SubParsersAction):
             return action.choices.get(name)
     return None
+
+
+def exit_if_this_command(message: str) -> None:
+    """When this process is the fastconv command (its console script, or python -m
+    fastconv), print `message` as a usage error and exit with code 2. For what fails
+    ``import fastconv`` before main() can catch it: a bad FASTCONV_ISA or FASTCONV_BACKEND."""
+    argv, orig = getattr(sys, "argv", None) or [""], getattr(sys, "orig_argv", [])
+    # While python -m runs a package's __init__, argv[0] is "-m" and orig_argv names the module.
+    module = orig[orig.index("-m") + 1] if argv[0] == "-m" and "-m" in orig[:-1] else None
+    if module in ("fastconv", "fastconv.cli") or os.path.basename(argv[0]) == "fastconv":
+        print(f"fastconv: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv=None) -> int:

@@ -216,13 +216,16 @@ class MPIDataParallel:
         self._buffer = None
 
     def default_threads(self) -> int:
-        """Kernel threads per rank so that the ranks on one node share its CPUs without oversubscribing them."""
+        """Kernel threads per rank: OMP_NUM_THREADS when set (mpirun -x OMP_NUM_THREADS=T), else
+        so that the ranks on one node share its CPUs without oversubscribing them."""
+        from fastconv import _kernels
+
         local = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
         try:
             on_node = local.Get_size()
         finally:
             local.Free()
-        return max(1, len(os.sched_getaffinity(0)) // on_node) if hasattr(os, "sched_getaffinity") else 1
+        return _kernels._resolve_num_threads(cpus=max(1, _kernels._cpus_available() // on_node))
 
     def _tensors(self, model) -> list[np.ndarray]:
         """Parameters and floating-point buffers, in a fixed order (the same on every rank)."""

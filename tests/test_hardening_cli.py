@@ -7,11 +7,17 @@ installed package.
 """
 
 import gzip
+import json
+import os
 import struct
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from test_cli import fastconv, one_line_error
+from test_cli import SCRIPT, fastconv, one_line_error
+
+from fastconv import _kernels
 
 
 @pytest.fixture
@@ -87,3 +93,54 @@ def test_nan_data_stops_with_a_clear_error(files):
 def test_bad_option_values_exit_2(tmp_path, args, message):
     r = fastconv(*args, cwd=tmp_path, timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+UNSUPPORTED_ISAS = [i for i in _kernels.ISAS if i not in _kernels.supported_isas()]
+BAD_SETTINGS = [  # (variable, value, what the message must name besides them)
+    ("FASTCONV_ISA", "neon", str(_kernels.ISAS)),
+    ("FASTCONV_ISA", "AVX-512", str(_kernels.ISAS)),
+    ("FASTCONV_BACKEND", "cuda", "('native', 'reference', 'check')"),
+] + [("FASTCONV_ISA", isa, f"this CPU and build support, {_kernels.supported_isas()}") for isa in UNSUPPORTED_ISAS]
+
+
+def _run(command, tmp_path, **env):
+    return subprocess.run(command, cwd=tmp_path, env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.mark.parametrize("variable, value, expected", BAD_SETTINGS)
+@pytest.mark.parametrize("args", [("info",), ("train", "--epochs", "1"), ("--help",), ("nonsense",)])
+def test_bad_environment_variable_is_one_line_and_exit_2(tmp_path, variable, value, expected, args):
+    if SCRIPT is None:
+        pytest.skip("the fastconv console script is not installed")
+    for command in ([SCRIPT, *args], [sys.executable, "-m", "fastconv", *args]):
+        line = one_line_error(_run(command, tmp_path, **{variable: value}), code=2)
+        assert line.startswith(f"fastconv: error: {variable} must be "), line
+        assert expected in line and f"got {value!r}" in line, line
+
+
+@pytest.mark.parametrize("variable, value, expected", BAD_SETTINGS)
+def test_bad_environment_variable_fails_import_with_one_value_error(tmp_path, variable, value, expected):
+    code = ("import json\ntry:\n    import fastconv\nexcept ValueError as e:\n    print(json.dumps(str(e)))")
+    r = _run([sys.executable, "-c", code], tmp_path, **{variable: value})
+    assert r.returncode == 0, r.stderr
+    message = json.loads(r.stdout)
+    assert message.startswith(f"{variable} must be ") and expected in message and f"got {value!r}" in message
+    uncaught = _run([sys.executable, "-c", "import fastconv"], tmp_path, **{variable: value})
+    frames = [line for line in uncaught.stderr.splitlines() if line.lstrip().startswith("File ")]
+    assert uncaught.stderr.rstrip().endswith(f"ValueError: {message}"), uncaught.stderr
+    assert all("_kernels" not in f and "backend.py" not in f for f in frames), uncaught.stderr  # raised at the top
+
+
+def test_unsupported_isa_message():
+    """The CPU-support branch of the message, on any host (the subprocess tests above reach it
+    only where the CPU lacks an ISA that fastconv builds)."""
+    assert _kernels._isa_problem("avx512", "AVX512", supported=("generic", "avx2")) == (
+        "must be one this CPU and build support, ('generic', 'avx2'); got 'AVX512' (not supported here)")
+    assert _kernels._isa_problem("avx2", supported=("generic", "avx2")) is None
+
+
+def test_valid_isa_and_backend_settings_still_work(tmp_path):
+    r = _run([sys.executable, "-c", "import fastconv as fc; print(fc.get_isa(), fc.get_backend())"], tmp_path,
+             FASTCONV_ISA=" Generic ", FASTCONV_BACKEND="REFERENCE")
+    assert r.returncode == 0 and r.stdout.split() == ["generic", "reference"], r.stderr

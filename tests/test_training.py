@@ -74,7 +74,7 @@ def test_backend_setting_and_environment(tmp_path):
     assert out.stdout.strip() == "reference"
     env["FASTCONV_BACKEND"] = "cuda"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode != 0 and "FASTCONV_BACKEND: backend must be one of" in bad.stderr
+    assert bad.returncode != 0 and "ValueError: FASTCONV_BACKEND must be one of" in bad.stderr
 
 
 def test_isa_environment_and_errors(tmp_path):
@@ -84,12 +84,12 @@ def test_isa_environment_and_errors(tmp_path):
     assert out.stdout.strip() == "generic"
     env["FASTCONV_ISA"] = "neon"
     bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
-    assert bad.returncode != 0 and "FASTCONV_ISA='neon'" in bad.stderr
+    assert bad.returncode != 0 and "ValueError: FASTCONV_ISA must be one of" in bad.stderr
     with pytest.raises(ValueError, match=r"set_isa: `name` must be one of"):
         fc.set_isa("sse9")
     unsupported = [i for i in ("generic", "avx2", "avx512") if i not in fc.supported_isas()]
     for isa in unsupported:
-        with pytest.raises(ValueError, match=f"ISA '{isa}' is not supported"):
+        with pytest.raises(ValueError, match=f"this CPU and build support, .*; got '{isa}'"):
             fc.set_isa(isa)
 
 
