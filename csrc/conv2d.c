@@ -33,6 +33,7 @@
  * Workspace, allocated per call: per thread, one group's column matrix and
  * (K, g*OH*OW) matrix (plus the dW/db partials), never a whole batch's.
  */
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -484,6 +485,58 @@ static float row_sum(const float *v, fc_int n)
     return sum;
 }
 
+/* The largest of v's bit patterns with the sign cleared, as int32: these
+ * order as |v| does, with the NaNs above +Inf, so one integer max flags
+ * NaN and Inf with the largest |v| (a float max would drop NaNs). Lanes as
+ * row_sum's: independent maxima the compiler vectorizes. */
+static inline __attribute__((always_inline)) int32_t max_abs_bits_body(const float *v, fc_int n)
+{
+    int32_t lane[FC_SUM_LANES] = {0}, bits;
+    fc_int i = 0;
+    for (; i + FC_SUM_LANES <= n; i += FC_SUM_LANES)
+        for (int l = 0; l < FC_SUM_LANES; l++) {
+            memcpy(&bits, v + i + l, sizeof bits);
+            bits &= INT32_MAX;
+            lane[l] = bits > lane[l] ? bits : lane[l];
+        }
+    for (int l = 0; i < n; i++, l++) {
+        memcpy(&bits, v + i, sizeof bits);
+        bits &= INT32_MAX;
+        lane[l] = bits > lane[l] ? bits : lane[l];
+    }
+    int32_t most = 0;
+    for (int l = 0; l < FC_SUM_LANES; l++) most = lane[l] > most ? lane[l] : most;
+    return most;
+}
+
+static int32_t max_abs_bits(const float *v, fc_int n) { return max_abs_bits_body(v, n); }
+
+#if FC_AVX2_COPIES
+__attribute__((FC_AVX2_TARGET)) static int32_t max_abs_bits_avx2(const float *v, fc_int n)
+{
+    return max_abs_bits_body(v, n);
+}
+#endif
+
+float fc_max_abs(const float *v, fc_int count, int nthreads)
+{
+    int32_t (*part)(const float *, fc_int) = max_abs_bits;
+#if FC_AVX2_COPIES
+    if (copies_use_avx2()) part = max_abs_bits_avx2;
+#endif
+    int32_t most = 0;
+#pragma omp parallel num_threads(nthreads) reduction(max : most) \
+    if (nthreads > 1 && count >= FC_CONV_PAR_MIN)
+    {
+        long long lo, hi;
+        fc_split_range(count, fc_team_size(), fc_thread_id(), &lo, &hi);
+        most = part(v + lo, hi - lo);
+    }
+    float r;
+    memcpy(&r, &most, sizeof r);
+    return r;
+}
+
 /* How a thread walks its images: groups of g, and its workspace. */
 typedef struct {
     fc_int g;           /* images per group */
@@ -553,10 +606,19 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
     return 0;
 }
 
+/* Winograd for this forward: its shape rule, then the inputs' range (a
+ * pass over x, 0.3% of the 128x32x16x16 -> 64 layer: README). */
+static int winograd_forward_takes(const fc_conv_shape *s, const float *x, const float *weight,
+                                  int nthreads)
+{
+    return fc_winograd_applies(s) && fc_winograd_forward_in_range(s, x, weight, nthreads);
+}
+
 int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads)
 {
-    if (fc_winograd_applies(s)) return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
+    if (winograd_forward_takes(s, x, weight, nthreads))
+        return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
     if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
         return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
@@ -593,7 +655,7 @@ int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const floa
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads)
 {
-    if (fc_winograd_applies(s))
+    if (winograd_forward_takes(s, x, weight, nthreads))
         return fc_conv2d_winograd_maxpool(s, x, weight, bias, relu, pooled, argmax, nthreads);
     /* im2col's tiles are rows of output channels, not windows: conv, then pool. */
     float *y = alloc_floats(s->n * s->k * s->oh * s->ow);
@@ -776,10 +838,16 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
      * (16 -> 8) takes 1.3 ms against 1.6 by col2im. Strided convolutions
      * always scatter by col2im, each thread on its own images. */
     const fc_conv_shape t = dx_convolution_shape(s);
-    const int by_convolution = s->sh == 1 && s->sw == 1 &&
-                               (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t));
+    /* As a convolution, dx multiplies dy's zero padding by the weights: an
+     * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
+     * such term. col2im adds only the real terms. */
+    const int by_convolution =
+        dx && s->sh == 1 && s->sw == 1 &&
+        (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t)) &&
+        fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads) <= FLT_MAX;
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
-    if (fc_winograd_applies(s) && (by_convolution || !dx)) {
+    if (fc_winograd_applies(s) && (by_convolution || !dx) &&
+        fc_winograd_dweight_in_range(s, x, dy, nthreads)) {
         int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
         if (!rc && dbias) rc = bias_gradient(s, dy, dbias, nthreads);
         if (rc || !dx) return rc;
