@@ -853,9 +853,9 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
         if (rc || !dx) return rc;
         return dx_by_convolution(s, weight, dy, dx, nthreads);
     }
-    /* dW and db by the direct kernel where it fits (conv2d_direct.c has the
+    /* dW and db by the direct kernel where it takes them (conv2d_direct.c has the
      * numbers), the col2im route then computing dx alone. */
-    const int direct = fc_conv2d_direct_fits(s);
+    const int direct = fc_conv2d_direct_dweight_takes(s, x, nthreads);
     int rc = direct ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads) : 0;
     if (!rc && (!direct || (dx && !by_convolution)))
         rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,

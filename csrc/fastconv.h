@@ -141,7 +141,10 @@ int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const flo
 int fc_conv2d_direct_fits(const fc_conv_shape *s);
 int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads);
-/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten. */
+/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten; for
+ * shapes and x that dweight_takes (the shape fits, and x is finite where
+ * the kernel needs it). */
+int fc_conv2d_direct_dweight_takes(const fc_conv_shape *s, const float *x, int nthreads);
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads);
 
