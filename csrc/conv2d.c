@@ -606,18 +606,25 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
     return 0;
 }
 
-/* Winograd for this forward: its shape rule, then the inputs' range (a
- * pass over x, 0.3% of the 128x32x16x16 -> 64 layer: README). */
-static int winograd_forward_takes(const fc_conv_shape *s, const float *x, const float *weight,
-                                  int nthreads)
+/* Winograd for this forward: its shape rule, then the inputs' range.
+ * max_x, max_w: fc_max_abs of x and weight when the caller has them, else
+ * -1, and they are computed here once the shape rule says yes (the pass
+ * over x costs 0.5% of the instructions of the 128x32x16x16 -> 64 layer's
+ * forward: README). */
+static int winograd_forward_takes(const fc_conv_shape *s, const float *x, float max_x,
+                                  const float *weight, float max_w, int nthreads)
 {
-    return fc_winograd_applies(s) && fc_winograd_forward_in_range(s, x, weight, nthreads);
+    if (!fc_winograd_applies(s)) return 0;
+    if (max_x < 0) max_x = fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads);
+    if (max_w < 0) max_w = fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads);
+    return fc_winograd_forward_in_range(s, max_x, max_w);
 }
 
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                      const float *bias, int relu, float *y, int nthreads)
+/* fc_conv2d_forward, with max_x and max_w as winograd_forward_takes's. */
+static int conv_forward(const fc_conv_shape *s, const float *x, float max_x, const float *weight,
+                        float max_w, const float *bias, int relu, float *y, int nthreads)
 {
-    if (winograd_forward_takes(s, x, weight, nthreads))
+    if (winograd_forward_takes(s, x, max_x, weight, max_w, nthreads))
         return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
     if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
         return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
@@ -651,11 +658,17 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
     return failed ? FC_ENOMEM : 0;
 }
 
+int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                      const float *bias, int relu, float *y, int nthreads)
+{
+    return conv_forward(s, x, -1.0f, weight, -1.0f, bias, relu, y, nthreads);
+}
+
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads)
 {
-    if (winograd_forward_takes(s, x, weight, nthreads))
+    if (winograd_forward_takes(s, x, -1.0f, weight, -1.0f, nthreads))
         return fc_conv2d_winograd_maxpool(s, x, weight, bias, relu, pooled, argmax, nthreads);
     /* im2col's tiles are rows of output channels, not windows: conv, then pool. */
     float *y = alloc_floats(s->n * s->k * s->oh * s->ow);
@@ -746,8 +759,8 @@ static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
  * and no col2im scatter; the output size is exactly H x W). A padding
  * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
  * handle: those taps skip dy's border rows instead of reading zeros. */
-static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const float *dy,
-                             float *dx, int nthreads)
+static int dx_by_convolution(const fc_conv_shape *s, const float *weight, float max_w,
+                             const float *dy, float max_dy, float *dx, int nthreads)
 {
     const fc_int kk = s->kh * s->kw;
     float *flipped = alloc_floats(s->k * s->c * kk);
@@ -757,7 +770,7 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
             for (fc_int e = 0; e < kk; e++)
                 flipped[(c * s->k + k) * kk + kk - 1 - e] = weight[(k * s->c + c) * kk + e];
     const fc_conv_shape t = dx_convolution_shape(s);
-    const int rc = fc_conv2d_forward(&t, dy, flipped, NULL, 0, dx, nthreads);
+    const int rc = conv_forward(&t, dy, max_dy, flipped, max_w, NULL, 0, dx, nthreads);
     free(flipped);
     return rc;
 }
@@ -840,18 +853,23 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     const fc_conv_shape t = dx_convolution_shape(s);
     /* As a convolution, dx multiplies dy's zero padding by the weights: an
      * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
-     * such term. col2im adds only the real terms. */
+     * such term. col2im adds only the real terms. Each input's range is
+     * taken once (fc_max_abs; -1: not needed). */
+    const int unit = dx && s->sh == 1 && s->sw == 1;
+    const float max_w = unit ? fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads) : -1.0f;
     const int by_convolution =
-        dx && s->sh == 1 && s->sw == 1 &&
-        (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t)) &&
-        fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads) <= FLT_MAX;
+        unit && (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t)) &&
+        max_w <= FLT_MAX;
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
-    if (fc_winograd_applies(s) && (by_convolution || !dx) &&
-        fc_winograd_dweight_in_range(s, x, dy, nthreads)) {
+    const int winograd_dw = fc_winograd_applies(s) && (by_convolution || !dx);
+    const float max_dy = winograd_dw ? fc_max_abs(dy, s->n * s->k * s->oh * s->ow, nthreads) : -1.0f;
+    if (winograd_dw &&
+        fc_winograd_dweight_in_range(s, fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads),
+                                     max_dy, nthreads)) {
         int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
         if (!rc && dbias) rc = bias_gradient(s, dy, dbias, nthreads);
         if (rc || !dx) return rc;
-        return dx_by_convolution(s, weight, dy, dx, nthreads);
+        return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
     }
     /* dW and db by the direct kernel where it takes them (conv2d_direct.c has the
      * numbers), the col2im route then computing dx alone. */
@@ -861,5 +879,5 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
         rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
                               direct ? NULL : dweight, direct ? NULL : dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
-    return dx_by_convolution(s, weight, dy, dx, nthreads);
+    return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
 }

@@ -114,14 +114,14 @@ enum { FC_WINOGRAD_NEVER = 0, FC_WINOGRAD_AUTO = 1, FC_WINOGRAD_ALWAYS = 2 };
 void fc_winograd_set_mode(int mode);
 int fc_winograd_get_mode(void);
 int fc_winograd_applies(const fc_conv_shape *s);
-/* 1 when all of x and weight (forward), or of x and dy (dW), are finite and
- * small enough that no value inside the transforms can overflow: then the
- * results are finite as the direct sum's. Otherwise the caller takes its
- * direct or im2col path, which gives the direct sum's NaN and infinities. */
-int fc_winograd_forward_in_range(const fc_conv_shape *s, const float *x, const float *weight,
-                                 int nthreads);
-int fc_winograd_dweight_in_range(const fc_conv_shape *s, const float *x, const float *dy,
-                                 int nthreads);
+/* 1 when the inputs of the forward (x and weight) or of dW (x and dy),
+ * whose largest |values| are max_* (fc_max_abs: NaN or Inf when one is
+ * not finite), are finite and small enough that no value inside the
+ * transforms can overflow: then the results are finite as the direct
+ * sum's. Otherwise the caller takes its direct or im2col path, which gives
+ * the direct sum's NaN and infinities. */
+int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w);
+int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads);
 int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
 /* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax
