@@ -862,7 +862,8 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
         max_w <= FLT_MAX;
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
     const int winograd_dw = fc_winograd_applies(s) && (by_convolution || !dx);
-    const float max_dy = winograd_dw ? fc_max_abs(dy, s->n * s->k * s->oh * s->ow, nthreads) : -1.0f;
+    const float max_dy =
+        winograd_dw ? fc_max_abs(dy, s->n * s->k * s->oh * s->ow, nthreads) : -1.0f;
     if (winograd_dw &&
         fc_winograd_dweight_in_range(s, fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads),
                                      max_dy, nthreads)) {

@@ -2,7 +2,8 @@
  * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
  * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
  * (conv2d.c, dx_by_convolution), which comes here when it has 8 or 16
- * outputs. The dispatch rule is fc_conv2d_direct_fits.
+ * outputs. The dispatch rule is fc_conv2d_direct_fits (for dW,
+ * fc_conv2d_direct_dweight_takes).
  *
  * Why: with K = 8 or 16 output channels, im2col + GEMM uses each packed B
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed

@@ -1,7 +1,9 @@
 """The Winograd F(2x2, 3x3) path of conv2d_forward (and of conv2d_backward's
 dx, computed as a convolution) against the NumPy twins, on every ISA x {1, 2}
 threads: forced on for every 3x3 unit-stride problem with
-``set_winograd("always")``, and where ``"auto"`` takes it."""
+``set_winograd("always")``, and where ``"auto"`` takes it. Also NaN,
+infinities and values near FLT_MAX, on every convolution path: they give the
+direct sum's NaN and infinities."""
 
 import contextlib
 import functools
@@ -50,6 +52,11 @@ def winograd_dweight_magnitude(x, dy, padding):
     return np.broadcast_to(per_filter[:, :, None, None], per_filter.shape + (3, 3))
 
 
+def flipped(weight):
+    """The weights of dx's convolution: transposed, flipped in both axes."""
+    return weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+
+
 def check_forward(conv, x, weight, bias, relu=False):
     y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
     expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
@@ -68,9 +75,8 @@ def check_dx(conv, x, weight, dy):
     negative."""
     dx, dw, db = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
     ex_dx, ex_dw, ex_db = reference.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
-    flipped = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
     (ph, pw) = conv.padding
-    magnitude = winograd_magnitude(dy, flipped, (2 - ph, 2 - pw)) if min(ph, pw) <= 2 else None
+    magnitude = winograd_magnitude(dy, flipped(weight), (2 - ph, 2 - pw)) if min(ph, pw) <= 2 else None
     if magnitude is None:  # not Winograd: the direct sum's bound
         magnitude = reference.conv2d_backward(np.abs(x), np.abs(weight), np.abs(dy), conv.stride,
                                               conv.padding)[0]
@@ -88,12 +94,20 @@ def check_dx(conv, x, weight, dy):
                  conv.n * conv.out[0] * conv.out[1], "dbias")
 
 
+@contextlib.contextmanager
+def winograd_mode(mode):
+    previous = _kernels.set_winograd(mode)
+    try:
+        yield
+    finally:
+        _kernels.set_winograd(previous)
+
+
 @pytest.fixture
 def winograd():
     """Winograd on every 3x3 unit-stride problem for the test, then back."""
-    previous = _kernels.set_winograd("always")
-    yield
-    _kernels.set_winograd(previous)
+    with winograd_mode("always"):
+        yield
 
 
 @st.composite
@@ -205,15 +219,6 @@ NONFINITE_SHAPES = {
 NONFINITE_KINDS = ("nan", "inf", "huge-finite", "overflow", "overflow-of-products")
 
 
-@contextlib.contextmanager
-def winograd_mode(mode):
-    previous = _kernels.set_winograd(mode)
-    try:
-        yield
-    finally:
-        _kernels.set_winograd(previous)
-
-
 # The slices of the other two arrays that multiply plane (i, j) of one.
 PARTNERS = {"x": lambda i, j: {"weight": np.s_[:, j], "dy": np.s_[i]},
             "weight": lambda i, j: {"x": np.s_[:, j], "dy": np.s_[:, i]},
@@ -300,10 +305,6 @@ def direct_classes(bilinear, a, b, magnitude, length, what):
                     np.maximum(magnitude(fa, fb), pos + neg), length)
 
 
-def flipped(weight):
-    return weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
-
-
 @functools.lru_cache(maxsize=None)
 def nonfinite_expected(name, where, kind):
     """Expected y, dx and dweight of nonfinite_arrays(NONFINITE_SHAPES[name], where, kind)."""
@@ -322,20 +323,19 @@ def nonfinite_expected(name, where, kind):
         return reference.conv2d_backward(a, np.zeros(weight.shape), b, conv.stride,
                                          conv.padding, need_dx=False)[1]
 
-    def none(a, b):
-        return 0.0
+    def y_magnitude(a, b):
+        return winograd_magnitude(a, b, conv.padding) if three else 0.0
 
-    return {
-        "y": direct_classes(forward, x, weight,
-                            (lambda a, b: winograd_magnitude(a, b, conv.padding)) if three else none,
-                            conv.c * conv.kh * conv.kw, "y"),
-        "dx": direct_classes(dx_of, dy, weight,
-                             (lambda a, b: winograd_magnitude(a, flipped(b), (2 - ph, 2 - pw)))
-                             if three else none, conv.k * conv.kh * conv.kw, "dx"),
-        "dweight": direct_classes(dweight_of, x, dy,
-                                  (lambda a, b: winograd_dweight_magnitude(a, b, conv.padding))
-                                  if three else none, conv.n * oh * ow, "dweight"),
-    }
+    def dx_magnitude(a, b):
+        return winograd_magnitude(a, flipped(b), (2 - ph, 2 - pw)) if three else 0.0
+
+    def dweight_magnitude(a, b):
+        return winograd_dweight_magnitude(a, b, conv.padding) if three else 0.0
+
+    return {"y": direct_classes(forward, x, weight, y_magnitude, conv.c * conv.kh * conv.kw, "y"),
+            "dx": direct_classes(dx_of, dy, weight, dx_magnitude, conv.k * conv.kh * conv.kw, "dx"),
+            "dweight": direct_classes(dweight_of, x, dy, dweight_magnitude, conv.n * oh * ow,
+                                      "dweight")}
 
 
 def assert_pattern(actual, expected, what):
@@ -416,5 +416,5 @@ def test_one_non_finite_value_anywhere_keeps_winograd_off(isa_threads, rng):
             plain = _kernels.conv2d_forward(bad, weight, None, 1, 1)
         with winograd_mode("always"):
             y = _kernels.conv2d_forward(bad, weight, None, 1, 1)
-        assert np.isfinite(plain).sum() > plain.size - 20 * conv.k  # the value reaches a few outputs
+        assert np.isfinite(plain).sum() > plain.size - 20 * conv.k  # it reaches a few outputs
         np.testing.assert_array_equal(y, plain, err_msg=f"{bad.flat[e]} at {e}")
