@@ -33,6 +33,7 @@
  * Workspace, allocated per call: per thread, one group's column matrix and
  * (K, g*OH*OW) matrix (plus the dW/db partials), never a whole batch's.
  */
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -484,6 +485,58 @@ static float row_sum(const float *v, fc_int n)
     return sum;
 }
 
+/* The largest of v's bit patterns with the sign cleared, as int32: these
+ * order as |v| does, with the NaNs above +Inf, so one integer max flags
+ * NaN and Inf with the largest |v| (a float max would drop NaNs). Lanes as
+ * row_sum's: independent maxima the compiler vectorizes. */
+static inline __attribute__((always_inline)) int32_t max_abs_bits_body(const float *v, fc_int n)
+{
+    int32_t lane[FC_SUM_LANES] = {0}, bits;
+    fc_int i = 0;
+    for (; i + FC_SUM_LANES <= n; i += FC_SUM_LANES)
+        for (int l = 0; l < FC_SUM_LANES; l++) {
+            memcpy(&bits, v + i + l, sizeof bits);
+            bits &= INT32_MAX;
+            lane[l] = bits > lane[l] ? bits : lane[l];
+        }
+    for (int l = 0; i < n; i++, l++) {
+        memcpy(&bits, v + i, sizeof bits);
+        bits &= INT32_MAX;
+        lane[l] = bits > lane[l] ? bits : lane[l];
+    }
+    int32_t most = 0;
+    for (int l = 0; l < FC_SUM_LANES; l++) most = lane[l] > most ? lane[l] : most;
+    return most;
+}
+
+static int32_t max_abs_bits(const float *v, fc_int n) { return max_abs_bits_body(v, n); }
+
+#if FC_AVX2_COPIES
+__attribute__((FC_AVX2_TARGET)) static int32_t max_abs_bits_avx2(const float *v, fc_int n)
+{
+    return max_abs_bits_body(v, n);
+}
+#endif
+
+float fc_max_abs(const float *v, fc_int count, int nthreads)
+{
+    int32_t (*part)(const float *, fc_int) = max_abs_bits;
+#if FC_AVX2_COPIES
+    if (copies_use_avx2()) part = max_abs_bits_avx2;
+#endif
+    int32_t most = 0;
+#pragma omp parallel num_threads(nthreads) reduction(max : most) \
+    if (nthreads > 1 && count >= FC_CONV_PAR_MIN)
+    {
+        long long lo, hi;
+        fc_split_range(count, fc_team_size(), fc_thread_id(), &lo, &hi);
+        most = part(v + lo, hi - lo);
+    }
+    float r;
+    memcpy(&r, &most, sizeof r);
+    return r;
+}
+
 /* How a thread walks its images: groups of g, and its workspace. */
 typedef struct {
     fc_int g;           /* images per group */
@@ -553,10 +606,26 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
     return 0;
 }
 
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                      const float *bias, int relu, float *y, int nthreads)
+/* Winograd for this forward: its shape rule, then the inputs' range.
+ * max_x, max_w: fc_max_abs of x and weight when the caller has them, else
+ * -1, and they are computed here once the shape rule says yes (the pass
+ * over x costs 0.5% of the instructions of the 128x32x16x16 -> 64 layer's
+ * forward: README). */
+static int winograd_forward_takes(const fc_conv_shape *s, const float *x, float max_x,
+                                  const float *weight, float max_w, int nthreads)
 {
-    if (fc_winograd_applies(s)) return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
+    if (!fc_winograd_applies(s)) return 0;
+    if (max_x < 0) max_x = fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads);
+    if (max_w < 0) max_w = fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads);
+    return fc_winograd_forward_in_range(s, max_x, max_w);
+}
+
+/* fc_conv2d_forward, with max_x and max_w as winograd_forward_takes's. */
+static int conv_forward(const fc_conv_shape *s, const float *x, float max_x, const float *weight,
+                        float max_w, const float *bias, int relu, float *y, int nthreads)
+{
+    if (winograd_forward_takes(s, x, max_x, weight, max_w, nthreads))
+        return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
     if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
         return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
@@ -589,11 +658,17 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
     return failed ? FC_ENOMEM : 0;
 }
 
+int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                      const float *bias, int relu, float *y, int nthreads)
+{
+    return conv_forward(s, x, -1.0f, weight, -1.0f, bias, relu, y, nthreads);
+}
+
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads)
 {
-    if (fc_winograd_applies(s))
+    if (winograd_forward_takes(s, x, -1.0f, weight, -1.0f, nthreads))
         return fc_conv2d_winograd_maxpool(s, x, weight, bias, relu, pooled, argmax, nthreads);
     /* im2col's tiles are rows of output channels, not windows: conv, then pool. */
     float *y = alloc_floats(s->n * s->k * s->oh * s->ow);
@@ -684,8 +759,8 @@ static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
  * and no col2im scatter; the output size is exactly H x W). A padding
  * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
  * handle: those taps skip dy's border rows instead of reading zeros. */
-static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const float *dy,
-                             float *dx, int nthreads)
+static int dx_by_convolution(const fc_conv_shape *s, const float *weight, float max_w,
+                             const float *dy, float max_dy, float *dx, int nthreads)
 {
     const fc_int kk = s->kh * s->kw;
     float *flipped = alloc_floats(s->k * s->c * kk);
@@ -695,7 +770,7 @@ static int dx_by_convolution(const fc_conv_shape *s, const float *weight, const 
             for (fc_int e = 0; e < kk; e++)
                 flipped[(c * s->k + k) * kk + kk - 1 - e] = weight[(k * s->c + c) * kk + e];
     const fc_conv_shape t = dx_convolution_shape(s);
-    const int rc = fc_conv2d_forward(&t, dy, flipped, NULL, 0, dx, nthreads);
+    const int rc = conv_forward(&t, dy, max_dy, flipped, max_w, NULL, 0, dx, nthreads);
     free(flipped);
     return rc;
 }
@@ -776,22 +851,34 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
      * (16 -> 8) takes 1.3 ms against 1.6 by col2im. Strided convolutions
      * always scatter by col2im, each thread on its own images. */
     const fc_conv_shape t = dx_convolution_shape(s);
-    const int by_convolution = s->sh == 1 && s->sw == 1 &&
-                               (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t));
+    /* As a convolution, dx multiplies dy's zero padding by the weights: an
+     * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
+     * such term. col2im adds only the real terms. Each input's range is
+     * taken once (fc_max_abs; -1: not needed). */
+    const int unit = dx && s->sh == 1 && s->sw == 1;
+    const float max_w = unit ? fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads) : -1.0f;
+    const int by_convolution =
+        unit && (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t)) &&
+        max_w <= FLT_MAX;
     /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
-    if (fc_winograd_applies(s) && (by_convolution || !dx)) {
+    const int winograd_dw = fc_winograd_applies(s) && (by_convolution || !dx);
+    const float max_dy =
+        winograd_dw ? fc_max_abs(dy, s->n * s->k * s->oh * s->ow, nthreads) : -1.0f;
+    if (winograd_dw &&
+        fc_winograd_dweight_in_range(s, fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads),
+                                     max_dy, nthreads)) {
         int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
         if (!rc && dbias) rc = bias_gradient(s, dy, dbias, nthreads);
         if (rc || !dx) return rc;
-        return dx_by_convolution(s, weight, dy, dx, nthreads);
+        return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
     }
-    /* dW and db by the direct kernel where it fits (conv2d_direct.c has the
+    /* dW and db by the direct kernel where it takes them (conv2d_direct.c has the
      * numbers), the col2im route then computing dx alone. */
-    const int direct = fc_conv2d_direct_fits(s);
+    const int direct = fc_conv2d_direct_dweight_takes(s, x, nthreads);
     int rc = direct ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads) : 0;
     if (!rc && (!direct || (dx && !by_convolution)))
         rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
                               direct ? NULL : dweight, direct ? NULL : dbias, nthreads);
     if (rc || !dx || !by_convolution) return rc;
-    return dx_by_convolution(s, weight, dy, dx, nthreads);
+    return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
 }

@@ -2,7 +2,8 @@
  * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
  * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
  * (conv2d.c, dx_by_convolution), which comes here when it has 8 or 16
- * outputs. The dispatch rule is fc_conv2d_direct_fits.
+ * outputs. The dispatch rule is fc_conv2d_direct_fits (for dW,
+ * fc_conv2d_direct_dweight_takes).
  *
  * Why: with K = 8 or 16 output channels, im2col + GEMM uses each packed B
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed
@@ -32,6 +33,7 @@
  * kernels): on the generic ISA fc_conv2d_direct_fits says no and the GEMM
  * path, which has its generic micro-kernel, runs instead.
  */
+#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +71,16 @@ int fc_conv2d_direct_fits(const fc_conv_shape *s)
     (void)s;
     return 0;
 #endif
+}
+
+/* dW's K = 8 tiles run along the padded row pitch, multiplying the pixels
+ * past each output row by zeros in dy: nothing for finite x, but NaN for an
+ * infinite or NaN pixel there, where the direct sum has no such term. Such
+ * x takes the GEMM path (one pass over x, for these small layers). */
+int fc_conv2d_direct_dweight_takes(const fc_conv_shape *s, const float *x, int nthreads)
+{
+    return fc_conv2d_direct_fits(s) &&
+           (s->k == 16 || fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads) <= FLT_MAX);
 }
 
 #if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))

@@ -18,7 +18,8 @@
  * exact) and rely on exact cancellation, so the rounding error is bounded
  * by eps times the sums of |d| over a patch and |g| over a filter, rather
  * than by the direct sum's terms alone (tests/test_conv2d_winograd.py
- * checks that bound against the NumPy twin).
+ * checks that bound against the NumPy twin). Cancellation fails with
+ * infinities and overflow: inputs out of range go elsewhere (below).
  *
  * Each tile is also one window of a 2x2 stride-2 max-pool, which the output
  * transform can take instead of storing y (fc_conv2d_winograd_maxpool).
@@ -34,6 +35,8 @@
  * the batch split or the thread count: the micro-kernel sums each element
  * of M over c in a fixed order, and the transforms are per tile.
  */
+#include <float.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -106,6 +109,51 @@ int fc_winograd_applies(const fc_conv_shape *s)
     /* K = 16 fits conv2d_direct.c's kernel, which needs no transforms. */
     return s->c >= WG_MIN_C && s->k >= WG_MIN_K && tiles >= WG_MIN_TILES &&
            !fc_conv2d_direct_fits(s);
+}
+
+/* ---- the inputs' range -----------------------------------------------------
+ * The transforms spread each input over a whole tile and rely on exact
+ * cancellation, which IEEE arithmetic does not give at the edges: an
+ * infinite pixel minus itself is NaN in every output of its tiles where the
+ * direct sum has +-Inf, and values near FLT_MAX overflow inside V, U or M
+ * where the direct sum stays finite. So Winograd runs only on inputs that
+ * are all finite and keep every value it computes below FLT_MAX; the caller
+ * takes its direct or im2col path otherwise.
+ *
+ * The bound, for exact values, with a and b the largest |x| and |w| (|dy|
+ * for dW) and the sums of |coefficients| in each row of the transforms:
+ *   forward: B^T has two entries +-1 a row, so |B^T d B| <= 4 a; G's rows
+ *     sum to at most 1.5, so |G g G^T| <= 2.25 b (4.5 b before halving);
+ *     M sums C products, so it and its partial sums are <= 9 C a b; A^T's
+ *     rows sum to at most 3, so |A^T M A| <= 81 C a b.
+ *   dW: |A dY A^T| <= 4 b, |V| <= 4 a, Mw sums T tiles' products (in
+ *     parts, then the threads' parts): <= 16 T a b; G^T's rows sum to at
+ *     most 2: |dW| <= 64 T a b.
+ * These also bound the direct sums (9 C a b, 4 T a b), which are then
+ * finite too. Rounding: a computed sum, product or FMA is at most (1 + u)
+ * times the same of its operands' absolute values (u = 2^-24, round to
+ * nearest), so a value after d rounded operations is within (1 + u)^d <=
+ * exp(d u) of its bound; d is at most the terms of the longest sum, plus
+ * the threads' parts, plus 16 for the transforms. The other half of
+ * FLT_MAX is a margin. The bias is added to the finished sum by every
+ * path, so it has the same effects whichever runs. */
+static int within_range(double a, double b, double coef_a, double coef_b, double coef_ab,
+                        fc_int depth)
+{
+    const double limit = 0.5 * FLT_MAX / exp((double)depth * 0x1p-24);
+    /* false for NaN: a comparison with NaN is */
+    return coef_a * a <= limit && coef_b * b <= limit && coef_ab * a * b <= limit;
+}
+
+int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w)
+{
+    return within_range(max_x, max_w, 4.0, 4.5, 81.0 * (double)s->c, s->c + 16);
+}
+
+int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads)
+{
+    const fc_int tiles = s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2);
+    return within_range(max_x, max_dy, 4.0, 4.0, 64.0 * (double)tiles, tiles + nthreads + 16);
 }
 
 typedef struct {

@@ -94,6 +94,9 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads);
+/* The largest |v[e]| over count floats; NaN when one is NaN, else +Inf
+ * when one is infinite. */
+float fc_max_abs(const float *v, fc_int count, int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
@@ -102,13 +105,23 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
 
 /* ---- conv2d_winograd.c -----------------------------------------------------
  * 3x3 kernels at unit stride by Winograd's F(2x2, 3x3): fc_conv2d_forward's
- * arguments and results (to float32 rounding; fewer multiply-adds).
- * fc_conv2d_forward takes this path when fc_winograd_applies: never, where
- * it measured faster (auto, the default), or whenever possible (tests). */
+ * arguments and results (to float32 rounding; fewer multiply-adds), for
+ * inputs that fc_winograd_*_in_range accepts. fc_conv2d_forward takes this
+ * path when fc_winograd_applies to the shape (never, where it measured
+ * faster (auto, the default), or whenever possible (tests)) and the inputs
+ * are in range; so do dx (as a convolution) and dW in fc_conv2d_backward. */
 enum { FC_WINOGRAD_NEVER = 0, FC_WINOGRAD_AUTO = 1, FC_WINOGRAD_ALWAYS = 2 };
 void fc_winograd_set_mode(int mode);
 int fc_winograd_get_mode(void);
 int fc_winograd_applies(const fc_conv_shape *s);
+/* 1 when the inputs of the forward (x and weight) or of dW (x and dy),
+ * whose largest |values| are max_* (fc_max_abs: NaN or Inf when one is
+ * not finite), are finite and small enough that no value inside the
+ * transforms can overflow: then the results are finite as the direct
+ * sum's. Otherwise the caller takes its direct or im2col path, which gives
+ * the direct sum's NaN and infinities. */
+int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w);
+int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads);
 int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
 /* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax
@@ -128,7 +141,10 @@ int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const flo
 int fc_conv2d_direct_fits(const fc_conv_shape *s);
 int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads);
-/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten. */
+/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten; for
+ * shapes and x that dweight_takes (the shape fits, and x is finite where
+ * the kernel needs it). */
+int fc_conv2d_direct_dweight_takes(const fc_conv_shape *s, const float *x, int nthreads);
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads);
 

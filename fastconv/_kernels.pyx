@@ -265,10 +265,12 @@ WINOGRAD_MODES = ("never", "auto", "always")
 
 
 def set_winograd(mode):
-    """When 3x3 unit-stride convolutions (forward, and dx computed as one) use
-    Winograd F(2x2, 3x3): 'auto' (default: where it measured faster than
+    """When 3x3 unit-stride convolutions (forward, dx computed as one, and dW)
+    use Winograd F(2x2, 3x3): 'auto' (default: where it measured faster than
     im2col + GEMM), 'never', or 'always' (every 3x3 unit-stride problem; for
-    tests and benchmarks). Returns the previous mode."""
+    tests and benchmarks). In every mode, inputs with a NaN, an infinity or
+    values large enough to overflow inside the transforms take the path
+    without it. Returns the previous mode."""
     if mode not in WINOGRAD_MODES:
         raise ValueError(f"set_winograd: `mode` must be one of {WINOGRAD_MODES}; got {mode!r}")
     previous = WINOGRAD_MODES[fc_winograd_get_mode()]

@@ -8,6 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK
+from test_conv2d_winograd import (MODES, NONFINITE_KINDS, NONFINITE_SHAPES, nonfinite_arrays,
+                                  nonfinite_expected, winograd_mode)
 
 import fastconv as fc
 from fastconv import _kernels, reference
@@ -86,6 +88,32 @@ def test_nan_and_ties_follow_maxpool_rules(isa_threads, algorithm, rng):
     assert np.isnan(y[1]).any() and not np.isnan(y[0]).any()
     np.testing.assert_array_equal(y, pooled)
     np.testing.assert_array_equal(argmax, pooled_argmax)
+
+
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+@pytest.mark.parametrize("where", ["x", "weight"])
+@pytest.mark.parametrize("name", ["winograd-auto", "winograd-odd", "direct-k16"])
+def test_non_finite_and_huge_inputs_pool_the_direct_sums_pattern(isa_threads, name, where, kind):
+    """The pool of the direct sum's NaN and infinities (see
+    test_conv2d_winograd's test of conv2d_forward) in every Winograd mode,
+    with the bits of the unfused pair, on the 3x3 unit-stride shapes (the
+    others are always conv, then pool)."""
+    conv = NONFINITE_SHAPES[name]
+    x, weight, _ = nonfinite_arrays(conv, where, kind)
+    e = nonfinite_expected(name, where, kind)["y"]
+    direct = np.where(e.posinf, np.inf, np.where(e.neginf, -np.inf, e.exact))  # NaN kept
+    expected = reference.maxpool2d_forward(direct, 2, 2, 0)[0]
+    for mode in MODES:
+        with winograd_mode(mode):
+            y, argmax = _kernels.conv2d_maxpool_forward(x, weight, None, conv.stride, conv.padding)
+            pooled, pooled_argmax = _kernels.maxpool2d_forward(
+                _kernels.conv2d_forward(x, weight, None, conv.stride, conv.padding), 2, 2, 0)
+        np.testing.assert_array_equal(y, pooled, err_msg=mode)
+        np.testing.assert_array_equal(argmax, pooled_argmax, err_msg=mode)
+        np.testing.assert_array_equal(np.isnan(y), np.isnan(expected), err_msg=mode)
+        np.testing.assert_array_equal(np.where(np.isinf(y), np.sign(y), 0),
+                                      np.where(np.isinf(expected), np.sign(expected), 0),
+                                      err_msg=mode)
 
 
 @pytest.mark.parametrize("kwargs, error, match, impls", [

@@ -1,7 +1,13 @@
 """The Winograd F(2x2, 3x3) path of conv2d_forward (and of conv2d_backward's
 dx, computed as a convolution) against the NumPy twins, on every ISA x {1, 2}
 threads: forced on for every 3x3 unit-stride problem with
-``set_winograd("always")``, and where ``"auto"`` takes it."""
+``set_winograd("always")``, and where ``"auto"`` takes it. Also NaN,
+infinities and values near FLT_MAX, on every convolution path: they give the
+direct sum's NaN and infinities."""
+
+import contextlib
+import functools
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -46,6 +52,11 @@ def winograd_dweight_magnitude(x, dy, padding):
     return np.broadcast_to(per_filter[:, :, None, None], per_filter.shape + (3, 3))
 
 
+def flipped(weight):
+    """The weights of dx's convolution: transposed, flipped in both axes."""
+    return weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
+
+
 def check_forward(conv, x, weight, bias, relu=False):
     y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
     expected = reference.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu)
@@ -64,9 +75,8 @@ def check_dx(conv, x, weight, dy):
     negative."""
     dx, dw, db = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
     ex_dx, ex_dw, ex_db = reference.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
-    flipped = weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]
     (ph, pw) = conv.padding
-    magnitude = winograd_magnitude(dy, flipped, (2 - ph, 2 - pw)) if min(ph, pw) <= 2 else None
+    magnitude = winograd_magnitude(dy, flipped(weight), (2 - ph, 2 - pw)) if min(ph, pw) <= 2 else None
     if magnitude is None:  # not Winograd: the direct sum's bound
         magnitude = reference.conv2d_backward(np.abs(x), np.abs(weight), np.abs(dy), conv.stride,
                                               conv.padding)[0]
@@ -84,12 +94,20 @@ def check_dx(conv, x, weight, dy):
                  conv.n * conv.out[0] * conv.out[1], "dbias")
 
 
+@contextlib.contextmanager
+def winograd_mode(mode):
+    previous = _kernels.set_winograd(mode)
+    try:
+        yield
+    finally:
+        _kernels.set_winograd(previous)
+
+
 @pytest.fixture
 def winograd():
     """Winograd on every 3x3 unit-stride problem for the test, then back."""
-    previous = _kernels.set_winograd("always")
-    yield
-    _kernels.set_winograd(previous)
+    with winograd_mode("always"):
+        yield
 
 
 @st.composite
@@ -167,17 +185,6 @@ def test_auto_takes_winograd_where_it_pays(rng):
     assert not np.array_equal(results[few, "auto"], results[few, "always"])
 
 
-def test_non_finite_inputs_propagate(isa_threads, winograd, rng):
-    """An inf or NaN pixel gives NaN or inf in the outputs it reaches, as in
-    the direct sum (the transforms subtract it from itself: NaN)."""
-    x = rand(rng, 2, 16, 6, 6)
-    x[1, 3, 2, 4] = np.inf
-    weight = rand(rng, 16, 16, 3, 3)
-    y = _kernels.conv2d_forward(x, weight, None, 1, 1)
-    assert np.all(np.isfinite(y[0]))
-    assert not np.all(np.isfinite(y[1, :, 1:4, 3:6]))
-
-
 def test_set_winograd_validates_and_returns_the_previous_mode():
     previous = _kernels.set_winograd("never")
     try:
@@ -187,3 +194,227 @@ def test_set_winograd_validates_and_returns_the_previous_mode():
     finally:
         _kernels.set_winograd(previous)
     assert previous == "auto"
+
+
+# ---------------------------------------------------------------------------
+# NaN, infinities and values near FLT_MAX: every path gives the direct sum's
+# pattern. The transforms would not (an infinite pixel minus itself is NaN;
+# a patch of 2e38 overflows inside V), so Winograd takes only inputs whose
+# range it can handle, and the direct and im2col paths run the others.
+
+FLT_MAX = float(np.finfo(np.float32).max)
+MODES = ("never", "auto", "always")
+
+# Winograd in auto mode (forward, dx and dW), in always mode only, and the
+# paths without it: the direct kernel (K = 16 and, 5x5, K = 8; im2col on the
+# generic ISA), im2col with col2im (strided), and a 5x5 dx by convolution.
+NONFINITE_SHAPES = {
+    "winograd-auto": Conv(4, 17, 16, 16, 17, 3, 3, (1, 1), (1, 1)),
+    "winograd-odd": Conv(2, 5, 9, 11, 6, 3, 3, (1, 1), (0, 2)),
+    "direct-k16": Conv(2, 8, 9, 10, 16, 3, 3, (1, 1), (1, 1)),
+    "direct-k8-5x5": Conv(2, 16, 7, 9, 8, 5, 5, (1, 1), (2, 2)),
+    "im2col-strided": Conv(2, 6, 9, 8, 5, 3, 3, (2, 2), (1, 1)),
+    "im2col-5x5": Conv(2, 7, 8, 8, 4, 5, 5, (1, 1), (2, 2)),
+}
+NONFINITE_KINDS = ("nan", "inf", "huge-finite", "overflow", "overflow-of-products")
+
+
+# The slices of the other two arrays that multiply plane (i, j) of one.
+PARTNERS = {"x": lambda i, j: {"weight": np.s_[:, j], "dy": np.s_[i]},
+            "weight": lambda i, j: {"x": np.s_[:, j], "dy": np.s_[:, i]},
+            "dy": lambda i, j: {"x": np.s_[i], "weight": np.s_[j]}}
+
+
+def nonfinite_arrays(conv, where, kind):
+    """x, weight, dy (float32, standard normal) with values of `kind` in the
+    array `where`, in its planes (0, 0) and (1, 1) (image or filter, channel):
+    nan: NaN in its first, last and one middle element;
+    inf: +inf and -inf two pixels apart (windows over both: inf - inf), and
+      +inf alone in the other plane's last element;
+    huge-finite: a central 4x4 patch (or the whole plane, when smaller) of
+      +-2e38 and the other arrays * 2^-16: every direct sum stays finite,
+      while the transforms of the patch alone would overflow;
+    overflow: patches of +1e38 and -1e38 in the two planes, and the slices of
+      the other arrays that multiply them in [2, 3]: terms of 2e38 to 3e38,
+      so a sum of two or more overflows to +-inf, and one alone is finite;
+    overflow-of-products: the same terms from 1e19 times [2e19, 3e19]."""
+    rng = np.random.default_rng(NONFINITE_KINDS.index(kind))
+    x, weight, _, dy = conv.arrays(rng)
+    arrays = {"x": x, "weight": weight, "dy": dy}
+    a = arrays[where]
+    rows, cols = a.shape[2:]
+    r0, c0 = (rows - min(4, rows)) // 2, (cols - min(4, cols)) // 2
+    patch = np.s_[r0:r0 + min(4, rows), c0:c0 + min(4, cols)]
+    if kind == "nan":
+        a.flat[0] = a.flat[-1] = a[1, 1, rows // 2, cols // 2] = np.nan
+    elif kind == "inf":
+        a[0, 0, rows // 2, c0], a[0, 0, rows // 2, c0 + 2] = np.inf, -np.inf
+        a[1, 1, -1, -1] = np.inf
+    elif kind == "huge-finite":
+        for name in arrays:
+            if name != where:
+                arrays[name] *= 2.0**-16
+        a[0, 0][patch] = 2e38 * rng.choice([-1.0, 1.0], a[0, 0][patch].shape)
+    else:
+        value = 1e38 if kind == "overflow" else 1e19
+        for plane, sign in (((0, 0), 1.0), ((1, 1), -1.0)):
+            a[plane][patch] = sign * value
+            for name, index in PARTNERS[where](*plane).items():
+                part = arrays[name][index]
+                part[...] = rng.uniform(2.0, 3.0, part.shape) * (1e38 / value)
+    return x, weight, dy
+
+
+class Expected(NamedTuple):
+    """The float32 direct sum's classes, from float64 sums: exact (float64),
+    masks nan, posinf, neginf and finite; magnitude and length for
+    assert_close on the finite outputs."""
+
+    exact: np.ndarray
+    nan: np.ndarray
+    posinf: np.ndarray
+    neginf: np.ndarray
+    finite: np.ndarray
+    magnitude: np.ndarray
+    length: int
+
+
+def direct_classes(bilinear, a, b, magnitude, length, what):
+    """The classes of the float32 direct sum bilinear(a, b) in any order:
+    with pos and neg the float64 sums of its positive and of its negative
+    finite terms, every partial sum lies in [-neg, pos]. So it is NaN where
+    the float64 sum is (a NaN, or inf - inf); +-inf where that is +-inf, or
+    where it is beyond 1.1 FLT_MAX while the other side stays below 0.9
+    FLT_MAX; finite where both sides stay below 0.9 FLT_MAX. The test's
+    values put every output in one of these (checked here): none is
+    borderline. magnitude(fa, fb) bounds the rounding of the finite ones,
+    given a and b with their non-finite values zeroed."""
+    with np.errstate(all="ignore"):
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        exact = bilinear(a64, b64)
+        fa, fb = np.where(np.isfinite(a64), a64, 0), np.where(np.isfinite(b64), b64, 0)
+        total, net = bilinear(np.abs(fa), np.abs(fb)), bilinear(fa, fb)
+        pos, neg = (total + net) / 2, (total - net) / 2
+    other = np.where(exact > 0, neg, pos)  # the side that could overflow the other way
+    big = np.isinf(exact) | (np.isfinite(exact) & (np.abs(exact) > 1.1 * FLT_MAX))
+    infinite = big & (other < 0.9 * FLT_MAX)
+    finite = np.isfinite(exact) & (np.maximum(pos, neg) < 0.9 * FLT_MAX)
+    nan = np.isnan(exact)
+    assert np.all(nan | infinite | finite), f"{what}: borderline outputs in the test's values"
+    return Expected(exact, nan, infinite & (exact > 0), infinite & (exact < 0), finite,
+                    np.maximum(magnitude(fa, fb), pos + neg), length)
+
+
+@functools.lru_cache(maxsize=None)
+def nonfinite_expected(name, where, kind):
+    """Expected y, dx and dweight of nonfinite_arrays(NONFINITE_SHAPES[name], where, kind)."""
+    conv = NONFINITE_SHAPES[name]
+    x, weight, dy = nonfinite_arrays(conv, where, kind)
+    (ph, pw), (oh, ow) = conv.padding, conv.out
+    three = (conv.kh, conv.kw, conv.stride) == (3, 3, (1, 1))  # Winograd's: its bounds
+
+    def forward(a, b):
+        return reference.conv2d_forward(a, b, None, conv.stride, conv.padding)
+
+    def dx_of(a, b):  # dx of dy a and weight b
+        return reference.conv2d_backward(np.zeros(x.shape), b, a, conv.stride, conv.padding)[0]
+
+    def dweight_of(a, b):  # dW of x a and dy b
+        return reference.conv2d_backward(a, np.zeros(weight.shape), b, conv.stride,
+                                         conv.padding, need_dx=False)[1]
+
+    def y_magnitude(a, b):
+        return winograd_magnitude(a, b, conv.padding) if three else 0.0
+
+    def dx_magnitude(a, b):
+        return winograd_magnitude(a, flipped(b), (2 - ph, 2 - pw)) if three else 0.0
+
+    def dweight_magnitude(a, b):
+        return winograd_dweight_magnitude(a, b, conv.padding) if three else 0.0
+
+    return {"y": direct_classes(forward, x, weight, y_magnitude, conv.c * conv.kh * conv.kw, "y"),
+            "dx": direct_classes(dx_of, dy, weight, dx_magnitude, conv.k * conv.kh * conv.kw, "dx"),
+            "dweight": direct_classes(dweight_of, x, dy, dweight_magnitude, conv.n * oh * ow,
+                                      "dweight")}
+
+
+def assert_pattern(actual, expected, what):
+    """NaN, +inf and -inf exactly where expected; finite elsewhere, and close."""
+    for label, mask, got in (("NaN", expected.nan, np.isnan(actual)),
+                             ("+inf", expected.posinf, actual == np.inf),
+                             ("-inf", expected.neginf, actual == -np.inf)):
+        wrong = mask != got
+        assert not wrong.any(), (f"{what}: {int(wrong.sum())} outputs where {label} is "
+                                 f"{'missing' if (mask & ~got).any() else 'unexpected'}, "
+                                 f"first at {np.argwhere(wrong)[0]}")
+    f = expected.finite
+    assert_close(actual[f], expected.exact[f], expected.magnitude[f], expected.length, what)
+
+
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+@pytest.mark.parametrize("where", ["x", "weight", "dy"])
+@pytest.mark.parametrize("name", NONFINITE_SHAPES)
+def test_non_finite_and_huge_inputs_give_the_direct_sums_pattern(isa_threads, name, where, kind):
+    """y, dx and dW in every Winograd mode: Inf where the direct sum
+    overflows or meets an infinity, NaN only where it has a NaN or inf - inf
+    (zero padding enters it as zero terms: 0 * inf is NaN), finite and
+    accurate elsewhere."""
+    conv = NONFINITE_SHAPES[name]
+    x, weight, dy = nonfinite_arrays(conv, where, kind)
+    expected = nonfinite_expected(name, where, kind)
+    for mode in MODES:
+        with winograd_mode(mode):
+            y = _kernels.conv2d_forward(x, weight, None, conv.stride, conv.padding)
+            dx, dweight, _ = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+            dw_alone = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding,
+                                                need_dx=False)[1]
+        for out, key in ((y, "y"), (dx, "dx"), (dweight, "dweight"), (dw_alone, "dweight")):
+            assert_pattern(out, expected[key], f"{mode}: {key}")
+
+
+def test_auto_runs_winograd_on_the_first_nonfinite_shape(rng):
+    """The shape that stands for Winograd in auto mode runs it, forward, dx
+    and dW, on inputs in range: the same bits as always, not as never."""
+    conv = NONFINITE_SHAPES["winograd-auto"]
+    x, weight, _, dy = conv.arrays(rng)
+    results = {}
+    for mode in MODES:
+        with winograd_mode(mode):
+            results[mode] = (_kernels.conv2d_forward(x, weight, None, 1, 1),
+                             *_kernels.conv2d_backward(x, weight, dy, 1, 1)[:2])
+    for auto, always, never in zip(results["auto"], results["always"], results["never"]):
+        np.testing.assert_array_equal(auto, always)
+        assert not np.array_equal(auto, never)
+
+
+def test_inputs_in_range_but_large_still_run_winograd(rng):
+    """The range guard leaves Winograd to inputs far from FLT_MAX: scaling x
+    and dy by 2^40 scales its bits exactly (im2col's bits are others)."""
+    conv = NONFINITE_SHAPES["winograd-auto"]
+    x, weight, _, dy = conv.arrays(rng)
+    with winograd_mode("always"):
+        y, (_, dw, _) = (_kernels.conv2d_forward(x, weight, None, 1, 1),
+                         _kernels.conv2d_backward(x, weight, dy, 1, 1))
+        big = np.float32(2.0**40)
+        np.testing.assert_array_equal(_kernels.conv2d_forward(x * big, weight, None, 1, 1), y * big)
+        np.testing.assert_array_equal(
+            _kernels.conv2d_backward(x * big, weight, dy * big, 1, 1)[1], dw * big * big)
+
+
+def test_one_non_finite_value_anywhere_keeps_winograd_off(isa_threads, rng):
+    """One NaN or inf in x at any offset (first and last element, either
+    side of a vector's or the threads' split of the range pass) gives the
+    NaN and inf of the path without Winograd, not a tile's worth of NaN."""
+    # x: 34680 floats, split over threads, neither half a whole number of vectors
+    conv = Conv(8, 17, 15, 17, 17, 3, 3, (1, 1), (1, 1))
+    x, weight, _, _ = conv.arrays(rng)
+    size, half = x.size, x.size // 2
+    for i, e in enumerate([0, 1, 15, 16, half - 1, half, half + 1, size - 17, size - 2, size - 1]):
+        bad = x.copy()
+        bad.flat[e] = (np.nan, np.inf, -np.inf)[i % 3]
+        with winograd_mode("never"):
+            plain = _kernels.conv2d_forward(bad, weight, None, 1, 1)
+        with winograd_mode("always"):
+            y = _kernels.conv2d_forward(bad, weight, None, 1, 1)
+        assert np.isfinite(plain).sum() > plain.size - 20 * conv.k  # it reaches a few outputs
+        np.testing.assert_array_equal(y, plain, err_msg=f"{bad.flat[e]} at {e}")
