@@ -15,7 +15,8 @@ from fastconv.info import info
 from fastconv.init import manual_seed
 from fastconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from fastconv.losses import MulticlassSVM, SoftmaxCrossEntropy, l2_penalty
-from fastconv.module import Module, Parameter, Sequential
+from fastconv.containers import Sequential
+from fastconv.module import Module, Parameter
 from fastconv.normalization import BatchNorm1d, BatchNorm2d
 from fastconv.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
 from fastconv.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR, LRScheduler,

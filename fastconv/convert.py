@@ -15,7 +15,8 @@ import copy
 import numpy as np
 
 from fastconv.layers import Conv2d, Flatten, Linear
-from fastconv.module import Module, Sequential
+from fastconv.containers import Sequential
+from fastconv.module import Module
 
 
 def linear_to_conv(model: Sequential, input_shape) -> Sequential:

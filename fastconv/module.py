@@ -1,4 +1,4 @@
-"""Module, Parameter and Sequential: the containers every layer builds on.
+"""Module and Parameter: what every layer and container builds on (containers: fastconv.containers).
 
 A module's ``forward`` caches what its ``backward`` needs; ``backward(dy)``
 returns dL/dx and *adds* parameter gradients into each ``Parameter.grad``
@@ -12,7 +12,6 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from fastconv.backend import get_backend
 
 
 class StateDictKeyError(KeyError, ValueError):
@@ -192,109 +191,3 @@ class Module:
             return f"{type(self).__name__}({self.extra_repr()})"
         lines = [f"  ({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
         return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
-
-
-def _is_pair(m, nxt, first: str, second: str) -> bool:
-    """Whether m is fastconv's `first` layer and nxt its `second` (by name:
-    layers imports this module)."""
-    return type(m).__name__ == first and type(nxt).__name__ == second and \
-        type(m).__module__ == type(nxt).__module__ == "fastconv.layers"
-
-
-def _conv_relu_pool(mods, x) -> bool:
-    """Whether mods are a Conv2d, a ReLU and a 2x2 stride-2 MaxPool2d that
-    Sequential runs as one kernel for input x (native backend, conv output
-    of at least 2x2)."""
-    if len(mods) < 3 or not (_is_pair(mods[0], mods[1], "Conv2d", "ReLU")
-                             and _is_pair(mods[1], mods[2], "ReLU", "MaxPool2d")):
-        return False
-    shape = getattr(x, "shape", ())
-    if not mods[2].is_2x2 or get_backend() != "native" or len(shape) not in (3, 4):
-        return False
-    return min(mods[0].output_size(*shape[-2:])) >= 2
-
-
-class Sequential(Module):
-    """Modules applied in order; children are named "0", "1", ... as in PyTorch.
-
-    >>> model = Sequential(Linear(4, 8), ReLU(), Linear(8, 2))
-    >>> model.state_dict().keys()  # "0.weight", "0.bias", "2.weight", "2.bias"
-    """
-
-    def __init__(self, *modules: Module):
-        super().__init__()
-        for i, m in enumerate(modules):
-            if not isinstance(m, Module):
-                raise TypeError(f"Sequential: argument {i} must be a Module; got {type(m).__name__}")
-            setattr(self, str(i), m)
-        for i, m in enumerate(modules):
-            m.init_as_output(i == len(modules) - 1)
-
-    def init_as_output(self, output: bool) -> None:
-        """A nested Sequential's outputs are its last child's."""
-        if len(self):
-            self[-1].init_as_output(output)
-
-    def forward(self, x):
-        mods = list(self._modules.values())
-        i = 0
-        while i < len(mods):
-            # Conv2d, ReLU, MaxPool2d(2): one kernel call, conv2d_maxpool_forward,
-            # which never stores the full-size activations where the conv runs
-            # as Winograd (each 2x2 output tile is a window). The backward then
-            # goes through ReLU.mask on the pooled output, below. Native only:
-            # the check backend compares argmax exactly, which the twin's own
-            # rounding may flip on near ties.
-            if _conv_relu_pool(mods[i:i + 3], x):
-                y, argmax, shape, unbatched = mods[i].forward_maxpool(x, relu=True)
-                mods[i + 1].adopt_output(None)
-                x = mods[i + 2].adopt_output(y, argmax, shape, unbatched)
-                i += 3
-            # A Conv2d followed by a ReLU runs as one fused pass (the ReLU
-            # adopts the conv's rectified output for its backward): one pass
-            # over the activations instead of two.
-            elif i + 1 < len(mods) and _is_pair(mods[i], mods[i + 1], "Conv2d", "ReLU"):
-                x = mods[i + 1].adopt_output(mods[i].forward(x, relu=True))
-                i += 2
-            else:
-                x = mods[i](x)
-                i += 1
-        return x
-
-    def backward(self, dy):
-        mods = list(self._modules.values())
-        i = len(mods) - 1
-        while i >= 0:
-            # ReLU then MaxPool2d: ReLU's mask is applied to the pooled
-            # gradient, before the pool spreads it (see ReLU.mask).
-            if i >= 1 and _is_pair(mods[i - 1], mods[i], "ReLU", "MaxPool2d") and mods[i].output is not None:
-                dy = mods[i].backward(mods[i - 1].mask(dy, mods[i].output))
-                i -= 2
-            else:
-                dy = mods[i].backward(dy)
-                i -= 1
-        return dy
-
-    def __getitem__(self, i):
-        mods = list(self._modules.values())
-        if not isinstance(i, slice):
-            return mods[i]
-        view = Sequential()  # the same layers: their initialization is not revisited
-        for j, m in enumerate(mods[i]):
-            setattr(view, str(j), m)
-        return view
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
-    def append(self, module: Module) -> Sequential:
-        if not isinstance(module, Module):
-            raise TypeError(f"Sequential.append: `module` must be a Module; got {type(module).__name__}")
-        if len(self):
-            self[-1].init_as_output(False)
-        setattr(self, str(len(self)), module)
-        module.init_as_output(True)
-        return self

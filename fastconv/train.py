@@ -29,7 +29,9 @@ import numpy as np
 from fastconv import checkpoint as ckpt
 from fastconv import init
 from fastconv.data import Dataset, as_dataset
-from fastconv.module import Module, Sequential
+from fastconv import fusion
+from fastconv.containers import Sequential
+from fastconv.module import Module
 from fastconv.schedules import ReduceLROnPlateau
 
 __all__ = ["ARCHS", "EarlyStopping", "Trainer", "TrainingDiverged", "build_model", "confusion_matrix", "load_model"]
@@ -536,26 +538,24 @@ class Trainer:
         return "  ".join(parts) + ("  *" if improved else "")
 
     def _forward(self, x, record: bool):
-        """Scores; with ``record``, also each layer's output (Sequential models only)."""
-        if not (record and isinstance(self.model, Sequential)):
+        """Scores; with ``record``, also each child's output (containers only: those
+        that run their children through fastconv.fusion, which then runs them unfused)."""
+        if not record:
             return self.model(x), None
         outputs = []
-        for name, layer in self.model._modules.items():
-            x = layer(x)
-            outputs.append((f"{name}.{type(layer).__name__}", x))
-        return x, outputs
+        with fusion.observe(self.model, lambda name, layer, y: outputs.append((f"{name}.{type(layer).__name__}", y))):
+            scores = self.model(x)
+        return scores, outputs or None
 
     def _backward(self, dy, record: bool):
-        """Backpropagate; with ``record``, also the gradient at each layer's output."""
-        with _no_image_grad(self.model):
-            if not (record and isinstance(self.model, Sequential)):
-                self.model.backward(dy)
-                return None
-            grads = []
-            for name, layer in reversed(self.model._modules.items()):
-                grads.append((f"{name}.{type(layer).__name__}", dy))
-                dy = layer.backward(dy)
-            return grads[::-1]
+        """Backpropagate; with ``record``, also the gradient at each child's output."""
+        grads = []
+        with _no_image_grad(self.model), contextlib.ExitStack() as stack:
+            if record:
+                stack.enter_context(fusion.observe(
+                    self.model, lambda name, layer, g: grads.append((f"{name}.{type(layer).__name__}", g))))
+            self.model.backward(dy)
+        return grads[::-1] or None
 
     def _stats(self, epoch, before, acts, grads) -> dict:
         ratios, weights, param_grads = {}, {}, {}
