@@ -28,6 +28,8 @@ from importlib import resources
 
 import numpy as np
 
+from fastconv import _guard
+
 __all__ = [
     "Dataset",
     "Normalizer",
@@ -415,28 +417,59 @@ class _DataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id")
 
 
-def _unstub(obj):
+# A CIFAR batch is a dict of lists and arrays, 2 levels deep and ~20,000 elements;
+# anything far beyond is not one.
+_MAX_PICKLE_DEPTH, _MAX_PICKLE_ELEMENTS = 32, 1 << 22
+
+
+def _unstub(obj, memo=None, depth=0, budget=None):
+    """Replace the array stand-ins in dicts and lists by their arrays.
+
+    Each container is visited once (``memo``, by identity), so shared
+    references (``l = [l, l]`` 30 times over) cost their number of objects,
+    not 2**30; nesting deeper than _MAX_PICKLE_DEPTH or more than
+    _MAX_PICKLE_ELEMENTS elements in all are refused."""
+    if memo is None:
+        memo, budget = {}, [_MAX_PICKLE_ELEMENTS]
     if isinstance(obj, _ArrayStub):
         if obj.array is None:
             raise pickle.UnpicklingError("array without data")
         return obj.array
+    if not isinstance(obj, (dict, list)):
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if depth >= _MAX_PICKLE_DEPTH:
+        raise pickle.UnpicklingError(f"containers nested more than {_MAX_PICKLE_DEPTH} deep")
+    budget[0] -= len(obj)
+    if budget[0] < 0:
+        raise pickle.UnpicklingError(f"more than {_MAX_PICKLE_ELEMENTS:,} elements in all")
     if isinstance(obj, dict):
-        return {(k.decode("latin1") if isinstance(k, bytes) else k): _unstub(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unstub(v) for v in obj]
-    return obj
+        out = memo[id(obj)] = {}
+        for k, v in obj.items():
+            out[k.decode("latin1") if isinstance(k, bytes) else k] = _unstub(v, memo, depth + 1, budget)
+    else:
+        out = memo[id(obj)] = []
+        out.extend(_unstub(v, memo, depth + 1, budget) for v in obj)
+    return out
 
 
 def _read_python_batch(path: str):
-    with open(path, "rb") as f:
+    with _guard.open_regular(path, DataError) as f:
         raw = f.read()
     try:
         batch = _unstub(_DataUnpickler(io.BytesIO(raw), encoding="bytes").load())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, struct.error) as e:
-        raise DataError(f"{path}: not a CIFAR-10 Python batch file ({e})") from None
+        raise DataError(f"{path}: not a CIFAR-10 Python batch file ({_guard.short(e, 200)})") from None
+    except MemoryError:  # a counted string longer than memory: the unpickler allocates before it reads
+        raise DataError(f"{path}: not a CIFAR-10 Python batch file (it declares an object larger than memory)") \
+            from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path}: a CIFAR-10 batch must be a dict with 'data' and 'labels'")
-    data, labels = batch["data"], np.asarray(batch["labels"])
+    labels = batch["labels"]
+    if isinstance(labels, list) and not all(isinstance(v, int) for v in labels):
+        raise DataError(f"{path}: 'labels' must be a list of integers")
+    data, labels = batch["data"], np.asarray(labels)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be a uint8 array (N, 3072); got "
                         f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
@@ -446,7 +479,7 @@ def _read_python_batch(path: str):
 
 
 def _read_binary_batch(path: str):
-    with open(path, "rb") as f:
+    with _guard.open_regular(path, DataError) as f:
         raw = f.read()
     if len(raw) == 0 or len(raw) % 3073:
         raise DataError(f"{path}: a CIFAR-10 binary batch is records of 1 + 3072 bytes; the file has {len(raw)} bytes")
