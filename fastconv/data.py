@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -530,37 +531,139 @@ def load_cifar10(path, split: str = "train") -> Dataset:
 # -- your own arrays ---------------------------------------------------------------------
 
 
+# deflate cannot expand data more than 1032-fold: a member that declares more is lying.
+_DEFLATE_RATIO = 1032
+_NPZ_KEYS = ("X", "y", "X_test", "y_test", "classes")
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """One .npy member, its header checked against the member's declared size (and
+    that against the compressed size) before the array is allocated."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        plausible = info.file_size == info.compress_size
+    else:
+        plausible = info.file_size <= _DEFLATE_RATIO * info.compress_size + 1024
+    if not plausible:
+        raise DataError(f"{where}: the archive says it inflates {info.compress_size:,} bytes to "
+                        f"{info.file_size:,}, more than compression allows")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"npy format version {version} is not supported")
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, SyntaxError, TypeError, EOFError) as e:
+            raise DataError(f"{where}: not a .npy array ({_guard.short(e, 200)})") from None
+        if dtype.hasobject:
+            raise DataError(f"{where}: is not a .npz of plain arrays (it holds Python objects, a pickle)")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes != info.file_size - f.tell():
+            raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({nbytes:,} bytes); "
+                            f"the member holds {info.file_size - f.tell():,}")
+        _guard.check_memory(nbytes, where)
+        array = np.empty(count, dtype)
+        view, done = memoryview(array.view(np.uint8).reshape(-1)), 0
+        while done < nbytes:  # in pieces: no second copy of the data
+            piece = f.read(min(nbytes - done, 1 << 22))
+            if not piece:
+                raise DataError(f"{where}: truncated ({done:,} of {nbytes:,} bytes)")
+            view[done:done + len(piece)] = piece
+            done += len(piece)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of _NPZ_KEYS in a .npz file (other members are never read), and all member names."""
+    try:
+        f = _guard.open_regular(path, DataError, "load_npz")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load_npz: no such file: {path}") from None
+    with f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DataError(f"load_npz: {path} is a .npy file (one array), not a .npz archive; "
+                            "save X and y with np.savez(path, X=X, y=y)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                names = [i.filename.removesuffix(".npy") for i in zf.infolist()]
+                members = {i.filename[:-4]: i for i in zf.infolist() if i.filename[:-4] in _NPZ_KEYS
+                           and i.filename.endswith(".npy")}
+                return {k: _npz_member(zf, info, f"load_npz: {path} `{k}`") for k, info in members.items()}, names
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
+                ValueError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"load_npz: {path} is not a .npz of plain arrays ({_guard.short(e, 200)})") from None
+
+
+def _checked_images(X: np.ndarray, where: str) -> np.ndarray:
+    """Images as float32 (N, C, H, W); values that are not real numbers or do not fit float32 are refused."""
+    if X.ndim == 3:
+        X = X[:, None]
+    if X.ndim != 4:
+        raise DataError(f"load_npz: images must be (N, C, H, W) or (N, H, W); got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{where} must hold real numbers (bool, int, uint or float); got dtype {X.dtype}")
+    if X.dtype.kind == "f":
+        big = max(abs(float(X.max(initial=0))), abs(float(X.min(initial=0))))  # NaN propagates; no copy
+        if not math.isfinite(big):
+            raise DataError(f"{where} must hold finite numbers; it holds NaN or infinity")
+        if big > float(np.finfo(np.float32).max):
+            raise DataError(f"{where} values must fit float32 (|x| <= {np.finfo(np.float32).max:.4g}); got {big:.4g}")
+    return X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
+
+
+def _checked_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where} must hold integer class indices; got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise DataError(f"{where} must have shape ({n},) to match the images; got {y.shape}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= 2**31):
+        raise DataError(f"{where} must be class indices in [0, 2**31); got values in [{int(y.min())}, {int(y.max())}]")
+    return y.astype(np.int64)
+
+
 def load_npz(path) -> dict[str, Dataset]:
-    """Datasets from a ``.npz`` file of plain arrays (read with ``allow_pickle=False``).
+    """Datasets from a ``.npz`` file of plain arrays (no pickles).
 
     Keys: ``X`` (N, C, H, W) or (N, H, W) images, ``y`` (N,) integer labels;
     optionally ``X_test``/``y_test``, and ``classes`` (an array of names).
     uint8 images are scaled by 1/255. Returns {"train": ..., "test": ...}
     (``test`` only when present).
+
+    The file is untrusted: each member's header is checked against the sizes
+    the archive declares before its array is allocated, images must be real,
+    finite and fit float32, and without ``classes`` the number of classes
+    (largest label + 1) may not exceed the number of examples.
     """
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"load_npz: no such file: {path}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"load_npz: {path} is not a .npz of plain arrays ({e})") from None
+    arrays, names = _read_npz(path)
     if "X" not in arrays or "y" not in arrays:
-        raise DataError(f"load_npz: {path} must hold arrays 'X' and 'y'; it has {sorted(arrays)}")
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    name = os.path.splitext(os.path.basename(path))[0]
-
-    def make(X, y):
-        if X.ndim == 3:
-            X = X[:, None]
-        if X.ndim != 4:
-            raise DataError(f"load_npz: images must be (N, C, H, W) or (N, H, W); got shape {X.shape}")
-        X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
-        n = int(max(y.max(initial=0), arrays["y"].max(initial=0))) + 1
-        return Dataset(X, y, classes or [str(i) for i in range(n)], name=name)
-
-    out = {"train": make(arrays["X"], arrays["y"])}
+        raise DataError(f"load_npz: {path} must hold arrays 'X' and 'y'; it has {_guard.short(sorted(names), 200)}")
+    parts = {"train": ("X", "y")}
     if "X_test" in arrays and "y_test" in arrays:
-        out["test"] = make(arrays["X_test"], arrays["y_test"])
-    return out
+        parts["test"] = ("X_test", "y_test")
+    splits = {}
+    for part, (xk, yk) in parts.items():
+        X = _checked_images(arrays[xk], f"load_npz: {path} `{xk}`")
+        splits[part] = (X, _checked_labels(arrays[yk], X.shape[0], f"load_npz: {path} `{yk}`"))
+    top = max(int(y.max(initial=-1)) for _, y in splits.values()) + 1
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "USiu":
+            raise DataError(f"load_npz: {path} `classes` must be a 1-d array of names; got {names.dtype} {names.shape}")
+        classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
+        if top > len(classes):
+            raise DataError(f"load_npz: {path} has labels up to {top - 1}; `classes` names {len(classes)}")
+    else:
+        examples = sum(len(y) for _, y in splits.values())
+        if top > examples:
+            raise DataError(f"load_npz: {path} has labels up to {top - 1}, so {top:,} classes, more than its "
+                            f"{examples:,} examples; labels must be class indices 0..K-1 (add a `classes` array "
+                            "naming the K classes when some have no examples)")
+        classes = [str(i) for i in range(top)]
+    name = os.path.splitext(os.path.basename(path))[0]
+    return {part: Dataset(X, y, classes, name=name) for part, (X, y) in splits.items()}
