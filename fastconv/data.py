@@ -24,6 +24,7 @@ import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from importlib import resources
 
@@ -248,19 +249,20 @@ def load_digits() -> Dataset:
 
 # -- MNIST (IDX files) -------------------------------------------------------------
 
+# deflate cannot expand data more than 1032-fold: a size that says more is a lie.
+_DEFLATE_RATIO = 1032
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def _read_maybe_gzip(path: str) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: not a valid gzip file ({e})") from None
-    return raw
+def _read_exactly(stream, nbytes: int, path: str, what: str) -> bytearray:
+    out = bytearray()
+    while len(out) < nbytes:  # in pieces: a header that lies about the size costs what the file holds
+        piece = stream.read(min(nbytes - len(out), 1 << 22))
+        if not piece:
+            raise DataError(f"{path}: IDX {what} truncated: needs {nbytes} bytes; the file has {len(out)}")
+        out += piece
+    return out
 
 
 def read_idx(path) -> np.ndarray:
@@ -269,20 +271,38 @@ def read_idx(path) -> np.ndarray:
     Header: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16,
     0x0C int32, 0x0D float32, 0x0E float64), the rank, then each dimension
     as a big-endian uint32; the data follow in row-major order.
+
+    The header is read first; of a gzipped file only the bytes it declares are
+    inflated, and the stream must end there.
     """
     path = os.fspath(path)
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim, dtype = raw[3], _IDX_DTYPES[raw[2]]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: IDX header truncated (rank {ndim} needs {header} bytes; file has {len(raw)})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; the file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    with _guard.open_regular(path, DataError) as f:
+        size = os.fstat(f.fileno()).st_size
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gzipped else f
+        try:
+            magic = bytes(stream.read(4))
+            if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+            ndim, dtype = magic[3], _IDX_DTYPES[magic[2]]
+            header = 4 + 4 * ndim
+            dims = struct.unpack(f">{ndim}I", _read_exactly(stream, 4 * ndim, path, "header"))
+            expected = math.prod(dims) * dtype.itemsize
+            if not gzipped and size - header != expected:
+                raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; "
+                                f"the file has {size - header}")
+            if gzipped and expected > _DEFLATE_RATIO * size:
+                raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; a gzip file of "
+                                f"{size} bytes cannot hold more than {_DEFLATE_RATIO * size}")
+            _guard.check_memory(expected, f"{path}: IDX data of shape {dims}")
+            raw = _read_exactly(stream, expected, path, f"data of shape {dims}")
+            if gzipped and stream.read(1):
+                raise DataError(f"{path}: the gzip stream holds more than the {header + expected} bytes "
+                                f"its IDX header declares (shape {dims})")
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: not a valid gzip file ({_guard.short(e, 200)})") from None
+    return np.frombuffer(raw, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(folder: str, names: Sequence[str], what: str) -> str:
@@ -531,8 +551,6 @@ def load_cifar10(path, split: str = "train") -> Dataset:
 # -- your own arrays ---------------------------------------------------------------------
 
 
-# deflate cannot expand data more than 1032-fold: a member that declares more is lying.
-_DEFLATE_RATIO = 1032
 _NPZ_KEYS = ("X", "y", "X_test", "y_test", "classes")
 
 
