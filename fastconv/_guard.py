@@ -21,7 +21,7 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
-__all__ = ["MemoryLimitError", "available_memory", "check_memory", "open_regular", "short", "startable_threads"]
+__all__ = ["MemoryLimitError", "available_memory", "check_memory", "few", "open_regular", "short", "startable_threads"]
 
 # Requests below this are not worth reading /proc for: any process that runs at
 # all can get them, and the CLI turns the rare MemoryError into one line.
@@ -44,6 +44,13 @@ def short(text, limit: int = 120) -> str:
         return text
     half = (limit - 5) // 2
     return f"{text[:half]} ... {text[-half:]}"
+
+
+def few(names, n: int = 5) -> str:
+    """A bounded list of names for a message: the first ``n``, then how many more."""
+    names = list(names)
+    shown = ", ".join(repr(short(k, 60)) for k in names[:n])
+    return f"[{shown}{f', ... and {len(names) - n:,} more' if len(names) > n else ''}]"
 
 
 def _read(path: str) -> str | None:

@@ -531,7 +531,7 @@ class Trainer:
         init.generator().bit_generator.state = state["rng"]["init"]
         self._best_state = None
         if self.best_epoch is not None:
-            self._best_state = ckpt.load_weights(os.path.join(self.checkpoint_dir, "best"))
+            self._best_state = ckpt.load_weights(os.path.join(self.checkpoint_dir, "best"), self.model)
 
 
 # -- metrics ---------------------------------------------------------------------------------
