@@ -40,6 +40,7 @@ pictures need matplotlib: pip install "fastconv[plot]").
 DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
              "or PATH.npz with arrays X, y [, X_test, y_test]")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
 
 
 class CommandError(Exception):
@@ -103,13 +104,19 @@ def _read_toml(path: str) -> dict:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    from fastconv._guard import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, CommandError, "config file", CONFIG_MAX_BYTES) as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise CommandError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise CommandError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CommandError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise CommandError(f"config file {path} nests its values too deeply") from None
 
 
 def _toml_value(v) -> str:
