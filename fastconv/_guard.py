@@ -152,8 +152,15 @@ def check_memory(nbytes: int, what: str) -> None:
         return
     room, why = available_memory()
     if nbytes > room:
-        raise MemoryLimitError(f"{what} needs {nbytes / 2**30:.3g} GiB; this process can get "
-                               f"{room / 2**30:.3g} GiB ({why})")
+        raise MemoryLimitError(f"{what} must fit in the memory this process can get ({gib(room)}: {why}); "
+                               f"got {gib(nbytes)}")
+
+
+def gib(nbytes: int) -> str:
+    """A byte count for a message, e.g. '15.6 GiB' (also for counts beyond the float range)."""
+    if nbytes >= 2**100:
+        return f"more than 2**{nbytes.bit_length() - 1} bytes"
+    return f"{nbytes / 2**30:.3g} GiB"
 
 
 def _stack_size() -> int:

@@ -709,10 +709,14 @@ def main(argv=None) -> int:
             args.command == "train" else ""
         print(f"{where}: interrupted{resume}", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, TypeError, OSError, KeyError, RuntimeError, ArithmeticError, ImportError) as e:
+    except (CommandError, ValueError, TypeError, OSError, KeyError, RuntimeError, ArithmeticError, ImportError,
+            MemoryError) as e:
         message = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
         if isinstance(e, OSError) and e.filename and e.strerror:
             message = f"{e.filename}: {e.strerror}"
+        if isinstance(e, MemoryError) and not isinstance(e, ValueError):  # one the guards could not foresee
+            message = f"out of memory: {message or 'an allocation failed'}"
+        message = " ".join(message.split())[:2000]  # one line, of bounded length
         print(f"{where}: error: {message}", file=sys.stderr)
         from fastconv.distributed import abort_mpi_job
 
