@@ -48,6 +48,7 @@ __all__ = [
     "load_weights",
     "loads_json",
     "read_metadata",
+    "refuse_symlink",
     "save_checkpoint",
 ]
 
@@ -189,6 +190,30 @@ def _split_optimizer_state(state: dict):
     return tensors, scalars
 
 
+def refuse_symlink(path) -> None:
+    """Raise CheckpointError if checkpoint folder ``path`` is a symbolic link.
+
+    Saving replaces the folder by renames, which would replace the link itself,
+    not write through it; so a linked folder is refused before any work."""
+    path = os.fspath(path).rstrip("/\\") or "."
+    if os.path.islink(path):
+        raise CheckpointError(f"checkpoint folder {_guard.short(path, 300)} is a symbolic link (to "
+                              f"{_guard.short(os.readlink(path), 200)}); checkpoints are replaced by renaming, "
+                              "which would not write through it: remove the link or write to the real folder")
+
+
+def _remove(path: str, ignore_errors: bool = False) -> None:
+    """Remove a folder, or only the link when it is a symbolic link (never what it points to)."""
+    if os.path.islink(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            if not ignore_errors:
+                raise
+    else:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | None = None,
                     files: dict | None = None) -> str:
     """Write a complete checkpoint folder at ``path`` atomically; returns the path.
@@ -200,6 +225,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
     st = _safetensors()
     path = os.fspath(path).rstrip("/\\") or "."
     parent, base = os.path.dirname(path) or ".", os.path.basename(path)
+    refuse_symlink(path)
     os.makedirs(parent, exist_ok=True)
     payload = {MODEL_FILE: st.save({k: np.asarray(v, order="C") for k, v in model.state_dict().items()},
                                    metadata={"format": "pt"})}
@@ -228,11 +254,13 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
             _write_synced(os.path.join(tmp, name), data)
         fsync_dir(tmp)
         old = path + ".old"
+        if os.path.islink(old):  # not a folder this function made
+            os.unlink(old)
         if not os.path.exists(path) and os.path.isdir(old):
             os.rename(old, path)  # finish a swap a crash interrupted: old is the last complete one
         if os.path.exists(path):
             if os.path.exists(old):
-                shutil.rmtree(old)
+                _remove(old)
             os.rename(path, old)
             fsync_dir(parent)
         os.rename(tmp, path)
@@ -240,7 +268,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(path + ".old", ignore_errors=True)
+    _remove(path + ".old", ignore_errors=True)
     return path
 
 

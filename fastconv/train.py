@@ -234,6 +234,8 @@ class Trainer:
         self.history["iterations_per_epoch"] = math.ceil(len(train) / self.batch_size)
         if self.checkpoint_dir is not None:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
+            for name in ("best", "last"):  # refused now, not after the first epoch
+                ckpt.refuse_symlink(os.path.join(self.checkpoint_dir, name))
         if self._dist is not None:
             self._dist.setup(self.model, len(train), self.batch_size)
         stopper = self.early_stopping
