@@ -299,6 +299,27 @@ def read_metadata(path) -> dict:
     return info
 
 
+def require(path, where: str, value, ok: bool, expected: str) -> None:
+    """Raise CheckpointError "checkpoint PATH: WHERE must be EXPECTED; got VALUE" unless ``ok``."""
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: {where} must be {expected}; got {_guard.short(repr(value), 120)}")
+
+
+def read_json(path, folder: str, name: str):
+    """A JSON file of checkpoint ``path`` (in ``folder``), e.g. history.json."""
+    file = os.path.join(folder, name)
+    try:
+        f = _guard.open_regular(file, CheckpointError, f"checkpoint {path}")
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {name} is missing") from None
+    with f:
+        try:
+            return loads_json(f.read().decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise CheckpointError(f"checkpoint {path}: {name} is not valid UTF-8 JSON "
+                                  f"({type(e).__name__}: {str(e)[:200]})") from None
+
+
 def _check_structure(path, info: dict) -> None:
     """The parts of checkpoint.json the loaders index into have the types they expect."""
     def need(ok, what, value):

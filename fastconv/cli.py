@@ -436,6 +436,8 @@ def _evaluate(args) -> int:
         path = os.path.join(path, "best")
     model, meta = load_model(path)
     user = meta["user"]
+    if "normalization" not in user:
+        raise CommandError(f"checkpoint {path} does not record the data's normalization; evaluate it in Python")
     name = args.data or user.get("data", "digits")
     data_dir = args.data_dir or user.get("data_dir")
     # Same split scheme as training; normalized with the training run's statistics.
