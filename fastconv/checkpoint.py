@@ -24,6 +24,7 @@ crash between the two renames leaves only ``<name>.old``, which
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import math
@@ -47,8 +48,10 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "loads_json",
+    "read_json",
     "read_metadata",
     "refuse_symlink",
+    "require",
     "save_checkpoint",
 ]
 
@@ -279,13 +282,7 @@ def read_metadata(path) -> dict:
     if folder is None:
         what = "is not a checkpoint folder (no checkpoint.json in it)" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint {path} {what}")
-    with _guard.open_regular(os.path.join(folder, META_FILE), CheckpointError, f"checkpoint {path}",
-                             _MAX_HEADER) as f:
-        try:
-            info = loads_json(f.read().decode("utf-8"))
-        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-            raise CheckpointError(f"checkpoint {path}: checkpoint.json is not valid UTF-8 JSON "
-                                  f"({type(e).__name__}: {str(e)[:200]})") from None
+    info = read_json(path, folder, META_FILE, _MAX_HEADER)
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: checkpoint.json is not a fastconv checkpoint")
     version = info.get("version")
@@ -305,11 +302,11 @@ def require(path, where: str, value, ok: bool, expected: str) -> None:
         raise CheckpointError(f"checkpoint {path}: {where} must be {expected}; got {_guard.short(repr(value), 120)}")
 
 
-def read_json(path, folder: str, name: str):
+def read_json(path, folder: str, name: str, max_bytes: int | None = None):
     """A JSON file of checkpoint ``path`` (in ``folder``), e.g. history.json."""
     file = os.path.join(folder, name)
     try:
-        f = _guard.open_regular(file, CheckpointError, f"checkpoint {path}")
+        f = _guard.open_regular(file, CheckpointError, f"checkpoint {path}", max_bytes)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path}: {name} is missing") from None
     with f:
@@ -514,10 +511,23 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
         if saved is None or saved["type"] != type(scheduler).__name__:
             have = saved["type"] if saved else "no scheduler"
             raise CheckpointError(f"checkpoint {path} holds {have} state; the scheduler is {type(scheduler).__name__}")
-    if model is not None:
-        model.load_state_dict(weights)
+    # Each load_state_dict checks everything before it changes anything; the scheduler's
+    # is tried on a copy first, so a refusal anywhere leaves every object as it was.
+    if scheduler is not None:
+        _load_into(path, "scheduler", copy.copy(scheduler).load_state_dict, info["scheduler"]["state"])
     if optimizer is not None:
-        optimizer.load_state_dict(opt_state)
+        _load_into(path, "optimizer", optimizer.load_state_dict, opt_state)
     if scheduler is not None:
         scheduler.load_state_dict(info["scheduler"]["state"])
+    if model is not None:
+        model.load_state_dict(weights)
     return info["meta"]
+
+
+def _load_into(path, what: str, load, state) -> None:
+    try:
+        load(state)
+    except (ValueError, TypeError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(f"checkpoint {path}: the saved {what} state does not fit: "
+                              f"{_guard.short(message, 400)}") from None
