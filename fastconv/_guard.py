@@ -21,7 +21,7 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
-__all__ = ["MemoryLimitError", "available_memory", "check_memory", "few", "open_regular", "short", "startable_threads"]
+__all__ = ["MemoryLimitError", "available_memory", "check_memory", "few", "open_regular", "plain", "short", "startable_threads"]
 
 # Requests below this are not worth reading /proc for: any process that runs at
 # all can get them, and the CLI turns the rare MemoryError into one line.
@@ -30,6 +30,7 @@ SMALL = 16 * 2**20
 # OpenMP threads get the pthread default stack unless OMP_STACKSIZE says otherwise.
 _DEFAULT_STACK = 8 * 2**20
 _THREAD_OVERHEAD = 64 * 2**10  # guard page, TLS, the thread's bookkeeping
+_ARENA = 64 * 2**20  # glibc's HEAP_MAX_SIZE on 64-bit: what a thread's malloc arena reserves
 
 
 class MemoryLimitError(ValueError, MemoryError):
@@ -44,6 +45,11 @@ def short(text, limit: int = 120) -> str:
         return text
     half = (limit - 5) // 2
     return f"{text[:half]} ... {text[-half:]}"
+
+
+def plain(v):
+    """A NumPy scalar as the Python number it holds, so that messages read 3.5, not np.float32(3.5)."""
+    return v.item() if type(v).__module__ == "numpy" and getattr(v, "ndim", None) == 0 else v
 
 
 def few(names, n: int = 5) -> str:
@@ -178,10 +184,13 @@ def _stack_size() -> int:
 
 
 def startable_threads() -> tuple[int, str]:
-    """(how many more threads this process can start, the limit that decides it).
+    """(how many threads this process can run in all, the limit that decides it).
 
-    Each new thread maps a stack; under RLIMIT_AS that bounds the count, and
-    libgomp, failing to start one, exits the whole process.
+    Under RLIMIT_AS each thread's stack counts, and so does the 64 MiB arena
+    glibc's malloc reserves for each of the first 8 x CPUs threads that
+    allocate (fastconv's kernels do); libgomp, failing to start a thread,
+    exits the whole process. A quarter of the headroom (at least 256 MiB) is
+    kept for the work itself.
     """
     if resource is None:
         return 1 << 30, "no known limit"
@@ -189,9 +198,16 @@ def startable_threads() -> tuple[int, str]:
     status = _fields(_read("/proc/self/status"), 1024)
     if soft == resource.RLIM_INFINITY or "VmSize" not in status:
         return 1 << 30, "no known limit"
+    room = soft - status["VmSize"]
+    budget = room - max(256 * 2**20, room // 4)
     stack = _stack_size() + _THREAD_OVERHEAD
-    room = max(0, soft - status["VmSize"] - SMALL)  # leave room for the work itself
-    return room // stack, f"RLIMIT_AS leaves {room / 2**20:.0f} MiB, {stack / 2**20:.1f} MiB of stack per thread"
+    text = os.environ.get("MALLOC_ARENA_MAX", "")
+    arenas = int(text) if text.isdigit() else 8 * (os.cpu_count() or 1)
+    n = 1  # the main thread: already running
+    while n < 1 << 16 and n * stack + min(n, arenas) * _ARENA <= budget:
+        n += 1
+    return max(1, n - 1), (f"RLIMIT_AS leaves {room / 2**20:.0f} MiB; each thread takes {stack / 2**20:.1f} MiB "
+                           f"of stack and up to {arenas} of them a {_ARENA // 2**20} MiB malloc arena")
 
 
 def open_regular(path, error: type[Exception], what: str = "", max_bytes: int | None = None):

@@ -47,6 +47,10 @@ class CommandError(Exception):
     """A user error: printed as one line, exit code 1."""
 
 
+class UsageError(CommandError):
+    """A bad option value that only shows after parsing: printed as one line, exit code 2."""
+
+
 # -- argument types ---------------------------------------------------------------------
 
 
@@ -65,21 +69,21 @@ def _int_at_least(minimum):
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
-    return v
+def _float_above(minimum, strict):
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+        if not (math.isfinite(v) and (v > minimum if strict else v >= minimum)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}; got {text}")
+        return v
+    return parse
 
 
-def _positive_float(text):
-    v = _nonneg_float(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("must be > 0; got 0")
-    return v
+_nonneg_float, _positive_float = _float_above(0, strict=False), _float_above(0, strict=True)
 
 
 def _fraction(text):
@@ -166,21 +170,48 @@ def _apply_config(parser: argparse.ArgumentParser, path: str, skip=("config", "r
 # -- shared pieces -----------------------------------------------------------------------------
 
 
+def check_threads(n: int, option: str = "--threads") -> None:
+    """Refuse a thread count this process cannot start, before OpenMP is asked (libgomp,
+    failing to create a thread, ends the whole process)."""
+    from fastconv._guard import startable_threads
+
+    most, why = startable_threads()
+    if n > most:
+        raise UsageError(f"{option}: must be at most {most} here ({why}); got {n}")
+
+
 def _set_threads(n):
     if n is not None:
         import fastconv
 
+        check_threads(n)
         fastconv.set_num_threads(n)
 
 
+def _makedirs(path: str) -> None:
+    """os.makedirs without its recursion, which a path thousands of folders deep exhausts."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path.rstrip("/\\"))
+        path = parent if parent != path else ""
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # a file: the next mkdir, or the write test, says "Not a directory"
+            pass
+
+
 def _writable_dir(path: str) -> str:
+    from fastconv._guard import short
+
     try:
-        os.makedirs(path, exist_ok=True)
+        _makedirs(path)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CommandError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
+        raise CommandError(f"cannot write to the output folder {short(path, 200)}: {e.strerror or e}") from None
     return path
 
 
@@ -722,8 +753,9 @@ def main(argv=None) -> int:
         print(f"{where}: error: {message}", file=sys.stderr)
         from fastconv.distributed import abort_mpi_job
 
-        abort_mpi_job(1)  # under mpirun the other ranks may be waiting for this one
-        return 1
+        code = 2 if isinstance(e, UsageError) else 1
+        abort_mpi_job(code)  # under mpirun the other ranks may be waiting for this one
+        return code
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ class Dataset:
         views. The last batch is smaller unless ``drop_last``.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"Dataset.batches: `batch_size` must be an int >= 1; got {batch_size!r}")
+            raise ValueError(f"Dataset.batches: `batch_size` must be an int >= 1; got {_guard.plain(batch_size)!r}")
         n = len(self)
         stop = n - n % batch_size if drop_last else n
         if not shuffle:
@@ -158,7 +158,7 @@ def train_val_split(data, val_fraction: float = 0.1, seed: int = 0, stratify: bo
     """
     data = as_dataset(data)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"train_val_split: `val_fraction` must be a number in (0, 1); got {val_fraction!r}")
+        raise ValueError(f"train_val_split: `val_fraction` must be a number in (0, 1); got {_guard.plain(val_fraction)!r}")
     rng = np.random.default_rng(seed)
     n = len(data)
     if stratify:

@@ -21,15 +21,15 @@ def _pair(layer, name, v, minimum):
         v = (v, v)
     if (not isinstance(v, (tuple, list)) or len(v) != 2
             or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) for e in v)):
-        raise TypeError(f"{layer}: `{name}` must be an int or a pair of ints; got {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be an int or a pair of ints; got {_guard.plain(v)!r}")
     if min(v) < minimum:
-        raise ValueError(f"{layer}: `{name}` must be >= {minimum}; got {tuple(v)}")
+        raise ValueError(f"{layer}: `{name}` must be >= {minimum}; got {tuple(int(e) for e in v)}")
     return int(v[0]), int(v[1])
 
 
 def _positive_int(layer, name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{layer}: `{name}` must be an int; got {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be an int; got {_guard.plain(v)!r}")
     if v < 1:
         raise ValueError(f"{layer}: `{name}` must be >= 1; got {v}")
     return int(v)
@@ -359,14 +359,14 @@ class Flatten(Module):
 def check_real(layer, name, v, lo=-np.inf, hi=np.inf):
     """v as a float, or raise: a real number (not a bool), finite, in [lo, hi]."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{layer}: `{name}` must be a real number; got {type(v).__name__} {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be a real number; got {type(v).__name__} {_guard.plain(v)!r}")
     try:
         f = float(v)
     except OverflowError:  # an int beyond the float range
         f = np.inf
     if not (np.isfinite(f) and lo <= f <= hi):
         bounds = (f" in [{lo:g}, {hi:g}]" if np.isfinite(hi) else f" >= {lo:g}") if np.isfinite(lo) else ""
-        raise ValueError(f"{layer}: `{name}` must be a finite number{bounds}; got {v!r}")
+        raise ValueError(f"{layer}: `{name}` must be a finite number{bounds}; got {_guard.plain(v)!r}")
     return f
 
 

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from fastconv._guard import plain
 from fastconv.module import Parameter
 
 
@@ -58,7 +59,7 @@ class Optimizer:
             if isinstance(v, (bool, tuple)):
                 continue
             if not isinstance(v, (int, float, np.floating, np.integer)) or not _finite(v) or v < 0:
-                raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {v!r}")
+                raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {plain(v)!r}")
 
     def _indexed(self):
         """(index, param, group) over all parameters; indices key the state, as PyTorch."""

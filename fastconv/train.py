@@ -684,6 +684,13 @@ def resolve_arch(arch: str, num_classes: int) -> str:
     return ARCHS[arch].format(classes=num_classes) if arch in ARCHS else arch
 
 
+def _check_sizes(token: str, *sizes) -> None:
+    """Before any size arithmetic: a zero stride or kernel would divide by zero."""
+    for name, v in sizes:
+        if v < 1:
+            raise ValueError(f"arch: {token!r}: the {name} must be >= 1; got {v}")
+
+
 def build_model(arch: str, input_shape, num_classes: int | None = None, dropout: float = 0.0) -> Sequential:
     """A :class:`Sequential` from a built-in name or a spec string (see ``SPEC_HELP``).
 
@@ -714,6 +721,7 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
         if kind == "conv":
             out, k = int(m[1]), int(m[2])
             s, p = int(m[3] or 1), int(m[4] or 0)
+            _check_sizes(token, ("filters", out), ("kernel size", k), ("stride", s))
             h, w = (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1
             if h < 1 or w < 1 or out < 1 or k < 1 or s < 1:
                 raise ValueError(f"arch: {token!r} does not fit its input of shape {shape} (kernel {k}, padding {p})")
@@ -722,6 +730,7 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
         elif kind in ("pool", "avgpool"):
             k = int(m[1])
             s = int(m[2] or k)
+            _check_sizes(token, ("kernel size", k), ("stride", s))
             h, w = (shape[1] - k) // s + 1, (shape[2] - k) // s + 1
             if h < 1 or w < 1 or k < 1 or s < 1:
                 raise ValueError(f"arch: {token!r} does not fit its input of shape {shape}")
