@@ -576,6 +576,8 @@ def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.nd
             raise DataError(f"{where}: not a .npy array ({_guard.short(e, 200)})") from None
         if dtype.hasobject:
             raise DataError(f"{where}: is not a .npz of plain arrays (it holds Python objects, a pickle)")
+        if dtype.kind not in "biufcSU":  # records and sub-arrays: not images, labels or names
+            raise DataError(f"{where}: must be a plain array of numbers or strings; got dtype {dtype}")
         count = math.prod(shape)
         nbytes = count * dtype.itemsize
         if nbytes != info.file_size - f.tell():
