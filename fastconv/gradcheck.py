@@ -121,7 +121,7 @@ def _check_tensor(f, name, value, grad, eps, rtol, atol, kink, rng, max_elements
         rel = abs(a - numeric) / max(abs(a), abs(numeric), 1e-8)
         ratio = abs(a - numeric) / (atol + rtol * max(abs(a), abs(numeric)))
         result.checked += 1
-        result.passed = result.passed and ratio <= 1
+        result.passed = result.passed and bool(ratio <= 1)
         result.max_rel_error = max(result.max_rel_error, float(rel))
         if ratio > result.worst_ratio:
             index = tuple(int(j) for j in np.unravel_index(i, value.shape))  # Python ints: messages read x[0, 1]
