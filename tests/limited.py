@@ -8,6 +8,7 @@ child's peak RSS comes from wait4, so it is that child's alone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -72,3 +73,19 @@ def run_limited(args, cwd, memory: int = MEMORY, timeout: float = TIMEOUT, env=N
         err.seek(0)
         return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
                        usage.ru_maxrss * 1024, seconds, timed_out)
+
+
+@contextlib.contextmanager
+def address_space_limit(extra: int):
+    """Lower this process's soft RLIMIT_AS to what it maps now plus ``extra`` bytes for
+    the block (then restore it), so that an in-process test of a loader that regresses
+    gets a MemoryError instead of exhausting the host."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    limit = mapped + extra if hard == resource.RLIM_INFINITY else min(hard, mapped + extra)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from limited import CALL, CLI, run_limited
+from limited import CALL, CLI, address_space_limit, run_limited
 
 import fastconv.data as D
 from fastconv import checkpoint as ckpt
@@ -365,10 +365,12 @@ ALLOCATED = 16 * 2**20  # what a loader may allocate for any of these files of a
 
 
 def _bounded(load, errors):
-    """Call load(); it returns or raises one of `errors`, allocating under ALLOCATED."""
+    """Call load(); it returns or raises one of `errors`, allocating under ALLOCATED
+    (and under an address-space limit, should it try far more)."""
     tracemalloc.start()
     try:
-        load()
+        with address_space_limit(2**30):
+            load()
     except errors as e:
         assert "\n" not in str(e) and len(str(e)) < 1000, str(e)
     finally:
