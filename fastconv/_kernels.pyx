@@ -11,6 +11,8 @@ import warnings
 
 import numpy as np
 
+from fastconv import _guard
+
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t
 
@@ -84,28 +86,17 @@ cdef extern from "fastconv.h" nogil:
 cdef fc_int _MAX_ELEMENTS = (<fc_int>1) << 48
 
 
-def _physical_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not POSIX: leave it to the allocator
-        return 1 << 62
-
-
-# An output larger than the machine's memory is refused before it is allocated:
-# numpy would raise MemoryError, or, under overcommit, the kernel's writes would
-# get the process killed.
-_MEMORY = _physical_memory()
-
-
+# An output larger than the memory this process can get (free memory, cgroup
+# and ulimit limits: fastconv._guard) is refused before it is allocated: numpy
+# would raise MemoryError, or, under overcommit, the kernel's writes would get
+# the process killed.
 cdef _check_alloc(str fn, str what, shape, str because, int itemsize=4):
-    """Refuse to allocate an array of `shape` that needs more than this machine's memory."""
+    """Refuse to allocate an array of `shape` that needs more than this process can get."""
     nbytes = itemsize
     for d in shape:
         nbytes *= int(d)
-    if nbytes > _MEMORY:
-        raise ValueError(
-            f"{fn}: {what} must fit in this machine's memory ({_MEMORY / 2**30:.3g} GiB); got shape "
-            f"{tuple(int(d) for d in shape)}, {nbytes / 2**30:.3g} GiB, from {because}")
+    _guard.check_memory(nbytes, f"{fn}: {what} of shape {_guard.short(tuple(int(d) for d in shape))} "
+                                f"(from {_guard.short(because)})")
 
 
 # ---------------------------------------------------------------------------

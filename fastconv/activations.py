@@ -21,7 +21,7 @@ from fastconv.layers import (
     check_grad,
     check_input,
     check_real,
-    check_size,
+    check_weight,
 )
 from fastconv.module import Module, Parameter
 
@@ -143,7 +143,7 @@ class Maxout(Module):
         self.in_features = _positive_int("Maxout", "in_features", in_features)
         self.out_features = _positive_int("Maxout", "out_features", out_features)
         self.pieces = _positive_int("Maxout", "pieces", pieces)
-        shape = check_size("Maxout", "`weight`", (self.out_features * self.pieces, self.in_features))
+        shape = check_weight("Maxout", (self.out_features * self.pieces, self.in_features))
         self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_features * self.pieces, np.float32))

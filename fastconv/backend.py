@@ -108,4 +108,4 @@ def _mismatch(got, expected):
     diff = np.abs(got.astype(np.float64) - expected)
     worst = np.unravel_index(np.nanargmax(np.where(np.isnan(diff), np.inf, diff)), diff.shape)
     return (f"max abs error {diff[worst]:.3g} at index {tuple(int(i) for i in worst)} "
-            f"(native {got[worst]!r}, reference {expected[worst]!r}, scale {scale:.3g})")
+            f"(native {got[worst].item()!r}, reference {expected[worst].item()!r}, scale {scale:.3g})")

@@ -24,6 +24,7 @@ crash between the two renames leaves only ``<name>.old``, which
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import math
@@ -32,6 +33,9 @@ import shutil
 import tempfile
 
 import numpy as np
+
+from fastconv import _guard
+from fastconv.module import StateDictKeyError
 
 FORMAT = "fastconv.checkpoint"
 VERSION = 1
@@ -44,13 +48,23 @@ __all__ = [
     "load_checkpoint",
     "load_weights",
     "loads_json",
+    "read_json",
     "read_metadata",
+    "refuse_symlink",
+    "require",
     "save_checkpoint",
 ]
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, or does not fit the objects it is loaded into."""
+
+
+class CheckpointKeyError(CheckpointError, StateDictKeyError):
+    """A tensor file whose keys differ from the model's (a KeyError too, as ``load_state_dict`` raises)."""
+
+    def __str__(self):  # not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
 
 
 # -- atomic files -----------------------------------------------------------------------
@@ -179,6 +193,30 @@ def _split_optimizer_state(state: dict):
     return tensors, scalars
 
 
+def refuse_symlink(path) -> None:
+    """Raise CheckpointError if checkpoint folder ``path`` is a symbolic link.
+
+    Saving replaces the folder by renames, which would replace the link itself,
+    not write through it; so a linked folder is refused before any work."""
+    path = os.fspath(path).rstrip("/\\") or "."
+    if os.path.islink(path):
+        raise CheckpointError(f"checkpoint folder {_guard.short(path, 300)} is a symbolic link (to "
+                              f"{_guard.short(os.readlink(path), 200)}); checkpoints are replaced by renaming, "
+                              "which would not write through it: remove the link or write to the real folder")
+
+
+def _remove(path: str, ignore_errors: bool = False) -> None:
+    """Remove a folder, or only the link when it is a symbolic link (never what it points to)."""
+    if os.path.islink(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            if not ignore_errors:
+                raise
+    else:
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+
+
 def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | None = None,
                     files: dict | None = None) -> str:
     """Write a complete checkpoint folder at ``path`` atomically; returns the path.
@@ -190,6 +228,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
     st = _safetensors()
     path = os.fspath(path).rstrip("/\\") or "."
     parent, base = os.path.dirname(path) or ".", os.path.basename(path)
+    refuse_symlink(path)
     os.makedirs(parent, exist_ok=True)
     payload = {MODEL_FILE: st.save({k: np.asarray(v, order="C") for k, v in model.state_dict().items()},
                                    metadata={"format": "pt"})}
@@ -218,11 +257,13 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
             _write_synced(os.path.join(tmp, name), data)
         fsync_dir(tmp)
         old = path + ".old"
+        if os.path.islink(old):  # not a folder this function made
+            os.unlink(old)
         if not os.path.exists(path) and os.path.isdir(old):
             os.rename(old, path)  # finish a swap a crash interrupted: old is the last complete one
         if os.path.exists(path):
             if os.path.exists(old):
-                shutil.rmtree(old)
+                _remove(old)
             os.rename(path, old)
             fsync_dir(parent)
         os.rename(tmp, path)
@@ -230,7 +271,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, meta: dict | No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(path + ".old", ignore_errors=True)
+    _remove(path + ".old", ignore_errors=True)
     return path
 
 
@@ -241,12 +282,7 @@ def read_metadata(path) -> dict:
     if folder is None:
         what = "is not a checkpoint folder (no checkpoint.json in it)" if os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"checkpoint {path} {what}")
-    with open(os.path.join(folder, META_FILE), "rb") as f:
-        try:
-            info = loads_json(f.read().decode("utf-8"))
-        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-            raise CheckpointError(f"checkpoint {path}: checkpoint.json is not valid UTF-8 JSON "
-                                  f"({type(e).__name__}: {str(e)[:200]})") from None
+    info = read_json(path, folder, META_FILE, _MAX_HEADER)
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: checkpoint.json is not a fastconv checkpoint")
     version = info.get("version")
@@ -258,6 +294,27 @@ def read_metadata(path) -> dict:
     _check_structure(path, info)
     info["folder"] = folder
     return info
+
+
+def require(path, where: str, value, ok: bool, expected: str) -> None:
+    """Raise CheckpointError "checkpoint PATH: WHERE must be EXPECTED; got VALUE" unless ``ok``."""
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: {where} must be {expected}; got {_guard.short(repr(value), 120)}")
+
+
+def read_json(path, folder: str, name: str, max_bytes: int | None = None):
+    """A JSON file of checkpoint ``path`` (in ``folder``), e.g. history.json."""
+    file = os.path.join(folder, name)
+    try:
+        f = _guard.open_regular(file, CheckpointError, f"checkpoint {path}", max_bytes)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path}: {name} is missing") from None
+    with f:
+        try:
+            return loads_json(f.read().decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+            raise CheckpointError(f"checkpoint {path}: {name} is not valid UTF-8 JSON "
+                                  f"({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _check_structure(path, info: dict) -> None:
@@ -287,72 +344,99 @@ def _check_structure(path, info: dict) -> None:
 _DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64, "I32": np.int32,
            "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit
+_ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
-def _read_header(file: str, folder: str, name: str) -> dict:
-    """{key: (dtype, shape)} from a safetensors header, checked against the file's size,
-    without building any array."""
+def _read_header(file: str, folder: str, name: str, max_header: int = _MAX_HEADER) -> tuple[int, dict]:
+    """(header length, {key: (dtype, shape, start, end)}) of a safetensors file, each
+    entry checked against the format and the file's size, without building any array."""
     def bad(why):
         return CheckpointError(f"checkpoint {folder}: {name} is not a valid safetensors file ({why})")
 
-    size = os.path.getsize(file)
-    with open(file, "rb") as f:
+    with _guard.open_regular(file, CheckpointError, f"checkpoint {folder}") as f:
+        size = os.fstat(f.fileno()).st_size
         raw = f.read(8)
         if len(raw) < 8:
             raise bad(f"{size} bytes, shorter than the 8-byte header length")
         n = int.from_bytes(raw, "little")
-        if n > min(size - 8, _MAX_HEADER):
-            raise bad(f"header length {n} exceeds the file ({size} bytes) or {_MAX_HEADER} bytes")
+        if n > min(size - 8, max_header):
+            raise bad(f"header length {n} exceeds the file ({size} bytes) or the {max_header} bytes "
+                      "that the tensors it may hold need")
         try:
             header = json.loads(f.read(n))
-        except (ValueError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
             raise bad(f"header is not JSON: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise bad("__metadata__ must map names to strings")
     data, out = size - 8 - n, {}
     for key, entry in header.items():
-        if key == "__metadata__":
-            continue
         try:
             dtype, shape, (start, end) = _DTYPES[entry["dtype"]], tuple(entry["shape"]), entry["data_offsets"]
-            ok = (all(isinstance(d, int) and 0 <= d < 2**48 for d in shape)
-                  and isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data
+            ok = (entry.keys() == _ENTRY_KEYS and all(type(d) is int and 0 <= d < 2**48 for d in shape)
+                  and type(start) is int and type(end) is int and 0 <= start <= end <= data
                   and end - start == np.dtype(dtype).itemsize * math.prod(shape))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             ok = False
         if not ok:
-            raise bad(f"tensor {key!r} has a bad dtype, shape or offsets: {str(entry)[:200]}")
-        out[key] = (np.dtype(dtype), shape)
-    return out
+            raise bad(f"tensor {_guard.short(key, 60)!r} has a bad dtype, shape or offsets: "
+                      f"{_guard.short(entry, 200)}")
+        out[key] = (np.dtype(dtype), shape, start, end)
+    position = 0
+    for key, (_, _, start, end) in sorted(out.items(), key=lambda item: item[1][2:]):
+        if start != position:  # the format's own rule: tensors tile the data, no gaps, no overlaps
+            raise bad(f"tensor {_guard.short(key, 60)!r} starts at byte {start}; the one before ends at {position}")
+        position = end
+    if position != data:
+        raise bad(f"the tensors hold {position} bytes; the data part of the file has {data}")
+    return n, out
 
 
 def _check_tensors(folder: str, name: str, found: dict, expected: dict) -> None:
-    """Dtypes and shapes of a tensor file against what the objects it loads into hold."""
+    """Keys, dtypes and shapes of a tensor file against what the objects it loads into hold."""
     if found.keys() != expected.keys():
-        return  # missing and unexpected keys: load_state_dict names them
+        missing = [k for k in expected if k not in found]
+        unexpected = [k for k in found if k not in expected]
+        raise CheckpointKeyError(f"checkpoint {folder}: {name} does not fit: missing keys {_guard.few(missing)}; "
+                              f"unexpected keys {_guard.few(unexpected)}")
     for key in found:
-        (dtype, shape), (want_dtype, want_shape) = found[key], expected[key]
+        (dtype, shape, _, _), (want_dtype, want_shape) = found[key], expected[key]
         if (dtype, shape) != (want_dtype, want_shape):
             raise CheckpointError(f"checkpoint {folder}: {name} `{key}` must be {want_dtype} with shape "
                                   f"{want_shape}; got {dtype} with shape {shape}")
 
 
-def _load_tensors(folder: str, name: str, expected=None) -> dict:
+def _header_bound(names) -> int:
+    """The longest header that tensors of these names can need (an entry is its name and < 256 bytes);
+    a longer one is refused before it is parsed."""
+    return 2**16 + sum(len(k) + 256 for k in names)
+
+
+def _load_tensors(folder: str, name: str, expected=None, order=(), max_header: int = _MAX_HEADER) -> dict:
     """The arrays of a tensor file; with ``expected`` ({key: (dtype, shape)} or a function
-    of the header giving it), keys, dtypes and shapes are checked from the header first."""
+    of the header giving it), keys, dtypes and shapes are checked from the header first.
+
+    The arrays are read with plain reads at the offsets the checked header gives,
+    so what a file costs is what its tensors need."""
     file = os.path.join(folder, name)
     if not os.path.isfile(file):
         raise CheckpointError(f"checkpoint {folder}: {name} is missing")
-    found = _read_header(file, folder, name)
+    n, found = _read_header(file, folder, name, max_header)
+    found = {**{k: found[k] for k in order if k in found}, **found}  # messages list keys in the model's order
     if expected is not None:
         _check_tensors(folder, name, found, expected(found) if callable(expected) else expected)
-    st = _safetensors()
-    from safetensors import SafetensorError
-
-    try:
-        return st.load_file(file)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {folder}: {name} is not a valid safetensors file ({e})") from None
+    _guard.check_memory(sum(end - start for _, _, start, end in found.values()), f"checkpoint {folder}: {name}")
+    out = {}
+    with _guard.open_regular(file, CheckpointError, f"checkpoint {folder}") as f:
+        for key, (dtype, shape, start, end) in found.items():
+            f.seek(8 + n + start)
+            buf = bytearray(end - start)
+            if f.readinto(buf) != len(buf):
+                raise CheckpointError(f"checkpoint {folder}: {name} changed while it was read")
+            out[key] = np.frombuffer(buf, dtype.newbyteorder("<")).reshape(shape).astype(dtype, copy=False)
+    return out
 
 
 def _in_model_order(info: dict, weights: dict) -> dict:
@@ -361,10 +445,22 @@ def _in_model_order(info: dict, weights: dict) -> dict:
     return {**{k: weights[k] for k in order}, **{k: v for k, v in weights.items() if k not in order}}
 
 
-def load_weights(path) -> dict:
-    """The model weights of checkpoint ``path`` as {PyTorch key: numpy array}, in the model's order."""
-    info = read_metadata(path)
-    return _in_model_order(info, _load_tensors(info["folder"], MODEL_FILE))
+def _model_tensors(info: dict, model=None) -> dict:
+    """The model file's arrays in the model's order; with ``model``, checked against its state dict."""
+    expected, bound = None, _MAX_HEADER
+    if model is not None:
+        expected = {k: (np.asarray(v).dtype, np.shape(v)) for k, v in model.state_dict().items()}
+        bound = _header_bound(expected)
+    return _in_model_order(info, _load_tensors(info["folder"], MODEL_FILE, expected, info["model_keys"], bound))
+
+
+def load_weights(path, model=None) -> dict:
+    """The model weights of checkpoint ``path`` as {PyTorch key: numpy array}, in the model's order.
+
+    With ``model``, the file's keys, dtypes and shapes are checked against the
+    model's state dict (from the header, before any tensor is read); the model
+    itself is not changed."""
+    return _model_tensors(read_metadata(path), model)
 
 
 def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
@@ -378,8 +474,7 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
     folder = info["folder"]
     weights = None
     if model is not None:
-        expected = {k: (np.asarray(v).dtype, np.shape(v)) for k, v in model.state_dict().items()}
-        weights = _in_model_order(info, _load_tensors(folder, MODEL_FILE, expected))
+        weights = _model_tensors(info, model)
     opt_state = None
     if optimizer is not None:
         saved = info.get("optimizer")
@@ -392,14 +487,15 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
 
         def expected(found):  # any buffer name, for an existing parameter, of its shape
             want = {}
-            for key, (dtype, shape) in found.items():
+            for key, (dtype, shape, _, _) in found.items():
                 parts = key.split(".", 2)
                 if len(parts) == 3 and parts[0] == "state" and parts[1].isdigit() and int(parts[1]) < len(shapes):
                     want[key] = (np.dtype(np.float32) if dtype.kind == "f" else dtype, shapes[int(parts[1])])
             return want
 
         state: dict = {}
-        for key, value in _load_tensors(folder, OPTIMIZER_FILE, expected).items():
+        bound = _header_bound(f"state.{i}.max_exp_avg_sq" for i in range(len(shapes)) for _ in range(4))
+        for key, value in _load_tensors(folder, OPTIMIZER_FILE, expected, max_header=bound).items():
             _, i, name = key.split(".", 2)
             state.setdefault(int(i), {})[name] = value
         for i, scalars in saved["scalars"].items():
@@ -415,10 +511,23 @@ def load_checkpoint(path, model=None, optimizer=None, scheduler=None) -> dict:
         if saved is None or saved["type"] != type(scheduler).__name__:
             have = saved["type"] if saved else "no scheduler"
             raise CheckpointError(f"checkpoint {path} holds {have} state; the scheduler is {type(scheduler).__name__}")
-    if model is not None:
-        model.load_state_dict(weights)
+    # Each load_state_dict checks everything before it changes anything; the scheduler's
+    # is tried on a copy first, so a refusal anywhere leaves every object as it was.
+    if scheduler is not None:
+        _load_into(path, "scheduler", copy.copy(scheduler).load_state_dict, info["scheduler"]["state"])
     if optimizer is not None:
-        optimizer.load_state_dict(opt_state)
+        _load_into(path, "optimizer", optimizer.load_state_dict, opt_state)
     if scheduler is not None:
         scheduler.load_state_dict(info["scheduler"]["state"])
+    if model is not None:
+        model.load_state_dict(weights)
     return info["meta"]
+
+
+def _load_into(path, what: str, load, state) -> None:
+    try:
+        load(state)
+    except (ValueError, TypeError, KeyError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise CheckpointError(f"checkpoint {path}: the saved {what} state does not fit: "
+                              f"{_guard.short(message, 400)}") from None

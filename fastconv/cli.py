@@ -40,10 +40,15 @@ pictures need matplotlib: pip install "fastconv[plot]").
 DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
              "or PATH.npz with arrays X, y [, X_test, y_test]")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
 
 
 class CommandError(Exception):
     """A user error: printed as one line, exit code 1."""
+
+
+class UsageError(CommandError):
+    """A bad option value that only shows after parsing: printed as one line, exit code 2."""
 
 
 # -- argument types ---------------------------------------------------------------------
@@ -64,21 +69,21 @@ def _int_at_least(minimum):
 _positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
 
 
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
-    return v
+def _float_above(minimum, strict):
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+        if not (math.isfinite(v) and (v > minimum if strict else v >= minimum)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}; got {text}")
+        return v
+    return parse
 
 
-def _positive_float(text):
-    v = _nonneg_float(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("must be > 0; got 0")
-    return v
+_nonneg_float, _positive_float = _float_above(0, strict=False), _float_above(0, strict=True)
 
 
 def _finite_float(text):
@@ -113,13 +118,19 @@ def _read_toml(path: str) -> dict:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib
+    from fastconv._guard import open_regular
+
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, CommandError, "config file", CONFIG_MAX_BYTES) as f:
             return tomllib.load(f)
     except FileNotFoundError:
         raise CommandError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as e:
         raise CommandError(f"config file {path} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise CommandError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise CommandError(f"config file {path} nests its values too deeply") from None
 
 
 def _toml_value(v) -> str:
@@ -169,21 +180,48 @@ def _apply_config(parser: argparse.ArgumentParser, path: str, skip=("config", "r
 # -- shared pieces -----------------------------------------------------------------------------
 
 
+def check_threads(n: int, option: str = "--threads") -> None:
+    """Refuse a thread count this process cannot start, before OpenMP is asked (libgomp,
+    failing to create a thread, ends the whole process)."""
+    from fastconv._guard import startable_threads
+
+    most, why = startable_threads()
+    if n > most:
+        raise UsageError(f"{option}: must be at most {most} here ({why}); got {n}")
+
+
 def _set_threads(n):
     if n is not None:
         import fastconv
 
+        check_threads(n)
         fastconv.set_num_threads(n)
 
 
+def _makedirs(path: str) -> None:
+    """os.makedirs without its recursion, which a path thousands of folders deep exhausts."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path.rstrip("/\\"))
+        path = parent if parent != path else ""
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # a file: the next mkdir, or the write test, says "Not a directory"
+            pass
+
+
 def _writable_dir(path: str) -> str:
+    from fastconv._guard import short
+
     try:
-        os.makedirs(path, exist_ok=True)
+        _makedirs(path)
         fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise CommandError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
+        raise CommandError(f"cannot write to the output folder {short(path, 200)}: {e.strerror or e}") from None
     return path
 
 
@@ -476,6 +514,8 @@ def _evaluate(args) -> int:
         path = os.path.join(path, "best")
     model, meta = load_model(path)
     user = meta["user"]
+    if "normalization" not in user:
+        raise CommandError(f"checkpoint {path} does not record the data's normalization; evaluate it in Python")
     name = args.data or user.get("data", "digits")
     data_dir = args.data_dir or user.get("data_dir")
     # Same split scheme as training; normalized with the training run's statistics.
@@ -774,15 +814,20 @@ def main(argv=None) -> int:
             args.command == "train" else ""
         print(f"{where}: interrupted{resume}", file=sys.stderr)
         return 130
-    except (CommandError, ValueError, TypeError, OSError, KeyError, RuntimeError, ArithmeticError, ImportError) as e:
+    except (CommandError, ValueError, TypeError, OSError, KeyError, RuntimeError, ArithmeticError, ImportError,
+            MemoryError) as e:
         message = str(e) if not isinstance(e, KeyError) else str(e.args[0] if e.args else e)
         if isinstance(e, OSError) and e.filename and e.strerror:
             message = f"{e.filename}: {e.strerror}"
+        if isinstance(e, MemoryError) and not isinstance(e, ValueError):  # one the guards could not foresee
+            message = f"out of memory: {message or 'an allocation failed'}"
+        message = " ".join(message.split())[:2000]  # one line, of bounded length
         print(f"{where}: error: {message}", file=sys.stderr)
         from fastconv.distributed import abort_mpi_job
 
-        abort_mpi_job(1)  # under mpirun the other ranks may be waiting for this one
-        return 1
+        code = 2 if isinstance(e, UsageError) else 1
+        abort_mpi_job(code)  # under mpirun the other ranks may be waiting for this one
+        return code
 
 
 if __name__ == "__main__":

@@ -567,8 +567,16 @@ def run(args, out=None):
         sides = [s for s in sides if not s.startswith("torch")]
     import fastconv as fc
 
+    from fastconv.cli import UsageError, check_threads
+
     counts = args.threads or [fc.get_num_threads()]
-    todo = [w for w in workloads(args.tiny) if not args.only or any(t in w.name for t in args.only)]
+    for n in args.threads or []:
+        check_threads(n)
+    every = workloads(args.tiny)
+    todo = [w for w in every if not args.only or any(t in w.name for t in args.only)]
+    unmatched = [t for t in args.only if not any(t in w.name for w in every)]
+    if unmatched:
+        raise UsageError(f"--only: must be part of a workload's name (see --list); got {unmatched[0]!r}")
     if args.list:
         print("\n".join(w.name for w in todo), file=out)
         return 0

@@ -19,14 +19,18 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator, Sequence
 from importlib import resources
 
 import numpy as np
+
+from fastconv import _guard
 
 __all__ = [
     "Dataset",
@@ -113,7 +117,7 @@ class Dataset:
         views. The last batch is smaller unless ``drop_last``.
         """
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"Dataset.batches: `batch_size` must be an int >= 1; got {batch_size!r}")
+            raise ValueError(f"Dataset.batches: `batch_size` must be an int >= 1; got {_guard.plain(batch_size)!r}")
         n = len(self)
         stop = n - n % batch_size if drop_last else n
         if not shuffle:
@@ -154,7 +158,7 @@ def train_val_split(data, val_fraction: float = 0.1, seed: int = 0, stratify: bo
     """
     data = as_dataset(data)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"train_val_split: `val_fraction` must be a number in (0, 1); got {val_fraction!r}")
+        raise ValueError(f"train_val_split: `val_fraction` must be a number in (0, 1); got {_guard.plain(val_fraction)!r}")
     rng = np.random.default_rng(seed)
     n = len(data)
     if stratify:
@@ -245,19 +249,20 @@ def load_digits() -> Dataset:
 
 # -- MNIST (IDX files) -------------------------------------------------------------
 
+# deflate cannot expand data more than 1032-fold: a size that says more is a lie.
+_DEFLATE_RATIO = 1032
 _IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def _read_maybe_gzip(path: str) -> bytes:
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: not a valid gzip file ({e})") from None
-    return raw
+def _read_exactly(stream, nbytes: int, path: str, what: str) -> bytearray:
+    out = bytearray()
+    while len(out) < nbytes:  # in pieces: a header that lies about the size costs what the file holds
+        piece = stream.read(min(nbytes - len(out), 1 << 22))
+        if not piece:
+            raise DataError(f"{path}: IDX {what} truncated: needs {nbytes} bytes; the file has {len(out)}")
+        out += piece
+    return out
 
 
 def read_idx(path) -> np.ndarray:
@@ -266,20 +271,38 @@ def read_idx(path) -> np.ndarray:
     Header: two zero bytes, a type code (0x08 uint8, 0x09 int8, 0x0B int16,
     0x0C int32, 0x0D float32, 0x0E float64), the rank, then each dimension
     as a big-endian uint32; the data follow in row-major order.
+
+    The header is read first; of a gzipped file only the bytes it declares are
+    inflated, and the stream must end there.
     """
     path = os.fspath(path)
-    raw = _read_maybe_gzip(path)
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty'})")
-    ndim, dtype = raw[3], _IDX_DTYPES[raw[2]]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: IDX header truncated (rank {ndim} needs {header} bytes; file has {len(raw)})")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; the file has {len(raw) - header}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+    with _guard.open_regular(path, DataError) as f:
+        size = os.fstat(f.fileno()).st_size
+        gzipped = f.read(2) == b"\x1f\x8b"
+        f.seek(0)
+        stream = gzip.GzipFile(fileobj=f, mode="rb") if gzipped else f
+        try:
+            magic = bytes(stream.read(4))
+            if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_DTYPES or magic[3] == 0:
+                raise DataError(f"{path}: not an IDX file (bad magic number {magic.hex() or 'empty'})")
+            ndim, dtype = magic[3], _IDX_DTYPES[magic[2]]
+            header = 4 + 4 * ndim
+            dims = struct.unpack(f">{ndim}I", _read_exactly(stream, 4 * ndim, path, "header"))
+            expected = math.prod(dims) * dtype.itemsize
+            if not gzipped and size - header != expected:
+                raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; "
+                                f"the file has {size - header}")
+            if gzipped and expected > _DEFLATE_RATIO * size:
+                raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; a gzip file of "
+                                f"{size} bytes cannot hold more than {_DEFLATE_RATIO * size}")
+            _guard.check_memory(expected, f"{path}: IDX data of shape {dims}")
+            raw = _read_exactly(stream, expected, path, f"data of shape {dims}")
+            if gzipped and stream.read(1):
+                raise DataError(f"{path}: the gzip stream holds more than the {header + expected} bytes "
+                                f"its IDX header declares (shape {dims})")
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: not a valid gzip file ({_guard.short(e, 200)})") from None
+    return np.frombuffer(raw, dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _find(folder: str, names: Sequence[str], what: str) -> str:
@@ -415,28 +438,59 @@ class _DataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id")
 
 
-def _unstub(obj):
+# A CIFAR batch is a dict of lists and arrays, 2 levels deep and ~20,000 elements;
+# anything far beyond is not one.
+_MAX_PICKLE_DEPTH, _MAX_PICKLE_ELEMENTS = 32, 1 << 22
+
+
+def _unstub(obj, memo=None, depth=0, budget=None):
+    """Replace the array stand-ins in dicts and lists by their arrays.
+
+    Each container is visited once (``memo``, by identity), so shared
+    references (``l = [l, l]`` 30 times over) cost their number of objects,
+    not 2**30; nesting deeper than _MAX_PICKLE_DEPTH or more than
+    _MAX_PICKLE_ELEMENTS elements in all are refused."""
+    if memo is None:
+        memo, budget = {}, [_MAX_PICKLE_ELEMENTS]
     if isinstance(obj, _ArrayStub):
         if obj.array is None:
             raise pickle.UnpicklingError("array without data")
         return obj.array
+    if not isinstance(obj, (dict, list)):
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if depth >= _MAX_PICKLE_DEPTH:
+        raise pickle.UnpicklingError(f"containers nested more than {_MAX_PICKLE_DEPTH} deep")
+    budget[0] -= len(obj)
+    if budget[0] < 0:
+        raise pickle.UnpicklingError(f"more than {_MAX_PICKLE_ELEMENTS:,} elements in all")
     if isinstance(obj, dict):
-        return {(k.decode("latin1") if isinstance(k, bytes) else k): _unstub(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unstub(v) for v in obj]
-    return obj
+        out = memo[id(obj)] = {}
+        for k, v in obj.items():
+            out[k.decode("latin1") if isinstance(k, bytes) else k] = _unstub(v, memo, depth + 1, budget)
+    else:
+        out = memo[id(obj)] = []
+        out.extend(_unstub(v, memo, depth + 1, budget) for v in obj)
+    return out
 
 
 def _read_python_batch(path: str):
-    with open(path, "rb") as f:
+    with _guard.open_regular(path, DataError) as f:
         raw = f.read()
     try:
         batch = _unstub(_DataUnpickler(io.BytesIO(raw), encoding="bytes").load())
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, struct.error) as e:
-        raise DataError(f"{path}: not a CIFAR-10 Python batch file ({e})") from None
+        raise DataError(f"{path}: not a CIFAR-10 Python batch file ({_guard.short(e, 200)})") from None
+    except MemoryError:  # a counted string longer than memory: the unpickler allocates before it reads
+        raise DataError(f"{path}: not a CIFAR-10 Python batch file (it declares an object larger than memory)") \
+            from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
         raise DataError(f"{path}: a CIFAR-10 batch must be a dict with 'data' and 'labels'")
-    data, labels = batch["data"], np.asarray(batch["labels"])
+    labels = batch["labels"]
+    if isinstance(labels, list) and not all(isinstance(v, int) for v in labels):
+        raise DataError(f"{path}: 'labels' must be a list of integers")
+    data, labels = batch["data"], np.asarray(labels)
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         raise DataError(f"{path}: 'data' must be a uint8 array (N, 3072); got "
                         f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
@@ -446,7 +500,7 @@ def _read_python_batch(path: str):
 
 
 def _read_binary_batch(path: str):
-    with open(path, "rb") as f:
+    with _guard.open_regular(path, DataError) as f:
         raw = f.read()
     if len(raw) == 0 or len(raw) % 3073:
         raise DataError(f"{path}: a CIFAR-10 binary batch is records of 1 + 3072 bytes; the file has {len(raw)} bytes")
@@ -497,37 +551,139 @@ def load_cifar10(path, split: str = "train") -> Dataset:
 # -- your own arrays ---------------------------------------------------------------------
 
 
+_NPZ_KEYS = ("X", "y", "X_test", "y_test", "classes")
+
+
+def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """One .npy member, its header checked against the member's declared size (and
+    that against the compressed size) before the array is allocated."""
+    if info.compress_type == zipfile.ZIP_STORED:
+        plausible = info.file_size == info.compress_size
+    else:
+        plausible = info.file_size <= _DEFLATE_RATIO * info.compress_size + 1024
+    if not plausible:
+        raise DataError(f"{where}: the archive says it inflates {info.compress_size:,} bytes to "
+                        f"{info.file_size:,}, more than compression allows")
+    with zf.open(info) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"npy format version {version} is not supported")
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, SyntaxError, TypeError, EOFError) as e:
+            raise DataError(f"{where}: not a .npy array ({_guard.short(e, 200)})") from None
+        if dtype.hasobject:
+            raise DataError(f"{where}: is not a .npz of plain arrays (it holds Python objects, a pickle)")
+        if dtype.kind not in "biufcSU":  # records and sub-arrays: not images, labels or names
+            raise DataError(f"{where}: must be a plain array of numbers or strings; got dtype {dtype}")
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes != info.file_size - f.tell():
+            raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({nbytes:,} bytes); "
+                            f"the member holds {info.file_size - f.tell():,}")
+        _guard.check_memory(nbytes, where)
+        array = np.empty(count, dtype)
+        view, done = memoryview(array.view(np.uint8).reshape(-1)), 0
+        while done < nbytes:  # in pieces: no second copy of the data
+            piece = f.read(min(nbytes - done, 1 << 22))
+            if not piece:
+                raise DataError(f"{where}: truncated ({done:,} of {nbytes:,} bytes)")
+            view[done:done + len(piece)] = piece
+            done += len(piece)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_npz(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The arrays of _NPZ_KEYS in a .npz file (other members are never read), and all member names."""
+    try:
+        f = _guard.open_regular(path, DataError, "load_npz")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load_npz: no such file: {path}") from None
+    with f:
+        if f.read(6) == b"\x93NUMPY":
+            raise DataError(f"load_npz: {path} is a .npy file (one array), not a .npz archive; "
+                            "save X and y with np.savez(path, X=X, y=y)")
+        f.seek(0)
+        try:
+            with zipfile.ZipFile(f) as zf:
+                names = [i.filename.removesuffix(".npy") for i in zf.infolist()]
+                members = {i.filename[:-4]: i for i in zf.infolist() if i.filename[:-4] in _NPZ_KEYS
+                           and i.filename.endswith(".npy")}
+                return {k: _npz_member(zf, info, f"load_npz: {path} `{k}`") for k, info in members.items()}, names
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, RuntimeError,
+                ValueError) as e:
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"load_npz: {path} is not a .npz of plain arrays ({_guard.short(e, 200)})") from None
+
+
+def _checked_images(X: np.ndarray, where: str) -> np.ndarray:
+    """Images as float32 (N, C, H, W); values that are not real numbers or do not fit float32 are refused."""
+    if X.ndim == 3:
+        X = X[:, None]
+    if X.ndim != 4:
+        raise DataError(f"load_npz: images must be (N, C, H, W) or (N, H, W); got shape {X.shape}")
+    if X.dtype.kind not in "biuf":
+        raise DataError(f"{where} must hold real numbers (bool, int, uint or float); got dtype {X.dtype}")
+    if X.dtype.kind == "f":
+        big = max(abs(float(X.max(initial=0))), abs(float(X.min(initial=0))))  # NaN propagates; no copy
+        if not math.isfinite(big):
+            raise DataError(f"{where} must hold finite numbers; it holds NaN or infinity")
+        if big > float(np.finfo(np.float32).max):
+            raise DataError(f"{where} values must fit float32 (|x| <= {np.finfo(np.float32).max:.4g}); got {big:.4g}")
+    return X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
+
+
+def _checked_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+    if y.dtype.kind not in "iu":
+        raise DataError(f"{where} must hold integer class indices; got dtype {y.dtype}")
+    if y.shape != (n,):
+        raise DataError(f"{where} must have shape ({n},) to match the images; got {y.shape}")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= 2**31):
+        raise DataError(f"{where} must be class indices in [0, 2**31); got values in [{int(y.min())}, {int(y.max())}]")
+    return y.astype(np.int64)
+
+
 def load_npz(path) -> dict[str, Dataset]:
-    """Datasets from a ``.npz`` file of plain arrays (read with ``allow_pickle=False``).
+    """Datasets from a ``.npz`` file of plain arrays (no pickles).
 
     Keys: ``X`` (N, C, H, W) or (N, H, W) images, ``y`` (N,) integer labels;
     optionally ``X_test``/``y_test``, and ``classes`` (an array of names).
     uint8 images are scaled by 1/255. Returns {"train": ..., "test": ...}
     (``test`` only when present).
+
+    The file is untrusted: each member's header is checked against the sizes
+    the archive declares before its array is allocated, images must be real,
+    finite and fit float32, and without ``classes`` the number of classes
+    (largest label + 1) may not exceed the number of examples.
     """
     path = os.fspath(path)
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"load_npz: no such file: {path}") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"load_npz: {path} is not a .npz of plain arrays ({e})") from None
+    arrays, names = _read_npz(path)
     if "X" not in arrays or "y" not in arrays:
-        raise DataError(f"load_npz: {path} must hold arrays 'X' and 'y'; it has {sorted(arrays)}")
-    classes = [str(c) for c in arrays["classes"]] if "classes" in arrays else None
-    name = os.path.splitext(os.path.basename(path))[0]
-
-    def make(X, y):
-        if X.ndim == 3:
-            X = X[:, None]
-        if X.ndim != 4:
-            raise DataError(f"load_npz: images must be (N, C, H, W) or (N, H, W); got shape {X.shape}")
-        X = X.astype(np.float32) / 255.0 if X.dtype == np.uint8 else X.astype(np.float32)
-        n = int(max(y.max(initial=0), arrays["y"].max(initial=0))) + 1
-        return Dataset(X, y, classes or [str(i) for i in range(n)], name=name)
-
-    out = {"train": make(arrays["X"], arrays["y"])}
+        raise DataError(f"load_npz: {path} must hold arrays 'X' and 'y'; it has {_guard.short(sorted(names), 200)}")
+    parts = {"train": ("X", "y")}
     if "X_test" in arrays and "y_test" in arrays:
-        out["test"] = make(arrays["X_test"], arrays["y_test"])
-    return out
+        parts["test"] = ("X_test", "y_test")
+    splits = {}
+    for part, (xk, yk) in parts.items():
+        X = _checked_images(arrays[xk], f"load_npz: {path} `{xk}`")
+        splits[part] = (X, _checked_labels(arrays[yk], X.shape[0], f"load_npz: {path} `{yk}`"))
+    top = max(int(y.max(initial=-1)) for _, y in splits.values()) + 1
+    if "classes" in arrays:
+        names = arrays["classes"]
+        if names.ndim != 1 or names.dtype.kind not in "USiu":
+            raise DataError(f"load_npz: {path} `classes` must be a 1-d array of names; got {names.dtype} {names.shape}")
+        classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names.tolist()]
+        if top > len(classes):
+            raise DataError(f"load_npz: {path} has labels up to {top - 1}; `classes` names {len(classes)}")
+    else:
+        examples = sum(len(y) for _, y in splits.values())
+        if top > examples:
+            raise DataError(f"load_npz: {path} has labels up to {top - 1}, so {top:,} classes, more than its "
+                            f"{examples:,} examples; labels must be class indices 0..K-1 (add a `classes` array "
+                            "naming the K classes when some have no examples)")
+        classes = [str(i) for i in range(top)]
+    name = os.path.splitext(os.path.basename(path))[0]
+    return {part: Dataset(X, y, classes, name=name) for part, (X, y) in splits.items()}

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-from fastconv import _kernels, init
+from fastconv import _guard, init
 from fastconv.backend import get_backend, kernel
 from fastconv.module import Module, Parameter
 
@@ -23,29 +23,33 @@ def _pair(layer, name, v, minimum):
         v = (v, v)
     if (not isinstance(v, (tuple, list)) or len(v) != 2
             or any(isinstance(e, bool) or not isinstance(e, (int, np.integer)) for e in v)):
-        raise TypeError(f"{layer}: `{name}` must be an int or a pair of ints; got {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be an int or a pair of ints; got {_guard.plain(v)!r}")
     if min(v) < minimum:
-        raise ValueError(f"{layer}: `{name}` must be >= {minimum}; got {tuple(v)}")
+        raise ValueError(f"{layer}: `{name}` must be >= {minimum}; got {tuple(int(e) for e in v)}")
     return int(v[0]), int(v[1])
 
 
 def _positive_int(layer, name, v):
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{layer}: `{name}` must be an int; got {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be an int; got {_guard.plain(v)!r}")
     if v < 1:
         raise ValueError(f"{layer}: `{name}` must be >= 1; got {v}")
     return int(v)
 
 
-def check_size(layer, what, shape):
-    """Refuse, before allocating, a float32 array of `shape` larger than this machine's memory."""
-    nbytes = 4
+def check_size(layer, what, shape, bytes_per_element=4):
+    """Refuse, before allocating, arrays of `shape` that need more memory than this process can get."""
+    nbytes = bytes_per_element
     for d in shape:
         nbytes *= int(d)
-    if nbytes > _kernels._MEMORY:
-        raise ValueError(f"{layer}: {what} must fit in this machine's memory ({_kernels._MEMORY / 2**30:.3g} GiB); "
-                         f"got shape {tuple(shape)}, {nbytes} bytes")
+    _guard.check_memory(nbytes, f"{layer}: {what} of shape {_guard.short(tuple(int(d) for d in shape))}")
     return tuple(shape)
+
+
+def check_weight(layer, shape):
+    """check_size for a weight: its float32 data and gradient, and the float64 draw that
+    initializes it (numpy's generators make float64), 16 bytes per element at the peak."""
+    return check_size(layer, "`weight` (float32 data and gradient, float64 initial draw)", shape, 16)
 
 
 def check_input(layer, x, ranks, what="x"):
@@ -125,7 +129,7 @@ class Conv2d(Module):
         self.kernel_size = _pair(name, "kernel_size", kernel_size, 1)
         self.stride = _pair(name, "stride", stride, 1)
         self.padding = _conv_padding(padding, self.kernel_size, self.stride)
-        shape = check_size(name, "`weight`", (self.out_channels, self.in_channels) + self.kernel_size)
+        shape = check_weight(name, (self.out_channels, self.in_channels) + self.kernel_size)
         self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None
@@ -295,7 +299,7 @@ class Linear(Module):
         super().__init__()
         self.in_features = _positive_int("Linear", "in_features", in_features)
         self.out_features = _positive_int("Linear", "out_features", out_features)
-        shape = check_size("Linear", "`weight`", (self.out_features, self.in_features))
+        shape = check_weight("Linear", (self.out_features, self.in_features))
         self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)
         self._as_output, self._drawn = False, _fingerprint(self.weight.data)
@@ -376,14 +380,14 @@ class Flatten(Module):
 def check_real(layer, name, v, lo=-np.inf, hi=np.inf):
     """v as a float, or raise: a real number (not a bool), finite, in [lo, hi]."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{layer}: `{name}` must be a real number; got {type(v).__name__} {v!r}")
+        raise TypeError(f"{layer}: `{name}` must be a real number; got {type(v).__name__} {_guard.plain(v)!r}")
     try:
         f = float(v)
     except OverflowError:  # an int beyond the float range
         f = np.inf
     if not (np.isfinite(f) and lo <= f <= hi):
         bounds = (f" in [{lo:g}, {hi:g}]" if np.isfinite(hi) else f" >= {lo:g}") if np.isfinite(lo) else ""
-        raise ValueError(f"{layer}: `{name}` must be a finite number{bounds}; got {v!r}")
+        raise ValueError(f"{layer}: `{name}` must be a finite number{bounds}; got {_guard.plain(v)!r}")
     return f
 
 

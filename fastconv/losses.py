@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastconv._guard import plain
 from fastconv.layers import check_input
 
 REDUCTIONS = ("mean", "sum")
@@ -97,7 +98,7 @@ class MulticlassSVM(Loss):
     def __init__(self, margin: float = 1.0, squared: bool = False, reduction: str = "mean"):
         super().__init__(reduction)
         if not np.isfinite(margin):
-            raise ValueError(f"MulticlassSVM: `margin` must be a finite number; got {margin!r}")
+            raise ValueError(f"MulticlassSVM: `margin` must be a finite number; got {plain(margin)!r}")
         self.margin, self.squared = float(margin), bool(squared)
 
     def forward(self, scores, y) -> float:
@@ -128,7 +129,7 @@ def l2_penalty(model, reg: float, include_bias: bool = False) -> float:
     what the optimizers' ``weight_decay=reg`` applies (to every parameter).
     """
     if not np.isfinite(reg) or reg < 0:
-        raise ValueError(f"l2_penalty: `reg` must be a finite number >= 0; got {reg!r}")
+        raise ValueError(f"l2_penalty: `reg` must be a finite number >= 0; got {plain(reg)!r}")
     total = sum(float(np.sum(np.square(p.data, dtype=np.float64)))
                 for name, p in model.named_parameters() if include_bias or not name.endswith("bias"))
     return 0.5 * reg * total

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from fastconv import _guard
 
 
 class StateDictKeyError(KeyError, ValueError):
@@ -153,7 +154,8 @@ class Module:
         missing = [k for k in targets if k not in state_dict]
         unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
-            raise StateDictKeyError(f"load_state_dict: missing keys {missing}; unexpected keys {unexpected}")
+            raise StateDictKeyError(f"load_state_dict: missing keys {_guard.few(missing)}; "
+                                    f"unexpected keys {_guard.few(unexpected)}")
         values = {}
         for key, (module, name) in targets.items():
             if key not in state_dict:

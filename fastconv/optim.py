@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from fastconv._guard import plain
 from fastconv.module import Parameter
 
 
@@ -58,7 +59,7 @@ class Optimizer:
             if isinstance(v, (bool, tuple)):
                 continue
             if not isinstance(v, (int, float, np.floating, np.integer)) or not _finite(v) or v < 0:
-                raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {v!r}")
+                raise ValueError(f"{type(self).__name__}: `{key}` must be a finite number >= 0; got {plain(v)!r}")
 
     def _indexed(self):
         """(index, param, group) over all parameters; indices key the state, as PyTorch."""
@@ -101,26 +102,58 @@ class Optimizer:
                 "load_state_dict: the saved param groups have sizes "
                 f"{[len(g['params']) for g in groups]}; this optimizer has "
                 f"{[len(g['params']) for g in self.param_groups]}")
-        params = {i: p for i, p, _ in self._indexed()}
+        buffers_of = {id(mine): self._buffers_for(g, {**mine, **g}, j) for j, (g, mine) in
+                      enumerate(zip(groups, self.param_groups))}
+        params = {i: (p, buffers_of[id(group)]) for i, p, group in self._indexed()}
         new_state = {}
         for key, buffers in state_dict["state"].items():
-            i = int(key)
+            i = int(key) if isinstance(key, int) or (isinstance(key, str) and key.isdigit()) else None
             if i not in params:
-                raise ValueError(f"load_state_dict: state for parameter {i}, which does not exist")
+                raise ValueError(f"load_state_dict: state for parameter {key!r}, which does not exist")
+            p, kinds = params[i]
+            if not isinstance(buffers, dict) or (buffers and buffers.keys() != kinds.keys()):
+                names = sorted(buffers) if isinstance(buffers, dict) else buffers
+                raise ValueError(f"load_state_dict: the state of parameter {i} must have the buffers "
+                                 f"{sorted(kinds)} of {type(self).__name__}; got {names!r:.200}")
             new_state[i] = {}
             for name, value in buffers.items():
-                if np.ndim(value) == 0:  # a step count, saved as a number or a 0-d array
-                    value = np.asarray(value).item()
-                elif isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+                if not kinds[name]:  # a step count, saved as a number or a 0-d array
+                    value = np.asarray(value).item() if np.ndim(value) == 0 else value
+                    if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value) \
+                            or value < 0:
+                        raise ValueError(f"load_state_dict: {name!r} of parameter {i} must be a finite number "
+                                         f">= 0; got {value!r:.100}")
+                else:
                     value = np.array(value, dtype=np.float32, copy=True)
-                    if value.shape != params[i].data.shape:
+                    if value.shape != p.data.shape:
                         raise ValueError(
                             f"load_state_dict: buffer {name!r} of parameter {i} must have shape "
-                            f"{params[i].data.shape}; got {value.shape}")
+                            f"{p.data.shape}; got {value.shape}")
                 new_state[i][name] = value
         for mine, saved in zip(self.param_groups, groups):
             mine.update({k: v for k, v in saved.items() if k != "params"})
         self.state = new_state
+
+    def _buffers_for(self, saved: dict, merged: dict, j: int) -> dict:
+        """{buffer name: is an array} that this optimizer keeps per parameter with the settings
+        of ``merged``; the settings are checked as the constructor checks them.
+
+        Found by one step of a fresh optimizer of this type on a one-element parameter,
+        so every optimizer's own rule says which buffers it keeps."""
+        unknown = sorted(k for k in saved if k not in self.defaults and k not in ("params", "initial_lr"))
+        if unknown:
+            raise ValueError(f"load_state_dict: param group {j} has unknown settings {unknown!r:.200}")
+        initial = merged.get("initial_lr", 0.0)  # set by learning-rate schedules
+        if isinstance(initial, bool) or not isinstance(initial, (int, float)) or not _finite(initial) or initial < 0:
+            raise ValueError(f"load_state_dict: param group {j} `initial_lr` must be a finite number >= 0; "
+                             f"got {initial!r:.100}")
+        probe = Parameter(np.zeros(1, np.float32))
+        try:
+            fresh = type(self)([probe], **{k: merged[k] for k in self.defaults})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"load_state_dict: param group {j}: {str(e)[:300]}") from None
+        fresh.step()
+        return {name: isinstance(v, np.ndarray) and v.ndim > 0 for name, v in fresh.state.get(0, {}).items()}
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]

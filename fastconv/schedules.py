@@ -45,16 +45,40 @@ class _Stateful:
         return {k: v for k, v in self.__dict__.items() if k != "optimizer"}
 
     def load_state_dict(self, state: dict) -> None:
-        unknown = set(state) - set(self.state_dict())
+        """Restore the counters of :meth:`state_dict`; each value must be of the kind the
+        attribute holds now (a number of the same sign, the same string, a list as long)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: `state` must be a dict; got {type(state).__name__}")
+        current = self.state_dict()
+        unknown = set(state) - set(current)
         if unknown:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected keys {sorted(unknown)}")
-        changed = any(k in state and state[k] != getattr(self, k) for k in self._settings)
+            raise KeyError(f"{type(self).__name__}.load_state_dict: unexpected keys {sorted(unknown)!r:.200}")
+        for key, value in state.items():  # settings are this object's own: only compared, below
+            if key not in self._settings and not _same_kind(current[key], value):
+                raise ValueError(f"{type(self).__name__}.load_state_dict: `{key}` must be like {current[key]!r:.100} "
+                                 f"(same type, sign and length); got {value!r:.100}")
+        changed = any(k in state and state[k] != current[k] for k in self._settings)
         self.__dict__.update({k: v for k, v in state.items() if k not in self._settings})
         if changed:
             self._replan()
 
     def _replan(self) -> None:
         """After a load whose settings differ from this object's (none to do by default)."""
+
+
+def _same_kind(now, new) -> bool:
+    """Whether ``new`` may replace ``now`` in a schedule's state."""
+    if isinstance(now, bool) or isinstance(now, str):
+        return type(new) is type(now) and (isinstance(now, bool) or new == now)  # modes are fixed at construction
+    if isinstance(now, (int, float)):
+        if isinstance(new, bool) or not isinstance(new, (int, float)) or math.isnan(new):
+            return False
+        return math.isinf(now) or (math.isfinite(new) and (new >= 0) == (now >= 0))
+    if isinstance(now, list):
+        return isinstance(new, list) and len(new) == len(now) and all(map(_same_kind, now, new))
+    if now is None:
+        return new is None or _same_kind(0.0, new) or _same_kind(-1.0, new)
+    return False
 
 
 class LRScheduler(_Stateful):

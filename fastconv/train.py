@@ -322,6 +322,8 @@ class Trainer:
         self.history["iterations_per_epoch"] = math.ceil(len(train) / self.batch_size)
         if self.checkpoint_dir is not None:
             os.makedirs(self.checkpoint_dir, exist_ok=True)
+            for name in ("best", "last"):  # refused now, not after the first epoch
+                ckpt.refuse_symlink(os.path.join(self.checkpoint_dir, name))
         if self._dist is not None:
             self._dist.setup(self.model, len(train), self.batch_size)
         stopper = self.early_stopping
@@ -517,9 +519,9 @@ class Trainer:
         h["time"].append(time.perf_counter() - start)
         if self._writes_files():
             encoded = ckpt.dumps_json(self.history).encode()
-            if improved:  # best before last: a crash between them leaves a best no older than last's
-                self._save("best")
             self._save("last", encoded)
+            if improved:  # after last, which then holds the same weights: see _resume_best
+                self._save("best")
             self._save_history(encoded)
         if self.verbose:
             self.log(self._summary_line(epochs, metrics, lr, stats, improved))
@@ -611,8 +613,8 @@ class Trainer:
         except FileNotFoundError:
             raise FileNotFoundError(f"Trainer.fit: resume=True but there is no checkpoint {last} to resume from "
                                     "(no epoch finished yet?)") from None
-        with open(os.path.join(info["folder"], "history.json"), encoding="utf-8") as f:
-            history = ckpt.loads_json(f.read())
+        history = ckpt.read_json(last, info["folder"], "history.json")
+        _check_resume_state(last, info["meta"], history)
         state = ckpt.load_checkpoint(last, self.model, self.optimizer, self.scheduler)
         if state["batch_size"] != self.batch_size:
             raise ValueError(f"Trainer.fit: the run to resume used batch_size {state['batch_size']}; "
@@ -629,7 +631,85 @@ class Trainer:
         init.generator().bit_generator.state = state["rng"]["init"]
         self._best_state = None
         if self.best_epoch is not None:
-            self._best_state = ckpt.load_weights(os.path.join(self.checkpoint_dir, "best"))
+            self._best_state = self._resume_best()
+
+    def _resume_best(self) -> dict:
+        """The best epoch's weights, as ``last`` names them; repairs ``best`` after a crash.
+
+        ``last`` is written before ``best``, so a crash between the two leaves
+        a ``last`` whose best epoch is its own epoch and an older ``best``:
+        then ``last``'s weights (in the model now) are the best ones, and
+        ``best`` is written again from them."""
+        best = os.path.join(self.checkpoint_dir, "best")
+        try:
+            saved = ckpt.read_metadata(best)["meta"].get("epoch")
+        except FileNotFoundError:
+            saved = None
+        if saved == self.best_epoch:
+            return ckpt.load_weights(best, self.model)
+        if self.best_epoch != self.epoch:
+            raise ckpt.CheckpointError(f"checkpoint {best} holds epoch {saved}; the run's last checkpoint "
+                                       f"names epoch {self.best_epoch} as the best")
+        self._save("best")
+        return self.model.state_dict()
+
+
+def _is_int(v, lo: int, hi: int | None = None) -> bool:
+    return type(v) is int and lo <= v and (hi is None or v <= hi)
+
+
+def _is_number(v) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+_PER_EPOCH = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "time")
+
+
+def _check_resume_state(path: str, meta: dict, history) -> None:
+    """Every field of a ``last`` checkpoint that resuming reads has the type, range and
+    meaning a run writes (a tampered file is refused naming the field, before anything changes)."""
+    def need(where, value, ok, expected):
+        ckpt.require(path, where, value, ok, expected)
+
+    epoch = meta.get("epoch")
+    need("checkpoint.json `meta.epoch`", epoch, _is_int(epoch, 1), "an int >= 1")
+    need("checkpoint.json `meta.iteration`", meta.get("iteration"), _is_int(meta.get("iteration"), 0), "an int >= 0")
+    need("checkpoint.json `meta.batch_size`", meta.get("batch_size"), _is_int(meta.get("batch_size"), 1),
+         "an int >= 1")
+    best_epoch, best_metric = meta.get("best_epoch"), meta.get("best_metric")
+    need("checkpoint.json `meta.best_epoch`", best_epoch, best_epoch is None or _is_int(best_epoch, 1, epoch),
+         f"null or an int in [1, {epoch}]")
+    need("checkpoint.json `meta.best_metric`", best_metric,
+         _is_number(best_metric) if best_epoch is not None else best_metric is None,
+         "a finite number (null when there is no best epoch)")
+    stop = meta.get("early_stopping")
+    need("checkpoint.json `meta.early_stopping`", stop, stop is None or (
+        isinstance(stop, dict) and (stop.get("best") is None or _is_number(stop.get("best")))
+        and _is_int(stop.get("num_bad_epochs"), 0, epoch) and type(stop.get("should_stop")) is bool),
+        f"null or {{best: a number or null, num_bad_epochs: an int in [0, {epoch}], should_stop: a bool}}")
+    rng = meta.get("rng")
+    need("checkpoint.json `meta.rng`", rng, isinstance(rng, dict) and {"shuffle", "init"} <= rng.keys(),
+         "{shuffle, init}: bit-generator states")
+    for name in ("shuffle", "init"):
+        try:
+            np.random.default_rng().bit_generator.state = rng[name]
+            ok = True
+        except (TypeError, ValueError, KeyError, OverflowError):
+            ok = False
+        need(f"checkpoint.json `meta.rng.{name}`", rng[name], ok, "a PCG64 bit-generator state")
+    need("history.json", history, isinstance(history, dict) and _new_history().keys() <= history.keys(),
+         f"an object with the keys {sorted(_new_history())}")
+    for key in _PER_EPOCH:
+        values = history[key]
+        need(f"history.json `{key}`", values, isinstance(values, list) and len(values) == epoch
+             and all(v is None or _is_number(v) for v in values), f"a list of {epoch} numbers (one per epoch)")
+    need("history.json `epoch`", history["epoch"], history["epoch"] == list(range(1, epoch + 1)),
+         f"[1, ..., {epoch}]")
+    need("history.json `iteration_loss`", history["iteration_loss"], isinstance(history["iteration_loss"], list)
+         and all(_is_number(v) for v in history["iteration_loss"]), "a list of finite numbers")
+    need("history.json `stats`", history["stats"], isinstance(history["stats"], list), "a list")
+    for key, value in (("best_epoch", best_epoch), ("best_metric", best_metric)):
+        need(f"history.json `{key}`", history[key], history[key] == value, f"{value} (as checkpoint.json says)")
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -702,6 +782,13 @@ def resolve_arch(arch: str, num_classes: int) -> str:
     return ARCHS[arch].format(classes=num_classes) if arch in ARCHS else arch
 
 
+def _check_sizes(token: str, *sizes) -> None:
+    """Before any size arithmetic: a zero stride or kernel would divide by zero."""
+    for name, v in sizes:
+        if v < 1:
+            raise ValueError(f"arch: {token!r}: the {name} must be >= 1; got {v}")
+
+
 def build_model(arch: str, input_shape, num_classes: int | None = None, dropout: float = 0.0) -> Sequential:
     """A :class:`Sequential` from a built-in name or a spec string (see ``SPEC_HELP``).
 
@@ -732,6 +819,7 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
         if kind == "conv":
             out, k = int(m[1]), int(m[2])
             s, p = int(m[3] or 1), int(m[4] or 0)
+            _check_sizes(token, ("filters", out), ("kernel size", k), ("stride", s))
             h, w = (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1
             if h < 1 or w < 1 or out < 1 or k < 1 or s < 1:
                 raise ValueError(f"arch: {token!r} does not fit its input of shape {shape} (kernel {k}, padding {p})")
@@ -740,6 +828,7 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
         elif kind in ("pool", "avgpool"):
             k = int(m[1])
             s = int(m[2] or k)
+            _check_sizes(token, ("kernel size", k), ("stride", s))
             h, w = (shape[1] - k) // s + 1, (shape[2] - k) // s + 1
             if h < 1 or w < 1 or k < 1 or s < 1:
                 raise ValueError(f"arch: {token!r} does not fit its input of shape {shape}")
@@ -781,9 +870,37 @@ def load_model(path) -> tuple[Sequential, dict]:
     """
     info = ckpt.read_metadata(path)
     user = info["meta"].get("user") or {}
+    _check_user_meta(path, user)
     if "arch" not in user or "input_shape" not in user:
         raise ckpt.CheckpointError(f"checkpoint {os.fspath(path)} does not say how to rebuild its model (no arch); "
                                    "build the model in Python and use fastconv.checkpoint.load_checkpoint")
     model = build_model(user["arch"], user["input_shape"], len(user["classes"]), user.get("dropout", 0.0))
     ckpt.load_checkpoint(path, model)
     return model.eval(), info["meta"]
+
+
+def _check_user_meta(path, user) -> None:
+    """The fields ``fastconv train`` stores under meta.user, as far as they are present."""
+    def need(key, ok, expected):
+        ckpt.require(os.fspath(path), f"checkpoint.json `meta.user{'.' + key if key else ''}`",
+                     user.get(key) if key else user, ok, expected)
+
+    need("", isinstance(user, dict), "an object")
+    checks = {
+        "arch": (lambda v: isinstance(v, str) and v.strip() != "", "an architecture spec string"),
+        "input_shape": (lambda v: isinstance(v, list) and 1 <= len(v) <= 3 and all(_is_int(d, 1, 2**31) for d in v),
+                        "a list of 1 to 3 ints >= 1"),
+        "classes": (lambda v: isinstance(v, list) and 1 <= len(v) <= 2**20 and all(isinstance(c, str) for c in v),
+                    "a list of class names (strings)"),
+        "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "normalization": (lambda v: isinstance(v, dict) and all(
+            isinstance(v.get(k), list) and all(_is_number(x) for x in v[k]) for k in ("mean", "std"))
+            and len(v["mean"]) == len(v["std"]) and all(x > 0 for x in v["std"]),
+            "{mean, std}: lists of finite numbers of one length, std > 0"),
+        "data": (lambda v: isinstance(v, str), "a data set name or path"),
+        "data_dir": (lambda v: v is None or isinstance(v, str), "null or a folder path"),
+        "val_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in user:
+            need(key, ok(user[key]), expected)

@@ -164,7 +164,7 @@ def test_bad_options(capsys):
             compare.run(p.parse_args(argv + ["--list"]), out=io.StringIO())
     # Bad numbers are usage errors: argparse exits with code 2 and names the option.
     for argv, match in [(["--reps", "0"], "--reps: must be >= 1; got 0"),
-                        (["--turn-ms", "-1"], "--turn-ms: must be a finite number >= 0"),
+                        (["--turn-ms", "-1"], "--turn-ms: must be a finite number > 0; got -1"),
                         (["--threads", "a"], "--threads: must be comma-separated whole numbers"),
                         (["--threads", "2,0"], "--threads: must be >= 1; got '2,0'")]:
         with pytest.raises(SystemExit) as e:

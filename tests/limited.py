@@ -1,0 +1,91 @@
+"""Run a child Python under an address-space limit and a time limit, and measure it.
+
+The hostile-input tests open each crafted file in a child process: a file
+that makes fastconv allocate gigabytes or loop for minutes then shows as a
+MemoryError, a kill or a timeout in the child, not as a stuck test run. The
+child's peak RSS comes from wait4, so it is that child's alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import resource
+except ImportError:  # not POSIX: the tests that need this skip
+    resource = None
+
+MEMORY = 1536 * 2**20  # RLIMIT_AS of the child: far below what the unfixed loaders asked for
+TIMEOUT = 60.0         # the child is killed after this; the tests assert far less
+CLI = "import sys\nfrom fastconv.cli import main\nsys.exit(main(sys.argv[1:]))"
+# Calls one expression (e.g. a loader) and reports its exception as one line, as the CLI does.
+CALL = ("import sys\nimport fastconv.data as D\nfrom fastconv import checkpoint as C\ntry:\n"
+        "    result = eval(sys.argv[1])\nexcept Exception as e:\n"
+        "    print(f'{type(e).__name__}: {e}', file=sys.stderr)\n    sys.exit(1)\nprint('ok', type(result).__name__)")
+
+
+@dataclasses.dataclass
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+    peak_rss: int      # bytes
+    seconds: float
+    timed_out: bool
+
+    def error_line(self) -> str:
+        """The one line on stderr, asserting there is exactly one and no traceback."""
+        lines = self.stderr.strip().splitlines()
+        assert "Traceback" not in self.stderr and len(lines) == 1, self.stderr[-3000:]
+        return lines[0]
+
+
+def run_limited(args, cwd, memory: int = MEMORY, timeout: float = TIMEOUT, env=None) -> Outcome:
+    """``python ARGS`` in ``cwd`` with RLIMIT_AS = ``memory``, killed after ``timeout`` seconds."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    env = dict(os.environ, OMP_WAIT_POLICY="passive", **(env or {}))
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=out, stderr=err, env=env,
+                                preexec_fn=limit)
+        timed_out = False
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - start > timeout:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                timed_out = True
+                break
+            time.sleep(0.01)
+        seconds = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
+                       usage.ru_maxrss * 1024, seconds, timed_out)
+
+
+@contextlib.contextmanager
+def address_space_limit(extra: int):
+    """Lower this process's soft RLIMIT_AS to what it maps now plus ``extra`` bytes for
+    the block (then restore it), so that an in-process test of a loader that regresses
+    gets a MemoryError instead of exhausting the host."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        mapped = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    limit = mapped + extra if hard == resource.RLIM_INFINITY else min(hard, mapped + extra)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
