@@ -2,8 +2,11 @@
 
 The hostile-input tests open each crafted file in a child process: a file
 that makes fastconv allocate gigabytes or loop for minutes then shows as a
-MemoryError, a kill or a timeout in the child, not as a stuck test run. The
-child's peak RSS comes from wait4, so it is that child's alone.
+MemoryError, a kill or a timeout in the child, not as a stuck test run.
+
+The child's peak RSS is its own VmHWM, written at exit: wait4's ru_maxrss
+would also count the pages it shared with this (large) process between fork
+and exec. A child killed before it could write falls back to ru_maxrss.
 """
 
 from __future__ import annotations
@@ -23,6 +26,12 @@ except ImportError:  # not POSIX: the tests that need this skip
 
 MEMORY = 1536 * 2**20  # RLIMIT_AS of the child: far below what the unfixed loaders asked for
 TIMEOUT = 60.0         # the child is killed after this; the tests assert far less
+# Prepended to a child's -c code: at exit, write VmHWM (the peak RSS since exec) to $FASTCONV_PEAK_FILE.
+_PEAK = ("import atexit as _a, os as _o\n"
+         "def _peak():\n"
+         "    with open('/proc/self/status') as f, open(_o.environ['FASTCONV_PEAK_FILE'], 'w') as out:\n"
+         "        out.write(next(l.split()[1] for l in f if l.startswith('VmHWM:')))\n"
+         "_a.register(_peak)\n")
 CLI = "import sys\nfrom fastconv.cli import main\nsys.exit(main(sys.argv[1:]))"
 # Calls one expression (e.g. a loader) and reports its exception as one line, as the CLI does.
 CALL = ("import sys\nimport fastconv.data as D\nfrom fastconv import checkpoint as C\ntry:\n"
@@ -51,11 +60,14 @@ def run_limited(args, cwd, memory: int = MEMORY, timeout: float = TIMEOUT, env=N
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
-    env = dict(os.environ, OMP_WAIT_POLICY="passive", **(env or {}))
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    args = [str(a) for a in args]
+    if args[0] == "-c":
+        args[1] = _PEAK + args[1]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".peak") as peak:
+        env = dict(os.environ, OMP_WAIT_POLICY="passive", FASTCONV_PEAK_FILE=peak.name, **(env or {}))
         start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, *map(str, args)], cwd=cwd, stdout=out, stderr=err, env=env,
-                                preexec_fn=limit)
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=out, stderr=err, env=env, preexec_fn=limit)
         timed_out = False
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -71,8 +83,9 @@ def run_limited(args, cwd, memory: int = MEMORY, timeout: float = TIMEOUT, env=N
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
         out.seek(0)
         err.seek(0)
+        written = peak.read().strip()
         return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                       usage.ru_maxrss * 1024, seconds, timed_out)
+                       (int(written) if written.isdigit() else usage.ru_maxrss) * 1024, seconds, timed_out)
 
 
 @contextlib.contextmanager
