@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import math
@@ -199,7 +200,19 @@ def _set_threads(n):
 
 
 def _makedirs(path: str) -> None:
-    """os.makedirs without its recursion, which a path thousands of folders deep exhausts."""
+    """os.makedirs without its recursion, which a path thousands of folders deep exhausts;
+    a path the system cannot hold is refused before any folder of it is made."""
+    full = os.fsencode(os.path.abspath(path))
+    most = {}
+    for name, default in (("PC_PATH_MAX", 4096), ("PC_NAME_MAX", 255)):
+        try:
+            most[name] = os.pathconf("/", name)
+        except (AttributeError, ValueError, OSError):  # not POSIX
+            most[name] = default
+    longest = max(len(part) for part in full.split(b"/"))
+    if len(full) >= most["PC_PATH_MAX"] or longest > most["PC_NAME_MAX"]:
+        raise OSError(errno.ENAMETOOLONG, f"File name too long (the path has {len(full)} bytes, at most "
+                      f"{most['PC_PATH_MAX'] - 1}; its longest name {longest}, at most {most['PC_NAME_MAX']})")
     missing = []
     while path and not os.path.isdir(path):
         missing.append(path)

@@ -289,6 +289,8 @@ def read_idx(path) -> np.ndarray:
             header = 4 + 4 * ndim
             dims = struct.unpack(f">{ndim}I", _read_exactly(stream, 4 * ndim, path, "header"))
             expected = math.prod(dims) * dtype.itemsize
+            if math.prod(max(d, 1) for d in dims) >= 2**48:  # numpy refuses such a shape even when a dim is 0
+                raise DataError(f"{path}: IDX shape {dims} has more than 2**48 elements")
             if not gzipped and size - header != expected:
                 raise DataError(f"{path}: IDX data of shape {dims} needs {expected} bytes; "
                                 f"the file has {size - header}")
