@@ -25,10 +25,12 @@ needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed
 OPENMP = _kernels.build_info()["openmp"]
 
 
-def run_python(code, cwd, env=None, prefix=(), timeout=600):
-    """Run `code` in a fresh interpreter; return the JSON object it prints last."""
+def run_python(code, cwd, env=None, prefix=(), timeout=600, inherit=True):
+    """Run `code` in a fresh interpreter (environment: this one's updated by `env`, or
+    `env` alone when not `inherit`); return the JSON object it prints last."""
+    env = dict(os.environ, **(env or {})) if inherit else env
     r = subprocess.run([*prefix, sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, capture_output=True,
-                       text=True, timeout=timeout, env=dict(os.environ, **(env or {})), check=False)
+                       text=True, timeout=timeout, env=env, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -213,12 +215,14 @@ def test_runs_on_a_cpu_without_avx(tmp_path):
     fastconv picks the generic path by itself, every native kernel matches its twin
     (`fastconv info`'s self-test), and a network trains a step with the "check" backend.
     The per-ISA runs of the kernel tests are the `isa_threads` fixture's job."""
+    # "picks by itself": an FASTCONV_ISA of the host's run (e.g. avx2) would be refused there
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_ISA"}
     out = run_python("import sys\nimport fastconv as fc\n" + textwrap.dedent(CHECK_RESULTS), tmp_path,
-                     prefix=(QEMU, "-cpu", "Westmere"))
+                     prefix=(QEMU, "-cpu", "Westmere"), env=env, inherit=False)
     assert out["isa"] == "generic" and out["shape"] == [3, 4]
     script = shutil.which("fastconv", path=os.path.dirname(sys.executable))
     r = subprocess.run([QEMU, "-cpu", "Westmere", sys.executable, script, "info"], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=600, check=False)
+                       capture_output=True, text=True, timeout=600, check=False, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = dict(line.split(None, 1) for line in r.stdout.splitlines() if " " in line)
     assert lines["isa"] == "generic" and lines["supported_isas"] == "['generic']", r.stdout
