@@ -62,8 +62,11 @@ static void fill_tables(void)
 {
     fc_ctx_init_ref(&tables[FC_ISA_GENERIC]);
 #ifdef FC_X86_KERNELS
-    fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
-    fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
+    /* These are compiled with their folder's ISA flags, so the compiler may use
+     * that ISA's instructions in them (struct copies, stores): they run only on a
+     * CPU that has it. An ISA the CPU lacks keeps a zeroed table. */
+    if (fc_isa_supported(FC_ISA_AVX2)) fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
+    if (fc_isa_supported(FC_ISA_AVX512)) fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
 #endif
 }
 
