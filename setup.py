@@ -48,7 +48,10 @@ OPENMP_TEST = textwrap.dedent(
 
 
 def _c_sources():
-    sources = sorted(glob.glob("csrc/*.c")) + sorted(glob.glob("csrc/kernels/generic/*.c"))
+    """The op code (csrc/ and its folders but kernels/), the reference kernels (kernels/ref/),
+    and on x86 each ISA folder of ISA_FLAGS; elsewhere only the reference table is built."""
+    op_code = [f for f in glob.glob("csrc/**/*.c", recursive=True) if not f.startswith("csrc/kernels/")]
+    sources = sorted(op_code) + sorted(glob.glob("csrc/kernels/ref/*.c"))
     if X86:
         for isa in ISA_FLAGS:
             sources += sorted(glob.glob(f"csrc/kernels/{isa}/*.c"))

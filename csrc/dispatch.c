@@ -1,7 +1,11 @@
 /* Run-time ISA choice: detected once at import, overridable (FASTCONV_ISA is
- * read by the Python side, which calls fc_isa_set after checking support). */
+ * read by the Python side, which calls fc_isa_set after checking support),
+ * and the ISA tables (kernels/ctx.h) the op code reads its kernels from.
+ * This and csrc/kernels/ are the only places that know which ISAs exist. */
+#include <pthread.h>
+
 #include "fastconv.h"
-#include "kernels/gemm_ukernel.h"
+#include "kernels/ctx.h"
 
 #ifndef FC_BUILD_FLAGS
 #define FC_BUILD_FLAGS "unknown"
@@ -11,17 +15,6 @@
 #endif
 
 static const char *const isa_names[FC_ISA_COUNT] = {"generic", "avx2", "avx512"};
-
-static const fc_gemm_kernel *isa_kernel(int isa)
-{
-    switch (isa) {
-#ifdef FC_X86_KERNELS
-    case FC_ISA_AVX512: return &fc_gemm_kernel_avx512;
-    case FC_ISA_AVX2: return &fc_gemm_kernel_avx2;
-#endif
-    default: return &fc_gemm_kernel_generic;
-    }
-}
 
 static int current_isa = -1;
 
@@ -60,12 +53,35 @@ int fc_isa_get(void)
 
 void fc_isa_set(int isa) { current_isa = isa; }
 
-const fc_gemm_kernel *fc_gemm_kernel_current(void) { return isa_kernel(fc_isa_get()); }
+/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c); an ISA this
+ * build does not have keeps a zeroed table (name NULL). */
+static fc_ctx tables[FC_ISA_COUNT];
+static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
+static void fill_tables(void)
+{
+    fc_ctx_init_ref(&tables[FC_ISA_GENERIC]);
+#ifdef FC_X86_KERNELS
+    /* These are compiled with their folder's ISA flags, so the compiler may use
+     * that ISA's instructions in them (struct copies, stores): they run only on a
+     * CPU that has it. An ISA the CPU lacks keeps a zeroed table. */
+    if (fc_isa_supported(FC_ISA_AVX2)) fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
+    if (fc_isa_supported(FC_ISA_AVX512)) fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
+#endif
+}
+
+const fc_ctx *fc_ctx_of(int isa)
+{
+    pthread_once(&tables_once, fill_tables);
+    const int built = isa >= 0 && isa < FC_ISA_COUNT && tables[isa].name != NULL;
+    return &tables[built ? isa : FC_ISA_GENERIC];
+}
+
+const fc_ctx *fc_ctx_current(void) { return fc_ctx_of(fc_isa_get()); }
 
 void fc_isa_blocksizes(int isa, fc_int out[5])
 {
-    const fc_gemm_kernel *k = isa_kernel(isa);
+    const fc_gemm_kernel *k = fc_ctx_of(isa)->gemm;
     out[0] = k->mr; out[1] = k->nr; out[2] = k->mc; out[3] = k->kc; out[4] = k->nc;
 }
 

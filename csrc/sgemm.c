@@ -1,6 +1,7 @@
 /* Single-precision GEMM, laid out like BLIS/GotoBLAS: this file holds the
  * blocking, the packing and the threading; the micro-kernels and their block
- * sizes live in csrc/kernels/<isa>/ behind csrc/kernels/gemm_ukernel.h.
+ * sizes live in csrc/kernels/<isa>/ behind csrc/kernels/gemm_ukernel.h, and
+ * the ISA's table (csrc/kernels/ctx.h) says which run.
  *
  * The five loops around the micro-kernel, for a C that one thread computes:
  *
@@ -50,7 +51,7 @@
 
 #include "fastconv.h"
 #include "fc_omp.h"
-#include "kernels/gemm_ukernel.h"
+#include "kernels/ctx.h"
 
 /* ---- per-thread workspace ------------------------------------------------ */
 
@@ -157,38 +158,8 @@ static gemm_problem sub_problem(const gemm_problem *g, fc_int i0, fc_int i1, fc_
  * contiguous in memory.
  *
  * rs == 1 (B not transposed, A transposed): the R values of a sliver for one
- * p are contiguous. The source is walked one p (a memory row) at a time,
- * scattering it over all slivers, so it is read as a sequential stream: one
- * sliver at a time would jump a whole row stride every p, a cache and TLB miss
- * each that the prefetcher cannot see coming. Inlined with a constant R (see
- * pack_slivers), the R-float copy is a few vector moves; with R known only at
- * run time GCC makes it a memcpy call per sliver and p, slower than the
- * multiply-adds it feeds. */
-
-/* How many memory rows ahead pack_contiguous asks for the next rows. */
-#define PACK_PREFETCH_ROWS 4
-
-static inline __attribute__((always_inline)) void pack_contiguous(fc_int rows, fc_int kc, int R,
-                                                                 const float *src, fc_int cs,
-                                                                 float *restrict dst)
-{
-    const fc_int full = rows / R, h = rows % R;
-    if (h > 0) memset(dst + full * R * kc, 0, sizeof(float) * R * kc); /* the edge sliver's padding */
-    for (fc_int p = 0; p < kc; p++) {
-        const float *s = src + p * cs;
-        float *d = dst + p * R;
-        /* Rows are far apart (often a multiple of 4 KiB), so the hardware
-         * prefetcher does not see the next one coming: ask for it a few rows
-         * ahead, which keeps several rows' cache misses in flight. */
-        if (p + PACK_PREFETCH_ROWS < kc)
-            for (fc_int off = 0; off < rows; off += 64 / (fc_int)sizeof(float))
-                __builtin_prefetch(s + PACK_PREFETCH_ROWS * cs + off);
-        for (fc_int q = 0; q < full; q++, s += R, d += R * kc)
-#pragma GCC unroll 64
-            for (int i = 0; i < R; i++) d[i] = s[i];
-        for (fc_int i = 0; i < h; i++) d[i] = s[i];
-    }
-}
+ * p are contiguous, and the kernel table's own packer (pack_mr, pack_nr in
+ * kernels/pack.h, compiled with R constant) copies them. */
 
 /* Four floats as one value, for the 4 x 4 transposes of pack_strided. GNU C
  * vector extensions (GCC, clang) compile to the baseline SIMD of the target
@@ -244,25 +215,14 @@ static void pack_strided(fc_int rows, fc_int kc, int R, const float *src, fc_int
     }
 }
 
-static void pack_slivers(fc_int rows, fc_int kc, int R, const float *src, fc_int rs, fc_int cs,
-                         float *restrict dst)
+/* contiguous: the table's packer for this R (pack_mr or pack_nr). */
+static void pack_slivers(fc_int rows, fc_int kc, int R, fc_pack_fn *contiguous, const float *src,
+                         fc_int rs, fc_int cs, float *restrict dst)
 {
-    if (rs != 1) {
+    if (rs != 1)
         pack_strided(rows, kc, R, src, rs, dst);
-        return;
-    }
-    switch (R) { /* the register-tile sizes of the kernel tables, and a fallback */
-    case 4: pack_contiguous(rows, kc, 4, src, cs, dst); break;
-    case 6: pack_contiguous(rows, kc, 6, src, cs, dst); break;
-    case 8: pack_contiguous(rows, kc, 8, src, cs, dst); break;
-    case 12: pack_contiguous(rows, kc, 12, src, cs, dst); break;
-    case 16: pack_contiguous(rows, kc, 16, src, cs, dst); break;
-    case 24: pack_contiguous(rows, kc, 24, src, cs, dst); break;
-    case 32: pack_contiguous(rows, kc, 32, src, cs, dst); break;
-    case 48: pack_contiguous(rows, kc, 48, src, cs, dst); break;
-    case 64: pack_contiguous(rows, kc, 64, src, cs, dst); break;
-    default: pack_contiguous(rows, kc, R, src, cs, dst); break;
-    }
+    else
+        contiguous(rows, kc, src, cs, dst);
 }
 
 /* ---- one thread's GEMM: the five loops ----------------------------------- */
@@ -330,15 +290,16 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
             const float beta = pc == 0 ? g->beta : 1.0f;
             for (fc_int ic = 0; ic < g->m; ic += MC) {
                 const fc_int mc = min_i(MC, g->m - ic);
-                pack_slivers(mc, kc, (int)MR, op_at(g->a, g->lda, g->ta, ic, pc), a_rs, a_cs, ap);
+                pack_slivers(mc, kc, (int)MR, kr->pack_mr, op_at(g->a, g->lda, g->ta, ic, pc), a_rs,
+                             a_cs, ap);
                 for (fc_int jb = 0; jb < nc; jb += NB) {
                     const fc_int nb = min_i(NB, nc - jb);
                     float *bpj = one_pass ? bp : bp + jb * kc;
                     if (ic == 0 && g->bsrc)
                         g->bsrc->pack(g->bsrc->ctx, g->bp0 + pc, kc, g->bj0 + jc + jb, nb, (int)NR, bpj);
                     else if (ic == 0)
-                        pack_slivers(nb, kc, (int)NR, op_at(g->b, g->ldb, g->tb, pc, jc + jb), b_js, b_ps,
-                                     bpj);
+                        pack_slivers(nb, kc, (int)NR, kr->pack_nr, op_at(g->b, g->ldb, g->tb, pc, jc + jb),
+                                     b_js, b_ps, bpj);
                     for (fc_int jr = 0; jr < nb; jr += NR)
                         for (fc_int ir = 0; ir < mc; ir += MR) {
                             float *ct = g->c + (ic + ir) * g->ldc + jc + jb + jr;
@@ -510,7 +471,7 @@ int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float al
             for (fc_int j = 0; j < n; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
         return 0;
     }
-    const fc_gemm_kernel *kr = fc_gemm_kernel_current();
+    const fc_gemm_kernel *kr = fc_ctx_current()->gemm;
     const gemm_problem g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc,
                             NULL, 0, 0, NULL, 0};
     if (nthreads < 1) nthreads = 1;
@@ -530,7 +491,7 @@ int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, con
         tile_epilogue(c, ldc, m, n, bias, relu);
         return 0;
     }
-    const fc_gemm_kernel *kr = fc_gemm_kernel_current();
+    const fc_gemm_kernel *kr = fc_ctx_current()->gemm;
     const gemm_problem g = {0, 0, m, n, k, 1.0f, 0.0f, a, b, c, lda, ldb, ldc,
                             bsrc, 0, 0, bias, relu};
     if (nthreads <= 1) return gemm_serial(kr, &g);

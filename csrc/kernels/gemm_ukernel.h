@@ -23,6 +23,9 @@
  * reads or writes C outside the m x n corner. A kernel keeps no state: it is
  * called from several threads at once.
  *
+ * Each ISA's kernel is one fc_gemm_kernel in kernels/<isa>/gemm_<isa>.c,
+ * registered in that ISA's context (kernels/ctx.h).
+ *
  * Block sizes: sgemm.c packs an MC x KC block of op(A) for L2, a KC x NC
  * block of op(B) for L3, and walks it in kc x NR slivers that should stay in
  * L1 while every MR x kc sliver of A streams past. MC must be a multiple of
@@ -44,20 +47,26 @@ typedef void fc_gemm_ukr_fused(fc_int kc, float alpha, const float *a, const flo
                                float beta, float *c, fc_int ldc, fc_int m, fc_int n,
                                const float *bias, int relu);
 
+/* The packers whose sliver width is the register tile's, compiled with it
+ * as a constant (kernels/pack.h), so that each sliver row is a few vector
+ * moves; with the width known only at run time GCC makes it a memcpy call
+ * per row. pack: rows x kc elements src[r + p * cs] into slivers of R = MR
+ * (pack_mr) or NR (pack_nr) rows, dst[(r / R) * R * kc + p * R + r % R],
+ * zero past `rows` (the contiguous case of sgemm.c's pack_slivers). deal:
+ * one row p of B, src[0, nb), into the NR-slivers at dst[(j / NR) * NR *
+ * kc + j % NR], zero past nb (implicit im2col's packer, conv2d.c). */
+typedef void fc_pack_fn(fc_int rows, fc_int kc, const float *src, fc_int cs, float *dst);
+typedef void fc_deal_fn(const float *src, fc_int nb, fc_int kc, float *dst);
+
 typedef struct {
     const char *name;
     int mr, nr;           /* register tile */
     fc_int mc, kc, nc;    /* cache blocks: A block mc x kc (L2), B sliver kc x nr (L1), B block kc x nc (L3) */
     fc_gemm_ukr *ukr;
     fc_gemm_ukr_fused *ukr_fused; /* may be NULL: sgemm.c then runs the epilogue itself */
+    fc_pack_fn *pack_mr, *pack_nr;
+    fc_deal_fn *deal_nr;
 } fc_gemm_kernel;
-
-/* One per ISA, each defined in csrc/kernels/<isa>/ next to its micro-kernel. */
-extern const fc_gemm_kernel fc_gemm_kernel_generic;
-#ifdef FC_X86_KERNELS
-extern const fc_gemm_kernel fc_gemm_kernel_avx2;
-extern const fc_gemm_kernel fc_gemm_kernel_avx512;
-#endif
 
 /* Put before a loop over the register tile (its rows, the vectors of a row)
  * in a micro-kernel. Fully unrolled early, such loops index the accumulator
@@ -65,8 +74,5 @@ extern const fc_gemm_kernel fc_gemm_kernel_avx512;
  * otherwise keeps it in memory and stores it on every k step, at a third of
  * the speed. */
 #define FC_UNROLL_TILE _Pragma("GCC unroll 32")
-
-/* The kernel of the ISA picked at run time (dispatch.c). */
-const fc_gemm_kernel *fc_gemm_kernel_current(void);
 
 #endif

@@ -20,6 +20,7 @@
 #include <immintrin.h>
 
 #include "kernels/gemm_ukernel.h"
+#include "kernels/pack.h"
 
 #define MR 4
 #define NR 24
@@ -139,4 +140,7 @@ static void ukr_avx2_fused(fc_int kc, float alpha, const float *restrict a, cons
 #define NC 4080
 _Static_assert(MC % MR == 0 && NC % NR == 0, "cache blocks hold whole register tiles");
 
-const fc_gemm_kernel fc_gemm_kernel_avx2 = {"avx2", MR, NR, MC, KC, NC, ukr_avx2, ukr_avx2_fused};
+FC_GEMM_PACKERS(MR, NR)
+
+const fc_gemm_kernel fc_gemm_kernel_avx2 = {"avx2", MR, NR, MC, KC, NC, ukr_avx2, ukr_avx2_fused,
+                                           pack_mr, pack_nr, deal_nr};

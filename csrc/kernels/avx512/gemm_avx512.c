@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include "kernels/gemm_ukernel.h"
+#include "kernels/pack.h"
 
 #define MR 8
 #define NR 48
@@ -104,4 +105,7 @@ static void ukr_avx512(fc_int kc, float alpha, const float *restrict a, const fl
 #define NC 4080
 _Static_assert(MC % MR == 0 && NC % NR == 0, "cache blocks hold whole register tiles");
 
-const fc_gemm_kernel fc_gemm_kernel_avx512 = {"avx512", MR, NR, MC, KC, NC, ukr_avx512};
+FC_GEMM_PACKERS(MR, NR)
+
+const fc_gemm_kernel fc_gemm_kernel_avx512 = {"avx512", MR, NR, MC, KC, NC, ukr_avx512, NULL,
+                                             pack_mr, pack_nr, deal_nr};

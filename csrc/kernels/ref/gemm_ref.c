@@ -7,6 +7,7 @@
  * x86-64's baseline SSE2 (29 GFLOP/s on a Zen 3 core, against 23 for 6 x 8
  * and 5 without the unrolling, which keeps the tile in memory). */
 #include "kernels/gemm_ukernel.h"
+#include "kernels/pack.h"
 
 #define MR 4
 #define NR 16
@@ -36,4 +37,7 @@ static void ukr_generic(fc_int kc, float alpha, const float *restrict a, const f
 #define NC 4096
 _Static_assert(MC % MR == 0 && NC % NR == 0, "cache blocks hold whole register tiles");
 
-const fc_gemm_kernel fc_gemm_kernel_generic = {"generic", MR, NR, MC, KC, NC, ukr_generic};
+FC_GEMM_PACKERS(MR, NR)
+
+const fc_gemm_kernel fc_gemm_kernel_ref = {"generic", MR, NR, MC, KC, NC, ukr_generic, NULL,
+                                          pack_mr, pack_nr, deal_nr};

@@ -1,0 +1,48 @@
+/* The direct convolution's tiles (called by conv2d_direct.c, which pads each
+ * image, transposes the weights and does the threading), for unit-stride
+ * convolutions with K = 8 or K = 16 output channels.
+ *
+ * Inputs shared by both directions: xp, one image zero-padded to (C, hp,
+ * wp) planes (fc_direct_geom), readable `overread` floats past the planes;
+ * off[t] = c * plane + i * wp + j for tap t = (c * kh + i) * kw + j.
+ *
+ * forward: tiles [t0, t1) of one image: y (K, OH, OW) = the sum over taps
+ *   in order t, then + bias (NULL: none), then ReLU when relu (v < 0 ? 0 :
+ *   v, NaN kept). wt: the weights as (taps, K). K = 16: tile t is output
+ *   pixels [t * tile, (t + 1) * tile) of the OH*OW; K = 8: output positions
+ *   at the padded pitch, P = oy * wp + ox, [t * tile, (t + 1) * tile), the
+ *   columns ox >= OW computed and dropped.
+ * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K = 16:
+ *   (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
+ *   dropped columns and tail the caller zeroed once), then for every (tap,
+ *   k) the products dy * xp summed into part[(tap * K + k) * lanes + l]
+ *   (lanes partial sums each), and dy's sums into db[k * lanes + l]. span
+ *   (K = 8): OH * wp rounded up to whole vectors of `lanes`.
+ */
+#ifndef FC_KERNELS_DIRECT_H
+#define FC_KERNELS_DIRECT_H
+
+#include "fastconv.h"
+
+/* The padded image's geometry. */
+typedef struct {
+    fc_int hp, wp, plane; /* padded height, width, hp * wp */
+    fc_int floats;        /* the buffer: C planes, the tiles' overread, whole cache lines */
+} fc_direct_geom;
+
+typedef void fc_direct_forward_fn(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp,
+                                  const fc_int *off, const float *wt, const float *bias, int relu,
+                                  float *y, fc_int t0, fc_int t1);
+typedef void fc_direct_dweight_fn(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp,
+                                  const float *dy, float *dyk, fc_int span, const fc_int *off,
+                                  float *part, float *db);
+
+typedef struct {
+    fc_direct_forward_fn *forward; /* NULL: no direct kernel for this K on this ISA */
+    fc_direct_dweight_fn *dweight;
+    fc_int tile;     /* output pixels (K = 16) or positions (K = 8) per forward tile */
+    fc_int lanes;    /* partial sums per (tap, k) of dweight */
+    fc_int overread; /* floats a tile may read past the padded planes, besides kw */
+} fc_direct_kernel;
+
+#endif
