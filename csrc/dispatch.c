@@ -53,8 +53,10 @@ int fc_isa_get(void)
 
 void fc_isa_set(int isa) { current_isa = isa; }
 
-/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c); an ISA this
- * build does not have keeps a zeroed table (name NULL). */
+/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c), and only for
+ * an ISA this CPU supports: the init code is compiled with that ISA's
+ * flags, and the compiler may use its instructions even to copy a struct.
+ * The others keep a zeroed table (name NULL). */
 static fc_ctx tables[FC_ISA_COUNT];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
@@ -62,8 +64,8 @@ static void fill_tables(void)
 {
     fc_ctx_init_ref(&tables[FC_ISA_GENERIC]);
 #ifdef FC_X86_KERNELS
-    fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
-    fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
+    if (fc_isa_supported(FC_ISA_AVX2)) fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
+    if (fc_isa_supported(FC_ISA_AVX512)) fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
 #endif
 }
 

@@ -41,9 +41,15 @@ cdef extern from "fastconv.h" nogil:
     int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                                   const float *bias, int relu, float *pooled, uint8_t *argmax,
                                   int nthreads)
-    int FC_WINOGRAD_NEVER, FC_WINOGRAD_AUTO, FC_WINOGRAD_ALWAYS
-    void fc_winograd_set_mode(int mode)
-    int fc_winograd_get_mode()
+    int FC_CONV_ALGORITHMS, FC_CONV_IM2COL
+    const char *fc_conv_algorithm_name(int algorithm)
+    int FC_CONV_MODE_AUTO, FC_CONV_MODE_FORCE, FC_CONV_MODE_EXCLUDE
+    void fc_conv_set_mode(int kind, int algorithm)
+    int fc_conv_get_mode(int *algorithm)
+    int FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT
+    int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
+                        char *why, size_t len)
+    int fc_conv_failure(int *direction)
     int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
                            const float *dy, float *dx, float *dweight, float *dbias,
                            int nthreads)
@@ -261,22 +267,107 @@ def set_isa(name):
     fc_isa_set(ISAS.index(name))
 
 
-WINOGRAD_MODES = ("never", "auto", "always")
+CONV_ALGORITHMS = tuple(fc_conv_algorithm_name(i).decode() for i in range(FC_CONV_ALGORITHMS))
+_CONV_FALLBACK = CONV_ALGORITHMS[FC_CONV_IM2COL]
+CONV_MODES = ("auto",) + CONV_ALGORITHMS + tuple(f"no-{a}" for a in CONV_ALGORITHMS if a != _CONV_FALLBACK)
+
+
+cdef tuple _conv_mode(str fn, mode):
+    """(kind, algorithm) of a set_conv_algorithm mode."""
+    if not isinstance(mode, str) or mode not in CONV_MODES:
+        raise ValueError(f"{fn}: `mode` must be one of {CONV_MODES}; got {mode!r}")
+    if mode == "auto":
+        return FC_CONV_MODE_AUTO, -1
+    if mode.startswith("no-"):
+        return FC_CONV_MODE_EXCLUDE, CONV_ALGORITHMS.index(mode[3:])
+    return FC_CONV_MODE_FORCE, CONV_ALGORITHMS.index(mode)
+
+
+def get_conv_algorithm():
+    """The convolution algorithm mode in use (see set_conv_algorithm): 'auto',
+    an algorithm's name, or 'no-' and a name."""
+    cdef int algorithm
+    kind = fc_conv_get_mode(&algorithm)
+    if kind == FC_CONV_MODE_AUTO:
+        return "auto"
+    return ("no-" if kind == FC_CONV_MODE_EXCLUDE else "") + CONV_ALGORITHMS[algorithm]
+
+
+def set_conv_algorithm(mode):
+    """Which algorithm runs every convolution (forward, conv + max-pool, dx, dW):
+
+    - ``'auto'`` (default): the planner's choice per shape and ISA, where each
+      measured fastest (``fc.conv_plan`` says which and why, per layer);
+    - an algorithm, one of ``CONV_ALGORITHMS`` (``'direct'``, ``'winograd'``,
+      ``'pointwise'``, ``'implicit_im2col'``, ``'im2col'``): that one wherever
+      it applies; a call it does not apply to (a shape it cannot run, an ISA
+      without its kernels, inputs out of its range) runs auto's choice instead,
+      never an error;
+    - ``'no-'`` and an algorithm (not ``'im2col'``, the one that runs every
+      shape): auto's choice without it, e.g. ``'no-winograd'``.
+
+    Every algorithm gives the direct sum to float32 rounding. Returns the
+    previous mode.
+
+    >>> previous = set_conv_algorithm("im2col")
+    >>> set_conv_algorithm(previous)
+    'im2col'
+    """
+    kind, algorithm = _conv_mode("set_conv_algorithm", mode)
+    previous = get_conv_algorithm()
+    fc_conv_set_mode(kind, algorithm)
+    return previous
+
+
+_WINOGRAD_MODES = {"never": "no-winograd", "auto": "auto", "always": "winograd"}
 
 
 def set_winograd(mode):
-    """When 3x3 unit-stride convolutions (forward, dx computed as one, and dW)
-    use Winograd F(2x2, 3x3): 'auto' (default: where it measured faster than
-    im2col + GEMM), 'never', or 'always' (every 3x3 unit-stride problem; for
-    tests and benchmarks). In every mode, inputs with a NaN, an infinity or
-    values large enough to overflow inside the transforms take the path
-    without it. Returns the previous mode."""
-    if mode not in WINOGRAD_MODES:
-        raise ValueError(f"set_winograd: `mode` must be one of {WINOGRAD_MODES}; got {mode!r}")
-    previous = WINOGRAD_MODES[fc_winograd_get_mode()]
-    fc_winograd_set_mode((FC_WINOGRAD_NEVER, FC_WINOGRAD_AUTO, FC_WINOGRAD_ALWAYS)[
-        WINOGRAD_MODES.index(mode)])
-    return previous
+    """Deprecated (use set_conv_algorithm): 'never' is set_conv_algorithm('no-winograd'),
+    'auto' is 'auto' and 'always' is 'winograd'. Returns the previous mode in those
+    words when it is one of them, else as set_conv_algorithm names it (which this
+    also accepts, so that a saved mode can be restored)."""
+    warnings.warn("fastconv._kernels.set_winograd is deprecated; use set_conv_algorithm("
+                  "'no-winograd' | 'auto' | 'winograd') instead", DeprecationWarning, stacklevel=2)
+    if mode not in _WINOGRAD_MODES and mode not in CONV_MODES:
+        raise ValueError(f"set_winograd: `mode` must be one of {tuple(_WINOGRAD_MODES)}; got {mode!r}")
+    previous = set_conv_algorithm(_WINOGRAD_MODES.get(mode, mode))
+    return {v: k for k, v in _WINOGRAD_MODES.items()}.get(previous, previous)
+
+
+def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="auto"):
+    """What the convolution planner picks, on the current ISA, for a
+    convolution of input ``x_shape`` (N, C, H, W) and weights ``weight_shape``
+    (K, C, kh, kw) under ``mode`` (as set_conv_algorithm's; default auto),
+    taking the inputs to be in range: ``{"forward": (name, why), "dx": ...,
+    "dweight": ...}``, ``why`` being the planner's reason. ``need_dx``: whether
+    the backward computes dx (dW's choice depends on it); False gives
+    ``"dx": None``. The conv + max-pool forward runs the forward's algorithm.
+    """
+    fn = "plan_conv2d"
+    kind, algorithm = _conv_mode(fn, mode)
+    cdef fc_conv_shape s = _conv_geometry(fn, _shape4(fn, "x_shape", x_shape),
+                                          _shape4(fn, "weight_shape", weight_shape, "(K, C, kh, kw)"),
+                                          stride, padding, "x_shape", "weight_shape")
+    need_dx = _flag(fn, "need_dx", need_dx)
+    cdef char why[1024]
+    plan = {}
+    for key, direction in (("forward", FC_CONV_FORWARD), ("dx", FC_CONV_DX), ("dweight", FC_CONV_DWEIGHT)):
+        if key == "dx" and not need_dx:
+            plan[key] = None
+            continue
+        a = fc_conv_explain(&s, direction, need_dx, kind, algorithm, why, sizeof(why))
+        plan[key] = (CONV_ALGORITHMS[a], why.decode())
+    return plan
+
+
+cdef str _conv_failure():
+    """Which algorithm's workspace the last conv call of this thread could not allocate."""
+    cdef int direction
+    algorithm = fc_conv_failure(&direction)
+    if algorithm < 0:
+        return "a workspace"
+    return f"the {CONV_ALGORITHMS[algorithm]} workspace (for {('the forward', 'dx', 'dW', 'dx and dW')[direction]})"
 
 
 def get_isa():
@@ -285,7 +376,8 @@ def get_isa():
 
 
 def gemm_blocksizes(name=None):
-    """The GEMM block-size table of an ISA: dict with mr, nr, mc, kc, nc."""
+    """The GEMM block-size table of an ISA (default: the current one; the generic table for
+    one this CPU does not support): dict with mr, nr, mc, kc, nc."""
     cdef fc_int out[5]
     i = fc_isa_get() if name is None else ISAS.index(name)
     fc_isa_blocksizes(i, out)
@@ -481,30 +573,38 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
 cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
     _check_array(fn, "x", x, 4)
     _check_array(fn, "weight", weight, 4)
-    cdef fc_conv_shape s
-    s.n, s.c, s.h, s.w = x.shape
-    s.k, wc, s.kh, s.kw = weight.shape
-    if s.c < 1 or s.h < 1 or s.w < 1:
-        raise ValueError(f"{fn}: `x` must have non-zero C, H and W; got shape {x.shape}")
-    if wc != s.c:
-        raise ValueError(
-            f"{fn}: `weight` must have {s.c} input channels to match `x` {x.shape}; "
-            f"got weight shape {weight.shape}")
-    if s.kh < 1 or s.kw < 1 or s.k < 1 or s.c < 1:
-        raise ValueError(f"{fn}: `weight` must have non-zero sizes; got shape {weight.shape}")
-    s.sh, s.sw = _pair(fn, "stride", stride, 1)
-    s.ph, s.pw = _pair(fn, "padding", padding, 0)
-    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height", "weight")
-    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width", "weight")
-    # Python ints: the same products in fc_int could wrap around.
+    cdef fc_conv_shape s = _conv_geometry(fn, x.shape, weight.shape, stride, padding, "x", "weight")
     n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
-    if n * k * oh * ow > _MAX_ELEMENTS or c * kh * kw * oh * ow > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: output or column matrix too large for x {x.shape}, weight {weight.shape}: "
-                         f"`x`, `weight`, `stride` and `padding` must give at most {_MAX_ELEMENTS} elements; "
-                         f"got output {(n, k, oh, ow)}")
     because = f"`x` {x.shape}, `weight` {weight.shape}, `stride` {(s.sh, s.sw)}, `padding` {(s.ph, s.pw)}"
     _check_alloc(fn, "the output", (n, k, oh, ow), because)
     _check_alloc(fn, "the column matrix", (c * kh * kw, oh, ow), because)
+    return s
+
+
+cdef fc_conv_shape _conv_geometry(str fn, tuple x_shape, tuple w_shape, stride, padding, str x_name,
+                                  str w_name) except *:
+    """The convolution of an input of x_shape with weights of w_shape (4 ints each, >= 0)."""
+    cdef fc_conv_shape s
+    s.n, s.c, s.h, s.w = x_shape
+    s.k, wc, s.kh, s.kw = w_shape
+    if s.c < 1 or s.h < 1 or s.w < 1:
+        raise ValueError(f"{fn}: `{x_name}` must have non-zero C, H and W; got shape {x_shape}")
+    if wc != s.c:
+        raise ValueError(
+            f"{fn}: `{w_name}` must have {s.c} input channels to match `{x_name}` {x_shape}; "
+            f"got weight shape {w_shape}")
+    if s.kh < 1 or s.kw < 1 or s.k < 1 or s.c < 1:
+        raise ValueError(f"{fn}: `{w_name}` must have non-zero sizes; got shape {w_shape}")
+    s.sh, s.sw = _pair(fn, "stride", stride, 1)
+    s.ph, s.pw = _pair(fn, "padding", padding, 0)
+    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height", w_name)
+    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width", w_name)
+    # Python ints: the same products in fc_int could wrap around.
+    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
+    if n * k * oh * ow > _MAX_ELEMENTS or c * kh * kw * oh * ow > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: output or column matrix too large for {x_name} {x_shape}, {w_name} "
+                         f"{w_shape}: `{x_name}`, `{w_name}`, `stride` and `padding` must give at most "
+                         f"{_MAX_ELEMENTS} elements; got output {(n, k, oh, ow)}")
     return s
 
 
@@ -535,7 +635,7 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     with nogil:
         rc = fc_conv2d_forward(&s, px, pw, pb, fuse_relu, py, nt)
     if rc != 0:
-        raise MemoryError("conv2d_forward: could not allocate the im2col workspace")
+        raise MemoryError(f"conv2d_forward: could not allocate {_conv_failure()}")
     return y
 
 
@@ -572,7 +672,7 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
     with nogil:
         rc = fc_conv2d_maxpool_forward(&s, px, pw, pb, fuse_relu, py, pam, nt)
     if rc != 0:
-        raise MemoryError(f"{fn}: could not allocate the convolution's workspace")
+        raise MemoryError(f"{fn}: could not allocate {_conv_failure()}")
     return y, am
 
 
@@ -606,7 +706,7 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     with nogil:
         rc = fc_conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, nt)
     if rc != 0:
-        raise MemoryError("conv2d_backward: could not allocate the col2im workspace")
+        raise MemoryError(f"conv2d_backward: could not allocate {_conv_failure()}")
     return dx, dweight, dbias
 
 
@@ -632,18 +732,24 @@ cdef fc_pool_shape _pool_shape(str fn, tuple x_shape, kernel, stride, padding) e
     return s
 
 
+def _shape4(str fn, str name, shape, str dims="(N, C, H, W)"):
+    """A shape argument as a tuple of 4 non-negative ints (named `dims`)."""
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: `{name}` must be a tuple of 4 ints; got {shape!r}") from None
+    if len(shape) != 4 or min(shape) < 0:
+        raise ValueError(f"{fn}: `{name}` must be 4 non-negative ints {dims}; got {shape}")
+    if max(shape) > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `{name}` must have sizes of at most 2**48; got {shape}")
+    if shape[0] * shape[1] * shape[2] * shape[3] > _MAX_ELEMENTS:
+        raise ValueError(f"{fn}: `{name}` {shape} has more than {_MAX_ELEMENTS} elements")
+    return shape
+
+
 def _x_shape(str fn, x_shape):
     """A pool backward's `x_shape` argument as a tuple of 4 non-negative ints."""
-    try:
-        x_shape = tuple(int(v) for v in x_shape)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: `x_shape` must be a tuple of 4 ints; got {x_shape!r}") from None
-    if len(x_shape) != 4 or min(x_shape) < 0:
-        raise ValueError(f"{fn}: `x_shape` must be 4 non-negative ints (N, C, H, W); got {x_shape}")
-    if max(x_shape) > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: `x_shape` must have sizes of at most 2**48; got {x_shape}")
-    if x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3] > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: `x_shape` {x_shape} has more than {_MAX_ELEMENTS} elements")
+    x_shape = _shape4(fn, "x_shape", x_shape)
     _check_alloc(fn, "`dx`", x_shape, f"`x_shape` {x_shape}")
     return x_shape
 
