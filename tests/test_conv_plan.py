@@ -4,7 +4,6 @@ every ISA x {1, 2} threads, forced algorithms that do not apply falling back
 to auto's choice, ``plan_conv2d`` saying what runs, ``fc.conv_plan`` of a
 model, and the self-test reaching every algorithm."""
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -14,19 +13,11 @@ import warnings
 import numpy as np
 import pytest
 from test_conv2d import Conv, check_backward, check_forward
+from test_conv2d_winograd import conv_algorithm
 
 import fastconv as fc
 from fastconv import _kernels
 from fastconv.info import CONV_CASES, self_test
-
-
-@contextlib.contextmanager
-def conv_algorithm(mode):
-    previous = _kernels.set_conv_algorithm(mode)
-    try:
-        yield
-    finally:
-        _kernels.set_conv_algorithm(previous)
 
 
 # One shape per algorithm auto picks (direct where the ISA has its tiles),

@@ -1,7 +1,7 @@
 /* Direct convolution for layers with 8 or 16 output channels: the forward
  * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
  * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
- * (conv2d.c, dx_by_convolution), which comes here when it has 8 or 16
+ * (conv/plan.c, dx_by_convolution), which comes here when it has 8 or 16
  * outputs. When it runs is conv/plan.c's rule (with the measurements
  * behind it).
  *
@@ -132,6 +132,10 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
     return 0;
 }
 
+/* dW and db: each thread's images accumulate into its own (taps, K, lanes)
+ * partials (the tiles' layout, kernels/direct.h); at the end dW = the
+ * partials summed in thread order, each thread's lanes in order:
+ * deterministic for a thread count. */
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads)
 {
