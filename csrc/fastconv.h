@@ -1,13 +1,13 @@
 /* fastconv's C kernels: the one header the Cython wrappers include.
  *
  * Contract for every function here: arguments were validated by the caller
- * (fastconv/_kernels.pyx): pointers are valid for the sizes given, arrays are
- * float32 and C-contiguous unless a leading dimension says otherwise, and all
- * index products fit in fc_int. Functions never allocate per element, never
- * touch memory outside the sizes given, and are deterministic for a given
- * thread count. `nthreads` >= 1 is the OpenMP team size (ignored in a serial
- * build). Functions returning int give 0 on success, FC_ENOMEM when a
- * workspace could not be allocated.
+ * (the wrappers in fastconv/_native/): pointers are valid for the sizes
+ * given, arrays are float32 and C-contiguous unless a leading dimension says
+ * otherwise, and all index products fit in fc_int. Functions never allocate
+ * per element, never touch memory outside the sizes given, and are
+ * deterministic for a given thread count. `nthreads` >= 1 is the OpenMP
+ * team size (ignored in a serial build). Functions returning int give 0 on
+ * success, FC_ENOMEM when a workspace could not be allocated.
  */
 #ifndef FASTCONV_H
 #define FASTCONV_H

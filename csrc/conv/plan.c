@@ -503,10 +503,13 @@ static int choose(int d, problem *p, int kind, int target, reason *why)
         if (kind != FC_CONV_MODE_AUTO && a == target) continue;
         const int v = verdict(a, d, p, rp);
         if (v == PAYS && guard_holds(a, d, p, rp)) {
-            if (why) say(why, passed.text[0] ? "%s%s (over %s)" : "%s%s%s", forced.text, r.text, passed.text);
+            if (why)
+                say(why, passed.text[0] ? "%s%s (over %s)" : "%s%s%s", forced.text, r.text,
+                    passed.text);
             return a;
         }
-        if (why && v == APPLIES) add(&passed, "%s%s: %s", passed.text[0] ? "; " : "", algorithms[a].name, r.text);
+        if (why && v == APPLIES)
+            add(&passed, "%s%s: %s", passed.text[0] ? "; " : "", algorithms[a].name, r.text);
     }
     return FC_CONV_IM2COL; /* not reached: im2col pays for every shape */
 }
@@ -557,8 +560,7 @@ int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const floa
     if (algorithms[a].forward_pool)
         return noted(a, FC_CONV_FORWARD, algorithms[a].forward_pool(&p, bias, relu, pooled, argmax));
     /* The other algorithms' tiles are not pool windows: the conv, then the pool. */
-    const fc_int count = s->n * s->k * s->oh * s->ow;
-    float *y = (uint64_t)count <= SIZE_MAX / sizeof(float) ? malloc(sizeof(float) * (size_t)count) : NULL;
+    float *y = malloc(sizeof(float) * (size_t)(s->n * s->k * s->oh * s->ow));
     int rc = y ? algorithms[a].forward(&p, bias, relu, y) : FC_ENOMEM;
     const fc_pool_shape ps = {s->n, s->k, s->oh, s->ow, 2, 2, 2, 2, 0, 0, s->oh / 2, s->ow / 2};
     if (!rc) rc = fc_maxpool2d_forward(&ps, y, pooled, argmax, 1, nthreads);
