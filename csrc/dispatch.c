@@ -51,7 +51,13 @@ int fc_isa_get(void)
     return current_isa;
 }
 
-void fc_isa_set(int isa) { current_isa = isa; }
+static const fc_ctx *current_ctx; /* current_isa's table, once asked for */
+
+void fc_isa_set(int isa)
+{
+    current_isa = isa;
+    current_ctx = fc_ctx_of(isa);
+}
 
 /* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c), and only for
  * an ISA this CPU supports: the init code is compiled with that ISA's
@@ -76,7 +82,13 @@ const fc_ctx *fc_ctx_of(int isa)
     return &tables[built ? isa : FC_ISA_GENERIC];
 }
 
-const fc_ctx *fc_ctx_current(void) { return fc_ctx_of(fc_isa_get()); }
+/* Read for every kernel call, and from inside their loops over images: a
+ * pointer read, not a pthread_once and a lookup. */
+const fc_ctx *fc_ctx_current(void)
+{
+    if (!current_ctx) current_ctx = fc_ctx_of(fc_isa_get());
+    return current_ctx;
+}
 
 void fc_isa_blocksizes(int isa, fc_int out[5])
 {
