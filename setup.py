@@ -12,6 +12,7 @@ build still succeeds, serial, and says so loudly.
 import glob
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def _openmp_flags(compiler):
                 f.write(OPENMP_TEST)
             objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
             exe = os.path.join(tmp, "omp_test")
-            compiler.link_executable(objs, exe, extra_postargs=lflags)
+            # distutils links executables without LDFLAGS, which the extension gets: pass them,
+            # or objects compiled with CFLAGS such as -fsanitize=... (.ci/sanitize) fail to link.
+            compiler.link_executable(objs, exe, extra_postargs=lflags + shlex.split(os.environ.get("LDFLAGS", "")))
             out = subprocess.run([exe], capture_output=True, text=True, timeout=60)
             if out.returncode == 0:
                 return cflags, lflags

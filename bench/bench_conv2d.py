@@ -8,7 +8,7 @@ GFLOP/s counts 2 x multiply-adds with padded taps included, for every
 implementation: a forward is 2*N*K*OH*OW*C*kh*kw FLOP and a backward twice
 that (dx and dW; db is noise). Batch-1 forwards of the cifar_small layers
 time the other threading path (one image, the GEMM on all threads).
-"fastconv_im2col" is fastconv with Winograd off (``set_winograd("never")``):
+"fastconv_im2col" is fastconv with Winograd off (``set_conv_algorithm("no-winograd")``):
 on the 3x3 unit-stride layers, the A/B of the two algorithms.
 """
 
@@ -65,11 +65,11 @@ def _torch(arrays, impl):
 def _im2col(run):
     """run with Winograd off."""
     def call():
-        previous = _kernels.set_winograd("never")
+        previous = _kernels.set_conv_algorithm("no-winograd")
         try:
             return run()
         finally:
-            _kernels.set_winograd(previous)
+            _kernels.set_conv_algorithm(previous)
     return call
 
 

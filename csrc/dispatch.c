@@ -51,10 +51,18 @@ int fc_isa_get(void)
     return current_isa;
 }
 
-void fc_isa_set(int isa) { current_isa = isa; }
+static const fc_ctx *current_ctx; /* current_isa's table, once asked for */
 
-/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c); an ISA this
- * build does not have keeps a zeroed table (name NULL). */
+void fc_isa_set(int isa)
+{
+    current_isa = isa;
+    current_ctx = fc_ctx_of(isa);
+}
+
+/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c), and only for
+ * an ISA this CPU supports: the init code is compiled with that ISA's
+ * flags, and the compiler may use its instructions even to copy a struct.
+ * The others keep a zeroed table (name NULL). */
 static fc_ctx tables[FC_ISA_COUNT];
 static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
 
@@ -62,9 +70,6 @@ static void fill_tables(void)
 {
     fc_ctx_init_ref(&tables[FC_ISA_GENERIC]);
 #ifdef FC_X86_KERNELS
-    /* These are compiled with their folder's ISA flags, so the compiler may use
-     * that ISA's instructions in them (struct copies, stores): they run only on a
-     * CPU that has it. An ISA the CPU lacks keeps a zeroed table. */
     if (fc_isa_supported(FC_ISA_AVX2)) fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
     if (fc_isa_supported(FC_ISA_AVX512)) fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
 #endif
@@ -77,7 +82,13 @@ const fc_ctx *fc_ctx_of(int isa)
     return &tables[built ? isa : FC_ISA_GENERIC];
 }
 
-const fc_ctx *fc_ctx_current(void) { return fc_ctx_of(fc_isa_get()); }
+/* Read for every kernel call, and from inside their loops over images: a
+ * pointer read, not a pthread_once and a lookup. */
+const fc_ctx *fc_ctx_current(void)
+{
+    if (!current_ctx) current_ctx = fc_ctx_of(fc_isa_get());
+    return current_ctx;
+}
 
 void fc_isa_blocksizes(int isa, fc_int out[5])
 {

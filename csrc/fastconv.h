@@ -1,13 +1,13 @@
 /* fastconv's C kernels: the one header the Cython wrappers include.
  *
  * Contract for every function here: arguments were validated by the caller
- * (fastconv/_kernels.pyx): pointers are valid for the sizes given, arrays are
- * float32 and C-contiguous unless a leading dimension says otherwise, and all
- * index products fit in fc_int. Functions never allocate per element, never
- * touch memory outside the sizes given, and are deterministic for a given
- * thread count. `nthreads` >= 1 is the OpenMP team size (ignored in a serial
- * build). Functions returning int give 0 on success, FC_ENOMEM when a
- * workspace could not be allocated.
+ * (the wrappers in fastconv/_native/): pointers are valid for the sizes
+ * given, arrays are float32 and C-contiguous unless a leading dimension says
+ * otherwise, and all index products fit in fc_int. Functions never allocate
+ * per element, never touch memory outside the sizes given, and are
+ * deterministic for a given thread count. `nthreads` >= 1 is the OpenMP
+ * team size (ignored in a serial build). Functions returning int give 0 on
+ * success, FC_ENOMEM when a workspace could not be allocated.
  */
 #ifndef FASTCONV_H
 #define FASTCONV_H
@@ -28,7 +28,8 @@ int fc_isa_supported(int isa);   /* built in and supported by this CPU and OS */
 int fc_isa_best(void);
 int fc_isa_get(void);
 void fc_isa_set(int isa);        /* caller checked fc_isa_supported(isa) */
-/* MR, NR, MC, KC, NC of the ISA's GEMM block-size table. */
+/* MR, NR, MC, KC, NC of the ISA's GEMM block-size table (the generic one's
+ * for an ISA this CPU does not support). */
 void fc_isa_blocksizes(int isa, fc_int out[5]);
 
 int fc_openmp_enabled(void);
@@ -73,10 +74,13 @@ int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, con
                    fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
                    fc_int ldc, int nthreads);
 
-/* ---- conv2d.c --------------------------------------------------------------
+/* ---- conv/plan.c: 2-D convolution ------------------------------------------
  * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with
  * oh = (h + 2*ph - kh) / sh + 1, ow = (w + 2*pw - kw) / sw + 1 (caller checks
- * oh, ow >= 1). Zero padding. */
+ * oh, ow >= 1). Zero padding. Each call runs the algorithm that the mode
+ * (below) picks for its shape and the ISA; every algorithm gives the direct
+ * sum to float32 rounding, with its pattern of NaN and infinities (inputs
+ * out of an algorithm's range make it decline, and the next one runs). */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */
@@ -94,59 +98,43 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads);
-/* The largest |v[e]| over count floats; NaN when one is NaN, else +Inf
- * when one is infinite. */
-float fc_max_abs(const float *v, fc_int count, int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias,
                        int nthreads);
+/* The largest |v[e]| over count floats; NaN when one is NaN, else +Inf
+ * when one is infinite. */
+float fc_max_abs(const float *v, fc_int count, int nthreads);
 
-/* ---- conv2d_winograd.c -----------------------------------------------------
- * 3x3 kernels at unit stride by Winograd's F(2x2, 3x3): fc_conv2d_forward's
- * arguments and results (to float32 rounding; fewer multiply-adds), for
- * inputs that fc_winograd_*_in_range accepts. fc_conv2d_forward takes this
- * path when fc_winograd_applies to the shape (never, where it measured
- * faster (auto, the default), or whenever possible (tests)) and the inputs
- * are in range; so do dx (as a convolution) and dW in fc_conv2d_backward. */
-enum { FC_WINOGRAD_NEVER = 0, FC_WINOGRAD_AUTO = 1, FC_WINOGRAD_ALWAYS = 2 };
-void fc_winograd_set_mode(int mode);
-int fc_winograd_get_mode(void);
-int fc_winograd_applies(const fc_conv_shape *s);
-/* 1 when the inputs of the forward (x and weight) or of dW (x and dy),
- * whose largest |values| are max_* (fc_max_abs: NaN or Inf when one is
- * not finite), are finite and small enough that no value inside the
- * transforms can overflow: then the results are finite as the direct
- * sum's. Otherwise the caller takes its direct or im2col path, which gives
- * the direct sum's NaN and infinities. */
-int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w);
-int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads);
-int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
-                       const float *bias, int relu, float *y, int nthreads);
-/* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax
- * (uint8, window index), as fc_maxpool2d_forward gives: each tile of the
- * transform is one window, so y is never stored. */
-int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
-                               const float *bias, int relu, float *pooled, uint8_t *argmax,
-                               int nthreads);
-/* dweight of the same convolution (3x3, unit stride) from x and dy. */
-int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
-                               float *dweight, int nthreads);
-
-/* ---- conv2d_direct.c -------------------------------------------------------
- * A direct (no im2col) forward for few output channels, on AVX2: fits says
- * whether it takes shape s on the current ISA; forward has the contract of
- * fc_conv2d_forward. fc_conv2d_forward and fc_conv2d_backward dispatch to it. */
-int fc_conv2d_direct_fits(const fc_conv_shape *s);
-int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                             const float *bias, int relu, float *y, int nthreads);
-/* dweight and dbias (may be NULL) of fc_conv2d_backward, overwritten; for
- * shapes and x that dweight_takes (the shape fits, and x is finite where
- * the kernel needs it). */
-int fc_conv2d_direct_dweight_takes(const fc_conv_shape *s, const float *x, int nthreads);
-int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
-                                     float *dweight, float *dbias, int nthreads);
+/* The algorithms, in the order auto tries them (conv/plan.c describes each). */
+enum {
+    FC_CONV_DIRECT = 0,
+    FC_CONV_WINOGRAD = 1,
+    FC_CONV_POINTWISE = 2,
+    FC_CONV_IMPLICIT_IM2COL = 3,
+    FC_CONV_IM2COL = 4,
+    FC_CONV_ALGORITHMS = 5
+};
+const char *fc_conv_algorithm_name(int algorithm);
+/* The mode of every later call: auto (the planner's choice; algorithm
+ * ignored), force `algorithm` wherever it applies (auto's choice
+ * elsewhere), or exclude it (auto without it; not FC_CONV_IM2COL). */
+enum { FC_CONV_MODE_AUTO = 0, FC_CONV_MODE_FORCE = 1, FC_CONV_MODE_EXCLUDE = 2 };
+void fc_conv_set_mode(int kind, int algorithm);
+int fc_conv_get_mode(int *algorithm); /* the kind; *algorithm: its algorithm, -1 for auto */
+/* The algorithm mode (kind, algorithm) picks for `direction` of shape s on
+ * the current ISA, taking the inputs to be in range; need_dx: whether the
+ * backward computes dx (dW's choice depends on it). why (len bytes, may be
+ * NULL) gets the reason, one line. */
+enum { FC_CONV_FORWARD = 0, FC_CONV_DX = 1, FC_CONV_DWEIGHT = 2 };
+int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
+                    char *why, size_t len);
+/* After a conv call of this thread returned FC_ENOMEM: the algorithm whose
+ * workspace could not be allocated, and in *direction for which output:
+ * FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT, or FC_CONV_DX |
+ * FC_CONV_DWEIGHT for im2col's backward pass computing both. */
+int fc_conv_failure(int *direction);
 
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).

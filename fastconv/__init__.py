@@ -6,12 +6,13 @@
 """
 
 from fastconv import _kernels, backend, checkpoint, convert, data, init, plot, search, train
-from fastconv._kernels import get_isa, get_num_threads, set_isa, set_num_threads, supported_isas
+from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set_conv_algorithm, set_isa,
+                               set_num_threads, supported_isas)
 from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
 from fastconv.gradcheck import GradcheckResult, gradcheck
 from fastconv.dropout import Dropout
-from fastconv.info import info
+from fastconv.info import conv_plan, info
 from fastconv.init import manual_seed
 from fastconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
 from fastconv.losses import MulticlassSVM, SoftmaxCrossEntropy, l2_penalty
@@ -88,9 +89,11 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "checkpoint",
+    "conv_plan",
     "convert",
     "data",
     "get_backend",
+    "get_conv_algorithm",
     "get_isa",
     "get_num_threads",
     "gradcheck",
@@ -101,6 +104,7 @@ __all__ = [
     "plot",
     "search",
     "set_backend",
+    "set_conv_algorithm",
     "set_isa",
     "set_num_threads",
     "supported_isas",

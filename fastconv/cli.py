@@ -660,15 +660,24 @@ def _bench(args) -> int:
 
 
 def _info(args) -> int:
-    from fastconv.info import info, self_test
+    from fastconv.info import conv_plan, info, self_test
+    from fastconv.train import build_model
 
     for key, value in info().items():
         if value != "":
             print(f"{key:16s} {value}")
+    print(f"{'conv plan':16s} cifar_small at batch 128 (forward / dx / dW):")
+    model = build_model("cifar_small", (3, 32, 32), 10)
+    model[0].needs_input_grad = False  # as fastconv train runs it: nobody reads the images' gradient
+    for row in conv_plan(model, (128, 3, 32, 32)):
+        chosen = " / ".join(row[d][0] if row[d] else "-" for d in ("forward", "dx", "dweight"))
+        print(f"{'':16s}   {row['layer']}: {row['x_shape']} -> {row['weight_shape'][0]}, {chosen}")
     errors = self_test()
     worst = max(errors.values())
     status = "ok" if worst < 1e-3 else "FAILED"
-    print(f"{'self-test':16s} {status} (max abs error {worst:.2e} over {len(errors)} kernels)")
+    isas = sorted({key.split("/")[0] for key in errors})
+    print(f"{'self-test':16s} {status} (max abs error {worst:.2e} over {len(errors)} kernel and algorithm "
+          f"checks on {', '.join(isas)})")
     return 0 if status == "ok" else 1
 
 

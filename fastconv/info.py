@@ -87,12 +87,128 @@ def _openmp_report() -> dict:
     }
 
 
-def self_test(seed: int = 0) -> dict:
-    """Run each native kernel once against its NumPy twin on small random input.
+def conv_plan(model, input_shape) -> list[dict]:
+    """Which convolution algorithm ``auto`` picks, and why, for each Conv2d of
+    ``model`` on an input of ``input_shape`` (N, C, H, W), on the current ISA.
 
-    Returns {kernel: max abs error}; used by ``fastconv info``.
+    One dict per Conv2d, in the order the forward runs them: ``layer`` (its
+    name in the model), ``x_shape``, ``weight_shape``, ``stride``,
+    ``padding``, and for ``forward``, ``dx`` and ``dweight`` an
+    ``(algorithm, reason)`` pair from the planner (``fastconv._kernels.
+    plan_conv2d``); ``dx`` is None for a layer whose ``needs_input_grad`` is
+    False (the Trainer sets it on a first Conv2d during ``fit``). The choice
+    takes the inputs to be in range: on NaN, infinities or values near the
+    float32 limit, a call takes the next algorithm (see
+    ``set_conv_algorithm``). Each layer's input shape is found by running
+    the model once on a batch of one zero image, in eval mode.
+
+    >>> [row["forward"][0] for row in fc.conv_plan(model, (128, 3, 32, 32))]
+    ['implicit_im2col', 'winograd', 'winograd']
     """
-    rng = np.random.default_rng(seed)
+    from fastconv.layers import Conv2d
+
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 4 or min(shape) < 1:
+        raise ValueError(f"conv_plan: `input_shape` must be 4 positive ints (N, C, H, W); got {input_shape!r}")
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, Conv2d)]
+    seen = {}
+
+    def recording(conv, method):
+        def run(x, *args, **kwargs):
+            seen.setdefault(id(conv), np.shape(x))
+            return method(x, *args, **kwargs)
+        return run
+
+    modes = [(m, m.training) for m in model.modules()]
+    for _, conv in convs:  # instance attributes shadow the methods while the model runs once
+        for method in ("forward", "forward_maxpool"):
+            object.__setattr__(conv, method, recording(conv, getattr(conv, method)))
+    try:
+        model.eval()
+        model(np.zeros((1,) + shape[1:], np.float32))
+    finally:
+        for _, conv in convs:
+            for method in ("forward", "forward_maxpool"):
+                object.__delattr__(conv, method)
+        for m, training in modes:
+            object.__setattr__(m, "training", training)
+    rows = []
+    for name, conv in sorted((c for c in convs if id(c[1]) in seen), key=lambda c: list(seen).index(id(c[1]))):
+        x_shape = (shape[0],) + tuple(seen[id(conv)][-3:])
+        plan = _kernels.plan_conv2d(x_shape, conv.weight.shape, conv.stride, conv.padding,
+                                    need_dx=conv.needs_input_grad)
+        rows.append({"layer": name, "x_shape": x_shape, "weight_shape": conv.weight.shape,
+                     "stride": conv.stride, "padding": conv.padding, **plan})
+    return rows
+
+
+# One convolution per algorithm of the planner, each a shape it applies to:
+# (x shape, weight shape, stride, padding).
+CONV_CASES = {
+    "direct": ((2, 4, 9, 8), (8, 4, 3, 3), 1, 1),
+    "winograd": ((2, 16, 8, 6), (16, 16, 3, 3), 1, 1),
+    "pointwise": ((2, 6, 5, 7), (4, 6, 1, 1), 1, 0),
+    "implicit_im2col": ((2, 3, 9, 8), (4, 3, 3, 3), 1, 1),
+    "im2col": ((2, 3, 13, 11), (4, 3, 5, 5), 2, 2),
+}
+
+
+def _max_error(got, want) -> float:
+    pairs = zip(got, want) if isinstance(got, tuple) else [(got, want)]
+    return max(float(np.max(np.abs(g.astype(np.float64) - e))) for g, e in pairs if g is not None)
+
+
+def _conv_checks(rng) -> dict:
+    """Each conv kernel under each algorithm (forced) that this ISA has for its
+    case: {"kernel/algorithm": max abs error against the twin}."""
+    errors = {}
+    for algorithm, (x_shape, w_shape, stride, padding) in CONV_CASES.items():
+        if _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=algorithm)["forward"][0] != algorithm:
+            continue  # not on this ISA (the direct tiles are AVX2's)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
+        b = rng.standard_normal(w_shape[0]).astype(np.float32)
+        y = reference.conv2d_forward(x, w, b, stride, padding)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        # Quarters: exact sums, so the pool's argmax cannot flip on a near tie.
+        xq, wq, bq = (np.round(v * 4) / 4 for v in (x, w, b))
+        cases = {"conv2d_forward": (x, w, b, stride, padding, True),
+                 "conv2d_backward": (x, w, dy, stride, padding),
+                 "conv2d_maxpool_forward": (xq, wq, bq, stride, padding, True)}
+        previous = _kernels.set_conv_algorithm(algorithm)
+        try:
+            for name, args in cases.items():
+                errors[f"{name}/{algorithm}"] = _max_error(getattr(_kernels, name)(*args),
+                                                           getattr(reference, name)(*args))
+        finally:
+            _kernels.set_conv_algorithm(previous)
+    return errors
+
+
+def self_test(seed: int = 0) -> dict:
+    """Run each native kernel against its NumPy twin on small random input, on
+    every ISA this CPU supports, and each convolution kernel under every
+    algorithm of the planner that the ISA has (CONV_CASES: direct, Winograd,
+    1x1, implicit im2col, strided im2col).
+
+    Returns {"isa/kernel": max abs error} and {"isa/kernel/algorithm": ...};
+    used by ``fastconv info``.
+    """
+    errors = {}
+    isa = _kernels.get_isa()
+    try:
+        for each in _kernels.supported_isas():
+            _kernels.set_isa(each)
+            rng = np.random.default_rng(seed)
+            found = _kernel_checks(rng) | _conv_checks(rng)
+            errors.update({f"{each}/{name}": e for name, e in found.items()})
+    finally:
+        _kernels.set_isa(isa)
+    return errors
+
+
+def _kernel_checks(rng) -> dict:
+    """Every kernel of the registry once: {kernel: max abs error}."""
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
@@ -137,6 +253,5 @@ def self_test(seed: int = 0) -> dict:
     for name, (args, kwargs) in cases.items():
         ref_args = tuple(v.copy() if isinstance(v, np.ndarray) else v for v in args)
         got, want = getattr(_kernels, name)(*args, **kwargs), getattr(reference, name)(*ref_args, **kwargs)
-        pairs = zip(got, want) if isinstance(got, tuple) else [(got, want)]
-        errors[name] = max(float(np.max(np.abs(g.astype(np.float64) - e))) for g, e in pairs)
+        errors[name] = _max_error(got, want)
     return errors

@@ -157,7 +157,7 @@ EDGES = {
     "unit-stride-padding-beyond-kernel": Conv(3, 3, 5, 4, 2, 3, 2, (1, 1), (3, 2)),
     "unit-stride-padding-beyond-kernel-widening": Conv(3, 2, 5, 4, 3, 3, 2, (1, 1), (3, 2)),
     "unit-stride-1xk-wide-padding": Conv(1, 3, 1, 6, 2, 1, 3, (1, 1), (2, 0)),
-    # The direct kernel (csrc/conv2d_direct.c: unit strides, K in {8, 16},
+    # The direct kernel (csrc/conv/direct.c: unit strides, K in {8, 16},
     # on AVX2): the lenet layers, batch 1, non-square odd sizes, fewer output
     # pixels than a register tile, many taps, and dx convolving 16 -> 8
     # channels (direct too), or 8 -> 1 (col2im).

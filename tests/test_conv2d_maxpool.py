@@ -9,17 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK
 from test_conv2d_winograd import (MODES, NONFINITE_KINDS, NONFINITE_SHAPES, nonfinite_arrays,
-                                  nonfinite_expected, winograd_mode)
+                                  nonfinite_expected, conv_algorithm)
 
 import fastconv as fc
 from fastconv import _kernels, reference
 
 
-@pytest.fixture(params=["always", "never"], ids=["winograd", "im2col"])
+@pytest.fixture(params=["winograd", "no-winograd"])
 def algorithm(request):
-    previous = _kernels.set_winograd(request.param)
-    yield request.param
-    _kernels.set_winograd(previous)
+    with conv_algorithm(request.param):
+        yield request.param
 
 
 def exact(rng, *shape):
@@ -95,7 +94,7 @@ def test_nan_and_ties_follow_maxpool_rules(isa_threads, algorithm, rng):
 @pytest.mark.parametrize("name", ["winograd-auto", "winograd-odd", "direct-k16"])
 def test_non_finite_and_huge_inputs_pool_the_direct_sums_pattern(isa_threads, name, where, kind):
     """The pool of the direct sum's NaN and infinities (see
-    test_conv2d_winograd's test of conv2d_forward) in every Winograd mode,
+    test_conv2d_winograd's test of conv2d_forward) in every algorithm mode,
     with the bits of the unfused pair, on the 3x3 unit-stride shapes (the
     others are always conv, then pool)."""
     conv = NONFINITE_SHAPES[name]
@@ -104,7 +103,7 @@ def test_non_finite_and_huge_inputs_pool_the_direct_sums_pattern(isa_threads, na
     direct = np.where(e.posinf, np.inf, np.where(e.neginf, -np.inf, e.exact))  # NaN kept
     expected = reference.maxpool2d_forward(direct, 2, 2, 0)[0]
     for mode in MODES:
-        with winograd_mode(mode):
+        with conv_algorithm(mode):
             y, argmax = _kernels.conv2d_maxpool_forward(x, weight, None, conv.stride, conv.padding)
             pooled, pooled_argmax = _kernels.maxpool2d_forward(
                 _kernels.conv2d_forward(x, weight, None, conv.stride, conv.padding), 2, 2, 0)

@@ -1,9 +1,9 @@
 """The Winograd F(2x2, 3x3) path of conv2d_forward (and of conv2d_backward's
 dx, computed as a convolution) against the NumPy twins, on every ISA x {1, 2}
 threads: forced on for every 3x3 unit-stride problem with
-``set_winograd("always")``, and where ``"auto"`` takes it. Also NaN,
-infinities and values near FLT_MAX, on every convolution path: they give the
-direct sum's NaN and infinities."""
+``set_conv_algorithm("winograd")``, and where ``"auto"`` takes it. Also NaN,
+infinities and values near FLT_MAX, on every convolution algorithm: they give
+the direct sum's NaN and infinities."""
 
 import contextlib
 import functools
@@ -95,18 +95,19 @@ def check_dx(conv, x, weight, dy):
 
 
 @contextlib.contextmanager
-def winograd_mode(mode):
-    previous = _kernels.set_winograd(mode)
+def conv_algorithm(mode):
+    """set_conv_algorithm(mode) within the block."""
+    previous = _kernels.set_conv_algorithm(mode)
     try:
         yield
     finally:
-        _kernels.set_winograd(previous)
+        _kernels.set_conv_algorithm(previous)
 
 
 @pytest.fixture
 def winograd():
     """Winograd on every 3x3 unit-stride problem for the test, then back."""
-    with winograd_mode("always"):
+    with conv_algorithm("winograd"):
         yield
 
 
@@ -169,31 +170,16 @@ def test_auto_takes_winograd_where_it_pays(rng):
     forced path's, not im2col's) and im2col on a 3-channel input."""
     big = Conv(4, 32, 16, 16, 64, 3, 3, (1, 1), (1, 1))
     few = Conv(4, 3, 16, 16, 64, 3, 3, (1, 1), (1, 1))
-    previous = _kernels.set_winograd("auto")
-    try:
-        results = {}
-        for conv in (big, few):
-            x, weight, bias, _ = conv.arrays(rng)
-            for mode in ("auto", "always", "never"):
-                _kernels.set_winograd(mode)
+    results = {}
+    for conv in (big, few):
+        x, weight, bias, _ = conv.arrays(rng)
+        for mode in ("auto", "winograd", "no-winograd"):
+            with conv_algorithm(mode):
                 results[conv, mode] = _kernels.conv2d_forward(x, weight, bias, 1, 1)
-    finally:
-        _kernels.set_winograd(previous)
-    np.testing.assert_array_equal(results[big, "auto"], results[big, "always"])
-    assert not np.array_equal(results[big, "auto"], results[big, "never"])
-    np.testing.assert_array_equal(results[few, "auto"], results[few, "never"])
-    assert not np.array_equal(results[few, "auto"], results[few, "always"])
-
-
-def test_set_winograd_validates_and_returns_the_previous_mode():
-    previous = _kernels.set_winograd("never")
-    try:
-        assert _kernels.set_winograd("always") == "never"
-        with pytest.raises(ValueError, match="`mode` must be one of"):
-            _kernels.set_winograd("sometimes")
-    finally:
-        _kernels.set_winograd(previous)
-    assert previous == "auto"
+    np.testing.assert_array_equal(results[big, "auto"], results[big, "winograd"])
+    assert not np.array_equal(results[big, "auto"], results[big, "no-winograd"])
+    np.testing.assert_array_equal(results[few, "auto"], results[few, "no-winograd"])
+    assert not np.array_equal(results[few, "auto"], results[few, "winograd"])
 
 
 # ---------------------------------------------------------------------------
@@ -203,7 +189,8 @@ def test_set_winograd_validates_and_returns_the_previous_mode():
 # range it can handle, and the direct and im2col paths run the others.
 
 FLT_MAX = float(np.finfo(np.float32).max)
-MODES = ("never", "auto", "always")
+# auto, each algorithm forced (where it applies; auto's choice elsewhere), and auto without Winograd
+MODES = ("auto",) + _kernels.CONV_ALGORITHMS + ("no-winograd",)
 
 # Winograd in auto mode (forward, dx and dW), in always mode only, and the
 # paths without it: the direct kernel (K = 16 and, 5x5, K = 8; im2col on the
@@ -355,7 +342,7 @@ def assert_pattern(actual, expected, what):
 @pytest.mark.parametrize("where", ["x", "weight", "dy"])
 @pytest.mark.parametrize("name", NONFINITE_SHAPES)
 def test_non_finite_and_huge_inputs_give_the_direct_sums_pattern(isa_threads, name, where, kind):
-    """y, dx and dW in every Winograd mode: Inf where the direct sum
+    """y, dx and dW in every algorithm mode: Inf where the direct sum
     overflows or meets an infinity, NaN only where it has a NaN or inf - inf
     (zero padding enters it as zero terms: 0 * inf is NaN), finite and
     accurate elsewhere."""
@@ -363,7 +350,7 @@ def test_non_finite_and_huge_inputs_give_the_direct_sums_pattern(isa_threads, na
     x, weight, dy = nonfinite_arrays(conv, where, kind)
     expected = nonfinite_expected(name, where, kind)
     for mode in MODES:
-        with winograd_mode(mode):
+        with conv_algorithm(mode):
             y = _kernels.conv2d_forward(x, weight, None, conv.stride, conv.padding)
             dx, dweight, _ = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
             dw_alone = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding,
@@ -374,15 +361,15 @@ def test_non_finite_and_huge_inputs_give_the_direct_sums_pattern(isa_threads, na
 
 def test_auto_runs_winograd_on_the_first_nonfinite_shape(rng):
     """The shape that stands for Winograd in auto mode runs it, forward, dx
-    and dW, on inputs in range: the same bits as always, not as never."""
+    and dW, on inputs in range: the same bits as forced, not as without it."""
     conv = NONFINITE_SHAPES["winograd-auto"]
     x, weight, _, dy = conv.arrays(rng)
     results = {}
     for mode in MODES:
-        with winograd_mode(mode):
+        with conv_algorithm(mode):
             results[mode] = (_kernels.conv2d_forward(x, weight, None, 1, 1),
                              *_kernels.conv2d_backward(x, weight, dy, 1, 1)[:2])
-    for auto, always, never in zip(results["auto"], results["always"], results["never"]):
+    for auto, always, never in zip(results["auto"], results["winograd"], results["no-winograd"]):
         np.testing.assert_array_equal(auto, always)
         assert not np.array_equal(auto, never)
 
@@ -392,7 +379,7 @@ def test_inputs_in_range_but_large_still_run_winograd(rng):
     and dy by 2^40 scales its bits exactly (im2col's bits are others)."""
     conv = NONFINITE_SHAPES["winograd-auto"]
     x, weight, _, dy = conv.arrays(rng)
-    with winograd_mode("always"):
+    with conv_algorithm("winograd"):
         y, (_, dw, _) = (_kernels.conv2d_forward(x, weight, None, 1, 1),
                          _kernels.conv2d_backward(x, weight, dy, 1, 1))
         big = np.float32(2.0**40)
@@ -412,9 +399,9 @@ def test_one_non_finite_value_anywhere_keeps_winograd_off(isa_threads, rng):
     for i, e in enumerate([0, 1, 15, 16, half - 1, half, half + 1, size - 17, size - 2, size - 1]):
         bad = x.copy()
         bad.flat[e] = (np.nan, np.inf, -np.inf)[i % 3]
-        with winograd_mode("never"):
+        with conv_algorithm("no-winograd"):
             plain = _kernels.conv2d_forward(bad, weight, None, 1, 1)
-        with winograd_mode("always"):
+        with conv_algorithm("winograd"):
             y = _kernels.conv2d_forward(bad, weight, None, 1, 1)
         assert np.isfinite(plain).sum() > plain.size - 20 * conv.k  # it reaches a few outputs
         np.testing.assert_array_equal(y, plain, err_msg=f"{bad.flat[e]} at {e}")

@@ -275,7 +275,7 @@ def test_same_bits_for_any_thread_count(isa_threads, rng, m, n, k):
 
 
 # ---------------------------------------------------------------------------
-# input validation (fastconv/_kernels.pyx)
+# input validation (fastconv/_native/gemm.pxi)
 
 
 def good():

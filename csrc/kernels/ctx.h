@@ -49,14 +49,14 @@ typedef struct {
      * MR and NR (gemm_ukernel.h). ukr_fused may be NULL. */
     const fc_gemm_kernel *gemm;
 
-    /* conv2d.c: im2col rows, col2im channels, and implicit im2col's B
+    /* conv/im2col.c: im2col rows, col2im channels, and implicit im2col's B
      * packer (im2col.h). */
     fc_im2col_row_fn *im2col_row;
     fc_col2im_channel_fn *col2im_channel;
     fc_pack_b_fn *pack_columns;
     fc_max_abs_bits_fn *max_abs_bits;
 
-    /* conv2d_winograd.c: the F(2x2, 3x3) transforms (winograd.h). The
+    /* conv/winograd.c: the F(2x2, 3x3) transforms (winograd.h). The
      * output transform adds the bias and applies ReLU; its pool variant
      * stores the 2x2 max-pool of each tile and its argmax instead of y. */
     fc_wg_input_fn *wg_input;
@@ -68,7 +68,7 @@ typedef struct {
     fc_pool_row_forward_fn *pool2x2_forward;
     fc_pool_row_backward_fn *pool2x2_backward;
 
-    /* conv2d_direct.c: the direct convolution's tiles for K = 8 and K = 16
+    /* conv/direct.c: the direct convolution's tiles for K = 8 and K = 16
      * output channels (direct.h). A NULL forward: the direct algorithm does
      * not apply on this ISA. */
     fc_direct_kernel direct_k8, direct_k16;
@@ -87,7 +87,7 @@ typedef struct {
 #define FC_KERNEL_CAT2(name, isa) fc_##name##_##isa
 
 /* The table of the ISA picked at run time (dispatch.c), and of any ISA
- * (one this build does not have gives the reference table). */
+ * (one this build or this CPU does not have gives the reference table). */
 const fc_ctx *fc_ctx_current(void);
 const fc_ctx *fc_ctx_of(int isa);
 

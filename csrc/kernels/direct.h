@@ -1,4 +1,4 @@
-/* The direct convolution's tiles (called by conv2d_direct.c, which pads each
+/* The direct convolution's tiles (called by conv/direct.c, which pads each
  * image, transposes the weights and does the threading), for unit-stride
  * convolutions with K = 8 or K = 16 output channels.
  *

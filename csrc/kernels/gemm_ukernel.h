@@ -54,7 +54,7 @@ typedef void fc_gemm_ukr_fused(fc_int kc, float alpha, const float *a, const flo
  * (pack_mr) or NR (pack_nr) rows, dst[(r / R) * R * kc + p * R + r % R],
  * zero past `rows` (the contiguous case of sgemm.c's pack_slivers). deal:
  * one row p of B, src[0, nb), into the NR-slivers at dst[(j / NR) * NR *
- * kc + j % NR], zero past nb (implicit im2col's packer, conv2d.c). */
+ * kc + j % NR], zero past nb (implicit im2col's packer, conv/im2col.c). */
 typedef void fc_pack_fn(fc_int rows, fc_int kc, const float *src, fc_int cs, float *dst);
 typedef void fc_deal_fn(const float *src, fc_int nb, fc_int kc, float *dst);
 

@@ -1,4 +1,4 @@
-/* The im2col family's copy kernels (called by conv2d.c; one source,
+/* The im2col family's copy kernels (called by conv/im2col.c; one source,
  * kernels/ref/copies_impl.h, compiled per ISA folder).
  *
  * The column matrix of one image x (C, H, W) for a convolution of shape s

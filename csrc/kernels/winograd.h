@@ -1,10 +1,10 @@
-/* Winograd F(2x2, 3x3)'s transforms (called by conv2d_winograd.c, which
+/* Winograd F(2x2, 3x3)'s transforms (called by conv/winograd.c, which
  * derives them; one source, kernels/ref/winograd_impl.h, compiled per ISA
  * folder).
  *
  * A block is the tile rows [r0, r1) of the batch, tile row r being tile row
  * r % th of image r / th; its tiles are numbered j = 0, 1, ... in that
- * order, tw per tile row. The plan (fc_wg_plan, made by conv2d_winograd.c)
+ * order, tw per tile row. The plan (fc_wg_plan, made by conv/winograd.c)
  * holds the strides of the layouts below.
  *
  * wg_input: V = B^T d B of every channel of the block's tiles, written as

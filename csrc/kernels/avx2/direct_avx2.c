@@ -1,6 +1,6 @@
 /* Direct convolution tiles for 8 and 16 output channels, AVX2 + FMA
  * (contract: kernels/direct.h; the driver, its threading and the measured
- * rule for when it runs: conv2d_direct.c). Register tiles of 12
+ * rule for when it runs: conv/direct.c, conv/plan.c). Register tiles of 12
  * accumulators:
  * - K = 16 (tile): the output channels are the lanes, 2 vectors x 6 output
  *   pixels; per tap, 2 weight loads and 6 broadcast pixels;

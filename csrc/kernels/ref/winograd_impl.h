@@ -1,5 +1,5 @@
 /* Winograd F(2x2, 3x3)'s input, output and gradient transforms (contract:
- * kernels/winograd.h; the algebra: conv2d_winograd.c), as one source that
+ * kernels/winograd.h; the algebra: conv/winograd.c), as one source that
  * each ISA folder compiles with its flags: kernels/ref/winograd_ref.c and
  * kernels/avx2/winograd_avx2.c. Include it once, with FC_KERNEL_ISA defined.
  *

@@ -1,9 +1,9 @@
 /* Direct convolution for layers with 8 or 16 output channels: the forward
  * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
  * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
- * (conv2d.c, dx_by_convolution), which comes here when it has 8 or 16
- * outputs. The dispatch rule is fc_conv2d_direct_fits (for dW,
- * fc_conv2d_direct_dweight_takes).
+ * (conv/plan.c, dx_by_convolution), which comes here when it has 8 or 16
+ * outputs. When it runs is conv/plan.c's rule (with the measurements
+ * behind it).
  *
  * Why: with K = 8 or 16 output channels, im2col + GEMM uses each packed B
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed
@@ -27,10 +27,9 @@
  * runs the images one after another and shares each one's tiles among the
  * threads, and dW runs on one thread.
  *
- * Where the ISA table has no tiles for K (the generic ISA has none),
- * fc_conv2d_direct_fits says no and the GEMM path runs instead.
+ * Where the ISA table has no tiles for K (the generic ISA has none), the
+ * planner does not pick it, and the GEMM path runs instead.
  */
-#include <float.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,44 +37,13 @@
 #include "fastconv.h"
 #include "fc_omp.h"
 #include "kernels/ctx.h"
+#include "conv/conv.h"
 
-/* The shapes this path takes: unit strides (a tile's pixels are
- * consecutive) and K = 8 or 16 (the register tiles). Measured at 1 thread
- * (AVX2, 2-core EPYC, shared and noisy), this build against the GEMM path
- * before it (dee45b3), each in its own process, 3 alternating rounds of
- * 0.6 s per case, medians; fwd, bwd (dx, dW, db) and dW (need_dx=False):
- *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2): fwd 1.06 ms vs 1.83, bwd 2.52 vs 4.01, dW 1.20 vs 2.45
- *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):  fwd 0.42 vs 0.61, bwd 1.10 vs 2.33, dW 0.42 vs 0.98
- *   64x16x14x14 -> 8, 5x5 p2:               fwd 1.32 vs 2.57, bwd 2.52 vs 5.07
- *   32x64x8x8 -> 16, 3x3 p1:                fwd 0.52 vs 0.96, bwd 1.21 vs 1.66
- *   16x512x4x4 -> 16, 3x3 p1 (4608 taps):   fwd 0.72 vs 1.86, bwd 1.90 vs 8.43
- *   8x256x16x16 -> 8, 5x5 p2 (6400 taps):   fwd 4.12 vs 9.27, bwd 7.18 vs 17.4
- * so no limit on C * kh * kw: with K this small the GEMM never amortizes its
- * packing. The one near-tie: K = 16 with a handful of taps (4x3x64x64 ->
- * 16 3x3, 64x1x28x28 -> 16 5x5), where tile()'s transposing store weighs
- * as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from run to
- * run, within this machine's noise, so no separate rule. */
 /* The table's tiles for K output channels, or NULL. */
 static const fc_direct_kernel *kernel_for(const fc_ctx *ctx, fc_int k)
 {
     const fc_direct_kernel *kr = k == 16 ? &ctx->direct_k16 : k == 8 ? &ctx->direct_k8 : NULL;
     return kr && kr->forward ? kr : NULL;
-}
-
-int fc_conv2d_direct_fits(const fc_conv_shape *s)
-{
-    return s->sh == 1 && s->sw == 1 && s->ph >= 0 && s->pw >= 0 &&
-           kernel_for(fc_ctx_current(), s->k) != NULL;
-}
-
-/* dW's K = 8 tiles run along the padded row pitch, multiplying the pixels
- * past each output row by zeros in dy: nothing for finite x, but NaN for an
- * infinite or NaN pixel there, where the direct sum has no such term. Such
- * x takes the GEMM path (one pass over x, for these small layers). */
-int fc_conv2d_direct_dweight_takes(const fc_conv_shape *s, const float *x, int nthreads)
-{
-    return fc_conv2d_direct_fits(s) &&
-           (s->k == 16 || fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads) <= FLT_MAX);
 }
 
 static fc_direct_geom geom_of(const fc_conv_shape *s, const fc_direct_kernel *kr)
@@ -164,6 +132,10 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
     return 0;
 }
 
+/* dW and db: each thread's images accumulate into its own (taps, K, lanes)
+ * partials (the tiles' layout, kernels/direct.h); at the end dW = the
+ * partials summed in thread order, each thread's lanes in order:
+ * deterministic for a thread count. */
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads)
 {

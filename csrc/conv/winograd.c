@@ -47,15 +47,11 @@
 #include "fastconv.h"
 #include "fc_omp.h"
 #include "kernels/ctx.h"
+#include "conv/conv.h"
 
 /* A block's V and M in floats: 512 KB, half of a 1 MB L2 (and past a
  * 512 KB one still mostly L2 hits, as M is written and read in k order). */
 #define WG_BLOCK_FLOATS (128 * 1024)
-
-static int wg_mode = FC_WINOGRAD_AUTO;
-
-void fc_winograd_set_mode(int mode) { wg_mode = mode; }
-int fc_winograd_get_mode(void) { return wg_mode; }
 
 static fc_int min_i(fc_int a, fc_int b) { return a < b ? a : b; }
 static fc_int max_i(fc_int a, fc_int b) { return a > b ? a : b; }
@@ -81,42 +77,15 @@ static fc_int odd_lines(fc_int n)
     return (lines | 1) * WG_LINE_FLOATS;
 }
 
-static int winograd_possible(const fc_conv_shape *s)
-{
-    return s->kh == 3 && s->kw == 3 && s->sh == 1 && s->sw == 1 && s->ph >= 0 && s->pw >= 0;
-}
-
-/* Where it pays (auto mode), measured on AVX2 against the im2col path: the
- * GEMMs reduce over C alone, so with few input channels each micro-kernel
- * call does little work per store of its tile and the transforms dominate
- * (128x3x32x32 -> 32: 0.55x at 1 and 2 threads); with few output channels
- * the input transform is spread over few outputs. With C and K from 32 to
- * 128 it ran 1.4-2.0x faster (bench_conv2d's fastconv_im2col side). */
-#define WG_MIN_C 16
-#define WG_MIN_K 16
-/* Batch-1 inference: below this many tiles, the weight transform and
- * GEMMs a few tiles wide cost more than the multiply-adds saved
- * (1x64x8x8 -> 128, 16 tiles: 0.42x the im2col path). */
-#define WG_MIN_TILES 256
-
-int fc_winograd_applies(const fc_conv_shape *s)
-{
-    if (wg_mode == FC_WINOGRAD_NEVER || !winograd_possible(s)) return 0;
-    if (wg_mode == FC_WINOGRAD_ALWAYS) return 1;
-    const fc_int tiles = s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2);
-    /* K = 16 fits conv2d_direct.c's kernel, which needs no transforms. */
-    return s->c >= WG_MIN_C && s->k >= WG_MIN_K && tiles >= WG_MIN_TILES &&
-           !fc_conv2d_direct_fits(s);
-}
-
 /* ---- the inputs' range -----------------------------------------------------
  * The transforms spread each input over a whole tile and rely on exact
  * cancellation, which IEEE arithmetic does not give at the edges: an
  * infinite pixel minus itself is NaN in every output of its tiles where the
  * direct sum has +-Inf, and values near FLT_MAX overflow inside V, U or M
  * where the direct sum stays finite. So Winograd runs only on inputs that
- * are all finite and keep every value it computes below FLT_MAX; the caller
- * takes its direct or im2col path otherwise.
+ * are all finite and keep every value it computes below FLT_MAX (conv/plan.c
+ * asks these before it picks Winograd, and takes the next algorithm
+ * otherwise).
  *
  * The bound, for exact values, with a and b the largest |x| and |w| (|dy|
  * for dW) and the sums of |coefficients| in each row of the transforms:

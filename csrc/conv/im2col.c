@@ -1,14 +1,20 @@
-/* 2-D convolution by im2col + GEMM (contract in fastconv.h).
+/* 2-D convolution by im2col + GEMM (contract in fastconv.h; conv/plan.c
+ * picks this or another algorithm, and its variant).
  *
  * With W viewed as a (K, C*kh*kw) matrix and, per image n, the column matrix
  * col_n = im2col(x_n) of shape (C*kh*kw, OH*OW):
  *   forward:   y_n  = W @ col_n + bias
  *   backward:  dW   = sum_n dy_n @ col_n^T,   db = sum_n row sums of dy_n,
  *              dx_n = col2im(W^T @ dy_n)
- * or, at unit strides with C >= K, dx as the convolution of dy with the
- * flipped, transposed weights (dx_by_convolution), which needs no col2im.
- * A 1x1 kernel with unit stride and no padding has col_n == x_n (viewed as
- * (C, H*W)), so it skips the copy, and W^T @ dy_n is dx_n itself.
+ * The forward's variants (FC_IM2COL_*): explicit builds col_n, then runs the
+ * GEMM; implicit has the GEMM pack its B panels straight from x (the
+ * table's pack_columns), so col_n is never stored; pointwise is a 1x1
+ * kernel with unit stride and no padding, whose col_n is x_n itself
+ * (viewed as (C, H*W)), read in place (a group of several images, below,
+ * is packed as implicit's). The backward pass builds col_n for
+ * dW (x_n itself at 1x1), and its W^T @ dy_n is dx_n itself at 1x1. When
+ * plan.c has dx computed as a convolution instead, this pass computes dW
+ * and db alone.
  *
  * Small images are taken a few at a time: a group of g images puts its
  * column matrices side by side, (C*kh*kw, g*OH*OW), so that one GEMM is at
@@ -41,6 +47,7 @@
 #include "fastconv.h"
 #include "fc_omp.h"
 #include "kernels/ctx.h"
+#include "conv/conv.h"
 
 /* A group of images is the fewest whose column matrices, side by side, are
  * at least this wide: from there the GEMM's packing is amortized (a 64 x 288
@@ -118,22 +125,6 @@ static float row_sum(const float *v, fc_int n)
     return sum;
 }
 
-float fc_max_abs(const float *v, fc_int count, int nthreads)
-{
-    fc_max_abs_bits_fn *const part = fc_ctx_current()->max_abs_bits;
-    int32_t most = 0;
-#pragma omp parallel num_threads(nthreads) reduction(max : most) \
-    if (nthreads > 1 && count >= FC_CONV_PAR_MIN)
-    {
-        long long lo, hi;
-        fc_split_range(count, fc_team_size(), fc_thread_id(), &lo, &hi);
-        most = part(v + lo, hi - lo);
-    }
-    float r;
-    memcpy(&r, &most, sizeof r);
-    return r;
-}
-
 /* How a thread walks its images: groups of g, and its workspace. */
 typedef struct {
     fc_int g;           /* images per group */
@@ -166,11 +157,11 @@ static const float *group_columns(const fc_conv_shape *s, const float *x, fc_int
     return col;
 }
 
-/* Images [n0, n1) of the forward pass, with workspace `work` laid out as
- * `plan` says (no column matrix at unit strides: the GEMM packs its B
- * straight from x).
+/* Images [n0, n1) of the forward pass by `variant` (FC_IM2COL_*), with
+ * workspace `work` laid out as `plan` says (no column matrix but for the
+ * explicit variant).
  * nthreads: threads for each group's GEMM. Returns 0 or the GEMM's error. */
-static int forward_images(const fc_conv_shape *s, const float *x, const float *weight,
+static int forward_images(const fc_conv_shape *s, int variant, const float *x, const float *weight,
                           const float *bias, int relu, float *y, fc_int n0, fc_int n1,
                           const conv_plan *plan, float *work, int nthreads)
 {
@@ -181,19 +172,17 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
         const fc_int gn = min_i(plan->g, n1 - n), ld = gn * ohow;
         const fc_column_source cols = {s, x + n * chw, ctx->gemm->deal_nr};
         const fc_b_source packer = {ctx->pack_columns, &cols};
-        /* Unit strides pack B from x (implicit im2col); other strides build
-         * the column matrix first, which measured 15% faster for the 7x7
-         * stride-2 layer, whose output-row-sized gathers cost more per call
-         * than the GEMM (K = 16) spends on them. */
-        const int implicit = s->sh == 1 && s->sw == 1;
-        const float *b = implicit ? x + n * chw : group_columns(s, x, n, gn, work, nthreads);
+        /* B is x itself (1x1, one image), packed from x (implicit), or the
+         * column matrix built first (explicit). */
+        const int explicit = variant == FC_IM2COL_EXPLICIT;
+        const int packed = !explicit && !(variant == FC_IM2COL_POINTWISE && columns_are_x(s, gn));
+        const float *b = explicit ? group_columns(s, x, n, gn, work, nthreads) : x + n * chw;
         /* One image writes its y directly; a group goes through `wide`. */
         float *wide = gn == 1 ? y + n * kohow : work + plan->col_floats;
         /* Bias and ReLU in the GEMM's epilogue; no k split, so an image's
          * outputs do not depend on its group's width. */
-        int rc = fc_sgemm_fused(s->k, ld, ckk, weight, ckk, b, ld,
-                                implicit && !columns_are_x(s, gn) ? &packer : NULL, bias, relu,
-                                wide, ld, nthreads);
+        int rc = fc_sgemm_fused(s->k, ld, ckk, weight, ckk, b, ld, packed ? &packer : NULL, bias,
+                                relu, wide, ld, nthreads);
         if (rc) return rc;
         if (gn == 1) continue;
         for (fc_int q = 0; q < gn; q++)
@@ -204,31 +193,12 @@ static int forward_images(const fc_conv_shape *s, const float *x, const float *w
     return 0;
 }
 
-/* Winograd for this forward: its shape rule, then the inputs' range.
- * max_x, max_w: fc_max_abs of x and weight when the caller has them, else
- * -1, and they are computed here once the shape rule says yes (the pass
- * over x costs 0.5% of the instructions of the 128x32x16x16 -> 64 layer's
- * forward: README). */
-static int winograd_forward_takes(const fc_conv_shape *s, const float *x, float max_x,
-                                  const float *weight, float max_w, int nthreads)
+int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const float *weight,
+                      const float *bias, int relu, float *y, int nthreads)
 {
-    if (!fc_winograd_applies(s)) return 0;
-    if (max_x < 0) max_x = fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads);
-    if (max_w < 0) max_w = fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads);
-    return fc_winograd_forward_in_range(s, max_x, max_w);
-}
-
-/* fc_conv2d_forward, with max_x and max_w as winograd_forward_takes's. */
-static int conv_forward(const fc_conv_shape *s, const float *x, float max_x, const float *weight,
-                        float max_w, const float *bias, int relu, float *y, int nthreads)
-{
-    if (winograd_forward_takes(s, x, max_x, weight, max_w, nthreads))
-        return fc_conv2d_winograd(s, x, weight, bias, relu, y, nthreads);
-    if (fc_conv2d_direct_fits(s)) /* 8 or 16 output channels: conv2d_direct.c */
-        return fc_conv2d_direct_forward(s, x, weight, bias, relu, y, nthreads);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     conv_plan plan = plan_for(s, (s->n + team - 1) / team);
-    if (s->sh == 1 && s->sw == 1) { /* implicit im2col: no column matrix */
+    if (variant != FC_IM2COL_EXPLICIT) { /* no column matrix */
         plan.col_floats = 0;
         plan.floats = plan.wide_floats;
     }
@@ -237,7 +207,8 @@ static int conv_forward(const fc_conv_shape *s, const float *x, float max_x, con
 
     int failed = 0;
     if (team == 1) {
-        failed = forward_images(s, x, weight, bias, relu, y, 0, s->n, &plan, work, nthreads) != 0;
+        failed = forward_images(s, variant, x, weight, bias, relu, y, 0, s->n, &plan, work,
+                                nthreads) != 0;
     } else {
         /* Groups are handed out as threads come free: an image's outputs do
          * not depend on its group or thread, and a preempted thread does not
@@ -248,34 +219,12 @@ static int conv_forward(const fc_conv_shape *s, const float *x, float max_x, con
             float *mine = work ? work + fc_thread_id() * plan.floats : NULL;
 #pragma omp for schedule(dynamic, 1)
             for (fc_int gi = 0; gi < groups; gi++)
-                failed |= forward_images(s, x, weight, bias, relu, y, gi * plan.g,
+                failed |= forward_images(s, variant, x, weight, bias, relu, y, gi * plan.g,
                                          min_i(s->n, (gi + 1) * plan.g), &plan, mine, 1) != 0;
         }
     }
     free(work);
     return failed ? FC_ENOMEM : 0;
-}
-
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                      const float *bias, int relu, float *y, int nthreads)
-{
-    return conv_forward(s, x, -1.0f, weight, -1.0f, bias, relu, y, nthreads);
-}
-
-int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                              const float *bias, int relu, float *pooled, uint8_t *argmax,
-                              int nthreads)
-{
-    if (winograd_forward_takes(s, x, -1.0f, weight, -1.0f, nthreads))
-        return fc_conv2d_winograd_maxpool(s, x, weight, bias, relu, pooled, argmax, nthreads);
-    /* im2col's tiles are rows of output channels, not windows: conv, then pool. */
-    float *y = alloc_floats(s->n * s->k * s->oh * s->ow);
-    if (!y) return FC_ENOMEM;
-    int rc = fc_conv2d_forward(s, x, weight, bias, relu, y, nthreads);
-    const fc_pool_shape ps = {s->n, s->k, s->oh, s->ow, 2, 2, 2, 2, 0, 0, s->oh / 2, s->ow / 2};
-    if (!rc) rc = fc_maxpool2d_forward(&ps, y, pooled, argmax, 1, nthreads);
-    free(y);
-    return rc;
 }
 
 /* Images [n0, n1) of the backward pass, with workspace `work` laid out as
@@ -340,43 +289,10 @@ static void sum_partials(float *out, const float *parts, fc_int stride, int npar
     }
 }
 
-/* The convolution whose output is dx, as dx_by_convolution below runs it. */
-static fc_conv_shape dx_convolution_shape(const fc_conv_shape *s)
-{
-    fc_conv_shape t = *s;
-    t.c = s->k, t.h = s->oh, t.w = s->ow;
-    t.k = s->c, t.oh = s->h, t.ow = s->w;
-    t.ph = s->kh - 1 - s->ph, t.pw = s->kw - 1 - s->pw;
-    return t;
-}
-
-/* dx of a stride-1 convolution is itself a convolution, of dy with the
- * weights transposed to (C, K, kh, kw) and flipped in both spatial axes,
- * padding kh-1-ph by kw-1-pw: a tap of dx at (y, x) sums dy at (y + ph - i,
- * x + pw - j). It runs as a forward pass (implicit im2col, no column matrix
- * and no col2im scatter; the output size is exactly H x W). A padding
- * beyond kh-1 makes the dx padding negative, which the forward's tap ranges
- * handle: those taps skip dy's border rows instead of reading zeros. */
-static int dx_by_convolution(const fc_conv_shape *s, const float *weight, float max_w,
-                             const float *dy, float max_dy, float *dx, int nthreads)
-{
-    const fc_int kk = s->kh * s->kw;
-    float *flipped = alloc_floats(s->k * s->c * kk);
-    if (!flipped) return FC_ENOMEM;
-    for (fc_int k = 0; k < s->k; k++)
-        for (fc_int c = 0; c < s->c; c++)
-            for (fc_int e = 0; e < kk; e++)
-                flipped[(c * s->k + k) * kk + kk - 1 - e] = weight[(k * s->c + c) * kk + e];
-    const fc_conv_shape t = dx_convolution_shape(s);
-    const int rc = conv_forward(&t, dy, max_dy, flipped, max_w, NULL, 0, dx, nthreads);
-    free(flipped);
-    return rc;
-}
-
 /* dbias[k] = sum over images n, in order, of the sum of dy[n, k]. The plane
  * sums are taken in memory order (dy is read once, streaming) into a
  * workspace, then summed per channel: the same bits at any thread count. */
-static int bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads)
+int fc_conv_bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads)
 {
     const fc_int ohow = s->oh * s->ow, planes = s->n * s->k;
     float *sums = alloc_floats(planes);
@@ -397,9 +313,8 @@ static int bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, 
     return 0;
 }
 
-/* dW and db (each may be NULL: not computed), and dx by col2im when dx is given. */
-static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float *weight,
-                            const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
+int fc_im2col_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
 {
     if (!(nthreads > 1 && s->n >= nthreads)) {
         const conv_plan plan = plan_for(s, s->n);
@@ -433,50 +348,4 @@ static int dw_and_col2im_dx(const fc_conv_shape *s, const float *x, const float 
     }
     free(work);
     return failed ? FC_ENOMEM : 0;
-}
-
-int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
-                       const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
-{
-    /* dx as a convolution packs K*kh*kw rows of B for a GEMM with C rows;
-     * col2im's GEMM packs K rows for C*kh*kw, then scatters C*kh*kw rows.
-     * Measured at 1 thread (AVX2), the convolution wins when C >= K (3x3,
-     * 128x64x16x16 -> 32: 34.4 ms against 37.8; 5x5, 64x32x14x14 -> 8: 8.4
-     * against 10.7), ties at C == K and loses when K = 2C, the usual widening
-     * layer (128x32x16x16 -> 64: 34.5 against 32.5). It also wins when that
-     * convolution (K -> C channels) runs as Winograd F(2x2, 3x3), with 2.25x
-     * fewer multiply-adds, or fits the direct kernel: lenet conv2's dx
-     * (16 -> 8) takes 1.3 ms against 1.6 by col2im. Strided convolutions
-     * always scatter by col2im, each thread on its own images. */
-    const fc_conv_shape t = dx_convolution_shape(s);
-    /* As a convolution, dx multiplies dy's zero padding by the weights: an
-     * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
-     * such term. col2im adds only the real terms. Each input's range is
-     * taken once (fc_max_abs; -1: not needed). */
-    const int unit = dx && s->sh == 1 && s->sw == 1;
-    const float max_w = unit ? fc_max_abs(weight, s->k * s->c * s->kh * s->kw, nthreads) : -1.0f;
-    const int by_convolution =
-        unit && (s->c >= s->k || fc_winograd_applies(&t) || fc_conv2d_direct_fits(&t)) &&
-        max_w <= FLT_MAX;
-    /* dW by Winograd too, when dx needs no col2im (which runs with dW). */
-    const int winograd_dw = fc_winograd_applies(s) && (by_convolution || !dx);
-    const float max_dy =
-        winograd_dw ? fc_max_abs(dy, s->n * s->k * s->oh * s->ow, nthreads) : -1.0f;
-    if (winograd_dw &&
-        fc_winograd_dweight_in_range(s, fc_max_abs(x, s->n * s->c * s->h * s->w, nthreads),
-                                     max_dy, nthreads)) {
-        int rc = fc_conv2d_winograd_dweight(s, x, dy, dweight, nthreads);
-        if (!rc && dbias) rc = bias_gradient(s, dy, dbias, nthreads);
-        if (rc || !dx) return rc;
-        return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
-    }
-    /* dW and db by the direct kernel where it takes them (conv2d_direct.c has the
-     * numbers), the col2im route then computing dx alone. */
-    const int direct = fc_conv2d_direct_dweight_takes(s, x, nthreads);
-    int rc = direct ? fc_conv2d_direct_backward_weight(s, x, dy, dweight, dbias, nthreads) : 0;
-    if (!rc && (!direct || (dx && !by_convolution)))
-        rc = dw_and_col2im_dx(s, x, weight, dy, by_convolution ? NULL : dx,
-                              direct ? NULL : dweight, direct ? NULL : dbias, nthreads);
-    if (rc || !dx || !by_convolution) return rc;
-    return dx_by_convolution(s, weight, max_w, dy, max_dy, dx, nthreads);
 }

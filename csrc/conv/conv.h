@@ -1,0 +1,54 @@
+/* The convolution algorithms' entry points, for conv/plan.c, which decides
+ * which runs (the public entry points and their contracts: fastconv.h).
+ * Each has fc_conv2d_forward's or fc_conv2d_backward's contract for the
+ * shapes and inputs plan.c gives it. */
+#ifndef FC_CONV_CONV_H
+#define FC_CONV_CONV_H
+
+#include <stdint.h>
+
+#include "fastconv.h"
+
+/* ---- im2col.c: im2col + GEMM ------------------------------------------- */
+enum {
+    FC_IM2COL_EXPLICIT = 0,  /* the column matrix built, then the GEMM */
+    FC_IM2COL_IMPLICIT = 1,  /* the GEMM packs its B straight from x */
+    FC_IM2COL_POINTWISE = 2, /* 1x1, unit stride, no padding: x is the column matrix */
+};
+int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const float *weight,
+                      const float *bias, int relu, float *y, int nthreads);
+/* dweight and dbias (each may be NULL: not computed) by im2col, and dx (may
+ * be NULL) by W^T dy and col2im, in one pass over the images. */
+int fc_im2col_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *dy, float *dx, float *dweight, float *dbias, int nthreads);
+/* dbias[k] = the sum of dy[:, k] (images in order), the same bits at any
+ * thread count. */
+int fc_conv_bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias, int nthreads);
+
+/* ---- winograd.c: F(2x2, 3x3), 3x3 kernels at unit stride ---------------
+ * For inputs whose largest |values| (fc_max_abs: NaN or Inf when one is
+ * not finite) *_in_range accepts: then no value inside the transforms can
+ * overflow, and the results are finite as the direct sum's. */
+int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w);
+int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads);
+int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *bias, int relu, float *y, int nthreads);
+/* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax, as
+ * fc_maxpool2d_forward gives them: each tile of the transform is one
+ * window, so y is never stored. */
+int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
+                               const float *bias, int relu, float *pooled, uint8_t *argmax,
+                               int nthreads);
+int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
+                               float *dweight, int nthreads);
+
+/* ---- direct.c: K = 8 or 16 output channels at unit stride, where the ISA
+ * table has the tiles ---------------------------------------------------- */
+int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                             const float *bias, int relu, float *y, int nthreads);
+/* dweight and dbias (may be NULL), overwritten; for x that is finite
+ * where the K = 8 tiles need it (plan.c checks). */
+int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
+                                     float *dweight, float *dbias, int nthreads);
+
+#endif

@@ -1,0 +1,624 @@
+/* 2-D convolution: which algorithm runs it, decided here and nowhere else
+ * (the public entry points' contracts: fastconv.h).
+ *
+ * The algorithms, in the order auto tries them (the table `algorithms`):
+ *   direct           conv/direct.c: each image zero-padded, then convolved
+ *                    directly, for K = 8 or 16 output channels at unit
+ *                    stride, where the ISA table has the tiles (AVX2 and up)
+ *   winograd         conv/winograd.c: F(2x2, 3x3) for 3x3 kernels at unit
+ *                    stride, 2.25x fewer multiply-adds, on inputs in range
+ *   pointwise        conv/im2col.c: 1x1, unit stride, no padding: x is the
+ *                    column matrix, the GEMM reads it in place
+ *   implicit_im2col  conv/im2col.c: the GEMM packs its B straight from x,
+ *                    the column matrix never stored
+ *   im2col           conv/im2col.c: the column matrix built, then the GEMM
+ *
+ * Directions. The forward, and the conv + 2x2 max-pool forward, which runs
+ * the forward's algorithm: Winograd pools in its output transform and never
+ * stores y, the others run the forward, then the pool. dx: im2col computes
+ * W^T dy and scatters it by col2im; every other algorithm computes dx as
+ * the forward convolution of dy with the flipped, transposed weights
+ * (dx_by_convolution), planned as a forward of its own. dW and db: direct
+ * and Winograd have their own; pointwise and im2col run in im2col's backward
+ * pass, which also computes col2im's dx when dx goes that way.
+ *
+ * Each algorithm has, per direction, a rule on the shape and the ISA table
+ * (NO: it cannot run this; APPLIES: it can, but auto does not take it;
+ * PAYS: auto takes it, by the measurements given at each rule) and a guard
+ * on the inputs' values (the range passes), taken only for the candidate
+ * about to be chosen. No rule asks about another algorithm: precedence is
+ * the order of the table. The mode (fc_conv_set_mode): auto takes the first
+ * algorithm whose rule says PAYS and whose guard holds; forcing one takes it
+ * wherever its rule says APPLIES or PAYS and its guard holds, and auto's
+ * choice elsewhere; excluding one is auto without it. im2col pays for every
+ * shape, so auto always finds one.
+ *
+ * A new algorithm is one file with its entry points (declared in
+ * conv/conv.h) and one row of the table, with its rules.
+ */
+#include <float.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fastconv.h"
+#include "fc_omp.h"
+#include "kernels/ctx.h"
+#include "conv/conv.h"
+
+/* Below this many elements the range pass is not worth a parallel region. */
+#define FC_RANGE_PAR_MIN 32768
+
+enum { NO = 0, APPLIES = 1, PAYS = 2 };
+
+/* ---- why: a rule's reason, for fc_conv_explain ---------------------------- */
+
+typedef struct {
+    char text[480];
+} reason;
+
+/* r's text := the formatted string (r may be NULL: nothing is kept). */
+static void say(reason *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void say(reason *r, const char *fmt, ...)
+{
+    if (!r) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->text, sizeof r->text, fmt, ap);
+    va_end(ap);
+}
+
+/* r's text += the formatted string. */
+static void add(reason *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add(reason *r, const char *fmt, ...)
+{
+    if (!r) return;
+    const size_t used = strlen(r->text);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(r->text + used, sizeof r->text - used, fmt, ap);
+    va_end(ap);
+}
+
+/* ---- the problem ------------------------------------------------------------ */
+
+/* A convolution being planned: its shape, the ISA table, its inputs and what
+ * is known of their range. While explaining, the inputs are NULL and every
+ * guard holds. */
+typedef struct {
+    fc_conv_shape s;
+    const fc_ctx *ctx;
+    const float *x, *w, *dy;
+    float max_x, max_w, max_dy; /* fc_max_abs of each, taken when a guard first asks; -1 until then */
+    int nthreads;
+    int need_dx;   /* the backward computes dx */
+    int dx_col2im; /* ... through col2im (im2col's backward pass) */
+} problem;
+
+static problem problem_of(const fc_conv_shape *s, const float *x, const float *w, const float *dy,
+                          int nthreads)
+{
+    problem p = {*s, fc_ctx_current(), x, w, dy, -1.0f, -1.0f, -1.0f, nthreads, 0, 0};
+    return p;
+}
+
+float fc_max_abs(const float *v, fc_int count, int nthreads)
+{
+    fc_max_abs_bits_fn *const part = fc_ctx_current()->max_abs_bits;
+    int32_t most = 0;
+#pragma omp parallel num_threads(nthreads) reduction(max : most) \
+    if (nthreads > 1 && count >= FC_RANGE_PAR_MIN)
+    {
+        long long lo, hi;
+        fc_split_range(count, fc_team_size(), fc_thread_id(), &lo, &hi);
+        most = part(v + lo, hi - lo);
+    }
+    float r;
+    memcpy(&r, &most, sizeof r);
+    return r;
+}
+
+/* The largest |values| of the inputs, each pass taken once per call. */
+static float max_x(problem *p)
+{
+    if (p->max_x < 0) p->max_x = fc_max_abs(p->x, p->s.n * p->s.c * p->s.h * p->s.w, p->nthreads);
+    return p->max_x;
+}
+
+static float max_w(problem *p)
+{
+    if (p->max_w < 0) p->max_w = fc_max_abs(p->w, p->s.k * p->s.c * p->s.kh * p->s.kw, p->nthreads);
+    return p->max_w;
+}
+
+static float max_dy(problem *p)
+{
+    if (p->max_dy < 0) p->max_dy = fc_max_abs(p->dy, p->s.n * p->s.k * p->s.oh * p->s.ow, p->nthreads);
+    return p->max_dy;
+}
+
+/* The convolution whose output is dx (dx_by_convolution): dy (K channels,
+ * OH x OW) convolved with the weights transposed to (C, K, kh, kw) and
+ * flipped, padding kh-1-ph by kw-1-pw, at unit stride. A padding beyond
+ * kh-1 makes its padding negative, which the forwards' tap ranges handle:
+ * those taps skip dy's border rows instead of reading zeros. */
+static problem dx_problem(const problem *p, const float *flipped)
+{
+    problem t = *p;
+    t.s.c = p->s.k, t.s.h = p->s.oh, t.s.w = p->s.ow;
+    t.s.k = p->s.c, t.s.oh = p->s.h, t.s.ow = p->s.w;
+    t.s.ph = p->s.kh - 1 - p->s.ph, t.s.pw = p->s.kw - 1 - p->s.pw;
+    t.x = p->dy, t.max_x = p->max_dy;
+    t.w = flipped; /* max |flipped| = max |w|: t.max_w is p's */
+    t.dy = NULL, t.max_dy = -1.0f;
+    t.need_dx = t.dx_col2im = 0;
+    return t;
+}
+
+static int unit_stride(const fc_conv_shape *s) { return s->sh == 1 && s->sw == 1; }
+static fc_int tiles_2x2(const fc_conv_shape *s) { return s->n * ((s->oh + 1) / 2) * ((s->ow + 1) / 2); }
+
+/* ---- the rules -------------------------------------------------------------- */
+
+typedef int rule_fn(const problem *p, reason *r);
+typedef int guard_fn(problem *p, reason *r);
+
+/* direct: unit strides (a tile's pixels are consecutive), K = 8 or 16 (the
+ * register tiles) and the ISA table's tiles. Measured at 1 thread (AVX2,
+ * 2-core EPYC, shared and noisy) against the GEMM path, each in its own
+ * process, 3 alternating rounds of 0.6 s per case, medians; fwd, bwd (dx,
+ * dW, db) and dW (need_dx=False):
+ *   64x8x14x14 -> 16, 5x5 p2 (lenet conv2): fwd 1.06 ms vs 1.83, bwd 2.52 vs 4.01, dW 1.20 vs 2.45
+ *   64x1x28x28 -> 8, 5x5 p2 (lenet conv1):  fwd 0.42 vs 0.61, bwd 1.10 vs 2.33, dW 0.42 vs 0.98
+ *   64x16x14x14 -> 8, 5x5 p2:               fwd 1.32 vs 2.57, bwd 2.52 vs 5.07
+ *   32x64x8x8 -> 16, 3x3 p1:                fwd 0.52 vs 0.96, bwd 1.21 vs 1.66
+ *   16x512x4x4 -> 16, 3x3 p1 (4608 taps):   fwd 0.72 vs 1.86, bwd 1.90 vs 8.43
+ *   8x256x16x16 -> 8, 5x5 p2 (6400 taps):   fwd 4.12 vs 9.27, bwd 7.18 vs 17.4
+ * so no limit on C * kh * kw: with K this small the GEMM never amortizes its
+ * packing. The one near-tie: K = 16 with a handful of taps (4x3x64x64 ->
+ * 16 3x3, 64x1x28x28 -> 16 5x5), where the K = 16 tile's transposing store
+ * weighs as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from
+ * run to run, within this machine's noise, so no separate rule. */
+static int direct_forward(const problem *p, reason *r)
+{
+    const fc_conv_shape *s = &p->s;
+    if (!unit_stride(s) || s->ph < 0 || s->pw < 0) {
+        say(r, "needs unit stride and padding >= 0");
+        return NO;
+    }
+    if (s->k != 8 && s->k != 16) {
+        say(r, "needs K = 8 or 16 output channels (K = %lld)", (long long)s->k);
+        return NO;
+    }
+    if (!(s->k == 8 ? p->ctx->direct_k8 : p->ctx->direct_k16).forward) {
+        say(r, "no direct tiles for K = %lld on %s", (long long)s->k, p->ctx->name);
+        return NO;
+    }
+    say(r, "K = %lld output channels at unit stride: nothing packed", (long long)s->k);
+    return PAYS;
+}
+
+/* dW's K = 8 tiles run along the padded row pitch, multiplying the pixels
+ * past each output row by zeros in dy: nothing for finite x, but NaN for an
+ * infinite or NaN pixel there, where the direct sum has no such term. Such
+ * x takes the next algorithm (one pass over x, for these small layers). */
+static int direct_dweight_guard(problem *p, reason *r)
+{
+    if (p->s.k == 16) return 1;
+    if (!p->x) {
+        add(r, ", if x is finite");
+        return 1;
+    }
+    return max_x(p) <= FLT_MAX;
+}
+
+/* winograd: where it pays, measured on AVX2 against the im2col path: the
+ * GEMMs reduce over C alone, so with few input channels each micro-kernel
+ * call does little work per store of its tile and the transforms dominate
+ * (128x3x32x32 -> 32: 0.55x at 1 and 2 threads); with few output channels
+ * the input transform is spread over few outputs. With C and K from 32 to
+ * 128 it ran 1.4-2.0x faster (bench_conv2d's fastconv_im2col side).
+ * Batch-1 inference: below WG_MIN_TILES tiles, the weight transform and
+ * GEMMs a few tiles wide cost more than the multiply-adds saved
+ * (1x64x8x8 -> 128, 16 tiles: 0.42x the im2col path). */
+#define WG_MIN_C 16
+#define WG_MIN_K 16
+#define WG_MIN_TILES 256
+
+static int winograd_forward(const problem *p, reason *r)
+{
+    const fc_conv_shape *s = &p->s;
+    if (s->kh != 3 || s->kw != 3 || !unit_stride(s) || s->ph < 0 || s->pw < 0) {
+        say(r, "needs a 3x3 kernel at unit stride, padding >= 0");
+        return NO;
+    }
+    const long long c = s->c, k = s->k, tiles = tiles_2x2(s);
+    if (c < WG_MIN_C || k < WG_MIN_K || tiles < WG_MIN_TILES) {
+        say(r, "3x3 stride 1, but");
+        if (c < WG_MIN_C) add(r, " C = %lld < %d", c, WG_MIN_C);
+        if (k < WG_MIN_K) add(r, " K = %lld < %d", k, WG_MIN_K);
+        if (tiles < WG_MIN_TILES) add(r, " %lld tiles < %d", tiles, WG_MIN_TILES);
+        return APPLIES;
+    }
+    say(r, "3x3 stride 1, C = %lld, K = %lld >= %d, %lld tiles >= %d", c, k, WG_MIN_C, tiles,
+        WG_MIN_TILES);
+    return PAYS;
+}
+
+/* The transforms cancel exactly only within the float range (winograd.c). */
+static int winograd_forward_guard(problem *p, reason *r)
+{
+    if (!p->x) {
+        add(r, ", if x and w are in range");
+        return 1;
+    }
+    return fc_winograd_forward_in_range(&p->s, max_x(p), max_w(p));
+}
+
+/* dW by Winograd only when dx needs no col2im, whose pass over the images
+ * computes dW with it. */
+static int winograd_dweight(const problem *p, reason *r)
+{
+    const int v = winograd_forward(p, r);
+    if (v != NO && p->need_dx && p->dx_col2im) {
+        say(r, "dx runs by col2im, whose pass computes dW too");
+        return NO;
+    }
+    return v;
+}
+
+static int winograd_dweight_guard(problem *p, reason *r)
+{
+    if (!p->x) {
+        add(r, ", if x and dy are in range");
+        return 1;
+    }
+    return fc_winograd_dweight_in_range(&p->s, max_x(p), max_dy(p), p->nthreads);
+}
+
+static int pointwise_forward(const problem *p, reason *r)
+{
+    const fc_conv_shape *s = &p->s;
+    if (s->kh != 1 || s->kw != 1 || !unit_stride(s) || s->ph != 0 || s->pw != 0) {
+        say(r, "needs a 1x1 kernel at unit stride, no padding");
+        return NO;
+    }
+    say(r, "1x1, unit stride, no padding: x is the column matrix");
+    return PAYS;
+}
+
+/* Any stride; at stride 2 building the column matrix first measured 15%
+ * faster (the 7x7 stride-2 layer, whose output-row-sized gathers cost more
+ * per packed sliver than the GEMM, K = 16, spends on it). */
+static int implicit_forward(const problem *p, reason *r)
+{
+    if (!unit_stride(&p->s)) {
+        say(r, "strided: building the column matrix first was faster");
+        return APPLIES;
+    }
+    say(r, "unit stride: the GEMM packs B straight from x");
+    return PAYS;
+}
+
+static int im2col_forward(const problem *p, reason *r)
+{
+    say(r, unit_stride(&p->s) ? "the column matrix, then the GEMM"
+                              : "strided: the column matrix, then the GEMM");
+    return PAYS;
+}
+
+static int im2col_dweight(const problem *p, reason *r)
+{
+    say(r, "dy times the column matrix (im2col), db with it");
+    return PAYS;
+}
+
+/* dx as the convolution of dy that dx_problem describes, by the algorithm
+ * whose forward rule is `forward`. */
+static int by_convolution(const problem *p, rule_fn *forward, reason *r)
+{
+    if (!unit_stride(&p->s)) {
+        say(r, "dx as a convolution needs unit stride");
+        return NO;
+    }
+    const problem t = dx_problem(p, NULL);
+    const int v = forward(&t, r);
+    if (r) {
+        const reason inner = *r;
+        say(r, "dy convolved with the flipped weights (K = %lld -> C = %lld): %s",
+            (long long)p->s.k, (long long)p->s.c, inner.text);
+    }
+    return v;
+}
+
+static int direct_dx(const problem *p, reason *r) { return by_convolution(p, direct_forward, r); }
+static int winograd_dx(const problem *p, reason *r) { return by_convolution(p, winograd_forward, r); }
+
+/* With a GEMM either way, dx as a convolution packs K*kh*kw rows of B for a
+ * GEMM with C rows; col2im's GEMM packs K rows for C*kh*kw, then scatters
+ * C*kh*kw rows. Measured at 1 thread (AVX2), the convolution wins when
+ * C >= K (3x3, 128x64x16x16 -> 32: 34.4 ms against 37.8; 5x5, 64x32x14x14
+ * -> 8: 8.4 against 10.7), ties at C == K and loses when K = 2C, the usual
+ * widening layer (128x32x16x16 -> 64: 34.5 against 32.5). */
+static int gemm_dx(const problem *p, rule_fn *forward, reason *r)
+{
+    if (by_convolution(p, forward, r) == NO) return NO;
+    const long long c = p->s.c, k = p->s.k;
+    add(r, c >= k ? ", C >= K (%lld >= %lld)" : ", but C < K (%lld < %lld)", c, k);
+    return c >= k ? PAYS : APPLIES;
+}
+
+static int pointwise_dx(const problem *p, reason *r) { return gemm_dx(p, pointwise_forward, r); }
+static int implicit_dx(const problem *p, reason *r) { return gemm_dx(p, implicit_forward, r); }
+
+static int im2col_dx(const problem *p, reason *r)
+{
+    say(r, "W^T dy, then col2im");
+    return PAYS;
+}
+
+/* As a convolution, dx multiplies dy's zero padding by the weights: an
+ * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
+ * such term; col2im adds only the real terms. */
+static int by_convolution_guard(problem *p, reason *r)
+{
+    if (!p->x) {
+        add(r, ", if w is finite");
+        return 1;
+    }
+    return max_w(p) <= FLT_MAX;
+}
+
+/* ---- the runs --------------------------------------------------------------- */
+
+static int direct_run(const problem *p, const float *bias, int relu, float *y)
+{
+    return fc_conv2d_direct_forward(&p->s, p->x, p->w, bias, relu, y, p->nthreads);
+}
+
+static int winograd_run(const problem *p, const float *bias, int relu, float *y)
+{
+    return fc_conv2d_winograd(&p->s, p->x, p->w, bias, relu, y, p->nthreads);
+}
+
+static int pointwise_run(const problem *p, const float *bias, int relu, float *y)
+{
+    return fc_im2col_forward(&p->s, FC_IM2COL_POINTWISE, p->x, p->w, bias, relu, y, p->nthreads);
+}
+
+static int implicit_run(const problem *p, const float *bias, int relu, float *y)
+{
+    return fc_im2col_forward(&p->s, FC_IM2COL_IMPLICIT, p->x, p->w, bias, relu, y, p->nthreads);
+}
+
+static int im2col_run(const problem *p, const float *bias, int relu, float *y)
+{
+    return fc_im2col_forward(&p->s, FC_IM2COL_EXPLICIT, p->x, p->w, bias, relu, y, p->nthreads);
+}
+
+static int winograd_pool(const problem *p, const float *bias, int relu, float *pooled,
+                         uint8_t *argmax)
+{
+    return fc_conv2d_winograd_maxpool(&p->s, p->x, p->w, bias, relu, pooled, argmax, p->nthreads);
+}
+
+static int direct_dweight_run(const problem *p, float *dweight, float *dbias)
+{
+    return fc_conv2d_direct_backward_weight(&p->s, p->x, p->dy, dweight, dbias, p->nthreads);
+}
+
+static int winograd_dweight_run(const problem *p, float *dweight, float *dbias)
+{
+    int rc = fc_conv2d_winograd_dweight(&p->s, p->x, p->dy, dweight, p->nthreads);
+    if (!rc && dbias) rc = fc_conv_bias_gradient(&p->s, p->dy, dbias, p->nthreads);
+    return rc;
+}
+
+/* ---- the table -------------------------------------------------------------- */
+
+enum { DIRECTIONS = 3 }; /* FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT */
+
+typedef struct {
+    const char *name;
+    rule_fn *rule[DIRECTIONS];   /* NULL: it does not compute that direction */
+    guard_fn *guard[DIRECTIONS]; /* NULL: no condition on the inputs */
+    int (*forward)(const problem *p, const float *bias, int relu, float *y);
+    /* NULL: the forward, then the pool */
+    int (*forward_pool)(const problem *p, const float *bias, int relu, float *pooled,
+                        uint8_t *argmax);
+    /* dW and db; NULL: in im2col's backward pass */
+    int (*dweight)(const problem *p, float *dweight, float *dbias);
+    int dx_col2im; /* dx by col2im in that pass; else as the convolution of dy */
+} algorithm;
+
+static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
+    [FC_CONV_DIRECT] = {"direct", {direct_forward, direct_dx, direct_forward},
+                        {NULL, by_convolution_guard, direct_dweight_guard},
+                        direct_run, NULL, direct_dweight_run, 0},
+    [FC_CONV_WINOGRAD] = {"winograd", {winograd_forward, winograd_dx, winograd_dweight},
+                          {winograd_forward_guard, by_convolution_guard, winograd_dweight_guard},
+                          winograd_run, winograd_pool, winograd_dweight_run, 0},
+    [FC_CONV_POINTWISE] = {"pointwise", {pointwise_forward, pointwise_dx, pointwise_forward},
+                           {NULL, by_convolution_guard, NULL}, pointwise_run, NULL, NULL, 0},
+    [FC_CONV_IMPLICIT_IM2COL] = {"implicit_im2col", {implicit_forward, implicit_dx, NULL},
+                                 {NULL, by_convolution_guard, NULL}, implicit_run, NULL, NULL, 0},
+    [FC_CONV_IM2COL] = {"im2col", {im2col_forward, im2col_dx, im2col_dweight}, {NULL, NULL, NULL},
+                        im2col_run, NULL, NULL, 1},
+};
+
+const char *fc_conv_algorithm_name(int algorithm)
+{
+    return algorithm >= 0 && algorithm < FC_CONV_ALGORITHMS ? algorithms[algorithm].name : "unknown";
+}
+
+/* ---- the mode and the choice ------------------------------------------------ */
+
+static int mode_kind = FC_CONV_MODE_AUTO, mode_algorithm = -1;
+
+void fc_conv_set_mode(int kind, int algorithm)
+{
+    mode_kind = kind;
+    mode_algorithm = kind == FC_CONV_MODE_AUTO ? -1 : algorithm;
+}
+
+int fc_conv_get_mode(int *algorithm)
+{
+    *algorithm = mode_algorithm;
+    return mode_kind;
+}
+
+static const char *const direction_names[DIRECTIONS] = {"forward", "dx", "dW"};
+
+/* a's verdict for direction d of p, its reason in r. */
+static int verdict(int a, int d, const problem *p, reason *r)
+{
+    rule_fn *rule = algorithms[a].rule[d];
+    if (rule) return rule(p, r);
+    say(r, "has no %s of its own", direction_names[d]);
+    return NO;
+}
+
+static int guard_holds(int a, int d, problem *p, reason *r)
+{
+    guard_fn *guard = algorithms[a].guard[d];
+    return !guard || guard(p, r);
+}
+
+/* The algorithm for direction d of p under the mode (kind, target), and in
+ * why (may be NULL) the reason: the chosen one's, then those of the
+ * algorithms before it that could have run this but do not pay here. */
+static int choose(int d, problem *p, int kind, int target, reason *why)
+{
+    reason r, forced, passed, *rp = why ? &r : NULL;
+    if (why) r.text[0] = forced.text[0] = passed.text[0] = '\0';
+    if (kind == FC_CONV_MODE_FORCE) {
+        if (verdict(target, d, p, rp) != NO && guard_holds(target, d, p, rp)) {
+            if (why) say(why, "forced: %s", r.text);
+            return target;
+        }
+        if (why) say(&forced, "%s (forced) %s; auto: ", algorithms[target].name, r.text);
+    }
+    for (int a = 0; a < FC_CONV_ALGORITHMS; a++) {
+        if (kind != FC_CONV_MODE_AUTO && a == target) continue;
+        const int v = verdict(a, d, p, rp);
+        if (v == PAYS && guard_holds(a, d, p, rp)) {
+            if (why)
+                say(why, passed.text[0] ? "%s%s (over %s)" : "%s%s%s", forced.text, r.text,
+                    passed.text);
+            return a;
+        }
+        if (why && v == APPLIES)
+            add(&passed, "%s%s: %s", passed.text[0] ? "; " : "", algorithms[a].name, r.text);
+    }
+    return FC_CONV_IM2COL; /* not reached: im2col pays for every shape */
+}
+
+/* ---- running a plan --------------------------------------------------------- */
+
+/* Which algorithm, in which direction, a failed call could not get its
+ * workspace for: the first failure of the calling thread's last call. */
+static _Thread_local int failed_algorithm = -1, failed_direction = -1;
+
+static int noted(int a, int d, int rc)
+{
+    if (rc && failed_algorithm < 0) failed_algorithm = a, failed_direction = d;
+    return rc;
+}
+
+int fc_conv_failure(int *direction)
+{
+    *direction = failed_direction;
+    return failed_algorithm;
+}
+
+static void new_call(void) { failed_algorithm = failed_direction = -1; }
+
+/* The forward of p, for the output of direction d (the forward, or dx as a
+ * convolution). */
+static int forward(problem *p, int d, const float *bias, int relu, float *y)
+{
+    const int a = choose(FC_CONV_FORWARD, p, mode_kind, mode_algorithm, NULL);
+    return noted(a, d, algorithms[a].forward(p, bias, relu, y));
+}
+
+int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                      const float *bias, int relu, float *y, int nthreads)
+{
+    new_call();
+    problem p = problem_of(s, x, weight, NULL, nthreads);
+    return forward(&p, FC_CONV_FORWARD, bias, relu, y);
+}
+
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                              const float *bias, int relu, float *pooled, uint8_t *argmax,
+                              int nthreads)
+{
+    new_call();
+    problem p = problem_of(s, x, weight, NULL, nthreads);
+    const int a = choose(FC_CONV_FORWARD, &p, mode_kind, mode_algorithm, NULL);
+    if (algorithms[a].forward_pool)
+        return noted(a, FC_CONV_FORWARD, algorithms[a].forward_pool(&p, bias, relu, pooled, argmax));
+    /* The other algorithms' tiles are not pool windows: the conv, then the pool. */
+    float *y = malloc(sizeof(float) * (size_t)(s->n * s->k * s->oh * s->ow));
+    int rc = y ? algorithms[a].forward(&p, bias, relu, y) : FC_ENOMEM;
+    const fc_pool_shape ps = {s->n, s->k, s->oh, s->ow, 2, 2, 2, 2, 0, 0, s->oh / 2, s->ow / 2};
+    if (!rc) rc = fc_maxpool2d_forward(&ps, y, pooled, argmax, 1, nthreads);
+    free(y);
+    return noted(a, FC_CONV_FORWARD, rc);
+}
+
+/* dx of p as the forward convolution of dy with the flipped, transposed
+ * weights (dx_problem): no col2im scatter, and an output of exactly H x W. */
+static int dx_by_convolution(int a, problem *p, float *dx)
+{
+    const fc_conv_shape *s = &p->s;
+    const fc_int kk = s->kh * s->kw;
+    float *flipped = malloc(sizeof(float) * (size_t)(s->k * s->c * kk));
+    if (!flipped) return noted(a, FC_CONV_DX, FC_ENOMEM);
+    for (fc_int k = 0; k < s->k; k++)
+        for (fc_int c = 0; c < s->c; c++)
+            for (fc_int e = 0; e < kk; e++)
+                flipped[(c * s->k + k) * kk + kk - 1 - e] = p->w[(k * s->c + c) * kk + e];
+    problem t = dx_problem(p, flipped);
+    const int rc = forward(&t, FC_CONV_DX, NULL, 0, dx);
+    free(flipped);
+    return rc;
+}
+
+int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                       const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
+{
+    new_call();
+    problem p = problem_of(s, x, weight, dy, nthreads);
+    p.need_dx = dx != NULL;
+    const int kind = mode_kind, target = mode_algorithm;
+    const int dxa = dx ? choose(FC_CONV_DX, &p, kind, target, NULL) : -1;
+    p.dx_col2im = dx && algorithms[dxa].dx_col2im;
+    const int dwa = choose(FC_CONV_DWEIGHT, &p, kind, target, NULL);
+    const algorithm *dw = &algorithms[dwa];
+    int rc = dw->dweight ? noted(dwa, FC_CONV_DWEIGHT, dw->dweight(&p, dweight, dbias)) : 0;
+    /* im2col's pass: its dW and db, and col2im's dx, whichever of them run there. */
+    if (!rc && (p.dx_col2im || !dw->dweight)) {
+        const int outputs = (p.dx_col2im ? FC_CONV_DX : 0) | (dw->dweight ? 0 : FC_CONV_DWEIGHT);
+        rc = noted(p.dx_col2im ? dxa : dwa, outputs,
+                   fc_im2col_backward(s, x, weight, dy, p.dx_col2im ? dx : NULL,
+                                      dw->dweight ? NULL : dweight, dw->dweight ? NULL : dbias,
+                                      nthreads));
+    }
+    if (rc || !dx || p.dx_col2im) return rc;
+    return dx_by_convolution(dxa, &p, dx);
+}
+
+int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
+                    char *why, size_t len)
+{
+    problem p = problem_of(s, NULL, NULL, NULL, 1);
+    p.need_dx = need_dx;
+    if (direction == FC_CONV_DWEIGHT && need_dx)
+        p.dx_col2im = algorithms[choose(FC_CONV_DX, &p, kind, algorithm, NULL)].dx_col2im;
+    reason r;
+    const int a = choose(direction, &p, kind, algorithm, &r);
+    if (why && len) snprintf(why, len, "%s", r.text);
+    return a;
+}
