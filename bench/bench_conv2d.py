@@ -16,22 +16,15 @@ import numpy as np
 import pytest
 
 from fastconv import _kernels, reference
+from fastconv.tools.bench import CONVS
 
 try:
     import torch
 except ImportError:
     torch = None
 
-# (N, C, H=W, K, kernel, stride, padding), as in workloads.md.
-LAYERS = [
-    (64, 1, 28, 8, 5, 1, 2),
-    (64, 8, 14, 16, 5, 1, 2),
-    (128, 3, 32, 32, 3, 1, 1),
-    (128, 32, 16, 64, 3, 1, 1),
-    (32, 64, 8, 128, 3, 1, 1),
-    (16, 3, 64, 16, 7, 2, 3),
-    (128, 64, 8, 64, 1, 1, 0),
-]
+# (N, C, H=W, K, kernel, stride, padding): the harness's table (fastconv bench).
+LAYERS = CONVS
 CIFAR_LAYERS = [(1,) + layer[1:] for layer in LAYERS[2:5]]
 IMPLS = ["fastconv", "fastconv_im2col", "numpy", "torch_cl", "torch_nchw"]
 

@@ -7,7 +7,7 @@ channels_last (its fastest configuration) and NCHW, same weights and batches.
 import pytest
 
 import fastconv as fc
-from fastconv.compare import (
+from fastconv.tools.bench import (
     NETS,
     batch,
     cifar_small,

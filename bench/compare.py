@@ -5,7 +5,7 @@ by side in one process: a Markdown table of the workloads of workloads.md.
     python bench/compare.py --only maxpool --fairness
     fastconv bench --threads 1,2                      # the same, installed
 
-The harness is ``fastconv.compare`` (so that ``fastconv bench`` has it when
+The harness is ``fastconv.tools.bench`` (so that ``fastconv bench`` has it when
 installed); see its docstring for the pitfalls it handles. Run from outside
 the repository root or with fastconv installed non-editable.
 """
@@ -17,6 +17,6 @@ import sys
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "1")
 
 if __name__ == "__main__":
-    from fastconv.compare import main
+    from fastconv.tools.bench import main
 
     sys.exit(main())

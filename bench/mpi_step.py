@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 import fastconv as fc
-from fastconv import distributed
-from fastconv.train import build_model
+from fastconv.train import distributed
+from fastconv.models import build_model
 
 CIFAR_SMALL = "conv32x3p1-relu-pool2-conv64x3p1-relu-pool2-conv128x3p1-relu-pool2-fc10"
 

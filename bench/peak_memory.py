@@ -29,7 +29,7 @@ def child(side, net, steps, threads):
     import torch
 
     import fastconv as fc
-    from fastconv.compare import NETS, batch, fastconv_step, torch_step
+    from fastconv.tools.bench import NETS, batch, fastconv_step, torch_step
 
     fc.set_num_threads(threads)
     torch.set_num_threads(threads)

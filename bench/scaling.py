@@ -11,7 +11,7 @@ minute on a shared machine land on one of them only.)
 
 import argparse
 
-from fastconv import compare
+from fastconv.tools import bench as compare
 
 
 def main(argv=None):

@@ -5,24 +5,19 @@
 ...                       fc.Flatten(), fc.Linear(8 * 14 * 14, 10))
 """
 
-from fastconv import _kernels, backend, checkpoint, convert, data, init, plot, search, train
+from fastconv import _kernels, backend, data, models, nn, tools, train
 from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set_conv_algorithm, set_isa,
                                set_num_threads, supported_isas)
-from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
-from fastconv.gradcheck import GradcheckResult, gradcheck
-from fastconv.dropout import Dropout
-from fastconv.info import conv_plan, info
-from fastconv.init import manual_seed
-from fastconv.layers import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
-from fastconv.losses import MulticlassSVM, SoftmaxCrossEntropy, l2_penalty
-from fastconv.containers import Sequential
-from fastconv.module import Module, Parameter
-from fastconv.normalization import BatchNorm1d, BatchNorm2d
-from fastconv.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
-from fastconv.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR, LRScheduler,
-                                 ReduceLROnPlateau, StepLR)
-from fastconv.train import EarlyStopping, Trainer, TrainingDiverged
+from fastconv.nn import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GradcheckResult,
+                         LeakyReLU, Linear, MaxPool2d, Maxout, Module, MulticlassSVM, Parameter, ReLU, Sequential,
+                         Sigmoid, SoftmaxCrossEntropy, Tanh, convert, gradcheck, init, l2_penalty)
+from fastconv.nn.init import manual_seed
+from fastconv.tools import plot, search
+from fastconv.tools.info import conv_plan, info
+from fastconv.train import (SGD, Adagrad, Adam, CosineAnnealingLR, EarlyStopping, ExponentialLR, InverseTimeLR,
+                            LRScheduler, Optimizer, ReduceLROnPlateau, RMSprop, StepLR, Trainer, TrainingDiverged,
+                            checkpoint)
 
 
 def _check_environment():
@@ -31,7 +26,7 @@ def _check_environment():
     # command, whose main() runs only after this import, prints it as one line (exit 2).
     problems = [p for p in (_kernels._environment_problem, backend._environment_problem) if p]
     if problems:
-        from fastconv.cli import exit_if_this_command
+        from fastconv.tools.cli import exit_if_this_command
 
         exit_if_this_command("; ".join(problems))
         raise ValueError("; ".join(problems))
@@ -101,6 +96,8 @@ __all__ = [
     "init",
     "l2_penalty",
     "manual_seed",
+    "models",
+    "nn",
     "plot",
     "search",
     "set_backend",
@@ -108,5 +105,6 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "supported_isas",
+    "tools",
     "train",
 ]

@@ -2,6 +2,6 @@
 
 import sys
 
-from fastconv.cli import main
+from fastconv.tools.cli import main
 
 sys.exit(main())

@@ -32,7 +32,7 @@ _PEAK = ("import atexit as _a, os as _o\n"
          "    with open('/proc/self/status') as f, open(_o.environ['FASTCONV_PEAK_FILE'], 'w') as out:\n"
          "        out.write(next(l.split()[1] for l in f if l.startswith('VmHWM:')))\n"
          "_a.register(_peak)\n")
-CLI = "import sys\nfrom fastconv.cli import main\nsys.exit(main(sys.argv[1:]))"
+CLI = "import sys\nfrom fastconv.tools.cli import main\nsys.exit(main(sys.argv[1:]))"
 # Calls one expression (e.g. a loader) and reports its exception as one line, as the CLI does.
 CALL = ("import sys\nimport fastconv.data as D\nfrom fastconv import checkpoint as C\ntry:\n"
         "    result = eval(sys.argv[1])\nexcept Exception as e:\n"

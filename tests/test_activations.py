@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 import fastconv as fc
 from fastconv import _kernels, reference
-from fastconv.activations import ELU, LeakyReLU, Sigmoid, Tanh
+from fastconv.nn.activations import ELU, LeakyReLU, Sigmoid, Tanh
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import _kernels, reference
-from fastconv.layers import AvgPool2d
+from fastconv.nn.pooling import AvgPool2d
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

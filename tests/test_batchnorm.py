@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import _kernels, reference
-from fastconv.normalization import BatchNorm1d, BatchNorm2d
+from fastconv.nn.normalization import BatchNorm1d, BatchNorm2d
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -1,4 +1,4 @@
-"""fastconv.checkpoint: complete, atomic, pickle-free checkpoints that PyTorch can read."""
+"""fastconv.train.checkpoint: complete, atomic, pickle-free checkpoints that PyTorch can read."""
 
 import json
 import os
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import checkpoint as ckpt
-from fastconv.train import build_model
+from fastconv.train import checkpoint as ckpt
+from fastconv.models import build_model
 
 
 def net(seed=0):
@@ -95,7 +95,7 @@ def test_files_are_safetensors_and_strict_json_never_pickle(tmp_path):
     def refuse(token):
         raise AssertionError(f"non-standard JSON literal {token}")
     info = json.loads((tmp_path / "c" / "checkpoint.json").read_text(), parse_constant=refuse)
-    assert info["format"] == "fastconv.checkpoint" and info["optimizer"]["type"] == "SGD"
+    assert info["format"] == "fastconv.train.checkpoint" and info["optimizer"]["type"] == "SGD"
     assert ckpt.load_weights(tmp_path / "c").keys() == model.state_dict().keys()
 
 

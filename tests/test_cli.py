@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import cli
+from fastconv.tools import cli
 
 SCRIPT = shutil.which("fastconv", path=os.path.dirname(sys.executable)) or shutil.which("fastconv")
 ARCH = "conv8x3p1-relu-pool2-fc10"
@@ -86,7 +86,7 @@ def test_no_progress_bar_when_not_a_terminal(trained):
 def test_pytorch_reproduces_the_best_checkpoint(trained, torch):
     from safetensors.torch import load_file
 
-    from fastconv.train import load_model
+    from fastconv.models import load_model
 
     _, run, _ = trained
     model, _ = load_model(run / "best")
@@ -182,7 +182,7 @@ def test_mnist_from_idx_files(tmp_path):
     r = fastconv("train", "--data", "mnist", "--data-dir", tmp_path, "--epochs", "1", "--no-plots",
                  "--threads", "1", "--out", "m", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "model conv6x5p2-relu-pool2-conv16x5-relu-pool2-fc120-relu-fc84-relu-fc10" in r.stdout  # lenet
+    assert "model conv8x5p2-relu-pool2-conv16x5p2-relu-pool2-fc10" in r.stdout  # lenet
     assert "50 train / 10 val / 10 test" in r.stdout
 
 

@@ -1,4 +1,4 @@
-"""The comparison harness (fastconv.compare, ``fastconv bench``): the turn
+"""The comparison harness (fastconv.tools.bench, ``fastconv bench``): the turn
 order, the per-call arithmetic, and a table whose figures agree with each
 other. Timing is never asserted: a fake clock drives the scheduler, and the
 end-to-end run uses tiny arrays and checks only the table's consistency."""
@@ -9,7 +9,8 @@ import re
 
 import pytest
 
-from fastconv import _kernels, compare
+from fastconv import _kernels
+from fastconv.tools import bench as compare
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from test_conv2d_winograd import conv_algorithm
 
 import fastconv as fc
 from fastconv import _kernels
-from fastconv.info import CONV_CASES, self_test
+from fastconv.tools.info import CONV_CASES, self_test
 
 
 # One shape per algorithm auto picks (direct where the ISA has its tiles),

@@ -1,4 +1,4 @@
-"""fastconv.search on Dask: the same table as a serial search, per-trial threads, and dying workers.
+"""fastconv.tools.search on Dask: the same table as a serial search, per-trial threads, and dying workers.
 
 Skipped when dask.distributed is not installed (pip install "fastconv[dask]").
 """
@@ -16,8 +16,8 @@ import pytest
 
 import fastconv as fc
 from fastconv import data as D
-from fastconv import search as S
-from fastconv.train import build_model
+from fastconv.tools import search as S
+from fastconv.models import build_model
 
 needs_dask = pytest.mark.skipif(find_spec("distributed") is None,
                                 reason='dask.distributed is not installed: pip install "fastconv[dask]"')

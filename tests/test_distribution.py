@@ -18,7 +18,7 @@ import pytest
 
 import fastconv as fc
 from fastconv import _kernels
-from fastconv.info import openmp_conflict
+from fastconv.tools.info import openmp_conflict
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAS_TORCH, reason="PyTorch is not installed")
@@ -95,7 +95,7 @@ def test_openmp_conflict_is_about_implementations_not_copies():
 
 
 def test_info_warns_when_implementations_are_mixed(monkeypatch):
-    info_module = sys.modules["fastconv.info"]
+    info_module = sys.modules["fastconv.tools.info"]
     fake = [{"implementation": "GNU", "filepath": "/x/libgomp.so.1", "version": None, "num_threads": 2},
             {"implementation": "LLVM", "filepath": "/y/libomp.so", "version": None, "num_threads": 2}]
     monkeypatch.setattr(info_module, "openmp_runtimes", lambda: fake)

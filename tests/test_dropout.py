@@ -10,7 +10,7 @@ import pytest
 from conftest import rand
 
 import fastconv as fc
-from fastconv.dropout import Dropout
+from fastconv.nn.dropout import Dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.8])

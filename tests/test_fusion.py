@@ -1,4 +1,4 @@
-"""Fusion as a pass: the patterns of fastconv.fusion run inside any container
+"""Fusion as a pass: the patterns of fastconv.nn.fusion run inside any container
 that runs its children through it, give the bits of the unfused layers, are
 never applied to subclasses, and are switched off while a container is observed."""
 
@@ -7,8 +7,9 @@ import pytest
 from conftest import rand
 
 import fastconv as fc
-from fastconv import _kernels, fusion
-from fastconv.module import Module
+from fastconv import _kernels
+from fastconv.nn import fusion
+from fastconv.nn.module import Module
 
 
 def net():

@@ -49,7 +49,9 @@ CONVS = [
     ("first_layer", 4, 3, 16, 16, 32, 3, 1, 1),
     ("rect", 1, 5, 9, 12, 7, (2, 3), (1, 2), (1, 0)),
 ]
-MODES = ("never", "auto", "always")
+# The Winograd modes the hashes were recorded under (their names are in the keys), as conv algorithms.
+ALGORITHM = {"never": "no-winograd", "auto": "auto", "always": "winograd"}
+MODES = tuple(ALGORITHM)
 
 
 def conv_case(n, c, h, w, k, kernel, stride, padding, seed):
@@ -68,17 +70,17 @@ def cases():
         dy = data(*y.shape, seed=10 * i + 3)
         for mode in MODES:
             def fwd(x=x, wt=wt, b=b, s=stride, p=padding, mode=mode):
-                _kernels.set_winograd(mode)
+                _kernels.set_conv_algorithm(ALGORITHM[mode])
                 return (_kernels.conv2d_forward(x, wt, b, s, p), _kernels.conv2d_forward(x, wt, b, s, p, True))
 
             def bwd(x=x, wt=wt, dy=dy, s=stride, p=padding, mode=mode):
-                _kernels.set_winograd(mode)
+                _kernels.set_conv_algorithm(ALGORITHM[mode])
                 return (*_kernels.conv2d_backward(x, wt, dy, s, p),
                         *_kernels.conv2d_backward(x, wt, dy, s, p, need_dx=False)[1:])
             out += [(f"conv2d_forward/{name}/{mode}", fwd), (f"conv2d_backward/{name}/{mode}", bwd)]
             if y.shape[2] >= 2 and y.shape[3] >= 2:
                 def pool(x=x, wt=wt, b=b, s=stride, p=padding, mode=mode):
-                    _kernels.set_winograd(mode)
+                    _kernels.set_conv_algorithm(ALGORITHM[mode])
                     return _kernels.conv2d_maxpool_forward(x, wt, b, s, p, True)
                 out.append((f"conv2d_maxpool_forward/{name}/{mode}", pool))
     a, bm = data(67, 45, seed=100), data(45, 38, seed=101)
@@ -132,7 +134,7 @@ def digest(outputs) -> str:
 
 
 def run_all() -> dict:
-    old = (_kernels.get_isa(), _kernels.get_num_threads(), _kernels.set_winograd("auto"))
+    old = (_kernels.get_isa(), _kernels.get_num_threads(), _kernels.set_conv_algorithm("auto"))
     got = {}
     try:
         for isa in _kernels.supported_isas():
@@ -144,7 +146,7 @@ def run_all() -> dict:
     finally:
         _kernels.set_isa(old[0])
         _kernels.set_num_threads(old[1])
-        _kernels.set_winograd(old[2])
+        _kernels.set_conv_algorithm(old[2])
     return got
 
 

@@ -11,7 +11,8 @@ from limited import CLI, run_limited
 from test_cli import fastconv, one_line_error
 
 import fastconv as fc
-from fastconv import backend, cli
+from fastconv import backend
+from fastconv.tools import cli
 
 
 @pytest.mark.parametrize("arch, message", [

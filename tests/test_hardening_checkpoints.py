@@ -31,15 +31,15 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import checkpoint as ckpt
-from fastconv.train import build_model
+from fastconv.train import checkpoint as ckpt
+from fastconv.models import build_model
 
 TRIALS = int(os.environ.get("FASTCONV_KILL_TRIALS", "20"))
 
 CHILD = textwrap.dedent("""
     import builtins, os, shutil, sys
     import fastconv as fc
-    from fastconv import checkpoint as ckpt
+    from fastconv.train import checkpoint as ckpt
 
     fc.set_num_threads(1)
     save = ckpt.save_checkpoint
@@ -84,7 +84,7 @@ SETUP = textwrap.dedent("""
         data = fc.data.load_digits()
         X, y = data.X[:96], data.y[:96]
         fc.manual_seed(0)
-        model = fc.train.build_model("fc16-relu-fc10", (1, 8, 8), 10)
+        model = fc.models.build_model("fc16-relu-fc10", (1, 8, 8), 10)
         opt = fc.Adam(model.parameters(), lr=3e-3)
         trainer = fc.Trainer(model, fc.SoftmaxCrossEntropy(), opt, fc.StepLR(opt, 50), batch_size=32,
                              checkpoint_dir=out, seed=0, progress=False, verbose=False)
@@ -296,16 +296,16 @@ def test_hostile_optimizer_file_is_refused_clearly(saved, how):
 
 
 @pytest.mark.parametrize("text", [
-    "", "{", "[]", "null", '{"format": "fastconv.checkpoint", "version": "1"}',
-    '{"format": "fastconv.checkpoint", "version": 1}',
-    '{"format": "fastconv.checkpoint", "version": 1, "model_keys": [], "meta": [], "optimizer": 3}',
-    ('{"format": "fastconv.checkpoint", "version": 1, "model_keys": [], "meta": {}, '
+    "", "{", "[]", "null", '{"format": "fastconv.train.checkpoint", "version": "1"}',
+    '{"format": "fastconv.train.checkpoint", "version": 1}',
+    '{"format": "fastconv.train.checkpoint", "version": 1, "model_keys": [], "meta": [], "optimizer": 3}',
+    ('{"format": "fastconv.train.checkpoint", "version": 1, "model_keys": [], "meta": {}, '
     '"optimizer": {"type": "SGD", "param_groups": "x", "scalars": {}}, "scheduler": null}'),
-    ('{"format": "fastconv.checkpoint", "version": 1, "model_keys": [], "meta": {}, '
+    ('{"format": "fastconv.train.checkpoint", "version": 1, "model_keys": [], "meta": {}, '
     '"optimizer": {"type": "SGD", "param_groups": [], "scalars": {"x": 1}}, "scheduler": null}'),
-    '{"format": "fastconv.checkpoint", "version": 1e999}',
+    '{"format": "fastconv.train.checkpoint", "version": 1e999}',
     '{"__float__": "nan"}',
-    '{"format": "fastconv.checkpoint", "version": 1, "meta": {"a": ' + "[" * 100000 + "]" * 100000 + "}}",
+    '{"format": "fastconv.train.checkpoint", "version": 1, "meta": {"a": ' + "[" * 100000 + "]" * 100000 + "}}",
 ])
 def test_hostile_checkpoint_json_is_refused_clearly(saved, text):
     (saved / "checkpoint.json").write_text(text)
@@ -352,7 +352,7 @@ def test_the_package_never_unpickles():
     unpicklers = [f"{p.name}:{i}" for p in sources
                   for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                   if "Unpickler" in line.split("#", 1)[0]]
-    assert {u.split(":")[0] for u in unpicklers} <= {"data.py"}, unpicklers
+    assert {u.split(":")[0] for u in unpicklers} <= {"loaders.py"}, unpicklers
 
 
 def test_np_load_in_the_package_refuses_pickles(tmp_path):

@@ -57,7 +57,7 @@ def _train(threads, arch=CONV_NET, steps=6):
     fc.set_num_threads(threads)
     data = fc.data.load_digits()
     fc.manual_seed(7)
-    model = fc.train.build_model(arch, (1, 8, 8), 10)
+    model = fc.models.build_model(arch, (1, 8, 8), 10)
     opt = fc.Adam(model.parameters(), lr=1e-2, weight_decay=1e-4)
     loss_fn = fc.SoftmaxCrossEntropy()
     rng = np.random.default_rng(0)

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from limited import CALL, CLI, address_space_limit, run_limited
 
 import fastconv.data as D
-from fastconv import checkpoint as ckpt
+from fastconv.train import checkpoint as ckpt
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and wait4 rusage: Linux")
 
@@ -272,7 +272,7 @@ CASES = [
     Case("ckpt-extra-3GiB-tensor", _spoiled_run("extra", _extra_tensor), ["-c", CLI, "evaluate", "extra"],
          expect=("model.safetensors does not fit", "unexpected keys ['evil']")),
     Case("ckpt-extra-tensor-load_weights", _spoiled_run("extra2", _extra_tensor),
-         ["-c", CALL, "C.load_weights('extra2/best', __import__('fastconv').train.load_model('run/best')[0])"],
+         ["-c", CALL, "C.load_weights('extra2/best', __import__('fastconv').models.load_model('run/best')[0])"],
          expect=("unexpected keys ['evil']",)),
     Case("ckpt-many-keys", _spoiled_run("keys", _many_keys), ["-c", CLI, "evaluate", "keys"],
          expect=("model.safetensors is not a valid safetensors file", "that the tensors it may hold need")),

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import checkpoint as ckpt
-from fastconv.train import build_model
+from fastconv.train import checkpoint as ckpt
+from fastconv.models import build_model
 
 EPOCHS = 3
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import init
-from fastconv.train import ARCHS, build_model
+from fastconv.nn import init
+from fastconv.models import ARCHS, build_model
 
 LN10 = math.log(10)
 
@@ -19,7 +19,7 @@ def first_loss(model, x, y):
 
 
 FITS = [(arch, shape) for arch in ARCHS for shape in [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
-        if not (arch == "lenet" and shape == (1, 8, 8))]  # LeNet's second 5x5 conv needs 12x12 or more
+        if not (arch == "lenet5" and shape == (1, 8, 8))]  # LeNet-5's unpadded second 5x5 conv needs 12x12 or more
 
 
 @pytest.mark.parametrize("arch,shape", FITS, ids=str)
@@ -33,7 +33,7 @@ def test_builtin_architectures_start_at_ln_c(arch, shape, seed):
 
 
 def test_builtin_architecture_on_digits_starts_at_ln_c():
-    from fastconv.cli import load_data
+    from fastconv.tools.cli import load_data
 
     data = load_data("digits", None, 0.1)["train"]
     for arch in (a for a, shape in FITS if shape == (1, 8, 8)):
@@ -115,7 +115,7 @@ def test_sanity_check_fails_on_large_initial_scores(rng):
 
 
 def test_cli_sanity_fails_saying_why(monkeypatch, capsys):
-    from fastconv import cli
+    from fastconv.tools import cli
 
     monkeypatch.setattr(init, "CLASSIFIER_GAIN", 30.0)
     code = cli.main(["train", "--sanity", "--arch", "fc32-relu-fc10", "--threads", "1"])

@@ -8,7 +8,7 @@ import pytest
 from conftest import rand
 
 import fastconv as fc
-from fastconv.activations import Maxout
+from fastconv.nn.activations import Maxout
 
 
 def make(rng, in_features, out_features, pieces):

@@ -17,8 +17,9 @@ import pytest
 
 import fastconv as fc
 from fastconv import data as D
-from fastconv.distributed import _split
-from fastconv.train import Trainer, build_model
+from fastconv.train.distributed import _split
+from fastconv.train import Trainer
+from fastconv.models import build_model
 
 # One training run; argv: arch, out dir, "single" or "mpi", epochs, batch size[, first N training examples]. Every rank saves its final
 # state and history as rank<R>.npz / history<R>.json, and gets its own checkpoint folder ckpt<R>, so the test
@@ -28,7 +29,8 @@ import json, os, sys
 import numpy as np
 import fastconv as fc
 from fastconv import data as D
-from fastconv.train import Trainer, build_model
+from fastconv.train import Trainer
+from fastconv.models import build_model
 
 arch, out, mode, epochs, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 fc.set_num_threads(1)
@@ -172,7 +174,7 @@ def test_trainer_distributed_errors(monkeypatch):
 
 
 def test_import_fastconv_imports_no_engine(tmp_path):
-    code = ("import sys, fastconv, fastconv.distributed, fastconv.search; "
+    code = ("import sys, fastconv, fastconv.train.distributed, fastconv.tools.search; "
             "print(sorted(m for m in ('mpi4py', 'dask', 'distributed') if m in sys.modules))")
     p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert p.stdout.strip() == "[]"

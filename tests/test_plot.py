@@ -1,4 +1,4 @@
-"""fastconv.plot: PNG pictures of a run; a clear message when matplotlib is missing."""
+"""fastconv.tools.plot: PNG pictures of a run; a clear message when matplotlib is missing."""
 
 import sys
 
@@ -7,8 +7,9 @@ import pytest
 
 import fastconv as fc
 from fastconv import data as D
-from fastconv import plot
-from fastconv.train import Trainer, build_model
+from fastconv.tools import plot
+from fastconv.train import Trainer
+from fastconv.models import build_model
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

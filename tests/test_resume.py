@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
-from fastconv import cli
+from fastconv.tools import cli
 
 ARCH = "fc16-relu-fc10"
 

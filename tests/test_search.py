@@ -1,4 +1,4 @@
-"""fastconv.search: log-uniform/uniform/choice draws, seeded trials, ranked results."""
+"""fastconv.tools.search: log-uniform/uniform/choice draws, seeded trials, ranked results."""
 
 import csv
 import json
@@ -9,8 +9,9 @@ import pytest
 
 import fastconv as fc
 from fastconv import data as D
-from fastconv import search as S
-from fastconv.train import Trainer, build_model
+from fastconv.tools import search as S
+from fastconv.train import Trainer
+from fastconv.models import build_model
 
 
 def test_distributions():

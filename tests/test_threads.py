@@ -84,7 +84,7 @@ def test_set_num_threads_and_the_threads_option_beat_omp_num_threads(tmp_path):
     got = run_script(tmp_path, """
         import json
         import fastconv as fc
-        from fastconv import cli
+        from fastconv.tools import cli
         default = fc.get_num_threads()
         code = cli.main(["train", "--sanity", "--threads", "2", "--no-plots", "--out", "run"])
         after_cli = fc.get_num_threads()
@@ -240,7 +240,7 @@ def test_mpi_ranks_default_to_omp_num_threads_else_their_share_of_the_cpus(tmp_p
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent("""
         import json, os
-        from fastconv.distributed import MPIDataParallel
+        from fastconv.train.distributed import MPIDataParallel
         dp = MPIDataParallel()
         os.environ.pop("OMP_NUM_THREADS", None)
         share = dp.default_threads()

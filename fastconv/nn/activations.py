@@ -1,4 +1,4 @@
-"""Activations beyond ReLU: LeakyReLU, ELU, Sigmoid, Tanh (element-wise, one
+"""Activations: ReLU, LeakyReLU, ELU, Sigmoid, Tanh (element-wise, one
 kernel call per direction) and Maxout (a linear map, then a max over pieces).
 
 Formulas and gradients are PyTorch's; nothing overflows or warns for large
@@ -14,16 +14,51 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv import init
+from fastconv.nn import init
 from fastconv.backend import kernel
-from fastconv.layers import (
-    _positive_int,
+from fastconv.nn.checks import (
+    check_int,
     check_grad,
     check_input,
     check_real,
     check_weight,
 )
-from fastconv.module import Module, Parameter
+from fastconv.nn.module import Module, Parameter
+
+
+class ReLU(Module):
+    """y = max(x, 0), element-wise; dx = dy where y > 0. NaN propagates."""
+
+    def __init__(self):
+        super().__init__()
+        self._y = None
+
+    def forward(self, x):
+        x = check_input("ReLU", x, range(33))
+        self._y = kernel("relu_forward")(x)
+        return self._y
+
+    def adopt_output(self, y):
+        """Take y = relu(x), computed by the layer before (a fused Conv2d), as
+        this layer's forward output: kept for the backward, returned as is.
+        None when a MaxPool2d after it was fused too: then only Sequential's
+        masked backward (``mask`` with the pool's output) runs."""
+        self._y = y
+        return y
+
+    def backward(self, dy):
+        return self.mask(dy, self._y)
+
+    def mask(self, dy, y):
+        """dy where y > 0 (or NaN), else 0: the backward, masked by ``y``.
+
+        A max-pool after this layer sends each window's gradient to the
+        window's maximum, whose value is the pooled output; so Sequential
+        masks the pooled gradient by the pooled output, a quarter of the
+        work for a 2x2 pool, with the same bits as masking after the pool.
+        """
+        dy = check_input("ReLU.backward", dy, (y.ndim,), "dy")
+        return kernel("relu_backward")(dy, y)
 
 
 class _Elementwise(Module):
@@ -121,8 +156,8 @@ class Tanh(_Elementwise):
 
 class Maxout(Module):
     """Maxout (Goodfellow et al., 2013): out_features units, each the max of
-    ``pieces`` affine functions of x (the notes' max(w1.x + b1, w2.x + b2)
-    for pieces=2):
+    ``pieces`` affine functions of x (max(w1.x + b1, w2.x + b2) for
+    pieces=2):
 
         z = x @ weight.T + bias,  y[..., j] = max_k z[..., j * pieces + k]
 
@@ -140,9 +175,9 @@ class Maxout(Module):
 
     def __init__(self, in_features: int, out_features: int, pieces: int):
         super().__init__()
-        self.in_features = _positive_int("Maxout", "in_features", in_features)
-        self.out_features = _positive_int("Maxout", "out_features", out_features)
-        self.pieces = _positive_int("Maxout", "pieces", pieces)
+        self.in_features = check_int("Maxout", "in_features", in_features)
+        self.out_features = check_int("Maxout", "out_features", out_features)
+        self.pieces = check_int("Maxout", "pieces", pieces)
         shape = check_weight("Maxout", (self.out_features * self.pieces, self.in_features))
         self.weight = Parameter(np.empty(shape, np.float32))
         init.he_normal_(self.weight)

@@ -1,10 +1,10 @@
 """Containers: modules made of modules. Each runs its children through
-:mod:`fastconv.fusion`, so the fused patterns apply inside any of them."""
+:mod:`fastconv.nn.fusion`, so the fused patterns apply inside any of them."""
 
 from __future__ import annotations
 
-from fastconv import fusion
-from fastconv.module import Module
+from fastconv.nn import fusion
+from fastconv.nn.module import Module
 
 
 class Sequential(Module):

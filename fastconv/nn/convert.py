@@ -1,4 +1,4 @@
-"""FC to CONV conversion (the notes' "converting FC layers to CONV layers").
+"""Converting fully connected (FC) layers to convolutions, to slide a classifier over larger images.
 
 A Linear that looks at a C x H x W volume (after a Flatten) is the same as a
 Conv2d with an H x W kernel and no padding; a Linear after that is a 1 x 1
@@ -14,9 +14,10 @@ import copy
 
 import numpy as np
 
-from fastconv.layers import Conv2d, Flatten, Linear
-from fastconv.containers import Sequential
-from fastconv.module import Module
+from fastconv.nn.conv import Conv2d
+from fastconv.nn.linear import Flatten, Linear
+from fastconv.nn.containers import Sequential
+from fastconv.nn.module import Module
 
 
 def linear_to_conv(model: Sequential, input_shape) -> Sequential:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fastconv import init
-from fastconv.layers import check_grad, check_input, check_real
-from fastconv.module import Module
+from fastconv.nn import init
+from fastconv.nn.checks import check_grad, check_input, check_real
+from fastconv.nn.module import Module
 
 
 class Dropout(Module):

@@ -21,8 +21,10 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 
 from fastconv.backend import get_backend
-from fastconv.layers import Conv2d, MaxPool2d, ReLU
-from fastconv.module import Module
+from fastconv.nn.activations import ReLU
+from fastconv.nn.conv import Conv2d
+from fastconv.nn.pooling import MaxPool2d
+from fastconv.nn.module import Module
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,8 @@ import dataclasses
 import numpy as np
 
 from fastconv import backend as _backend
-from fastconv.losses import Loss
-from fastconv.module import Module
+from fastconv.nn.losses import Loss
+from fastconv.nn.module import Module
 
 @dataclasses.dataclass
 class GradcheckResult:

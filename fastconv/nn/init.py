@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from fastconv.module import Parameter
+from fastconv.nn.module import Parameter
 
 # Created on first use: numpy.random is a noticeable part of `import fastconv`.
 _rng: np.random.Generator | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv._guard import plain
-from fastconv.layers import check_input
+from fastconv.nn.checks import check_input
 
 REDUCTIONS = ("mean", "sum")
 
@@ -82,7 +82,7 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class MulticlassSVM(Loss):
-    """The multiclass SVM (Weston-Watkins) hinge loss of the notes:
+    """The multiclass SVM (Weston-Watkins) hinge loss:
 
         L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin)        (squared=False)
         L_i = sum_{j != y_i} max(0, s_j - s_{y_i} + margin) ** 2   (squared=True, the L2-SVM)

@@ -1,4 +1,4 @@
-"""Module and Parameter: what every layer and container builds on (containers: fastconv.containers).
+"""Module and Parameter: what every layer and container builds on (containers: fastconv.nn.containers).
 
 A module's ``forward`` caches what its ``backward`` needs; ``backward(dy)``
 returns dL/dx and *adds* parameter gradients into each ``Parameter.grad``
@@ -180,7 +180,7 @@ class Module:
     def init_as_output(self, output: bool) -> None:
         """Called by a container with whether this module's outputs are the
         container's outputs (its last child) or feed later layers. Layers
-        whose default init depends on that (Linear: see fastconv.init) re-scale
+        whose default init depends on that (Linear: see fastconv.nn.init) re-scale
         their own untouched initial weights; others ignore it."""
 
     # -- printing ----------------------------------------------------------------

@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv.backend import kernel
-from fastconv.layers import (
-    _positive_int,
+from fastconv.nn.checks import (
+    check_int,
     check_grad,
     check_input,
     check_real,
     check_size,
 )
-from fastconv.module import Module, Parameter
+from fastconv.nn.module import Module, Parameter
 
 
 class _BatchNorm(Module):
@@ -47,7 +47,7 @@ class _BatchNorm(Module):
                  affine: bool = True, track_running_stats: bool = True, *, bias: bool = True):
         super().__init__()
         name = type(self).__name__
-        self.num_features = c = _positive_int(name, "num_features", num_features)
+        self.num_features = c = check_int(name, "num_features", num_features)
         check_size(name, "`num_features` statistics", (4, c))
         self.eps = check_real(name, "eps", eps, 0.0)
         self.momentum = None if momentum is None else check_real(name, "momentum", momentum, 0.0, 1.0)

@@ -5,7 +5,7 @@ Times fastconv, PyTorch in channels_last ("torch_cl", its fastest CPU
 configuration) and in NCHW ("torch_nchw") when it is installed, and NumPy
 (``numpy.matmul`` on OpenBLAS for sgemm, fastconv's NumPy twins, i.e.
 im2col + OpenBLAS, for layers and nets) in one process, on the same arrays,
-for the workloads of ``workloads.md``; prints a Markdown table with the
+for the benchmark workloads below (the README's tables); prints a Markdown table with the
 median and minimum time per call, GFLOP/s or GB/s, the share of the measured
 FLOP peak, and the ratio peer time / fastconv time (> 1: fastconv is faster).
 
@@ -47,24 +47,21 @@ LABELS = {"fastconv": "fastconv", "torch_cl": "PyTorch CL", "torch_nchw": "PyTor
           "numpy": "NumPy/OpenBLAS"}
 
 
-# -- the networks of workloads.md (bench/bench_nets.py uses these too) --------------------------------
+# -- the networks (bench/bench_nets.py uses these too): the built-ins of fastconv.models -----------------
 
 
 def lenet(lib):
-    """LeNet of workloads.md; ``lib`` is ``fastconv`` or ``torch.nn``."""
-    return lib.Sequential(
-        lib.Conv2d(1, 8, 5, padding=2), lib.ReLU(), lib.MaxPool2d(2),
-        lib.Conv2d(8, 16, 5, padding=2), lib.ReLU(), lib.MaxPool2d(2),
-        lib.Flatten(), lib.Linear(16 * 7 * 7, 10))
+    """The built-in ``lenet`` for 10 classes; ``lib`` is ``fastconv`` or ``torch.nn``."""
+    from fastconv.models import build_model
+
+    return build_model("lenet", (1, 28, 28), 10, lib=lib)
 
 
 def cifar_small(lib):
-    """cifar_small of workloads.md; ``lib`` is ``fastconv`` or ``torch.nn``."""
-    return lib.Sequential(
-        lib.Conv2d(3, 32, 3, padding=1), lib.ReLU(), lib.MaxPool2d(2),
-        lib.Conv2d(32, 64, 3, padding=1), lib.ReLU(), lib.MaxPool2d(2),
-        lib.Conv2d(64, 128, 3, padding=1), lib.ReLU(), lib.MaxPool2d(2),
-        lib.Flatten(), lib.Linear(2048, 10))
+    """The built-in ``cifar_small`` for 10 classes; ``lib`` is ``fastconv`` or ``torch.nn``."""
+    from fastconv.models import build_model
+
+    return build_model("cifar_small", (3, 32, 32), 10, lib=lib)
 
 
 NETS = {"lenet": (lenet, (64, 1, 28, 28), 0.284), "cifar_small": (cifar_small, (128, 3, 32, 32), 7.7)}
@@ -129,7 +126,8 @@ def torch_step(build, side, x, y):
 
 # -- workloads ------------------------------------------------------------------------------------------
 
-# (N, C, H=W, K, kernel, stride, pad) of workloads.md; "tiny" runs shrink N and H.
+# The workloads, defined here once (bench/ reads them too).
+# (N, C, H=W, K, kernel, stride, pad); "tiny" runs shrink N and H.
 CONVS = [(64, 1, 28, 8, 5, 1, 2), (64, 8, 14, 16, 5, 1, 2), (128, 3, 32, 32, 3, 1, 1),
          (128, 32, 16, 64, 3, 1, 1), (32, 64, 8, 128, 3, 1, 1), (16, 3, 64, 16, 7, 2, 3),
          (128, 64, 8, 64, 1, 1, 0)]
@@ -184,7 +182,7 @@ def _reference_backend(fn):
 
 
 def workloads(tiny=False):
-    """The workloads of workloads.md (shrunk to a few KB each when `tiny`)."""
+    """The benchmark workloads (shrunk to a few KB each when `tiny`)."""
     import numpy as np
 
     from fastconv import _kernels as K
@@ -524,13 +522,13 @@ def markdown(table_rows, sides, header=True):
 def add_arguments(p):
     """The options of ``fastconv bench`` / ``bench/compare.py``; bad values are
     usage errors (exit code 2), as for the other commands."""
-    from fastconv.cli import _positive_float, _positive_int
+    from fastconv.tools.args import positive_float, positive_int
 
     p.add_argument("--threads", default=None, type=_thread_list, metavar="N[,N...]",
                    help="thread counts, each applied to every library (default: all CPUs)")
-    p.add_argument("--reps", type=_positive_int, default=15, metavar="N",
+    p.add_argument("--reps", type=positive_int, default=15, metavar="N",
                    help="timed turns per side (default: %(default)s)")
-    p.add_argument("--turn-ms", type=_positive_float, default=20.0, metavar="MS",
+    p.add_argument("--turn-ms", type=positive_float, default=20.0, metavar="MS",
                    help="timed calls per turn add up to about this (default: %(default)s)")
     p.add_argument("--only", action="append", default=[], metavar="TEXT",
                    help="only workloads whose name contains TEXT (repeatable)")
@@ -567,7 +565,7 @@ def run(args, out=None):
         sides = [s for s in sides if not s.startswith("torch")]
     import fastconv as fc
 
-    from fastconv.cli import UsageError, check_threads
+    from fastconv.tools.args import UsageError, check_threads
 
     counts = args.threads or [fc.get_num_threads()]
     for n in args.threads or []:

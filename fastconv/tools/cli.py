@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 
+from fastconv.tools.args import (CommandError, UsageError, check_threads, finite_float, fraction, nonneg_float,
+                                 nonneg_int, open_fraction, positive_float, positive_int)
+
 EPILOG_TRAIN = """\
 examples:
   fastconv train                                   # digits, default CNN, ~10 s
@@ -42,73 +45,6 @@ DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-
              "or PATH.npz with arrays X, y [, X_test, y_test]")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
 CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
-
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit code 1."""
-
-
-class UsageError(CommandError):
-    """A bad option value that only shows after parsing: printed as one line, exit code 2."""
-
-
-# -- argument types ---------------------------------------------------------------------
-
-
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}; got {v}")
-        return v
-    return parse
-
-
-_positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
-
-
-def _float_above(minimum, strict):
-    bound = f"> {minimum}" if strict else f">= {minimum}"
-
-    def parse(text):
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
-        if not (math.isfinite(v) and (v > minimum if strict else v >= minimum)):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}; got {text}")
-        return v
-    return parse
-
-
-_nonneg_float, _positive_float = _float_above(0, strict=False), _float_above(0, strict=True)
-
-
-def _finite_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number; got {text}")
-    return v
-
-
-def _fraction(text):
-    v = _nonneg_float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1); got {text}")
-    return v
-
-
-def _open_fraction(text):
-    v = _fraction(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("must be in (0, 1); got 0")
-    return v
 
 
 # -- config files (TOML) ---------------------------------------------------------------------
@@ -143,7 +79,7 @@ def _toml_value(v) -> str:
 
 
 def _write_toml(path: str, values: dict, header: str = "") -> None:
-    from fastconv.checkpoint import atomic_write
+    from fastconv.train.checkpoint import atomic_write
 
     lines = [f"# {line}" for line in header.splitlines()]
     lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
@@ -179,16 +115,6 @@ def _apply_config(parser: argparse.ArgumentParser, path: str, skip=("config", "r
 
 
 # -- shared pieces -----------------------------------------------------------------------------
-
-
-def check_threads(n: int, option: str = "--threads") -> None:
-    """Refuse a thread count this process cannot start, before OpenMP is asked (libgomp,
-    failing to create a thread, ends the whole process)."""
-    from fastconv._guard import startable_threads
-
-    most, why = startable_threads()
-    if n > most:
-        raise UsageError(f"{option}: must be at most {most} here ({why}); got {n}")
 
 
 def _set_threads(n):
@@ -320,7 +246,7 @@ def _add_data_options(p, val=True):
                    "(default: %(default)s)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     if val:
-        p.add_argument("--val-fraction", type=_open_fraction, default=0.1, metavar="F",
+        p.add_argument("--val-fraction", type=open_fraction, default=0.1, metavar="F",
                        help="share of the training data held out for validation (default: %(default)s)")
 
 
@@ -329,23 +255,23 @@ def _add_training_options(p):
                    help="built-in name (digits, lenet, cifar_small, mlp) or a spec string such as "
                         "conv8x5p2-relu-pool2-fc10 (see below); auto picks by data set (default: %(default)s)")
     p.add_argument("--optimizer", default="adam", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
-    p.add_argument("--lr", type=_positive_float, metavar="LR",
+    p.add_argument("--lr", type=positive_float, metavar="LR",
                    help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in LR_DEFAULTS.items()) + ")")
-    p.add_argument("--momentum", type=_fraction, default=0.9, metavar="M",
+    p.add_argument("--momentum", type=fraction, default=0.9, metavar="M",
                    help="momentum of sgd and rmsprop (default: %(default)s)")
-    p.add_argument("--weight-decay", type=_nonneg_float, default=1e-4, metavar="WD",
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4, metavar="WD",
                    help="L2 regularization strength (default: %(default)s)")
-    p.add_argument("--dropout", type=_fraction, default=0.0, metavar="P",
+    p.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
                    help="put Dropout(P) before every fully connected layer (default: %(default)s, off)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="(default: %(default)s)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
+    p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="seeds weight initialization and minibatch order (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
 
 
 def _arch_help():
-    from fastconv.train import SPEC_HELP
+    from fastconv.models import SPEC_HELP
 
     return SPEC_HELP
 
@@ -363,7 +289,8 @@ def _train_options(args) -> dict:
 def _build(args, data, log):
     """(model, trainer) for the parsed options and the loaded data."""
     import fastconv as fc
-    from fastconv.train import EarlyStopping, Trainer, build_model, resolve_arch
+    from fastconv.train import EarlyStopping, Trainer
+    from fastconv.models import build_model, resolve_arch
 
     train = data["train"]
     arch = args.arch if args.arch != "auto" else _default_arch(args.data, train.input_shape)
@@ -433,7 +360,7 @@ def _sanity(args, data) -> int:
 
 def _train(args) -> int:
     """Under mpirun (more than one rank) train data-parallel; ranks other than 0 print and write nothing."""
-    from fastconv import distributed
+    from fastconv.train import distributed
 
     args.mpi = distributed.MPIDataParallel() if distributed.launched_by_mpi() else None
     if args.mpi is None or args.mpi.rank == 0:
@@ -443,8 +370,8 @@ def _train(args) -> int:
 
 
 def _train_run(args, root: bool) -> int:
-    from fastconv import plot
-    from fastconv.checkpoint import atomic_write_json
+    from fastconv.tools import plot
+    from fastconv.train.checkpoint import atomic_write_json
 
     start = time.perf_counter()
     _set_threads(args.threads or (args.mpi.default_threads() if args.mpi else None))
@@ -516,10 +443,11 @@ def _train_run(args, root: bool) -> int:
 def _evaluate(args) -> int:
     import numpy as np
 
-    from fastconv import checkpoint as ckpt
+    from fastconv.train import checkpoint as ckpt
     from fastconv.data import Dataset, Normalizer
-    from fastconv.losses import SoftmaxCrossEntropy
-    from fastconv.train import Trainer, confusion_matrix, load_model
+    from fastconv.nn.losses import SoftmaxCrossEntropy
+    from fastconv.train import Trainer, confusion_matrix
+    from fastconv.models import load_model
 
     _set_threads(args.threads)
     path = args.checkpoint
@@ -571,7 +499,7 @@ def _evaluate(args) -> int:
 def _range(kind):
     """LO:HI (drawn: log-uniform or uniform), V (fixed), or A,B,C (a choice)."""
     def parse(text):
-        from fastconv.search import Choice, LogUniform, Uniform
+        from fastconv.tools.search import Choice, LogUniform, Uniform
 
         try:
             if ":" in text:
@@ -587,8 +515,8 @@ def _range(kind):
 
 
 def _search(args) -> int:
-    from fastconv import search as S
-    from fastconv.train import build_model, resolve_arch
+    from fastconv.tools import search as S
+    from fastconv.models import build_model, resolve_arch
 
     if args.scheduler is None and args.workers is None:
         _set_threads(args.threads)
@@ -651,7 +579,7 @@ def _search(args) -> int:
 
 
 def _bench(args) -> int:
-    from fastconv import compare
+    from fastconv.tools import bench as compare
 
     return compare.run(args)
 
@@ -660,8 +588,8 @@ def _bench(args) -> int:
 
 
 def _info(args) -> int:
-    from fastconv.info import conv_plan, info, self_test
-    from fastconv.train import build_model
+    from fastconv.tools.info import conv_plan, info, self_test
+    from fastconv.models import build_model
 
     for key, value in info().items():
         if value != "":
@@ -698,22 +626,22 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_TRAIN + _arch_help(), formatter_class=raw)
     _add_data_options(p)
     _add_training_options(p)
-    p.add_argument("--epochs", type=_positive_int, default=20, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="(default: %(default)s)")
     p.add_argument("--schedule", default="cosine", choices=["none", "cosine", "step", "exp", "invtime", "plateau"],
                    help="learning-rate schedule, stepped per epoch (default: %(default)s)")
-    p.add_argument("--patience", type=_nonneg_int, default=10, metavar="N",
+    p.add_argument("--patience", type=nonneg_int, default=10, metavar="N",
                    help="early stopping: stop after N epochs without improvement of --monitor by more than "
                         "--min-delta; 0 = off (default: %(default)s)")
-    p.add_argument("--min-delta", type=_nonneg_float, default=0.0, metavar="D",
+    p.add_argument("--min-delta", type=nonneg_float, default=0.0, metavar="D",
                    help="the least change of --monitor that counts as an improvement (default: %(default)s)")
-    p.add_argument("--stop-at", type=_finite_float, metavar="V",
+    p.add_argument("--stop-at", type=finite_float, metavar="V",
                    help="early stopping: stop once --monitor reaches V (e.g. 0.99 for val_accuracy)")
-    p.add_argument("--stop-worse", type=_nonneg_int, default=0, metavar="N",
+    p.add_argument("--stop-worse", type=nonneg_int, default=0, metavar="N",
                    help="early stopping: stop after --monitor got worse N epochs in a row; 0 = off")
-    p.add_argument("--stop-window", type=_nonneg_int, default=0, metavar="N",
+    p.add_argument("--stop-window", type=nonneg_int, default=0, metavar="N",
                    help="early stopping: stop when --monitor improved by less than --stop-min-average per "
                         "epoch on average over the last N epochs; 0 = off")
-    p.add_argument("--stop-min-average", type=_nonneg_float, default=0.0, metavar="D",
+    p.add_argument("--stop-min-average", type=nonneg_float, default=0.0, metavar="D",
                    help="the average improvement per epoch --stop-window asks for (default: %(default)s)")
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
                    help="metric that picks the best epoch and drives early stopping (default: %(default)s)")
@@ -735,8 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="NAME|PATH.npz", help=f"{DATA_HELP} (default: the data it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=256, metavar="N", help="(default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_evaluate)
 
@@ -754,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(p)
     p.add_argument("--arch", default="auto", metavar="NAME|SPEC", help="as for train (default: %(default)s)")
     p.add_argument("--optimizer", default="sgd", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
-    p.add_argument("--trials", type=_positive_int, default=10, metavar="N", help="(default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=5, metavar="N", help="per trial (default: %(default)s)")
+    p.add_argument("--trials", type=positive_int, default=10, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=5, metavar="N", help="per trial (default: %(default)s)")
     p.add_argument("--lr", type=_range("log"), default="1e-3:3e-1", metavar="LO:HI", help="(default: %(default)s)")
     p.add_argument("--weight-decay", type=_range("log"), default="1e-6:1e-2", metavar="LO:HI",
                    help="(default: %(default)s)")
@@ -764,12 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=_range("uniform"), default="0", metavar="LO:HI",
                    help="(default: %(default)s)")
     p.add_argument("--batch-size", type=_range("int"), default="32,64", metavar="A,B", help="(default: %(default)s)")
-    p.add_argument("--seed", type=_nonneg_int, default=0, metavar="S",
+    p.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this process may use; "
                         "1 on a Dask cluster)")
-    p.add_argument("--workers", type=_positive_int, metavar="N",
+    p.add_argument("--workers", type=positive_int, metavar="N",
                    help="run the trials on a local Dask cluster of N worker processes (needs fastconv[dask])")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the trials on the Dask cluster at ADDRESS, e.g. tcp://10.0.0.5:8786 "
@@ -779,11 +707,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_search)
 
     p = sub.add_parser("bench", help="time fastconv against PyTorch and NumPy/OpenBLAS side by side",
-                       description="The workloads of workloads.md (sgemm, conv layers, max-pool, ReLU, whole "
-                                   "nets) timed in one process, taking turns with PyTorch (channels_last and "
+                       description="The benchmark workloads (sgemm, conv layers, max-pool, ReLU, whole "
+                                   "nets: the README's tables) timed in one process, taking turns with PyTorch (channels_last and "
                                    "NCHW, when installed) and NumPy/OpenBLAS; prints a Markdown table. Also "
                                    "python bench/compare.py. Per-kernel suites: pytest bench/.")
-    from fastconv.compare import add_arguments
+    from fastconv.tools.bench import add_arguments
 
     add_arguments(p)
     p.set_defaults(func=_bench)
@@ -807,7 +735,7 @@ def exit_if_this_command(message: str) -> None:
     argv, orig = getattr(sys, "argv", None) or [""], getattr(sys, "orig_argv", [])
     # While python -m runs a package's __init__, argv[0] is "-m" and orig_argv names the module.
     module = orig[orig.index("-m") + 1] if argv[0] == "-m" and "-m" in orig[:-1] else None
-    if module in ("fastconv", "fastconv.cli") or os.path.basename(argv[0]) == "fastconv":
+    if module in ("fastconv", "fastconv.tools.cli") or os.path.basename(argv[0]) == "fastconv":
         print(f"fastconv: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -815,7 +743,7 @@ def exit_if_this_command(message: str) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     if argv is None and sys.argv[1:2] == ["bench"]:  # OpenBLAS must see its settings at load
-        from fastconv.compare import reexec_for_openblas
+        from fastconv.tools.bench import reexec_for_openblas
 
         reexec_for_openblas(sys.argv)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -845,7 +773,7 @@ def main(argv=None) -> int:
             message = f"out of memory: {message or 'an allocation failed'}"
         message = " ".join(message.split())[:2000]  # one line, of bounded length
         print(f"{where}: error: {message}", file=sys.stderr)
-        from fastconv.distributed import abort_mpi_job
+        from fastconv.train.distributed import abort_mpi_job
 
         code = 2 if isinstance(e, UsageError) else 1
         abort_mpi_job(code)  # under mpirun the other ranks may be waiting for this one

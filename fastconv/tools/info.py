@@ -105,7 +105,7 @@ def conv_plan(model, input_shape) -> list[dict]:
     >>> [row["forward"][0] for row in fc.conv_plan(model, (128, 3, 32, 32))]
     ['implicit_im2col', 'winograd', 'winograd']
     """
-    from fastconv.layers import Conv2d
+    from fastconv.nn.conv import Conv2d
 
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 4 or min(shape) < 1:

@@ -19,8 +19,8 @@ import os
 
 import numpy as np
 
-from fastconv.checkpoint import atomic_write
-from fastconv.module import Module
+from fastconv.train.checkpoint import atomic_write
+from fastconv.nn.module import Module
 
 __all__ = ["PlotUnavailable", "available", "filters", "layer_stats", "training_curves"]
 
@@ -45,7 +45,7 @@ def _figure_class():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlotUnavailable(f"fastconv.plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+        raise PlotUnavailable(f"fastconv.tools.plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
     return Figure, FigureCanvasAgg
 
 
@@ -131,7 +131,7 @@ def training_curves(history: dict, path) -> str:
 
 
 def _first_conv_weight(model: Module) -> np.ndarray:
-    from fastconv.layers import Conv2d
+    from fastconv.nn.conv import Conv2d
 
     for m in model.modules():
         if isinstance(m, Conv2d):
@@ -179,7 +179,8 @@ def layer_stats(history: dict, path) -> str:
     """Per-layer statistics: update/weight ratios over time, activation and gradient distributions.
 
     Top: ||lr * update|| / ||w|| per parameter and epoch, on a log scale, with
-    the notes' rule of thumb 1e-3 marked. Middle: the histogram of each
+    the rule of thumb 1e-3 marked (far below: the learning rate is too small; far
+    above: too large). Middle: the histogram of each
     layer's output in the last recorded minibatch, with its share of zero
     elements (a ReLU's sparsity) and of dead units (units whose output is
     zero for every example of that minibatch). Bottom: the histogram of the gradient at each layer's

@@ -1,4 +1,5 @@
-"""Random hyperparameter search, as the notes advise: random draws, not a grid, and the
+"""Random hyperparameter search: random draws, not a grid (which wastes trials on the
+unimportant axes), and the
 learning rate and regularization strength on a log scale.
 
 >>> space = {"lr": fc.search.LogUniform(1e-4, 1e-1),          # 10 ** uniform(-4, -1)
@@ -6,7 +7,7 @@ learning rate and regularization strength on a log scale.
 ...          "momentum": fc.search.Uniform(0.5, 0.99),
 ...          "batch_size": fc.search.Choice([32, 64])}
 >>> def build(config):
-...     model = fc.train.build_model("digits", (1, 8, 8), 10)
+...     model = fc.models.build_model("digits", (1, 8, 8), 10)
 ...     opt = fc.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
 ...                  weight_decay=config["weight_decay"])
 ...     return model, fc.SoftmaxCrossEntropy(), opt
@@ -28,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from fastconv import init
+from fastconv.nn import init
 from fastconv._kernels import get_num_threads, set_num_threads
-from fastconv.checkpoint import atomic_write, atomic_write_json
+from fastconv.train.checkpoint import atomic_write, atomic_write_json
 from fastconv.data import as_dataset
 from fastconv.train import Trainer, TrainingDiverged
 
@@ -219,7 +220,7 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
     if scheduler is None and workers is None:
         done = ((i, run_trial(*task, train, val, epochs, threads)) for i, task in enumerate(tasks))
     else:
-        from fastconv.distributed import map_trials
+        from fastconv.train.distributed import map_trials
 
         done = map_trials(run_trial, tasks, (train, val), scheduler=scheduler, workers=workers, retries=retries,
                           epochs=epochs, threads=threads or 1)

@@ -35,9 +35,9 @@ import tempfile
 import numpy as np
 
 from fastconv import _guard
-from fastconv.module import StateDictKeyError
+from fastconv.nn.module import StateDictKeyError
 
-FORMAT = "fastconv.checkpoint"
+FORMAT = "fastconv.train.checkpoint"
 VERSION = 1
 MODEL_FILE, OPTIMIZER_FILE, META_FILE = "model.safetensors", "optimizer.safetensors", "checkpoint.json"
 

@@ -251,7 +251,7 @@ class MPIDataParallel:
         n_buffers = sum(a.size for a in self._tensors(model)) - n_grads
         self._buffer = np.empty(n_grads + n_buffers + 3, np.float32)
         if self.rank > 0:  # rank 0 keeps the one-process stream; the others jump to independent ones
-            from fastconv import init
+            from fastconv.nn import init
 
             bits = init.generator().bit_generator
             bits.state = bits.jumped(self.rank).state

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from fastconv._guard import plain
-from fastconv.module import Parameter
+from fastconv.nn.module import Parameter
 
 
 def _finite(v) -> bool:
@@ -226,7 +226,7 @@ class Adagrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop, PyTorch's rule (the notes' leaky Adagrad):
+    """RMSprop, PyTorch's rule (Adagrad with a leaky, running average of g^2):
 
         g = grad + weight_decay * p;  v = alpha * v + (1 - alpha) * g^2
         avg = sqrt(v - m^2) + eps with m = alpha * m + (1 - alpha) * g if centered, else sqrt(v) + eps

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from fastconv.optim import Optimizer
+from fastconv.train.optim import Optimizer
 
 
 def _check_positive(cls, name, v, allow_zero=False):

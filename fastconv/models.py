@@ -1,0 +1,186 @@
+"""The built-in architectures and the spec language that describes them.
+
+One definition serves the command line (``fastconv train --arch``), the
+Trainer's checkpoints (:func:`load_model` rebuilds a model from its spec) and
+the benchmarks (which build the same spec in PyTorch: ``lib=torch.nn``).
+
+>>> model = fc.models.build_model("cifar_small", (3, 32, 32), num_classes=10)
+>>> torch_twin = fc.models.build_model("cifar_small", (3, 32, 32), 10, lib=torch.nn)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from fastconv.nn.checks import is_int, is_number
+from fastconv.train import checkpoint as ckpt
+
+__all__ = ["ARCHS", "SPEC_HELP", "build_model", "load_model", "resolve_arch"]
+
+
+ARCHS = {
+    "digits": "conv32x3p1-relu-conv32x3p1-relu-pool2-fc128-relu-fc{classes}",
+    "lenet": "conv8x5p2-relu-pool2-conv16x5p2-relu-pool2-fc{classes}",
+    "lenet5": "conv6x5p2-relu-pool2-conv16x5-relu-pool2-fc120-relu-fc84-relu-fc{classes}",
+    "cifar_small": "conv32x3p1-relu-pool2-conv64x3p1-relu-pool2-conv128x3p1-relu-pool2-fc{classes}",
+    "mlp": "fc128-relu-fc{classes}",
+}
+
+SPEC_HELP = """\
+An architecture is a built-in name or a spec string of layers joined by '-':
+  conv<OUT>x<K>[s<S>][p<P>]  Conv2d: OUT filters of KxK, stride S (1), zero padding P (0)
+  pool<K>[s<S>]              MaxPool2d: KxK windows, stride S (K)
+  avgpool<K>[s<S>]           AvgPool2d: KxK windows, stride S (K)
+  fc<N>                      Linear to N outputs (a Flatten is put in front of the first)
+  relu, leakyrelu, tanh, sigmoid, elu       activations
+  drop<P>                    Dropout with drop probability P, e.g. drop0.5
+  bn                         BatchNorm2d after a conv, BatchNorm1d after an fc
+The last layer must be fc<number of classes>. Input channels and sizes are
+inferred from the data. Built-ins (K = the number of classes):
+""" + "\n".join(f"  {k:12} {v.replace('{classes}', 'K')}" for k, v in ARCHS.items())
+
+_TOKENS = [
+    ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?")),
+    ("avgpool", re.compile(r"avgpool(\d+)(?:s(\d+))?")),
+    ("pool", re.compile(r"(?:max)?pool(\d+)(?:s(\d+))?")),
+    ("fc", re.compile(r"fc(\d+)")),
+    ("drop", re.compile(r"drop(?:out)?(0?\.\d+|0|1)")),
+    ("act", re.compile(r"relu|leakyrelu|tanh|sigmoid|elu")),
+    ("bn", re.compile(r"bn")),
+    ("flatten", re.compile(r"flatten")),
+]
+_ACTIVATIONS = {"relu": "ReLU", "leakyrelu": "LeakyReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "elu": "ELU"}
+
+
+def resolve_arch(arch: str, num_classes: int) -> str:
+    """A built-in name's spec string for ``num_classes`` classes, or ``arch`` itself."""
+    return ARCHS[arch].format(classes=num_classes) if arch in ARCHS else arch
+
+
+def _check_sizes(token: str, *sizes) -> None:
+    """Before any size arithmetic: a zero stride or kernel would divide by zero."""
+    for name, v in sizes:
+        if v < 1:
+            raise ValueError(f"arch: {token!r}: the {name} must be >= 1; got {v}")
+
+
+def build_model(arch: str, input_shape, num_classes: int | None = None, dropout: float = 0.0, lib=None):
+    """A :class:`Sequential` from a built-in name or a spec string (see ``SPEC_HELP``).
+
+    ``input_shape`` is one example's (C, H, W) (or (features,)); sizes flow
+    through the layers, so a layer that does not fit raises ``ValueError``
+    naming it. ``dropout`` > 0 puts a Dropout(dropout) before every fc layer.
+    ``lib`` is where the layer classes come from: fastconv (the default), or
+    ``torch.nn`` for the same network in PyTorch (the benchmarks' peer), whose
+    layers take the same arguments.
+
+    >>> build_model("conv8x3p1-relu-pool2-fc10", (1, 8, 8)).state_dict().keys()
+    odict_keys(['0.weight', '0.bias', '4.weight', '4.bias'])
+    """
+    if lib is None:
+        import fastconv as lib
+
+    if not isinstance(arch, str) or not arch.strip():
+        raise ValueError(f"arch: must be a built-in name ({', '.join(ARCHS)}) or a spec string; got {arch!r}")
+    spec = resolve_arch(arch.strip().lower(), num_classes if num_classes is not None else 10)
+    if not 0 <= dropout < 1:
+        raise ValueError(f"arch: `dropout` must be in [0, 1); got {dropout!r}")
+    shape = tuple(int(s) for s in input_shape)
+    layers = []
+    last_kind = None
+    for token in spec.split("-"):
+        kind, m = next(((k, r.fullmatch(token)) for k, r in _TOKENS if r.fullmatch(token)), (None, None))
+        if kind is None:
+            raise ValueError(f"arch: unknown layer {token!r} in {spec!r}; expected conv<OUT>x<K>[s<S>][p<P>], "
+                             "pool<K>[s<S>], fc<N>, relu, drop<P>, bn, ... (see `fastconv train --help`)")
+        if kind in ("conv", "pool", "avgpool") and len(shape) != 3:
+            raise ValueError(f"arch: {token!r} needs an image (C, H, W) input; it gets shape {shape}")
+        if kind == "conv":
+            out, k = int(m[1]), int(m[2])
+            s, p = int(m[3] or 1), int(m[4] or 0)
+            _check_sizes(token, ("filters", out), ("kernel size", k), ("stride", s))
+            h, w = (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1
+            if h < 1 or w < 1 or out < 1 or k < 1 or s < 1:
+                raise ValueError(f"arch: {token!r} does not fit its input of shape {shape} (kernel {k}, padding {p})")
+            layers.append(lib.Conv2d(shape[0], out, k, stride=s, padding=p))
+            shape = (out, h, w)
+        elif kind in ("pool", "avgpool"):
+            k = int(m[1])
+            s = int(m[2] or k)
+            _check_sizes(token, ("kernel size", k), ("stride", s))
+            h, w = (shape[1] - k) // s + 1, (shape[2] - k) // s + 1
+            if h < 1 or w < 1 or k < 1 or s < 1:
+                raise ValueError(f"arch: {token!r} does not fit its input of shape {shape}")
+            layers.append((lib.MaxPool2d if kind == "pool" else lib.AvgPool2d)(k, stride=s))
+            shape = (shape[0], h, w)
+        elif kind in ("fc", "flatten"):
+            if len(shape) > 1:
+                layers.append(lib.Flatten())
+                shape = (int(np.prod(shape)),)
+            if kind == "fc":
+                if dropout > 0:
+                    layers.append(lib.Dropout(dropout))
+                out = int(m[1])
+                if out < 1:
+                    raise ValueError(f"arch: {token!r} must have at least one output")
+                layers.append(lib.Linear(shape[0], out))
+                shape = (out,)
+        elif kind == "drop":
+            layers.append(lib.Dropout(float(m[1])))
+        elif kind == "act":
+            layers.append(getattr(lib, _ACTIVATIONS[token])())
+        elif kind == "bn":
+            layers.append((lib.BatchNorm2d if len(shape) == 3 else lib.BatchNorm1d)(shape[0]))
+        last_kind = kind
+    if last_kind != "fc":
+        raise ValueError(f"arch: {spec!r} must end with fc<number of classes> (class scores); it ends with {token!r}")
+    if num_classes is not None and shape[0] != num_classes:
+        raise ValueError(f"arch: {spec!r} ends with {shape[0]} outputs but the data has {num_classes} classes")
+    return lib.Sequential(*layers)
+
+
+def load_model(path) -> tuple:
+    """Rebuild the model of a checkpoint written by ``fastconv train`` and load its weights.
+
+    Returns (model, metadata); metadata["user"] holds what the command stored:
+    "arch", "input_shape", "classes", "normalization", "data", "config".
+    """
+    info = ckpt.read_metadata(path)
+    user = info["meta"].get("user") or {}
+    _check_user_meta(path, user)
+    if "arch" not in user or "input_shape" not in user:
+        raise ckpt.CheckpointError(f"checkpoint {os.fspath(path)} does not say how to rebuild its model (no arch); "
+                                   "build the model in Python and use fastconv.train.checkpoint.load_checkpoint")
+    model = build_model(user["arch"], user["input_shape"], len(user["classes"]), user.get("dropout", 0.0))
+    ckpt.load_checkpoint(path, model)
+    return model.eval(), info["meta"]
+
+
+def _check_user_meta(path, user) -> None:
+    """The fields ``fastconv train`` stores under meta.user, as far as they are present."""
+    def need(key, ok, expected):
+        ckpt.require(os.fspath(path), f"checkpoint.json `meta.user{'.' + key if key else ''}`",
+                     user.get(key) if key else user, ok, expected)
+
+    need("", isinstance(user, dict), "an object")
+    checks = {
+        "arch": (lambda v: isinstance(v, str) and v.strip() != "", "an architecture spec string"),
+        "input_shape": (lambda v: isinstance(v, list) and 1 <= len(v) <= 3 and all(is_int(d, 1, 2**31) for d in v),
+                        "a list of 1 to 3 ints >= 1"),
+        "classes": (lambda v: isinstance(v, list) and 1 <= len(v) <= 2**20 and all(isinstance(c, str) for c in v),
+                    "a list of class names (strings)"),
+        "dropout": (lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+        "normalization": (lambda v: isinstance(v, dict) and all(
+            isinstance(v.get(k), list) and all(is_number(x) for x in v[k]) for k in ("mean", "std"))
+            and len(v["mean"]) == len(v["std"]) and all(x > 0 for x in v["std"]),
+            "{mean, std}: lists of finite numbers of one length, std > 0"),
+        "data": (lambda v: isinstance(v, str), "a data set name or path"),
+        "data_dir": (lambda v: v is None or isinstance(v, str), "null or a folder path"),
+        "val_fraction": (lambda v: is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    }
+    for key, (ok, expected) in checks.items():
+        if key in user:
+            need(key, ok(user[key]), expected)

@@ -1,0 +1,122 @@
+"""Conv2d: 2-D convolution, one kernel call per direction through :func:`fastconv.backend.kernel`
+(the native planner chooses the algorithm: see ``fc.conv_plan``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fastconv.backend import kernel
+from fastconv.nn import init
+from fastconv.nn.checks import batched, check_input, check_int, check_pair, check_weight
+from fastconv.nn.module import Module, Parameter
+
+
+def _conv_padding(padding, kernel_size, stride):
+    """PyTorch's padding argument: ints, or "valid" (none) and "same" (output
+    size = input size; stride 1, and odd kernels, since the kernels pad
+    symmetrically and PyTorch puts an even kernel's extra row at the end)."""
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":
+        if stride != (1, 1) or kernel_size[0] % 2 == 0 or kernel_size[1] % 2 == 0:
+            raise ValueError(f"Conv2d: padding='same' needs stride 1 and an odd kernel size; "
+                             f"got stride {stride}, kernel_size {kernel_size}")
+        return (kernel_size[0] // 2, kernel_size[1] // 2)
+    if isinstance(padding, str):
+        raise ValueError(f"Conv2d: `padding` must be an int, a pair, 'valid' or 'same'; got {padding!r}")
+    return check_pair("Conv2d", "padding", padding, 0)
+
+
+class Conv2d(Module):
+    """2-D convolution (cross-correlation, as PyTorch) with zero padding.
+
+    y[n, k, i, j] = bias[k] + sum_{c, u, v} weight[k, c, u, v] * x_pad[n, c, i*sh + u, j*sw + v]
+
+    Input (N, C_in, H, W) or (C_in, H, W); output (N, C_out, OH, OW) with
+    OH = (H + 2*ph - kh) // sh + 1 (OW likewise). ``weight`` has shape
+    (out_channels, in_channels, kh, kw), as PyTorch. ``padding`` is an int, an
+    (h, w) pair, "valid" or "same". Default init: He normal weights
+    (std sqrt(2 / fan_in), fan_in = in_channels*kh*kw), zero bias.
+
+    ``needs_input_grad`` (default True): when set to False, ``backward``
+    skips dL/dx and returns None, as PyTorch does for an input that does not
+    require grad. Set it on a network's first layer, whose input gradient
+    (the images') nobody reads: ``model[0].needs_input_grad = False``; this
+    saves the dx GEMM and col2im. In a ``Sequential``, a Conv2d directly
+    followed by a ``ReLU`` computes the ReLU in its own pass (``relu=True``
+    of ``forward``); the ReLU then keeps that output for its backward, so
+    results and gradients are those of the two layers run one by one.
+
+    >>> conv = Conv2d(3, 16, kernel_size=3, padding=1)
+    >>> conv(np.zeros((8, 3, 32, 32), np.float32)).shape
+    (8, 16, 32, 32)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        name = "Conv2d"
+        self.in_channels = check_int(name, "in_channels", in_channels)
+        self.out_channels = check_int(name, "out_channels", out_channels)
+        self.kernel_size = check_pair(name, "kernel_size", kernel_size, 1)
+        self.stride = check_pair(name, "stride", stride, 1)
+        self.padding = _conv_padding(padding, self.kernel_size, self.stride)
+        shape = check_weight(name, (self.out_channels, self.in_channels) + self.kernel_size)
+        self.weight = Parameter(np.empty(shape, np.float32))
+        init.he_normal_(self.weight)
+        self.bias = Parameter(np.zeros(self.out_channels, np.float32)) if bias else None
+        self.needs_input_grad = True
+        self._cache = None
+
+    def _inputs(self, x):
+        """(x batched, unbatched, weight, bias) for a conv kernel; checks x."""
+        x, unbatched = batched("Conv2d", x, self.in_channels)
+        kh, kw = self.kernel_size
+        (ph, pw), (h, w) = self.padding, x.shape[2:]
+        if h + 2 * ph < kh or w + 2 * pw < kw:
+            raise ValueError(
+                f"Conv2d: kernel size {self.kernel_size} is larger than the padded input "
+                f"{(h + 2 * ph, w + 2 * pw)} (input {(h, w)}, padding {self.padding})")
+        b = self.bias.data if self.bias is not None else None
+        return (x, unbatched, self.weight.data.astype(x.dtype, copy=False),
+                None if b is None else b.astype(x.dtype, copy=False))
+
+    def output_size(self, h, w):
+        """(OH, OW) for an input of h x w."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+
+    def forward(self, x, relu=False):
+        """y = conv(x) + bias; max(y, 0) in the same pass when ``relu``."""
+        x, unbatched, weight, bias = self._inputs(x)
+        y = kernel("conv2d_forward")(x, weight, bias, self.stride, self.padding, relu)
+        self._cache = (x, unbatched)
+        return y[0] if unbatched else y
+
+    def forward_maxpool(self, x, relu=False):
+        """The 2x2 stride-2 max-pool of ``forward(x, relu)``, in one kernel
+        call that need not store the full-size output: (pooled, argmax,
+        the conv output's shape, unbatched), for MaxPool2d.adopt_output. The
+        output must be at least 2x2."""
+        x, unbatched, weight, bias = self._inputs(x)
+        y, argmax = kernel("conv2d_maxpool_forward")(x, weight, bias, self.stride, self.padding,
+                                                     relu)
+        self._cache = (x, unbatched)
+        return y, argmax, (x.shape[0], self.out_channels) + self.output_size(*x.shape[2:]), unbatched
+
+    def backward(self, dy):
+        x, unbatched = self._cache
+        dy = check_input("Conv2d.backward", dy, (3,) if unbatched else (4,), "dy")
+        dy = dy[None] if unbatched else dy
+        dx, dw, db = kernel("conv2d_backward")(x, self.weight.data.astype(x.dtype, copy=False), dy,
+                                               self.stride, self.padding,
+                                               need_dx=bool(self.needs_input_grad))
+        self.weight.grad += dw
+        if self.bias is not None:
+            self.bias.grad += db
+        if dx is None:
+            return None
+        return dx[0] if unbatched else dx
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
