@@ -2,6 +2,8 @@
 
     fastconv train                 a small CNN on the shipped digits -> runs/<name>/
     fastconv evaluate CHECKPOINT   loss, accuracy and confusion matrix of a checkpoint
+    fastconv export CKPT --onnx F  the checkpoint's model as an ONNX file
+    fastconv predict CKPT IMAGE... the top classes of PNG/JPEG files (or folders, or - for stdin)
     fastconv search                random hyperparameter search -> results table, best config
                                    (--workers N or --scheduler ADDRESS: trials on a Dask cluster)
     mpirun -n P fastconv train     data-parallel training over MPI (rank 0 writes the run folder)
@@ -510,6 +512,13 @@ def _train_run(args, root: bool) -> int:
     return 0
 
 
+def _checkpoint_path(path: str) -> str:
+    """A run folder means its best/ checkpoint."""
+    if os.path.isdir(os.path.join(path, "best")) or os.path.isdir(os.path.join(path, "best.old")):
+        return os.path.join(path, "best")
+    return path
+
+
 # -- fastconv evaluate -------------------------------------------------------------------------------
 
 
@@ -522,9 +531,7 @@ def _evaluate(args) -> int:
     from fastconv.train import Trainer, confusion_matrix, load_model
 
     _set_threads(args.threads)
-    path = args.checkpoint
-    if os.path.isdir(os.path.join(path, "best")) or os.path.isdir(os.path.join(path, "best.old")):
-        path = os.path.join(path, "best")
+    path = _checkpoint_path(args.checkpoint)
     model, meta = load_model(path)
     user = meta["user"]
     if "normalization" not in user:
@@ -563,6 +570,24 @@ def _evaluate(args) -> int:
         recall = f"{100 * cm[i, i] / total:6.1f}%" if total else "      -"
         print(f"{c:>8} " + "".join(f"{v:>{width}}" for v in cm[i]) + f"  {recall}")
     return 0
+
+
+# -- fastconv export, fastconv predict (bodies in tools_onnx and tools_predict) ------------------------
+
+
+def _export(args) -> int:
+    from fastconv.tools_onnx import export_checkpoint
+
+    print(export_checkpoint(_checkpoint_path(args.checkpoint), args.onnx))
+    return 0
+
+
+def _predict(args) -> int:
+    from fastconv.tools_predict import run
+
+    _set_threads(args.threads)
+    return run(_checkpoint_path(args.checkpoint), args.images, top_k=args.top_k, batch_size=args.batch_size,
+               resize=args.resize, as_json=args.json, progress=args.progress)
 
 
 # -- fastconv search -------------------------------------------------------------------------------------
@@ -739,6 +764,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a checkpoint's model as an ONNX file",
+                       description="Write the model of a checkpoint as an ONNX file (opset 17, dynamic batch "
+                                   "axis), with its class names, input shape and normalization as metadata. "
+                                   "Needs the onnx package: pip install \"fastconv[onnx]\".")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="the top classes of a checkpoint's model on PNG/JPEG files",
+                       description="Classify PNG/JPEG files with a checkpoint's model: each image is read as "
+                                   "grayscale or RGB (as the model takes), scaled to [0, 1] and normalized with "
+                                   "the training data's statistics. Images of another size than the model's "
+                                   "input are refused unless --resize. Needs Pillow: pip install "
+                                   "\"fastconv[images]\".",
+                       epilog="examples:\n  fastconv predict runs/digits photo.png scans/\n"
+                              "  find shots -name '*.jpg' | fastconv predict runs/cifar - --resize --json\n",
+                       formatter_class=raw)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG/JPEG files, folders (searched recursively, in sorted order), or - for paths on stdin")
+    p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image "
+                   "(default: %(default)s)")
+    p.add_argument("--resize", action="store_true", help="scale images to the model's input size instead of "
+                   "refusing those of another size")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal and there is more than "
+                        "one batch)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("search", help="random hyperparameter search; writes a results table and the best config",
                        description="Random hyperparameter search: random draws, not a grid; the learning rate\n"
