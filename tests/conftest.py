@@ -43,3 +43,33 @@ def rand(rng, *shape, scale=1.0):
 def torch():
     """PyTorch for comparison tests; the test is skipped when it is not installed."""
     return pytest.importorskip("torch")
+
+
+def train_run(folder, *options):
+    """The run folder of a one-epoch ``fastconv train`` in ``folder`` (no pictures, 1 thread),
+    for the tests of what reads checkpoints (export, predict); the thread count is restored."""
+    from fastconv import cli
+
+    threads = _kernels.get_num_threads()
+    try:
+        args = ["train", "--epochs", "1", "--no-plots", "--threads", "1", "--out", str(folder / "run"), *options]
+        assert cli.main(args) == 0
+    finally:
+        _kernels.set_num_threads(threads)
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A checkpoint of a small CNN on the shipped digits: (1, 8, 8) grayscale, classes "0".."9"."""
+    return train_run(tmp_path_factory.mktemp("digits"), "--arch", "conv8x3p1-bn-relu-pool2-fc10")
+
+
+@pytest.fixture(scope="session")
+def rgb_run(tmp_path_factory):
+    """A checkpoint of a small CNN on random (3, 6, 5) uint8 images of classes cat, dog, bird."""
+    folder = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(7)
+    np.savez(folder / "rgb.npz", X=rng.integers(0, 256, (60, 3, 6, 5), dtype=np.uint8),
+             y=rng.integers(0, 3, 60), classes=np.array(["cat", "dog", "bird"]))
+    return train_run(folder, "--data", str(folder / "rgb.npz"), "--arch", "conv4x3p1-relu-pool2-fc3")
