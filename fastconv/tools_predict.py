@@ -71,8 +71,9 @@ def run(checkpoint: str, sources, top_k: int = 3, batch_size: int = 64, resize: 
         print(json.dumps(result, indent=1), file=out)
         return 0
     width = min(max(len(c) for c in classes), 24)
-    print("   ".join(f"{f'top-{j + 1}':{width + 8}}" for j in range(k)) + "   file", file=out)
-    for path, p in rows:
+    for n, (path, p) in enumerate(rows):
+        if n == 0:  # after the first batch is read: an unreadable first file prints only its error
+            print("   ".join(f"{f'top-{j + 1}':{width + 8}}" for j in range(k)) + "   file", file=out)
         cells = (f"{classes[i][:width]:{width}} {100 * p[i]:6.2f}%" for i in _top(p, k))
         print("   ".join(cells) + f"   {path}", file=out, flush=True)
     return 0
