@@ -258,6 +258,9 @@ def export_onnx(model: fc.Module, path, input_shape, classes=None, metadata: dic
         raise TypeError(f"export_onnx: `model` must be a fastconv Module; got {type(model).__name__}")
     g = _Graph(onnx)
     y, out_shape = g.layer(model, INPUT, shape, "")
+    if classes is not None and (len(out_shape) != 1 or len(classes) != out_shape[0]):
+        raise ValueError(f"export_onnx: `classes` names {len(classes)} classes; the model's output has shape "
+                         f"{('N',) + out_shape}")
     g.node("Identity", [y], out=OUTPUT)  # the graph's output under its fixed name
     h, T = onnx.helper, onnx.TensorProto
     graph = h.make_graph(g.nodes, "fastconv", [h.make_tensor_value_info(INPUT, T.FLOAT, ["batch", *shape])],

@@ -192,6 +192,12 @@ def test_refusals_name_the_layer_and_its_position(model, input_shape, match, tmp
     assert os.listdir(tmp_path) == ["m.onnx"]
 
 
+def test_class_names_must_match_the_scores(tmp_path):
+    with pytest.raises(ValueError, match=r"`classes` names 2 classes; the model's output has shape \('N', 3\)"):
+        fc.export_onnx(fc.Sequential(fc.Linear(4, 3)), tmp_path / "m.onnx", (4,), classes=["a", "b"])
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_without_onnx_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"fastconv\[onnx\]"):
