@@ -43,6 +43,7 @@ pictures need matplotlib: pip install "fastconv[plot]").
 DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
              "or PATH.npz with arrays X, y [, X_test, y_test]")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+CHECKPOINT_HELP = "run folder, or a checkpoint folder such as runs/x/best"
 CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
 
 
@@ -756,7 +757,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a checkpoint",
                        description="Evaluate a checkpoint written by 'fastconv train' (a run folder or its best/ "
                                    "or last/ folder) on the same data split scheme.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="NAME|PATH.npz", help=f"{DATA_HELP} (default: the data it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
@@ -769,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the model of a checkpoint as an ONNX file (opset 17, dynamic batch "
                                    "axis), with its class names, input shape and normalization as metadata. "
                                    "Needs the onnx package: pip install \"fastconv[onnx]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
     p.set_defaults(func=_export)
 
@@ -782,7 +783,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  fastconv predict runs/digits photo.png scans/\n"
                               "  find shots -name '*.jpg' | fastconv predict runs/cifar - --resize --json\n",
                        formatter_class=raw)
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="PNG/JPEG files, folders (searched recursively, in sorted order), or - for paths on stdin")
     p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image "

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import layer_stacks, rand
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,73 +50,23 @@ def test_builtin_architectures_match_onnxruntime(arch, tmp_path):
     assert_parity(model, SHAPES[arch], tmp_path / "m.onnx")
 
 
-def _activation(draw):
-    kind = draw(st.sampled_from(["relu", "leaky", "elu", "sigmoid", "tanh"]))
-    slope = draw(st.floats(-1.5, 1.5, allow_nan=False))
-    return {"relu": fc.ReLU, "sigmoid": fc.Sigmoid, "tanh": fc.Tanh, "leaky": lambda: fc.LeakyReLU(slope),
-            "elu": lambda: fc.ELU(slope)}[kind]()
+def _randomize(model, rng):
+    """Biases and batch-norm statistics away from their initial zeros and ones."""
+    for m in model.modules():
+        for name in ("bias", "weight"):
+            p = getattr(m, name, None)
+            if isinstance(p, fc.Parameter) and (name == "bias" or isinstance(m, fc.BatchNorm1d | fc.BatchNorm2d)):
+                p.data[:] = rand(rng, *p.data.shape)
+        if getattr(m, "running_var", None) is not None:
+            m.running_mean[:] = rand(rng, m.num_features)
+            m.running_var[:] = rng.uniform(0.2, 3, m.num_features).astype(np.float32)
+    return model
 
 
-def _batchnorm(cls, c, rng):
-    bn = cls(c, eps=float(rng.uniform(1e-5, 1e-2)))
-    bn.weight.data[:] = rand(rng, c)
-    bn.bias.data[:] = rand(rng, c)
-    bn.running_mean[:] = rand(rng, c)
-    bn.running_var[:] = rng.uniform(0.2, 3, c).astype(np.float32)
-    return bn
-
-
-@st.composite
-def stacks(draw):
-    """(model, input shape): image layers on (C, H, W), a Flatten, then vector layers."""
-    rng = np.random.default_rng(draw(st.integers(0, 2**31)))
-    c, h, w = draw(st.integers(1, 3)), draw(st.integers(3, 11)), draw(st.integers(3, 11))
-    input_shape, layers = (c, h, w), []
-    for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["conv", "maxpool", "avgpool", "act", "bn", "dropout"]))
-        k, s = draw(st.integers(1, 3)), draw(st.integers(1, 2))
-        p = draw(st.integers(0, k // 2))
-        if h + 2 * p < k or w + 2 * p < k:
-            continue
-        if kind == "conv":
-            out = draw(st.integers(1, 4))
-            layers.append(fc.Conv2d(c, out, k, stride=s, padding=p, bias=draw(st.booleans())))
-            if layers[-1].bias is not None:
-                layers[-1].bias.data[:] = rand(rng, out)
-            c = out
-        elif kind in ("maxpool", "avgpool"):
-            layers.append((fc.MaxPool2d if kind == "maxpool" else fc.AvgPool2d)(k, stride=s, padding=p))
-        elif kind == "act":
-            layers.append(_activation(draw))
-        elif kind == "bn":
-            layers.append(_batchnorm(fc.BatchNorm2d, c, rng))
-        else:
-            layers.append(fc.Dropout(0.5))
-        if kind in ("conv", "maxpool", "avgpool"):
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    layers.append(fc.Flatten())
-    features = c * h * w
-    for _ in range(draw(st.integers(0, 3))):
-        kind = draw(st.sampled_from(["linear", "maxout", "bn", "act"]))
-        out = draw(st.integers(1, 6))
-        if kind == "linear":
-            layers.append(fc.Linear(features, out, bias=draw(st.booleans())))
-            features = out
-        elif kind == "maxout":
-            layers.append(fc.Maxout(features, out, pieces=draw(st.integers(1, 3))))
-            layers[-1].bias.data[:] = rand(rng, out * layers[-1].pieces)
-            features = out
-        elif kind == "bn":
-            layers.append(_batchnorm(fc.BatchNorm1d, features, rng))
-        else:
-            layers.append(_activation(draw))
-    layers.append(fc.Linear(features, draw(st.integers(1, 5))))
-    return fc.Sequential(*layers).eval(), input_shape
-
-
-@given(stack=stacks(), seed=st.integers(0, 2**31))
+@given(stack=layer_stacks(fc, maxout=True), seed=st.integers(0, 2**31))
 def test_random_stacks_match_onnxruntime(stack, seed, tmp_path_factory):
     model, input_shape = stack
+    _randomize(model, np.random.default_rng(seed + 1))
     assert_parity(model, input_shape, tmp_path_factory.mktemp("stack") / "m.onnx", seed)
 
 
@@ -133,6 +83,8 @@ def test_maxpool_padding_is_minus_infinity_as_in_fastconv(tmp_path):
     ([fc.Flatten(1, 2), fc.BatchNorm1d(6), fc.Flatten()], (2, 3, 4)),
     ([fc.Flatten(-3, -2), fc.Linear(4, 2, bias=False), fc.Flatten()], (2, 3, 4)),
     ([fc.Sequential(fc.Conv2d(2, 3, 3, padding="same"), fc.Sequential(fc.Tanh())), fc.Flatten()], (2, 4, 4)),
+    ([fc.Conv2d(2, 3, (1, 5), stride=(2, 1), padding=(0, 2)), fc.MaxPool2d((3, 1), stride=(1, 2), padding=(1, 0)),
+      fc.AvgPool2d((2, 3), padding=(1, 1)), fc.Flatten()], (2, 7, 6)),  # height and width apart
     ([fc.Linear(5, 3)], (5,)),
     ([fc.ELU(2.0)], (2, 3, 4)),
 ])
@@ -143,8 +95,8 @@ def test_partial_flattens_and_higher_rank_inputs(layers, input_shape, tmp_path):
 
 def test_exports_evaluation_behaviour_and_leaves_the_mode_alone(tmp_path):
     rng = np.random.default_rng(3)
-    model = fc.Sequential(fc.Conv2d(1, 2, 3), _batchnorm(fc.BatchNorm2d, 2, rng), fc.Dropout(0.5), fc.Flatten(),
-                          fc.Linear(8, 2)).train()
+    model = fc.Sequential(fc.Conv2d(1, 2, 3), fc.BatchNorm2d(2), fc.Dropout(0.5), fc.Flatten(), fc.Linear(8, 2))
+    _randomize(model, rng).train()
     fc.export_onnx(model, tmp_path / "m.onnx", (1, 4, 4))
     assert all(m.training for m in model.modules())
     assert int(model[1].num_batches_tracked) == 0

@@ -4,7 +4,7 @@ Skipped without torch."""
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import layer_stacks, rand
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,15 +21,17 @@ def _close(ours, module, x, tol=1e-4):
     np.testing.assert_allclose(ours, theirs, rtol=tol, atol=tol * max(1.0, float(np.abs(theirs).max())))
 
 
-def _randomize_batchnorm(module, rng):
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.running_mean.copy_(torch.from_numpy(rand(rng, m.num_features)))
-            m.running_var.copy_(torch.from_numpy(rng.uniform(0.3, 2, m.num_features).astype(np.float32)))
-            m.num_batches_tracked.fill_(7)
-            if m.affine:
-                m.weight.data.copy_(torch.from_numpy(rand(rng, m.num_features)))
-                m.bias.data.copy_(torch.from_numpy(rand(rng, m.num_features)))
+def _randomize(module, rng):
+    """Every parameter, and the batch-norm statistics, drawn from ``rng`` (so an example repeats)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.from_numpy(rand(rng, *p.shape, scale=0.5)))
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.running_mean.copy_(torch.from_numpy(rand(rng, m.num_features)))
+                m.running_var.copy_(torch.from_numpy(rng.uniform(0.3, 2, m.num_features).astype(np.float32)))
+                m.num_batches_tracked.fill_(7)
+    return module
 
 
 def lenet_torch(classes=10):
@@ -43,7 +45,7 @@ def lenet_torch(classes=10):
 def test_nested_lenet_matches_torch_in_eval_mode():
     torch.manual_seed(0)
     module = lenet_torch().eval()
-    _randomize_batchnorm(module, np.random.default_rng(0))
+    _randomize(module, np.random.default_rng(0))
     model = fc.from_torch(module)
     assert isinstance(model, fc.Sequential) and isinstance(model[0], fc.Sequential) and len(model[1]) == 9
     assert not any(m.training for m in model.modules())
@@ -76,55 +78,10 @@ def test_mixed_modes_are_copied_layer_by_layer():
     assert [m.training for m in model.modules()] == [False, True, False]
 
 
-def _torch_activation(draw):
-    kind = draw(st.sampled_from(["relu", "leaky", "elu", "sigmoid", "tanh"]))
-    a = draw(st.floats(-1.5, 1.5, allow_nan=False))
-    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "leaky": lambda: nn.LeakyReLU(a),
-            "elu": lambda: nn.ELU(a)}[kind]()
-
-
-@st.composite
-def torch_stacks(draw):
-    """(torch module in eval mode, input shape): random image layers, Flatten, vector layers."""
-    torch.manual_seed(draw(st.integers(0, 2**31)))
-    c, h, w = draw(st.integers(1, 3)), draw(st.integers(3, 10)), draw(st.integers(3, 10))
-    shape, layers = (c, h, w), []
-    for _ in range(draw(st.integers(0, 4))):
-        kind = draw(st.sampled_from(["conv", "maxpool", "avgpool", "act", "bn", "dropout", "nest"]))
-        k, s = draw(st.integers(1, 3)), draw(st.integers(1, 2))
-        p = draw(st.integers(0, k // 2))
-        if h + 2 * p < k or w + 2 * p < k:
-            continue
-        if kind == "conv":
-            out = draw(st.integers(1, 4))
-            layers.append(nn.Conv2d(c, out, k, stride=s, padding=p, bias=draw(st.booleans())))
-            c = out
-        elif kind in ("maxpool", "avgpool"):
-            layers.append((nn.MaxPool2d if kind == "maxpool" else nn.AvgPool2d)(k, stride=s, padding=p))
-        elif kind == "act":
-            layers.append(_torch_activation(draw))
-        elif kind == "bn":
-            layers.append(nn.BatchNorm2d(c, affine=draw(st.booleans())))
-        elif kind == "dropout":
-            layers.append(nn.Dropout(0.4))
-        else:
-            layers.append(nn.Sequential(_torch_activation(draw), nn.Sequential()))
-        if kind in ("conv", "maxpool", "avgpool"):
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-    layers.append(nn.Flatten())
-    features = c * h * w
-    if draw(st.booleans()):
-        layers += [nn.Linear(features, 5), nn.BatchNorm1d(5), _torch_activation(draw)]
-        features = 5
-    layers.append(nn.Linear(features, draw(st.integers(1, 4)), bias=draw(st.booleans())))
-    module = nn.Sequential(*layers).eval()
-    _randomize_batchnorm(module, np.random.default_rng(draw(st.integers(0, 2**31))))
-    return module, shape
-
-
-@given(stack=torch_stacks(), seed=st.integers(0, 2**31))
+@given(stack=layer_stacks(nn), seed=st.integers(0, 2**31))
 def test_random_torch_stacks_match(stack, seed):
     module, shape = stack
+    _randomize(module, np.random.default_rng(seed + 1))
     x = rand(np.random.default_rng(seed), 3, *shape)
     _close(fc.from_torch(module)(x), module, x)
 
@@ -181,7 +138,7 @@ def test_from_torch_then_onnx_matches_torch(tmp_path):
     pytest.importorskip("onnx", reason="the ONNX leg needs onnx")
     torch.manual_seed(3)
     module = lenet_torch(4).eval()
-    _randomize_batchnorm(module, np.random.default_rng(3))
+    _randomize(module, np.random.default_rng(3))
     fc.export_onnx(fc.from_torch(module), tmp_path / "m.onnx", (1, 28, 28))
     x = rand(np.random.default_rng(6), 2, 1, 28, 28)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
