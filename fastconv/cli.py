@@ -785,7 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=raw)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="PNG/JPEG files, folders (searched recursively, in sorted order), or - for paths on stdin")
+                   help="PNG/JPEG files, folders (searched recursively, in sorted order, hidden entries skipped), "
+                        "or - for paths on stdin")
     p.add_argument("--top-k", type=_positive_int, default=3, metavar="K", help="classes shown per image "
                    "(default: %(default)s)")
     p.add_argument("--resize", action="store_true", help="scale images to the model's input size instead of "

@@ -3,8 +3,8 @@
 :func:`read_image` decodes one file into a float32 (C, H, W) array in [0, 1],
 the scale fastconv's loaders give (pixels / 255), for a model that takes
 (C, H, W) images with C = 1 (grayscale) or 3 (RGB). :func:`list_images` turns
-files, folders (searched recursively, in sorted order) and "-" (paths read
-from stdin, one a line) into a list of paths.
+files, folders (searched recursively, in sorted order, hidden entries
+skipped) and "-" (paths read from stdin, one a line) into a list of paths.
 
 Every failure is an :class:`ImageError` (a ValueError) of one line naming
 the file: not a PNG or JPEG, truncated or corrupt data, a size other than
@@ -48,7 +48,8 @@ def _pil():
 def list_images(sources, stdin=None) -> list[str]:
     """The image paths of ``sources``: files as given, folders searched recursively for
     *.png, *.jpg, *.jpeg (sorted), and "-" replaced by the paths on ``stdin`` (one a line,
-    each a file or a folder). A source that does not exist raises FileNotFoundError."""
+    each a file or a folder). Hidden files and folders (names starting with ".") are skipped.
+    A source that does not exist raises FileNotFoundError."""
     paths = []
     for source in sources:
         if source == "-":
@@ -58,8 +59,10 @@ def list_images(sources, stdin=None) -> list[str]:
         elif os.path.isdir(source):
             found = []
             for folder, subfolders, files in os.walk(source):
-                subfolders.sort()
-                found += [os.path.join(folder, f) for f in files if f.lower().endswith(EXTENSIONS)]
+                # hidden entries are skipped: macOS's ._name.jpg files, .thumbnails/ and the like are no images
+                subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+                found += [os.path.join(folder, f) for f in files
+                          if f.lower().endswith(EXTENSIONS) and not f.startswith(".")]
             paths += sorted(found)
         elif os.path.exists(source):
             paths.append(source)

@@ -59,7 +59,8 @@ def run(checkpoint: str, sources, top_k: int = 3, batch_size: int = 64, resize: 
                          f"shape {shape}, not (1, H, W) or (3, H, W)")
     paths = list_images(sources, stdin if stdin is not None else sys.stdin)
     if not paths:
-        raise ValueError(f"no images found in {', '.join(sources)} (a folder is searched for {', '.join('*' + e for e in EXTENSIONS)})")
+        patterns = ", ".join("*" + e for e in EXTENSIONS)
+        raise ValueError(f"no images found in {', '.join(sources)} (a folder is searched for {patterns})")
     if progress is None:
         progress = sys.stderr.isatty() and len(paths) > batch_size
     k = min(top_k, len(classes))

@@ -127,6 +127,8 @@ def test_folders_recursively_in_sorted_order_and_a_list_on_stdin(rgb_run, rgb_pi
     made = [save(root / "b.png", rgb_pixels[0]), save(root / "a" / "z.JPG", rgb_pixels[1]),
             save(root / "a" / "c.png", rgb_pixels[2]), save(root / "a" / "d" / "e.jpeg", rgb_pixels[3])]
     (root / "notes.txt").write_text("not an image")
+    (root / "._b.png").write_bytes(b"\0\5\26\7")  # a macOS resource fork: hidden, skipped
+    save(root / ".thumbs" / "t.png", rgb_pixels[0])
     want = [made[2], str(root / "a" / "d" / "e.jpeg"), made[1], made[0]]
     assert [r["file"] for r in predict_json(capsys, rgb_run, root)] == want
     monkeypatch.setattr(sys, "stdin", io.StringIO(f"{made[0]}\n\n{root / 'a' / 'd'}\n"))
