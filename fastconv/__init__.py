@@ -35,7 +35,15 @@ def _check_environment():
 _check_environment()
 
 
+# Tools loaded on first use, so that ``import fastconv`` stays quick: name -> module.
+_LAZY = {"export_onnx": "fastconv.tools.onnx", "from_torch": "fastconv.tools.from_torch"}
+
+
 def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     # __version__ is read from the installed metadata on first use: importlib.metadata
     # costs more to import than the rest of fastconv together (see bench/bench_import.py).
     if name == "__version__":
@@ -87,6 +95,8 @@ __all__ = [
     "conv_plan",
     "convert",
     "data",
+    "export_onnx",
+    "from_torch",
     "get_backend",
     "get_conv_algorithm",
     "get_isa",

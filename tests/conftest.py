@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 from hypothesis import settings
+from hypothesis import strategies as st
 
 from fastconv import _kernels
 
@@ -43,3 +44,87 @@ def rand(rng, *shape, scale=1.0):
 def torch():
     """PyTorch for comparison tests; the test is skipped when it is not installed."""
     return pytest.importorskip("torch")
+
+
+def activation(draw, lib):
+    """For hypothesis: a random activation layer from ``lib`` (fastconv, or torch.nn: the names agree)."""
+    name = draw(st.sampled_from(["ReLU", "LeakyReLU", "ELU", "Sigmoid", "Tanh"]))
+    parameter = draw(st.floats(-1.5, 1.5, allow_nan=False))  # LeakyReLU's slope, ELU's alpha
+    return getattr(lib, name)(parameter) if name in ("LeakyReLU", "ELU") else getattr(lib, name)()
+
+
+@st.composite
+def layer_stacks(draw, lib, maxout=False):
+    """For hypothesis: (Sequential, input shape) of random layers from ``lib`` (fastconv, or
+    torch.nn: the layers take the same arguments): image layers on (C, H, W), some nested in
+    a Sequential, a Flatten, vector layers (Maxout too when ``maxout``), a Linear to the scores."""
+    c, h, w = draw(st.integers(1, 3)), draw(st.integers(3, 11)), draw(st.integers(3, 11))
+    shape, layers = (c, h, w), []
+    for _ in range(draw(st.integers(0, 4))):
+        kind = draw(st.sampled_from(["conv", "maxpool", "avgpool", "act", "bn", "dropout", "nest"]))
+        k, s = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        p = draw(st.integers(0, k // 2))
+        if h + 2 * p < k or w + 2 * p < k:
+            continue
+        if kind == "conv":
+            out = draw(st.integers(1, 4))
+            layers.append(lib.Conv2d(c, out, k, stride=s, padding=p, bias=draw(st.booleans())))
+            c = out
+        elif kind in ("maxpool", "avgpool"):
+            layers.append((lib.MaxPool2d if kind == "maxpool" else lib.AvgPool2d)(k, stride=s, padding=p))
+        elif kind == "bn":
+            layers.append(lib.BatchNorm2d(c, eps=draw(st.floats(1e-5, 1e-2)), affine=draw(st.booleans())))
+        elif kind == "dropout":
+            layers.append(lib.Dropout(0.4))
+        else:
+            layers.append(activation(draw, lib))
+            if kind == "nest":
+                layers[-1] = lib.Sequential(layers[-1], lib.Sequential())
+        if kind in ("conv", "maxpool", "avgpool"):
+            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    layers.append(lib.Flatten())
+    features = c * h * w
+    for _ in range(draw(st.integers(0, 3))):
+        kind = draw(st.sampled_from(["linear", "bn", "act"] + ["maxout"] * maxout))
+        out = draw(st.integers(1, 6))
+        if kind == "linear":
+            layers.append(lib.Linear(features, out, bias=draw(st.booleans())))
+        elif kind == "maxout":
+            layers.append(lib.Maxout(features, out, pieces=draw(st.integers(1, 3))))
+        elif kind == "bn":
+            layers.append(lib.BatchNorm1d(features))
+        else:
+            layers.append(activation(draw, lib))
+        features = out if kind in ("linear", "maxout") else features
+    layers.append(lib.Linear(features, draw(st.integers(1, 5))))
+    return lib.Sequential(*layers).eval(), shape
+
+
+def train_run(folder, *options):
+    """The run folder of a one-epoch ``fastconv train`` in ``folder`` (no pictures, 1 thread),
+    for the tests of what reads checkpoints (export, predict); the thread count is restored."""
+    from fastconv.tools import cli
+
+    threads = _kernels.get_num_threads()
+    try:
+        args = ["train", "--epochs", "1", "--no-plots", "--threads", "1", "--out", str(folder / "run"), *options]
+        assert cli.main(args) == 0
+    finally:
+        _kernels.set_num_threads(threads)
+    return folder / "run"
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A checkpoint of a small CNN on the shipped digits: (1, 8, 8) grayscale, classes "0".."9"."""
+    return train_run(tmp_path_factory.mktemp("digits"), "--arch", "conv8x3p1-bn-relu-pool2-fc10")
+
+
+@pytest.fixture(scope="session")
+def rgb_run(tmp_path_factory):
+    """A checkpoint of a small CNN on random (3, 6, 5) uint8 images of classes cat, dog, bird."""
+    folder = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(7)
+    np.savez(folder / "rgb.npz", X=rng.integers(0, 256, (60, 3, 6, 5), dtype=np.uint8),
+             y=rng.integers(0, 3, 60), classes=np.array(["cat", "dog", "bird"]))
+    return train_run(folder, "--data", str(folder / "rgb.npz"), "--arch", "conv4x3p1-relu-pool2-fc3")

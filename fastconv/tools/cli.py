@@ -2,6 +2,8 @@
 
     fastconv train                 a small CNN on the shipped digits -> runs/<name>/
     fastconv evaluate CHECKPOINT   loss, accuracy and confusion matrix of a checkpoint
+    fastconv export CKPT --onnx F  the checkpoint's model as an ONNX file
+    fastconv predict CKPT IMAGE... the top classes of PNG/JPEG files (or folders, or - for stdin)
     fastconv search                random hyperparameter search -> results table, best config
                                    (--workers N or --scheduler ADDRESS: trials on a Dask cluster)
     mpirun -n P fastconv train     data-parallel training over MPI (rank 0 writes the run folder)
@@ -44,6 +46,7 @@ pictures need matplotlib: pip install "fastconv[plot]").
 DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
              "or PATH.npz with arrays X, y [, X_test, y_test]")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
+CHECKPOINT_HELP = "run folder, or a checkpoint folder such as runs/x/best"
 CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
 
 
@@ -437,6 +440,13 @@ def _train_run(args, root: bool) -> int:
     return 0
 
 
+def _checkpoint_path(path: str) -> str:
+    """A run folder means its best/ checkpoint."""
+    if os.path.isdir(os.path.join(path, "best")) or os.path.isdir(os.path.join(path, "best.old")):
+        return os.path.join(path, "best")
+    return path
+
+
 # -- fastconv evaluate -------------------------------------------------------------------------------
 
 
@@ -450,9 +460,7 @@ def _evaluate(args) -> int:
     from fastconv.models import load_model
 
     _set_threads(args.threads)
-    path = args.checkpoint
-    if os.path.isdir(os.path.join(path, "best")) or os.path.isdir(os.path.join(path, "best.old")):
-        path = os.path.join(path, "best")
+    path = _checkpoint_path(args.checkpoint)
     model, meta = load_model(path)
     user = meta["user"]
     if "normalization" not in user:
@@ -491,6 +499,24 @@ def _evaluate(args) -> int:
         recall = f"{100 * cm[i, i] / total:6.1f}%" if total else "      -"
         print(f"{c:>8} " + "".join(f"{v:>{width}}" for v in cm[i]) + f"  {recall}")
     return 0
+
+
+# -- fastconv export, fastconv predict (bodies in tools_onnx and tools_predict) ------------------------
+
+
+def _export(args) -> int:
+    from fastconv.tools.onnx import export_checkpoint
+
+    print(export_checkpoint(_checkpoint_path(args.checkpoint), args.onnx))
+    return 0
+
+
+def _predict(args) -> int:
+    from fastconv.tools.predict import run
+
+    _set_threads(args.threads)
+    return run(_checkpoint_path(args.checkpoint), args.images, top_k=args.top_k, batch_size=args.batch_size,
+               resize=args.resize, as_json=args.json, progress=args.progress)
 
 
 # -- fastconv search -------------------------------------------------------------------------------------
@@ -659,7 +685,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a checkpoint",
                        description="Evaluate a checkpoint written by 'fastconv train' (a run folder or its best/ "
                                    "or last/ folder) on the same data split scheme.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="run folder, or a checkpoint folder such as runs/x/best")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="NAME|PATH.npz", help=f"{DATA_HELP} (default: the data it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
@@ -667,6 +693,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="write a checkpoint's model as an ONNX file",
+                       description="Write the model of a checkpoint as an ONNX file (opset 17, dynamic batch "
+                                   "axis), with its class names, input shape and normalization as metadata. "
+                                   "Needs the onnx package: pip install \"fastconv[onnx]\".")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("predict", help="the top classes of a checkpoint's model on PNG/JPEG files",
+                       description="Classify PNG/JPEG files with a checkpoint's model: each image is read as "
+                                   "grayscale or RGB (as the model takes), scaled to [0, 1] and normalized with "
+                                   "the training data's statistics. Images of another size than the model's "
+                                   "input are refused unless --resize. Needs Pillow: pip install "
+                                   "\"fastconv[images]\".",
+                       epilog="examples:\n  fastconv predict runs/digits photo.png scans/\n"
+                              "  find shots -name '*.jpg' | fastconv predict runs/cifar - --resize --json\n",
+                       formatter_class=raw)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="PNG/JPEG files, folders (searched recursively, in sorted order, hidden entries skipped), "
+                        "or - for paths on stdin")
+    p.add_argument("--top-k", type=positive_int, default=3, metavar="K", help="classes shown per image "
+                   "(default: %(default)s)")
+    p.add_argument("--resize", action="store_true", help="scale images to the model's input size instead of "
+                   "refusing those of another size")
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal and there is more than "
+                        "one batch)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("search", help="random hyperparameter search; writes a results table and the best config",
                        description="Random hyperparameter search: random draws, not a grid; the learning rate\n"

@@ -1,0 +1,81 @@
+"""``fastconv predict CHECKPOINT IMAGE...``: the top classes of a trained model on image files.
+
+Images are read by :mod:`fastconv.data.images`, scaled to [0, 1] and normalized
+with the checkpoint's statistics, exactly as the training data was; they go
+through the model in batches. Output: a table with one row per file (the top
+k classes and their softmax probabilities), or ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, shifted by the row maximum so nothing overflows."""
+    z = np.asarray(scores, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predict_files(model, paths, input_shape, normalizer, resize: bool = False, batch_size: int = 64,
+                  progress: bool = False):
+    """Yield (path, class probabilities) for each of ``paths``, in order, ``batch_size`` files
+    at a time; an unreadable file raises :class:`fastconv.data.images.ImageError` naming it."""
+    from tqdm.auto import tqdm
+
+    from fastconv.data.images import read_image
+
+    with tqdm(total=len(paths), unit="image", file=sys.stderr, disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start:start + batch_size]
+            X = np.stack([read_image(p, input_shape, resize) for p in chunk])
+            yield from zip(chunk, softmax(model(normalizer(X))))
+            bar.update(len(chunk))
+
+
+def _top(probs: np.ndarray, k: int) -> np.ndarray:
+    return np.argsort(-probs, kind="stable")[:k]  # ties: the lower class index first
+
+
+def run(checkpoint: str, sources, top_k: int = 3, batch_size: int = 64, resize: bool = False,
+        as_json: bool = False, progress: bool | None = None, out=None, stdin=None) -> int:
+    """The command: predict on the images of ``sources`` (files, folders, "-") and print to ``out``."""
+    from fastconv.data import Normalizer
+    from fastconv.data.images import EXTENSIONS, list_images
+    from fastconv.models import load_model
+
+    out = out or sys.stdout
+    model, meta = load_model(checkpoint)
+    user = meta["user"]
+    if "normalization" not in user:
+        raise ValueError(f"checkpoint {checkpoint} does not record the data's normalization; predict in Python")
+    shape, classes = tuple(user["input_shape"]), user["classes"]
+    if len(shape) != 3 or shape[0] not in (1, 3):
+        raise ValueError(f"fastconv predict reads grayscale or RGB images; the checkpoint's model takes input of "
+                         f"shape {shape}, not (1, H, W) or (3, H, W)")
+    paths = list_images(sources, stdin if stdin is not None else sys.stdin)
+    if not paths:
+        patterns = ", ".join("*" + e for e in EXTENSIONS)
+        raise ValueError(f"no images found in {', '.join(sources)} (a folder is searched for {patterns})")
+    if progress is None:
+        progress = sys.stderr.isatty() and len(paths) > batch_size
+    k = min(top_k, len(classes))
+    rows = predict_files(model, paths, shape, Normalizer.from_dict(user["normalization"]), resize, batch_size,
+                         progress)
+    if as_json:
+        result = [{"file": path, "top": [{"class": classes[i], "index": int(i), "probability": float(p[i])}
+                                         for i in _top(p, k)]} for path, p in rows]
+        print(json.dumps(result, indent=1), file=out)
+        return 0
+    width = min(max(len(c) for c in classes), 24)
+    for n, (path, p) in enumerate(rows):
+        if n == 0:  # after the first batch is read: an unreadable first file prints only its error
+            print("   ".join(f"{f'top-{j + 1}':{width + 8}}" for j in range(k)) + "   file", file=out)
+        cells = (f"{classes[i][:width]:{width}} {100 * p[i]:6.2f}%" for i in _top(p, k))
+        print("   ".join(cells) + f"   {path}", file=out, flush=True)
+    return 0
+
