@@ -15,7 +15,8 @@ No changes were made to the data.
 """
 
 from fastconv.data.dataset import DataError, Dataset, Normalizer, as_dataset, train_val_split
+from fastconv.data.images import load_image_folder, read_image
 from fastconv.data.loaders import CIFAR10_CLASSES, load_cifar10, load_digits, load_mnist, load_npz, read_idx
 
 __all__ = ["CIFAR10_CLASSES", "DataError", "Dataset", "Normalizer", "as_dataset", "load_cifar10", "load_digits",
-           "load_mnist", "load_npz", "read_idx", "train_val_split"]
+           "load_image_folder", "load_mnist", "load_npz", "read_idx", "read_image", "train_val_split"]
