@@ -555,16 +555,28 @@ def _search(args) -> int:
                               config["weight_decay"])
         return model, fc.SoftmaxCrossEntropy(), opt
 
+    train, val, scored = data["train"], data["val"], "val accuracy"
+    if args.folds:  # the folds replace the validation split: cross-validate on all the training data
+        import numpy as np
+
+        from fastconv.data import Dataset
+
+        if not 2 <= args.folds <= len(train) + len(val):
+            raise CommandError(f"--folds must be at least 2 and at most the {len(train) + len(val):,} training "
+                               f"examples; got {args.folds}")
+
+        train = Dataset(np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), train.classes, train.name)
+        val, scored = None, f"mean val accuracy over {args.folds} folds"
     where = ""
     if args.scheduler or args.workers:
         where = f" on the Dask cluster at {args.scheduler}" if args.scheduler else \
             f" on a local Dask cluster of {args.workers} workers"
         where += f", {args.threads or 1} kernel thread(s) per trial"
     print(f"random search: {args.trials} trials x {args.epochs} epochs of {spec} ({args.optimizer}) on "
-          f"{os.path.basename(data['name'])}{where}; results in {out}")
-    result = S.random_search(build, space, args.trials, data["train"], data["val"], epochs=args.epochs,
+          f"{os.path.basename(data['name'])}{where}, scored by {scored}; results in {out}")
+    result = S.random_search(build, space, args.trials, train, val, epochs=args.epochs,
                              seed=args.seed, out_dir=out, scheduler=args.scheduler, workers=args.workers,
-                             threads=args.threads)
+                             threads=args.threads, folds=args.folds)
     best = result.best
     if best["status"] != "ok":
         raise CommandError(f"every trial diverged; lower the --lr range (results in {out})")
@@ -572,7 +584,7 @@ def _search(args) -> int:
               "optimizer": args.optimizer, **{k: v for k, v in result.best_config.items()}, "seed": best["seed"]}
     config["batch_size"] = int(config["batch_size"])
     _write_toml(os.path.join(out, "best_config.toml"), config,
-                f"best of {args.trials} trials (val accuracy {100 * best['val_accuracy']:.2f}% after "
+                f"best of {args.trials} trials ({scored} {100 * best['val_accuracy']:.2f}% after "
                 f"{args.epochs} epochs); train with: fastconv train --config best_config.toml")
     print("top trials:")
     for t in result.trials[:5]:
@@ -706,7 +718,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(default: %(default)s)")
     p.add_argument("--batch-size", type=_range("int"), default="32,64", metavar="A,B", help="(default: %(default)s)")
     p.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
-                   help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
+                   help="seeds the draws (and the folds); trial i uses seed S+i (default: %(default)s)")
+    p.add_argument("--folds", type=positive_int, metavar="K",
+                   help="cross-validate: train each trial on the K stratified folds of the training data "
+                        "(--val-fraction is then unused) and score it by its mean validation accuracy")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this process may use; "
                         "1 on a Dask cluster)")
