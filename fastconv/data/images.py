@@ -45,6 +45,7 @@ INSTALL_HINT = 'pip install "fastconv[images]"'
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
 _COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
 _CHUNK = 256  # images per task of the decoding threads: one task each is too fine for 32x32 JPEGs
 
 
@@ -86,14 +87,17 @@ def read_image(source, name: str | None = None, channels: int | None = None, max
     where = _guard.short(name, 300)
     try:
         img = Image.open(io.BytesIO(data), formats=("PNG", "JPEG"))
-    except Image.DecompressionBombError:
-        img = None  # Pillow's own limit, above ours: reported below from the header alone
-    except (OSError, SyntaxError, ValueError, EOFError):  # UnidentifiedImageError is an OSError
+    except Image.DecompressionBombError as e:  # Pillow's own limit, above ours
+        raise DataError(f"{where}: an image may have at most {max_pixels:,} pixels; this one has more "
+                        f"({_guard.short(e, 150)}; a decompression bomb?)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:  # UnidentifiedImageError is an OSError
+        kind = next((k for magic, k in _MAGIC if data.startswith(magic)), None)
+        if kind:
+            raise DataError(f"{where}: truncated or corrupt {kind} image ({_guard.short(e, 150)})") from None
         raise DataError(f"{where}: not a PNG or JPEG image") from None
-    if img is None or img.width * img.height > max_pixels:
-        size = f"{img.width}x{img.height} pixels" if img is not None else "more pixels than Pillow allows"
-        raise DataError(f"{where}: an image may have at most {max_pixels:,} pixels; this one has {size} "
-                        "(a decompression bomb?)")
+    if img.width * img.height > max_pixels:
+        raise DataError(f"{where}: an image may have at most {max_pixels:,} pixels; this one has "
+                        f"{img.width}x{img.height} pixels (a decompression bomb?)")
     with img:
         mode = img.mode
         if mode not in _GRAY_MODES and mode not in _COLOR_MODES:
@@ -178,6 +182,8 @@ def _tar_members(stream, where: str, max_files: int, max_bytes: int):
         long_name = None
         shown = _guard.short(name, 200)
         parts = tuple(p for p in name.split("/") if p not in ("", "."))
+        if not parts and kind == b"5" and not name.startswith("/"):
+            continue  # "./": the archive's root folder (a folder member has no data)
         if name.startswith("/") or ".." in parts or not parts:
             raise DataError(f"{where}: refusing the tar member {shown!r}: member names must be relative paths "
                             "without '..'")
