@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from fastconv import data as D
-from fastconv.data import images as I
 
 Image = pytest.importorskip("PIL.Image", reason="Pillow is the optional extra fastconv[images]")
 
@@ -83,7 +82,8 @@ def test_read_image_converts_channels_on_request():
 
 def test_read_image_decodes_jpeg_as_pillow_does():
     ramp = np.arange(16, dtype=np.uint8) * 15
-    a = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]), axis=-1)  # smooth: JPEG keeps it
+    # smooth: JPEG keeps it
+    a = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 255 - ramp[:, None]), axis=-1)
     data = encode(np.ascontiguousarray(a), "JPEG", quality=90)
     want = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).transpose(2, 0, 1)
     np.testing.assert_array_equal(D.read_image(data), want)
@@ -205,7 +205,8 @@ def test_bad_folder_layouts_are_refused_in_one_line(tmp_path):
         "truncated": ({"a": 2}, "a/001.jpg", encode(pixels(1, 32, 32), "JPEG")[:300],
                       "a/001.jpg: truncated or corrupt JPEG image"),
         "nonimage": ({"a": 1}, "a/fake.png", b"not a png at all", "a/fake.png: not a PNG or JPEG image"),
-        "nested": ({"a": 1}, "a/deeper/x.png", encode(pixels(1)), "a/deeper/x.png: image files must be in class folders"),
+        "nested": ({"a": 1}, "a/deeper/x.png", encode(pixels(1)),
+                   "a/deeper/x.png: image files must be in class folders"),
         "loose": ({"train/a": 1}, "train/x.png", encode(pixels(1)), "train/x.png: image files must be in class"),
         "extra": ({"train/a": 1, "val/a": 1}, None, None, r"beside train/ and test/ .* \['val'\]"),
         "testonly": ({"test/a": 1}, None, None, "has a test/ folder but no train/"),
