@@ -91,3 +91,12 @@ def test_cli_search_folds(tmp_path, capsys):
     assert cli.main(["search", "--trials", "1", "--folds", "1", "--arch", "fc10", "--out", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--folds must be at least 2" in err[0]
+
+
+def test_folds_on_a_dask_cluster_score_as_the_serial_search():
+    pytest.importorskip("distributed", reason='dask.distributed is not installed: pip install "fastconv[dask]"')
+    data = fc.data.load_digits()[:200]
+    space = {"lr": search.LogUniform(0.01, 0.3), "batch_size": 32}
+    serial = search.random_search(build, space, 2, data, None, epochs=1, seed=2, verbose=False, threads=1, folds=2)
+    dask = search.random_search(build, space, 2, data, None, epochs=1, seed=2, verbose=False, workers=2, folds=2)
+    assert [t["fold_val_accuracy"] for t in serial.trials] == [t["fold_val_accuracy"] for t in dask.trials]
