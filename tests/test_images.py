@@ -172,6 +172,10 @@ def test_the_decoding_threads_change_nothing(tmp_path):
     two = D.load_image_folder(tmp_path, split="train", threads=3)
     np.testing.assert_array_equal(one.X, two.X)
     np.testing.assert_array_equal(one.y, two.y)
+    for name in ("b/100.jpg", "b/200.jpg"):  # in the last chunks; the first in order is named
+        (tmp_path / name).write_bytes(b"junk")
+    with pytest.raises(D.DataError, match="b/100.jpg: not a PNG or JPEG image"):
+        D.load_image_folder(tmp_path, threads=3)
 
 
 def test_images_of_another_size_or_channel_count_are_named(tmp_path):

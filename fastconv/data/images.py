@@ -44,7 +44,7 @@ MAX_FILES = 2_000_000         # ImageNet's training set is 1.28 M files
 INSTALL_HINT = 'pip install "fastconv[images]"'
 
 _GRAY_MODES = {"1", "L", "LA", "La"}
-_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+_COLOR_MODES = {"P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}  # what PNG and JPEG decode to
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"))
 _CHUNK = 256  # images per task of the decoding threads: one task each is too fine for 32x32 JPEGs
 
@@ -110,7 +110,7 @@ def read_image(source, name: str | None = None, channels: int | None = None, max
             pixels = np.asarray(img if img.mode == target else img.convert(target))
         except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
             raise DataError(f"{where}: truncated or corrupt {img.format} image ({_guard.short(e, 150)})") from None
-    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
 # -- folders and archives ---------------------------------------------------------------------
@@ -364,8 +364,12 @@ def _decode(items, where: str, channels, threads: int, max_pixels: int, max_byte
             chunk(s)
     else:
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-            for _ in pool.map(chunk, starts):  # in order: the first failing chunk raises first
-                pass
+            try:
+                for _ in pool.map(chunk, starts):  # in order: the first failing chunk raises first
+                    pass
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # not decode all the rest before saying so
+                raise
     return X
 
 
