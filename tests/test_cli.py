@@ -194,7 +194,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         (("train", "--data", "mnist"), "--data mnist needs --data-dir DIR"),
         (("train", "--data", "mnist", "--data-dir", "nowhere"), "load_mnist: nowhere is not a folder"),
         (("train", "--data", "missing.npz"), "load_npz: no such file: missing.npz"),
-        (("train", "--data", "imagenet"), "--data must be digits, mnist, cifar10 or a path ending in .npz"),
+        (("train", "--data", "imagenet"), "--data must be digits, mnist, cifar10, a path ending in .npz, an image "
+                                          "folder or a .tar/.tar.gz of one; got 'imagenet'"),
         (("train", "--out", "a_file/run"), "cannot write to the output folder a_file/run"),
         (("train", "--resume"), "--resume needs --out RUN_DIR"),
         (("train", "--resume", "--out", "nothing"), "--resume: nothing is not a run folder"),

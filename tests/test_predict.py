@@ -195,8 +195,8 @@ def test_a_decompression_bomb_is_refused_before_decoding(rgb_run, tmp_path, caps
 
 def test_a_file_larger_than_the_bound(rgb_run, tmp_path, capsys, monkeypatch):
     path = save(tmp_path / "a.png", np.zeros((3, 6, 5), np.uint8))
-    monkeypatch.setattr(images, "MAX_BYTES", 10)
-    one_line_error(capsys, [rgb_run, path], f"image: {path} must be at most 10 bytes")
+    monkeypatch.setattr(images, "MAX_FILE_BYTES", 10)
+    one_line_error(capsys, [rgb_run, path], f"{path} must be at most 10 bytes")
 
 
 def test_missing_paths_and_empty_folders(rgb_run, tmp_path, capsys):
@@ -214,6 +214,6 @@ def test_without_pillow_says_how_to_install_it(rgb_run, tmp_path, capsys, monkey
 def test_read_image_checks_its_shape(tmp_path):
     path = save(tmp_path / "a.png", np.zeros((3, 6, 5), np.uint8))
     with pytest.raises(ValueError, match=r"`shape` must be \(C, H, W\) with C = 1 .* got \(4, 6, 5\)"):
-        images.read_image(path, (4, 6, 5))
-    x = images.read_image(path, (1, 6, 5))
+        images.read_model_input(path, (4, 6, 5))
+    x = images.read_model_input(path, (1, 6, 5))
     assert x.dtype == np.float32 and x.shape == (1, 6, 5) and x.flags.c_contiguous

@@ -1,4 +1,5 @@
-"""Data: datasets and minibatches (:mod:`dataset`), and readers (:mod:`loaders`).
+"""Data: datasets, minibatches, splits and k-fold (:mod:`dataset`), readers (:mod:`loaders`,
+image folders in :mod:`images`) and augmentation (:mod:`augment`).
 
 The shipped data file, read by :func:`load_digits`:
 
@@ -14,8 +15,11 @@ One row per image: 64 pixel values in row-major order, then the digit 0..9.
 No changes were made to the data.
 """
 
-from fastconv.data.dataset import DataError, Dataset, Normalizer, as_dataset, train_val_split
+from fastconv.data.augment import Compose, RandomCrop, RandomHorizontalFlip
+from fastconv.data.dataset import DataError, Dataset, Normalizer, as_dataset, kfold, train_val_split
+from fastconv.data.images import load_image_folder, read_image
 from fastconv.data.loaders import CIFAR10_CLASSES, load_cifar10, load_digits, load_mnist, load_npz, read_idx
 
-__all__ = ["CIFAR10_CLASSES", "DataError", "Dataset", "Normalizer", "as_dataset", "load_cifar10", "load_digits",
-           "load_mnist", "load_npz", "read_idx", "train_val_split"]
+__all__ = ["CIFAR10_CLASSES", "Compose", "DataError", "Dataset", "Normalizer", "RandomCrop", "RandomHorizontalFlip",
+           "as_dataset", "kfold", "load_cifar10", "load_digits", "load_image_folder", "load_mnist", "load_npz",
+           "read_idx", "read_image", "train_val_split"]

@@ -147,6 +147,31 @@ def train_val_split(data, val_fraction: float = 0.1, seed: int = 0, stratify: bo
     return data[~mask], data[mask]
 
 
+def kfold(data, k: int = 5, seed: int = 0) -> Iterator[tuple[Dataset, Dataset]]:
+    """The ``k`` (train, val) pairs of stratified k-fold cross-validation.
+
+    Every example is in exactly one val fold (and in the train part of the
+    others). Each class's examples are shuffled by a generator seeded with
+    ``seed`` and dealt round the folds, each class starting where the last
+    one stopped: the folds' sizes differ by at most one, and so do each
+    class's counts in them. Both parts keep the original order.
+
+    >>> scores = [fit_and_score(train, val) for train, val in kfold(data, k=5, seed=0)]
+    """
+    data = as_dataset(data)
+    n = len(data)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 2 <= k <= max(n, 2):
+        raise ValueError(f"kfold: `k` must be an int in [2, {max(n, 2)}] (the number of examples); "
+                         f"got {_guard.plain(k)!r}")
+    rng = np.random.default_rng(seed)
+    fold, start = np.empty(n, np.int64), 0
+    for c in np.unique(data.y):
+        members = rng.permutation(np.flatnonzero(data.y == c))
+        fold[members] = (start + np.arange(members.size)) % k
+        start += members.size
+    return ((data[fold != i], data[fold == i]) for i in range(int(k)))
+
+
 class Normalizer:
     """Per-channel standardization: x'[:, c] = (x[:, c] - mean[c]) / std[c].
 

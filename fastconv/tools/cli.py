@@ -33,6 +33,7 @@ examples:
   fastconv train --epochs 5 --lr 0.01 --optimizer sgd --out runs/quick
   fastconv train --arch conv8x3p1-relu-pool2-fc10 --sanity
   fastconv train --data mnist --data-dir ~/data/mnist --arch lenet
+  fastconv train --data cifar10-jpg.tar.gz --arch cifar_small --augment crop4,flip
   fastconv train --config runs/search-1/best_config.toml
   fastconv train --resume --out runs/quick --epochs 10     # continue a stopped run
 
@@ -44,7 +45,8 @@ pictures need matplotlib: pip install "fastconv[plot]").
 """
 
 DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-dir; nothing is downloaded), "
-             "or PATH.npz with arrays X, y [, X_test, y_test]")
+             "PATH.npz with arrays X, y [, X_test, y_test], or a folder (or .tar/.tar.gz of one) of class folders "
+             "of PNG/JPEG images, with train/ and test/ when split")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
 CHECKPOINT_HELP = "run folder, or a checkpoint folder such as runs/x/best"
 CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
@@ -176,6 +178,9 @@ def _default_run_dir(prefix: str) -> str:
     return path
 
 
+_ARCHIVES = (".tar", ".tar.gz", ".tgz")
+
+
 def load_data(name: str, data_dir: str | None, val_fraction: float, normalizer=None) -> dict:
     """{"train", "val", "test", "normalizer", "name"}: the splits, normalized with the
     training split's per-channel statistics (or with ``normalizer``, e.g. a checkpoint's).
@@ -194,18 +199,19 @@ def load_data(name: str, data_dir: str | None, val_fraction: float, normalizer=N
             raise CommandError(f"--data {name} needs --data-dir DIR, the folder with {what}; nothing is downloaded")
         load = D.load_mnist if name == "mnist" else D.load_cifar10
         rest, test = load(data_dir, "train"), load(data_dir, "test")
-    elif name.endswith(".npz"):
-        parts = D.load_npz(name)
+    elif name.endswith(".npz") or name.endswith(_ARCHIVES) or os.path.isdir(name):
+        parts = D.load_npz(name) if name.endswith(".npz") else D.load_image_folder(name)
         rest = parts["train"]
         test = parts.get("test")
         if test is None:
             rest, test = D.train_val_split(rest, 0.2, seed=0)
     else:
-        raise CommandError(f"--data must be digits, mnist, cifar10 or a path ending in .npz; got {name!r}")
+        raise CommandError("--data must be digits, mnist, cifar10, a path ending in .npz, an image folder or a "
+                           f".tar/.tar.gz of one; got {name!r}")
     train, val = D.train_val_split(rest, val_fraction, seed=0)
     norm = normalizer or D.Normalizer.fit(train)
     return {"train": norm(train), "val": norm(val), "test": norm(test), "normalizer": norm,
-            "name": name if not name.endswith(".npz") else os.path.abspath(name)}
+            "name": name if name in ("digits", "mnist", "cifar10") else os.path.abspath(name)}
 
 
 def _default_arch(data_name: str, input_shape) -> str:
@@ -245,7 +251,7 @@ def _make_schedule(name, optimizer, epochs):
 
 
 def _add_data_options(p, val=True):
-    p.add_argument("--data", default="digits", metavar="NAME|PATH.npz", help=f"the data set: {DATA_HELP} "
+    p.add_argument("--data", default="digits", metavar="NAME|PATH", help=f"the data set: {DATA_HELP} "
                    "(default: %(default)s)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     if val:
@@ -285,7 +291,7 @@ def _arch_help():
 def _train_options(args) -> dict:
     keys = ("data", "data_dir", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
             "batch_size", "epochs", "schedule", "patience", "min_delta", "stop_at", "stop_worse", "stop_window",
-            "stop_min_average", "monitor", "seed", "threads")
+            "stop_min_average", "monitor", "seed", "threads", "augment")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -293,9 +299,11 @@ def _build(args, data, log):
     """(model, trainer) for the parsed options and the loaded data."""
     import fastconv as fc
     from fastconv.train import EarlyStopping, Trainer
+    from fastconv.data.augment import parse as parse_augment
     from fastconv.models import build_model, resolve_arch
 
     train = data["train"]
+    augment = parse_augment(args.augment, train.input_shape)
     arch = args.arch if args.arch != "auto" else _default_arch(args.data, train.input_shape)
     spec = resolve_arch(arch, train.num_classes)
     fc.manual_seed(args.seed)
@@ -313,14 +321,15 @@ def _build(args, data, log):
             "val_fraction": args.val_fraction, "config": _train_options(args)}
     trainer = Trainer(model, fc.SoftmaxCrossEntropy(), opt, sched, batch_size=args.batch_size,
                       early_stopping=stopper, checkpoint_dir=args.out, seed=args.seed, monitor=args.monitor,
-                      progress=args.progress, metadata=meta, log=log, distributed=getattr(args, "mpi", None))
+                      progress=args.progress, metadata=meta, log=log, distributed=getattr(args, "mpi", None),
+                      augment=augment)
     return model, trainer, spec
 
 
 # What a run is: resuming with another value of one of these would train
 # some other run from the middle of this one, so it is refused.
 _RUN_OPTIONS = ("data", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
-                "batch_size", "schedule", "monitor", "seed")
+                "batch_size", "schedule", "monitor", "seed", "augment")
 
 
 def _check_resume_options(args, spec: str) -> None:
@@ -572,16 +581,28 @@ def _search(args) -> int:
                               config["weight_decay"])
         return model, fc.SoftmaxCrossEntropy(), opt
 
+    train, val, scored = data["train"], data["val"], "val accuracy"
+    if args.folds:  # the folds replace the validation split: cross-validate on all the training data
+        import numpy as np
+
+        from fastconv.data import Dataset
+
+        if not 2 <= args.folds <= len(train) + len(val):
+            raise CommandError(f"--folds must be at least 2 and at most the {len(train) + len(val):,} training "
+                               f"examples; got {args.folds}")
+
+        train = Dataset(np.concatenate([train.X, val.X]), np.concatenate([train.y, val.y]), train.classes, train.name)
+        val, scored = None, f"mean val accuracy over {args.folds} folds"
     where = ""
     if args.scheduler or args.workers:
         where = f" on the Dask cluster at {args.scheduler}" if args.scheduler else \
             f" on a local Dask cluster of {args.workers} workers"
         where += f", {args.threads or 1} kernel thread(s) per trial"
     print(f"random search: {args.trials} trials x {args.epochs} epochs of {spec} ({args.optimizer}) on "
-          f"{os.path.basename(data['name'])}{where}; results in {out}")
-    result = S.random_search(build, space, args.trials, data["train"], data["val"], epochs=args.epochs,
+          f"{os.path.basename(data['name'])}{where}, scored by {scored}; results in {out}")
+    result = S.random_search(build, space, args.trials, train, val, epochs=args.epochs,
                              seed=args.seed, out_dir=out, scheduler=args.scheduler, workers=args.workers,
-                             threads=args.threads)
+                             threads=args.threads, folds=args.folds)
     best = result.best
     if best["status"] != "ok":
         raise CommandError(f"every trial diverged; lower the --lr range (results in {out})")
@@ -589,7 +610,7 @@ def _search(args) -> int:
               "optimizer": args.optimizer, **{k: v for k, v in result.best_config.items()}, "seed": best["seed"]}
     config["batch_size"] = int(config["batch_size"])
     _write_toml(os.path.join(out, "best_config.toml"), config,
-                f"best of {args.trials} trials (val accuracy {100 * best['val_accuracy']:.2f}% after "
+                f"best of {args.trials} trials ({scored} {100 * best['val_accuracy']:.2f}% after "
                 f"{args.epochs} epochs); train with: fastconv train --config best_config.toml")
     print("top trials:")
     for t in result.trials[:5]:
@@ -671,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the average improvement per epoch --stop-window asks for (default: %(default)s)")
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
                    help="metric that picks the best epoch and drives early stopping (default: %(default)s)")
+    p.add_argument("--augment", metavar="LIST",
+                   help="augment each training minibatch: comma-separated cropP (random crop of the image size "
+                        "after zero-padding P pixels), flip (horizontal, p 0.5) or flipP; e.g. crop4,flip "
+                        "(default: none)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<data>-<arch>-<date-time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out where its last checkpoint stopped")
     p.add_argument("--config", metavar="FILE.toml", help="read options from a TOML file (key = value, names as "
@@ -686,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a checkpoint written by 'fastconv train' (a run folder or its best/ "
                                    "or last/ folder) on the same data split scheme.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
-    p.add_argument("--data", metavar="NAME|PATH.npz", help=f"{DATA_HELP} (default: the data it was trained on)")
+    p.add_argument("--data", metavar="NAME|PATH", help=f"{DATA_HELP} (default: the data it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="(default: %(default)s)")
@@ -753,7 +778,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(default: %(default)s)")
     p.add_argument("--batch-size", type=_range("int"), default="32,64", metavar="A,B", help="(default: %(default)s)")
     p.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
-                   help="seeds the draws; trial i uses seed S+i (default: %(default)s)")
+                   help="seeds the draws (and the folds); trial i uses seed S+i (default: %(default)s)")
+    p.add_argument("--folds", type=positive_int, metavar="K",
+                   help="cross-validate: train each trial on the K stratified folds of the training data "
+                        "(--val-fraction is then unused) and score it by its mean validation accuracy")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this process may use; "
                         "1 on a Dask cluster)")

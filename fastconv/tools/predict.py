@@ -24,15 +24,15 @@ def softmax(scores: np.ndarray) -> np.ndarray:
 def predict_files(model, paths, input_shape, normalizer, resize: bool = False, batch_size: int = 64,
                   progress: bool = False):
     """Yield (path, class probabilities) for each of ``paths``, in order, ``batch_size`` files
-    at a time; an unreadable file raises :class:`fastconv.data.images.ImageError` naming it."""
+    at a time; an unreadable file raises :class:`fastconv.data.DataError` naming it."""
     from tqdm.auto import tqdm
 
-    from fastconv.data.images import read_image
+    from fastconv.data.images import read_model_input
 
     with tqdm(total=len(paths), unit="image", file=sys.stderr, disable=not progress) as bar:
         for start in range(0, len(paths), batch_size):
             chunk = paths[start:start + batch_size]
-            X = np.stack([read_image(p, input_shape, resize) for p in chunk])
+            X = np.stack([read_model_input(p, input_shape, resize, name=f"image {p}") for p in chunk])
             yield from zip(chunk, softmax(model(normalizer(X))))
             bar.update(len(chunk))
 
@@ -45,7 +45,7 @@ def run(checkpoint: str, sources, top_k: int = 3, batch_size: int = 64, resize: 
         as_json: bool = False, progress: bool | None = None, out=None, stdin=None) -> int:
     """The command: predict on the images of ``sources`` (files, folders, "-") and print to ``out``."""
     from fastconv.data import Normalizer
-    from fastconv.data.images import EXTENSIONS, list_images
+    from fastconv.data.images import IMAGE_EXTENSIONS, list_images
     from fastconv.models import load_model
 
     out = out or sys.stdout
@@ -59,7 +59,7 @@ def run(checkpoint: str, sources, top_k: int = 3, batch_size: int = 64, resize: 
                          f"shape {shape}, not (1, H, W) or (3, H, W)")
     paths = list_images(sources, stdin if stdin is not None else sys.stdin)
     if not paths:
-        patterns = ", ".join("*" + e for e in EXTENSIONS)
+        patterns = ", ".join("*" + e for e in IMAGE_EXTENSIONS)
         raise ValueError(f"no images found in {', '.join(sources)} (a folder is searched for {patterns})")
     if progress is None:
         progress = sys.stderr.isatty() and len(paths) > batch_size

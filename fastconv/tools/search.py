@@ -32,7 +32,7 @@ import numpy as np
 from fastconv.nn import init
 from fastconv._kernels import get_num_threads, set_num_threads
 from fastconv.train.checkpoint import atomic_write, atomic_write_json
-from fastconv.data import as_dataset
+from fastconv.data import as_dataset, kfold
 from fastconv.train import Trainer, TrainingDiverged
 
 __all__ = ["Choice", "LogUniform", "SearchResult", "Uniform", "random_search", "run_trial", "sample"]
@@ -123,14 +123,7 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_seed: int, train, val, epochs: int,
-              threads: int | None = None) -> dict:
-    """Train one trial and return its record (see :func:`random_search`); runs the same in a Dask worker.
-
-    With ``threads``, the kernels use that many threads (set in this process).
-    """
-    if threads is not None:
-        set_num_threads(threads)
+def _trainer(build_fn: Callable[[dict], Any], config: dict, trial_seed: int) -> Trainer:
     init.manual_seed(trial_seed)
     built = build_fn(dict(config))
     if isinstance(built, Trainer):
@@ -142,16 +135,43 @@ def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_s
         raise TypeError("random_search: `build_fn` must return a Trainer or "
                         f"(model, loss_fn, optimizer[, scheduler]); got {type(built).__name__}")
     trainer.verbose, trainer.progress, trainer.checkpoint_dir = False, False, None
+    return trainer
+
+
+def run_trial(build_fn: Callable[[dict], Any], trial: int, config: dict, trial_seed: int, train, val, epochs: int,
+              threads: int | None = None, folds: int | None = None, fold_seed: int = 0) -> dict:
+    """Train one trial and return its record (see :func:`random_search`); runs the same in a Dask worker.
+
+    With ``threads``, the kernels use that many threads (set in this process).
+    With ``folds`` K, ``val`` is unused: the trial trains K times, from the same
+    initialization seed, on the folds of ``train`` (:func:`fastconv.data.kfold`
+    with ``fold_seed``), and its val_accuracy, val_loss and train_loss are the
+    means over the folds of each fold's best epoch (``fold_val_accuracy``
+    lists them).
+    """
+    if threads is not None:
+        set_num_threads(threads)
+    splits = [(train, val)] if folds is None else list(kfold(train, folds, fold_seed))
     record = {"trial": trial, "seed": trial_seed, "config": config, "status": "ok", "val_accuracy": None,
               "val_loss": None, "train_loss": None, "best_epoch": None, "epochs": 0, "time": 0.0}
     start = time.perf_counter()
-    try:
-        history = trainer.fit(train, val, epochs=epochs)
+    best = []
+    for part, held_out in splits:
+        trainer = _trainer(build_fn, config, trial_seed)
+        try:
+            history = trainer.fit(part, held_out, epochs=epochs)
+        except TrainingDiverged as e:
+            record.update(status="diverged", error=str(e), epochs=record["epochs"] + len(trainer.history["epoch"]))
+            break
         b = history["best_epoch"] - 1
-        record.update(val_accuracy=history["val_accuracy"][b], val_loss=history["val_loss"][b],
-                      train_loss=history["train_loss"][b], best_epoch=b + 1, epochs=len(history["epoch"]))
-    except TrainingDiverged as e:
-        record.update(status="diverged", error=str(e), epochs=len(trainer.history["epoch"]))
+        best.append((history["val_accuracy"][b], history["val_loss"][b], history["train_loss"][b], b + 1))
+        record["epochs"] += len(history["epoch"])
+    if record["status"] == "ok":
+        acc, loss, train_loss, epoch = (list(v) for v in zip(*best))
+        record.update(val_accuracy=float(np.mean(acc)), val_loss=float(np.mean(loss)),
+                      train_loss=float(np.mean(train_loss)), best_epoch=epoch[0] if folds is None else None)
+        if folds is not None:
+            record.update(fold_val_accuracy=acc, fold_best_epoch=epoch)
     record["time"] = time.perf_counter() - start
     return record
 
@@ -167,7 +187,7 @@ def _failed(trial: int, config: dict, trial_seed: int, error: BaseException, run
 def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, train, val, epochs: int = 3,
                   seed: int = 0, out_dir=None, verbose: bool = True,
                   log: Callable[[str], None] | None = None, *, scheduler=None, workers: int | None = None,
-                  threads: int | None = None, retries: int = 1) -> SearchResult:
+                  threads: int | None = None, retries: int = 1, folds: int | None = None) -> SearchResult:
     """Train ``n_trials`` configurations drawn at random from ``space``; return them ranked.
 
     ``space`` maps names to :class:`LogUniform`, :class:`Uniform`,
@@ -193,6 +213,11 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
     A trial whose worker dies is run again on another worker; one that killed
     ``retries + 1`` workers is recorded with status "failed" and ranked last.
 
+    ``folds`` K (cross-validation): ``val`` must be None; each trial trains
+    on the K stratified folds of ``train`` (the same folds for every trial,
+    drawn with ``seed``) and is scored by the mean over the folds of the
+    validation accuracy (and loss) of each fold's best epoch.
+
     ``threads``: kernel threads of each trial (default: 1 on a Dask cluster,
     so that trials sharing a machine do not oversubscribe it; the current
     setting in a serial search, which sets nothing then).
@@ -211,19 +236,26 @@ def random_search(build_fn: Callable[[dict], Any], space: dict, n_trials: int, t
                          f"one), not both; got scheduler={scheduler!r}, workers={workers!r}")
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"random_search: `retries` must be an int >= 0; got {retries!r}")
-    train, val = as_dataset(train, "train"), as_dataset(val, "val")
+    if folds is not None:
+        if val is not None:
+            raise ValueError("random_search: with `folds` the validation data are the folds of `train`; "
+                             f"pass val=None (got {type(val).__name__})")
+        kfold(train, folds, seed)  # checks `folds` now, not in every trial
+    train, val = as_dataset(train, "train"), None if val is None else as_dataset(val, "val")
+    if val is None and folds is None:
+        raise ValueError("random_search: `val` is None; give validation data, or `folds` to cross-validate")
     rng = np.random.default_rng(seed)
     configs = [sample(space, rng) for _ in range(n_trials)]  # drawn up front: trial i's config doesn't depend on others
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
     tasks = [(build_fn, i, config, int(seed) + i) for i, config in enumerate(configs, 1)]
     if scheduler is None and workers is None:
-        done = ((i, run_trial(*task, train, val, epochs, threads)) for i, task in enumerate(tasks))
+        done = ((i, run_trial(*task, train, val, epochs, threads, folds, seed)) for i, task in enumerate(tasks))
     else:
         from fastconv.train.distributed import map_trials
 
         done = map_trials(run_trial, tasks, (train, val), scheduler=scheduler, workers=workers, retries=retries,
-                          epochs=epochs, threads=threads or 1)
+                          epochs=epochs, threads=threads or 1, folds=folds, fold_seed=seed)
     trials = [None] * n_trials
     threads_before = get_num_threads()
     try:

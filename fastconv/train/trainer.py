@@ -83,6 +83,12 @@ class Trainer:
             (default: the early-stopping metric, else val_loss) or "val_accuracy";
             "train_*" when there is no validation data.
         metadata: JSON-able data stored in every checkpoint (e.g. how to rebuild the model).
+        augment: None, or a transform ``augment(X, rng)`` applied to each training
+            minibatch (e.g. :class:`fastconv.data.Compose` of ``RandomCrop`` and
+            ``RandomHorizontalFlip``). It draws from a generator of its own, seeded
+            from ``seed`` apart from the shuffling one (so turning augmentation on
+            leaves the minibatch order as it was) and saved in every checkpoint
+            (so a resumed run draws what an uninterrupted one would).
         log: where summary lines go (default ``print``).
         distributed: None, or "mpi" for synchronous data-parallel training
             over MPI (run under ``mpirun -n P``): each rank trains on its
@@ -104,7 +110,8 @@ class Trainer:
     def __init__(self, model: Module, loss_fn, optimizer, scheduler=None, batch_size: int = 64,
                  early_stopping: EarlyStopping | None = None, checkpoint_dir=None, seed: int = 0,
                  progress: bool | None = None, verbose: bool = True, monitor: str | None = None,
-                 metadata: dict | None = None, log: Callable[[str], None] | None = None, distributed=None):
+                 metadata: dict | None = None, log: Callable[[str], None] | None = None, distributed=None,
+                 augment=None):
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: `model` must be a fastconv Module; got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -118,6 +125,10 @@ class Trainer:
         self.monitor = monitor or (early_stopping.monitor if early_stopping else "val_loss")
         _mode_for(self.monitor)
         self.metadata = dict(metadata or {})
+        if augment is not None and not callable(augment):
+            raise TypeError(f"Trainer: `augment` must be callable as augment(X, rng) or None; got "
+                            f"{type(augment).__name__}")
+        self.augment = augment
         self.log = log or print
         self.history = _new_history()
         self.epoch = 0          # epochs completed
@@ -125,7 +136,7 @@ class Trainer:
         self.best_metric: float | None = None
         self.best_epoch: int | None = None
         self._best_state = None
-        self._rng = np.random.default_rng(seed)
+        self._rng, self._augment_rng = self._new_rngs()
         self._dist = None
         if distributed is not None:
             from fastconv.train.distributed import data_parallel
@@ -158,7 +169,7 @@ class Trainer:
         else:
             self.history, self.epoch, self.iteration = _new_history(), 0, 0
             self.best_metric = self.best_epoch = self._best_state = None
-            self._rng = np.random.default_rng(self.seed)
+            self._rng, self._augment_rng = self._new_rngs()
             if self.early_stopping is not None:
                 self.early_stopping.reset()
         self.history["monitor"] = monitor
@@ -316,6 +327,8 @@ class Trainer:
         with self._progress_bar(n_batches, f"epoch {epoch + 1}/{epochs}") as bar:
             for it, (xb, yb) in enumerate(train.batches(self.batch_size, shuffle=True, rng=self._rng)):
                 record = it == n_batches - 1
+                if self.augment is not None:  # on the whole batch: every MPI rank draws the same
+                    xb = self.augment(xb, self._augment_rng)
                 loss, hits, n, step_stats = self._train_step(xb, yb, record, epoch)
                 if not math.isfinite(loss):
                     self.history["iteration_loss"].extend(losses)
@@ -453,8 +466,14 @@ class Trainer:
         return {"epoch": self.epoch, "iteration": self.iteration, "seed": self.seed, "batch_size": self.batch_size,
                 "monitor": self.monitor, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "early_stopping": None if self.early_stopping is None else self.early_stopping.state_dict(),
-                "rng": {"shuffle": self._rng.bit_generator.state, "init": init.generator().bit_generator.state},
+                "rng": {"shuffle": self._rng.bit_generator.state, "init": init.generator().bit_generator.state,
+                        "augment": self._augment_rng.bit_generator.state},
                 "user": self.metadata}
+
+    def _new_rngs(self):
+        """(shuffling, augmentation) generators, independent streams from ``seed``."""
+        augment = np.random.SeedSequence(self.seed, spawn_key=(1,))
+        return np.random.default_rng(self.seed), np.random.default_rng(augment)
 
     def _writes_files(self) -> bool:
         return self.checkpoint_dir is not None and (self._dist is None or self._dist.rank == 0)
@@ -492,8 +511,10 @@ class Trainer:
                 raise ValueError("Trainer.fit: the run to resume was trained without early stopping; "
                                  "resume it with early_stopping=None")
             self.early_stopping.load_state_dict(state["early_stopping"])
-        self._rng = np.random.default_rng()
+        self._rng, self._augment_rng = self._new_rngs()
         self._rng.bit_generator.state = state["rng"]["shuffle"]
+        if "augment" in state["rng"]:  # older checkpoints have none: their augmentation starts from the seed
+            self._augment_rng.bit_generator.state = state["rng"]["augment"]
         init.generator().bit_generator.state = state["rng"]["init"]
         self._best_state = None
         if self.best_epoch is not None:
@@ -548,7 +569,7 @@ def _check_resume_state(path: str, meta: dict, history) -> None:
     rng = meta.get("rng")
     need("checkpoint.json `meta.rng`", rng, isinstance(rng, dict) and {"shuffle", "init"} <= rng.keys(),
          "{shuffle, init}: bit-generator states")
-    for name in ("shuffle", "init"):
+    for name in ("shuffle", "init", "augment")[:3 if "augment" in rng else 2]:
         try:
             np.random.default_rng().bit_generator.state = rng[name]
             ok = True
