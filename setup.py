@@ -1,7 +1,9 @@
 """Build fastconv's compiled core.
 
 One extension, ``fastconv._kernels``: the Cython wrappers plus every C source
-under ``csrc/``. Portable flags only (``-O3``, no ``-march=native``): the SIMD
+under ``csrc/`` (``include/fastconv.h``, the public C entry points; ``core/``,
+``conv/``, ``pool/``, ``eltwise/``, ``norm/``, the op code by family;
+``kernels/``, the micro-kernels per ISA). Portable flags only (``-O3``, no ``-march=native``): the SIMD
 micro-kernels under ``csrc/kernels/<isa>/`` get their ISA flags file by file
 and are chosen at run time, so one wheel runs on any x86-64 CPU.
 
@@ -53,7 +55,7 @@ OPENMP_TEST = textwrap.dedent(
 
 
 def _c_sources():
-    """The op code (csrc/ and its folders but kernels/), the reference kernels (kernels/ref/),
+    """The op code (every folder of csrc/ but kernels/), the reference kernels (kernels/ref/),
     and on x86 each ISA folder of ISA_FLAGS; elsewhere only the reference table is built."""
     op_code = [f for f in glob.glob("csrc/**/*.c", recursive=True) if not f.startswith("csrc/kernels/")]
     sources = sorted(op_code) + sorted(glob.glob("csrc/kernels/ref/*.c"))
@@ -143,7 +145,8 @@ def _extension():
     return Extension(
         "fastconv._kernels",
         sources=["fastconv/_kernels.pyx"] + _c_sources(),
-        include_dirs=["csrc", np.get_include()],
+        # "fastconv.h" from include/; the rest by path from csrc/ ("core/fc_omp.h", "kernels/ctx.h")
+        include_dirs=["csrc/include", "csrc", np.get_include()],
         define_macros=macros,
         extra_compile_args=cflags,
     )

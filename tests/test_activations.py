@@ -19,7 +19,7 @@ from fastconv.activations import ELU, LeakyReLU, Sigmoid, Tanh
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-STREAM_PAR_MIN, EXP_PAR_MIN = 32768, 8192  # thresholds in csrc/activations.c
+STREAM_PAR_MIN, EXP_PAR_MIN = 32768, 8192  # thresholds in csrc/eltwise/activations.c
 F32_MAX = float(np.finfo(np.float32).max)
 
 # op -> (parameter values, the forward tensor its backward takes, layer class)

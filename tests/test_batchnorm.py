@@ -18,7 +18,7 @@ from fastconv.normalization import BatchNorm1d, BatchNorm2d
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-PAR_MIN = 32768  # FC_BN_PAR_MIN in csrc/batchnorm.c
+PAR_MIN = 32768  # FC_BN_PAR_MIN in csrc/norm/batchnorm.c
 
 
 def bits(a):

@@ -13,7 +13,7 @@ from fastconv import _kernels, reference
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-PAR_MIN = 32768  # FC_BIAS_PAR_MIN in csrc/bias_add.c
+PAR_MIN = 32768  # FC_BIAS_PAR_MIN in csrc/eltwise/bias_add.c
 
 
 def check(y, bias):

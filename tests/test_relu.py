@@ -19,7 +19,7 @@ except ImportError:  # PyTorch comparisons are skipped without it
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-PAR_MIN = 32768  # FC_STREAM_PAR_MIN in csrc/activations.c
+PAR_MIN = 32768  # FC_STREAM_PAR_MIN in csrc/eltwise/activations.c
 
 SPECIAL = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0,
                     1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38,  # subnormals

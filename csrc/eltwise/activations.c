@@ -3,7 +3,7 @@
  * kernels/eltwise.h); this file splits the array statically over threads,
  * one contiguous share each. */
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 /* Below this many elements a parallel region costs more than it saves. ReLU,

@@ -2,7 +2,7 @@
  * (outer, channel) pair, rows split statically over threads, each added by
  * the ISA table's element-wise rows (kernels/eltwise.h). */
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 #define FC_BIAS_PAR_MIN 32768

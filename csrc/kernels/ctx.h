@@ -1,7 +1,6 @@
 /* The ISA context: one table of every micro-kernel the op code calls.
  *
- * The op files (sgemm.c, conv/, maxpool2d.c, activations.c, bias_add.c,
- * batchnorm.c, peak.c) hold the loops,
+ * The op files (csrc/core/, conv/, pool/, eltwise/, norm/) hold the loops,
  * the blocking and the threading; every piece of code that is compiled per
  * ISA, or that bakes in a fact of one ISA (a register tile, a vector
  * width), is an entry here. Each ISA fills one table, in

@@ -12,7 +12,7 @@
  * in double: a float accumulator over 10^6 values loses about 3 digits. */
 #include <math.h>
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 /* Below this many elements a parallel region costs more than it saves. */

@@ -19,12 +19,14 @@
 typedef float lanes_f __attribute__((vector_size(4 * FC_BN_LANES)));
 typedef double lanes_d __attribute__((vector_size(8 * FC_BN_LANES)));
 
-/* Elements [i, i + FC_BN_LANES) of v, in double (any alignment). */
-static inline lanes_d load_lanes(const float *v, fc_int i)
+/* *out = elements [i, i + FC_BN_LANES) of v, in double (any alignment). An
+ * output argument: returning a vector wider than the baseline's registers
+ * draws a warning about the ABI, which this inline function does not have. */
+static inline void load_lanes(lanes_d *out, const float *v, fc_int i)
 {
     lanes_f f;
     memcpy(&f, v + i, sizeof f);
-    return __builtin_convertvector(f, lanes_d);
+    *out = __builtin_convertvector(f, lanes_d);
 }
 
 /* The partials, in order. Callers add it to their running sum as
@@ -56,7 +58,9 @@ static void stats(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *
             lanes_d l1 = {0}, l2 = {0};
             fc_int i = 0;
             for (; i + FC_BN_LANES <= inner; i += FC_BN_LANES) {
-                lanes_d d = load_lanes(row, i) - sh;
+                lanes_d d;
+                load_lanes(&d, row, i);
+                d -= sh;
                 l1 += d;
                 l2 += d * d;
             }
@@ -107,9 +111,11 @@ static void grad_sums(fc_int n, fc_int stride, fc_int inner, fc_int w, const flo
             lanes_d l1 = {0}, l2 = {0};
             fc_int i = 0;
             for (; i + FC_BN_LANES <= inner; i += FC_BN_LANES) {
-                lanes_d g = load_lanes(dy + o, i);
+                lanes_d g, v;
+                load_lanes(&g, dy + o, i);
+                load_lanes(&v, x + o, i);
                 l1 += g;
-                l2 += g * (load_lanes(x + o, i) - m);
+                l2 += g * (v - m);
             }
             for (; i < inner; i++) {
                 l1[0] += dy[o + i];
