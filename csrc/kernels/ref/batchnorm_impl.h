@@ -1,41 +1,55 @@
 /* The batch-norm tiles (contract: kernels/batchnorm.h) as one source that
  * each ISA folder compiles with its flags: kernels/ref/batchnorm_ref.c and
- * kernels/<isa>/batchnorm_<isa>.c. Include it once, with FC_KERNEL_ISA
- * defined; it defines the table fc_bn_kernel_<isa>.
+ * kernels/<isa>/batchnorm_<isa>.c. Include it once, with FC_KERNEL_ISA and
+ * FC_VEC_DOUBLES (doubles per vector of that ISA) defined; it defines the
+ * table fc_bn_kernel_<isa>.
  *
- * The row sums keep FC_BN_LANES partials in one GNU C vector rather than
- * an `omp simd` reduction, whose partials are as many as the folder's
- * vector holds: the order, and so the bits, would change with the ISA. Four
- * doubles fill one AVX2 vector; the baseline build holds them in two SSE2
- * ones. */
+ * The row sums keep FC_BN_LANES partials in GNU C vectors rather than an
+ * `omp simd` reduction, whose partials are as many as the folder's vector
+ * holds: the order, and so the bits, would change with the ISA. The
+ * partials fill FC_BN_LANES / VEC_D vectors of the folder's width, kept in
+ * registers (a vector type wider than the ISA's goes through memory). */
 #include <string.h>
 
 #include "kernels/ctx.h"
 
-#ifndef FC_KERNEL_ISA
-#error "define FC_KERNEL_ISA before including kernels/ref/batchnorm_impl.h"
+#if !defined(FC_KERNEL_ISA) || !defined(FC_VEC_DOUBLES)
+#error "define FC_KERNEL_ISA and FC_VEC_DOUBLES before including kernels/ref/batchnorm_impl.h"
 #endif
 
-typedef float lanes_f __attribute__((vector_size(4 * FC_BN_LANES)));
-typedef double lanes_d __attribute__((vector_size(8 * FC_BN_LANES)));
+/* Doubles per vector: the folder's, at most FC_BN_LANES. */
+#define VEC_D (FC_VEC_DOUBLES < FC_BN_LANES ? FC_VEC_DOUBLES : FC_BN_LANES)
+#define N_VEC (FC_BN_LANES / VEC_D)
 
-/* *out = elements [i, i + FC_BN_LANES) of v, in double (any alignment). An
- * output argument: returning a vector wider than the baseline's registers
- * draws a warning about the ABI, which this inline function does not have. */
-static inline void load_lanes(lanes_d *out, const float *v, fc_int i)
+typedef double vec_d __attribute__((vector_size(8 * VEC_D)));
+typedef float row_f __attribute__((vector_size(4 * FC_BN_LANES)));
+typedef double row_d __attribute__((vector_size(8 * FC_BN_LANES)));
+
+/* The partials: lane l of the row sum is p[l / VEC_D][l % VEC_D]. */
+typedef struct {
+    vec_d v[N_VEC];
+} lanes;
+
+/* *out = elements [i, i + FC_BN_LANES) of v, in double (any alignment):
+ * converted at the full width, which GCC lowers well to any ISA's (as
+ * halves, it converts element by element), then split into the folder's
+ * vectors. */
+static inline void load_lanes(lanes *out, const float *v, fc_int i)
 {
-    lanes_f f;
+    row_f f;
     memcpy(&f, v + i, sizeof f);
-    *out = __builtin_convertvector(f, lanes_d);
+    row_d d = __builtin_convertvector(f, row_d);
+    memcpy(out, &d, sizeof *out);
 }
 
 /* The partials, in order. Callers add it to their running sum as
  * `sum_lanes(p) + s`: where both are NaN, x86 keeps the first operand's,
  * and this is the order of the omp-simd loop these tiles replaced. */
-static inline double sum_lanes(lanes_d p)
+static inline double sum_lanes(const lanes *p)
 {
     double a = 0.0;
-    for (int l = 0; l < FC_BN_LANES; l++) a += p[l];
+    for (int k = 0; k < N_VEC; k++)
+        for (int l = 0; l < VEC_D; l++) a += p->v[k][l];
     return a;
 }
 
@@ -55,22 +69,23 @@ static void stats(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *
         for (fc_int j = 0; j < w; j++) {
             const float *row = x + b * stride + j * inner;
             const double sh = shift[j];
-            lanes_d l1 = {0}, l2 = {0};
+            lanes l1 = {0}, l2 = {0}, d;
             fc_int i = 0;
             for (; i + FC_BN_LANES <= inner; i += FC_BN_LANES) {
-                lanes_d d;
                 load_lanes(&d, row, i);
-                d -= sh;
-                l1 += d;
-                l2 += d * d;
+                for (int k = 0; k < N_VEC; k++) {
+                    d.v[k] -= sh;
+                    l1.v[k] += d.v[k];
+                    l2.v[k] += d.v[k] * d.v[k];
+                }
             }
             for (; i < inner; i++) {
-                double d = (double)row[i] - sh;
-                l1[0] += d;
-                l2[0] += d * d;
+                double e = (double)row[i] - sh;
+                l1.v[0][0] += e;
+                l2.v[0][0] += e * e;
             }
-            s1[j] = sum_lanes(l1) + s1[j];
-            s2[j] = sum_lanes(l2) + s2[j];
+            s1[j] = sum_lanes(&l1) + s1[j];
+            s2[j] = sum_lanes(&l2) + s2[j];
         }
     }
 }
@@ -108,21 +123,22 @@ static void grad_sums(fc_int n, fc_int stride, fc_int inner, fc_int w, const flo
         for (fc_int j = 0; j < w; j++) {
             const fc_int o = b * stride + j * inner;
             const double m = mean[j];
-            lanes_d l1 = {0}, l2 = {0};
+            lanes l1 = {0}, l2 = {0}, g, v;
             fc_int i = 0;
             for (; i + FC_BN_LANES <= inner; i += FC_BN_LANES) {
-                lanes_d g, v;
                 load_lanes(&g, dy + o, i);
                 load_lanes(&v, x + o, i);
-                l1 += g;
-                l2 += g * (v - m);
+                for (int k = 0; k < N_VEC; k++) {
+                    l1.v[k] += g.v[k];
+                    l2.v[k] += g.v[k] * (v.v[k] - m);
+                }
             }
             for (; i < inner; i++) {
-                l1[0] += dy[o + i];
-                l2[0] += (double)dy[o + i] * ((double)x[o + i] - m);
+                l1.v[0][0] += dy[o + i];
+                l2.v[0][0] += (double)dy[o + i] * ((double)x[o + i] - m);
             }
-            sdy[j] = sum_lanes(l1) + sdy[j];
-            sdyx[j] = sum_lanes(l2) + sdyx[j];
+            sdy[j] = sum_lanes(&l1) + sdy[j];
+            sdyx[j] = sum_lanes(&l2) + sdyx[j];
         }
     }
 }
