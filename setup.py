@@ -3,9 +3,10 @@
 One extension, ``fastconv._kernels``: the Cython wrappers plus every C source
 under ``csrc/`` (``include/fastconv.h``, the public C entry points; ``core/``,
 ``conv/``, ``pool/``, ``eltwise/``, ``norm/``, the op code by family;
-``kernels/``, the micro-kernels per ISA). Portable flags only (``-O3``, no ``-march=native``): the SIMD
-micro-kernels under ``csrc/kernels/<isa>/`` get their ISA flags file by file
-and are chosen at run time, so one wheel runs on any x86-64 CPU.
+``kernels/``, the micro-kernels per ISA). Portable flags only (``-O3``, no
+``-march=native``): the SIMD micro-kernels under ``csrc/kernels/<isa>/`` get
+their ISA flags file by file and are chosen at run time, so one wheel runs on
+any x86-64 CPU.
 
 OpenMP is detected by compiling and running a tiny program; without it the
 build still succeeds, serial, and says so loudly.

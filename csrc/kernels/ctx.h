@@ -18,8 +18,8 @@
  *
  * Contracts: each family's layouts are documented in its header
  * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h, eltwise.h,
- * batchnorm.h); every entry
- * is stateless and called from several threads at once.
+ * batchnorm.h); every entry is stateless and called from several threads
+ * at once.
  */
 #ifndef FC_KERNELS_CTX_H
 #define FC_KERNELS_CTX_H
