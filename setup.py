@@ -1,9 +1,12 @@
 """Build fastconv's compiled core.
 
 One extension, ``fastconv._kernels``: the Cython wrappers plus every C source
-under ``csrc/``. Portable flags only (``-O3``, no ``-march=native``): the SIMD
-micro-kernels under ``csrc/kernels/<isa>/`` get their ISA flags file by file
-and are chosen at run time, so one wheel runs on any x86-64 CPU.
+under ``csrc/`` (``include/fastconv.h``, the public C entry points; ``core/``,
+``conv/``, ``pool/``, ``eltwise/``, ``norm/``, the op code by family;
+``kernels/``, the micro-kernels per ISA). Portable flags only (``-O3``, no
+``-march=native``): the SIMD micro-kernels under ``csrc/kernels/<isa>/`` get
+their ISA flags file by file and are chosen at run time, so one wheel runs on
+any x86-64 CPU.
 
 OpenMP is detected by compiling and running a tiny program; without it the
 build still succeeds, serial, and says so loudly.
@@ -32,6 +35,10 @@ ISA_FLAGS = {
     "avx2": ["-mavx2", "-mfma"],
     "avx512": ["-mavx512f", "-mavx2", "-mfma"],
 }
+# Kernel families that give the same bits on every ISA (kernels/eltwise.h, kernels/batchnorm.h):
+# in the ISA folders, their a * b + c is not contracted into an FMA (GCC's default under -mfma),
+# so they round as the baseline build, which has no FMA to contract into.
+ISA_EXACT_FP = ("eltwise_", "batchnorm_")
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -49,7 +56,7 @@ OPENMP_TEST = textwrap.dedent(
 
 
 def _c_sources():
-    """The op code (csrc/ and its folders but kernels/), the reference kernels (kernels/ref/),
+    """The op code (every folder of csrc/ but kernels/), the reference kernels (kernels/ref/),
     and on x86 each ISA folder of ISA_FLAGS; elsewhere only the reference table is built."""
     op_code = [f for f in glob.glob("csrc/**/*.c", recursive=True) if not f.startswith("csrc/kernels/")]
     sources = sorted(op_code) + sorted(glob.glob("csrc/kernels/ref/*.c"))
@@ -118,6 +125,8 @@ class BuildExt(build_ext):
             for isa, isa_flags in ISA_FLAGS.items():
                 if f"kernels{os.sep}{isa}{os.sep}" in src or f"kernels/{isa}/" in src:
                     extra += isa_flags
+                    if os.path.basename(src).startswith(ISA_EXACT_FP):
+                        extra.append("-ffp-contract=off")
             return original(obj, src, ext, cc_args, extra, pp_opts)
 
         self.compiler._compile = compile_with_isa
@@ -137,7 +146,8 @@ def _extension():
     return Extension(
         "fastconv._kernels",
         sources=["fastconv/_kernels.pyx"] + _c_sources(),
-        include_dirs=["csrc", np.get_include()],
+        # "fastconv.h" from include/; the rest by path from csrc/ ("core/fc_omp.h", "kernels/ctx.h")
+        include_dirs=["csrc/include", "csrc", np.get_include()],
         define_macros=macros,
         extra_compile_args=cflags,
     )

@@ -128,3 +128,41 @@ def rgb_run(tmp_path_factory):
     np.savez(folder / "rgb.npz", X=rng.integers(0, 256, (60, 3, 6, 5), dtype=np.uint8),
              y=rng.integers(0, 3, 60), classes=np.array(["cat", "dog", "bird"]))
     return train_run(folder, "--data", str(folder / "rgb.npz"), "--arch", "conv4x3p1-relu-pool2-fc3")
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+def assert_bits_equal(actual, expected):
+    """Bit for bit, except that a NaN's sign and payload are free: IEEE 754
+    leaves them unspecified when both operands are NaN (x86 returns the first
+    operand's, and the compiler may swap the operands of a commutative add)."""
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    ok = ~np.isnan(expected)
+    np.testing.assert_array_equal(bits(actual[ok]), bits(expected[ok]))
+
+
+def on_every_isa(fn, threads=1):
+    """{isa: fn()} for every ISA this CPU supports, at `threads` threads."""
+    old_isa, old_threads = _kernels.get_isa(), _kernels.get_num_threads()
+    results = {}
+    try:
+        for isa in ISAS:
+            _kernels.set_isa(isa)
+            _kernels.set_num_threads(threads)
+            results[isa] = fn()
+    finally:
+        _kernels.set_isa(old_isa)
+        _kernels.set_num_threads(old_threads)
+    return results
+
+
+def assert_isas_agree(fn, threads=1):
+    """fn() returns a tuple of arrays; every ISA's equal the generic ISA's bits
+    (the element-wise and batch-norm entries promise it: kernels/eltwise.h,
+    kernels/batchnorm.h)."""
+    results = on_every_isa(fn, threads)
+    for isa, outputs in results.items():
+        for got, expected in zip(outputs, results["generic"]):
+            assert_bits_equal(got, expected)

@@ -15,7 +15,7 @@ from fastconv.nn.pooling import AvgPool2d
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-PAR_MIN = 16384  # FC_POOL_PAR_MIN in csrc/avgpool2d.c
+PAR_MIN = 16384  # FC_POOL_PAR_MIN in csrc/pool/avgpool2d.c
 
 
 def bits(a):

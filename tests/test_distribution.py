@@ -140,7 +140,7 @@ def test_info_lists_every_loaded_openmp_runtime(tmp_path):
 
 def test_kernels_do_not_call_blas():
     """The compiled module imports no BLAS symbol, so no OpenBLAS (or MKL) call can run
-    inside fastconv's parallel regions: its GEMM is its own (csrc/sgemm.c)."""
+    inside fastconv's parallel regions: its GEMM is its own (csrc/core/sgemm.c)."""
     with open(_kernels.__file__, "rb") as f:
         binary = f.read()
     for name in (b"cblas_", b"sgemm_\0", b"openblas", b"mkl_", b"dgemm"):

@@ -153,7 +153,7 @@ def test_empty_batch(isa_threads):
     assert dx.shape == x.shape
 
 
-# The 2x2 stride-2 path (its row kernels in csrc/maxpool2d.c): rows shorter than, equal to and
+# The 2x2 stride-2 path (its row kernels in csrc/pool/maxpool2d.c): rows shorter than, equal to and
 # longer than one 8-window vector, with a scalar tail, rows of 4 to 7 windows (4-window
 # steps: lenet's 14x14 planes, odd widths), odd H and W (an uncovered last row and
 # column), batch 1, above and below the parallel threshold.

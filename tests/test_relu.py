@@ -4,7 +4,7 @@ autograd), special values, and input validation."""
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import assert_isas_agree, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -19,7 +19,7 @@ except ImportError:  # PyTorch comparisons are skipped without it
 needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-PAR_MIN = 32768  # FC_STREAM_PAR_MIN in csrc/activations.c
+PAR_MIN = 32768  # FC_STREAM_PAR_MIN in csrc/eltwise/activations.c
 
 SPECIAL = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0,
                     1e-45, -1e-45, 1.1754942e-38, -1.1754942e-38,  # subnormals
@@ -66,6 +66,16 @@ SHAPES = [
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_matches_reference(isa_threads, rng, shape):
     check(with_specials(rng, shape), with_specials(rng, shape))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_every_isa_gives_the_same_bits(rng, threads):
+    """1 to 40 elements reach every vector tail of every ISA's rows, alone and
+    as the last thread's share of a split."""
+    for size in (*range(1, 41), PAR_MIN + 17, PAR_MIN + 40):
+        x, dy = with_specials(rng, (size,)), with_specials(rng, (size,))
+        check(x, dy)
+        assert_isas_agree(lambda: check(x, dy), threads)
 
 
 @settings(FIXTURE_OK, max_examples=30)

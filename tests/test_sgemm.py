@@ -1,4 +1,4 @@
-"""sgemm: the packed GEMM (csrc/sgemm.c and the micro-kernels) against its
+"""sgemm: the packed GEMM (csrc/core/sgemm.c and the micro-kernels) against its
 NumPy twin and an exact float64 product, on every ISA x {1, 2} threads, over
 shapes that cross the block sizes of the ISA's table; special values, the
 BLAS rule for beta == 0, strided views, determinism, and input validation."""

@@ -35,7 +35,7 @@
 #include <string.h>
 
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 #include "conv/conv.h"
 

@@ -1,6 +1,6 @@
 /* The ISA context: one table of every micro-kernel the op code calls.
  *
- * The op files (sgemm.c, conv2d*.c, maxpool2d.c, peak.c) hold the loops,
+ * The op files (csrc/core/, conv/, pool/, eltwise/, norm/) hold the loops,
  * the blocking and the threading; every piece of code that is compiled per
  * ISA, or that bakes in a fact of one ISA (a register tile, a vector
  * width), is an entry here. Each ISA fills one table, in
@@ -17,14 +17,17 @@
  * measurable.
  *
  * Contracts: each family's layouts are documented in its header
- * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h); every entry
- * is stateless and called from several threads at once.
+ * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h, eltwise.h,
+ * batchnorm.h); every entry is stateless and called from several threads
+ * at once.
  */
 #ifndef FC_KERNELS_CTX_H
 #define FC_KERNELS_CTX_H
 
 #include "fastconv.h"
+#include "kernels/batchnorm.h"
 #include "kernels/direct.h"
+#include "kernels/eltwise.h"
 #include "kernels/gemm_ukernel.h"
 #include "kernels/im2col.h"
 #include "kernels/pool.h"
@@ -73,13 +76,19 @@ typedef struct {
      * not apply on this ISA. */
     fc_direct_kernel direct_k8, direct_k16;
 
+    /* activations.c, bias_add.c: the element-wise rows (eltwise.h). */
+    const fc_eltwise_kernel *eltwise;
+
+    /* batchnorm.c: the per-channel tiles of each pass (batchnorm.h). */
+    const fc_bn_kernel *bn;
+
     /* peak.c */
     int peak_lanes;
     fc_peak_fn *peak;
 } fc_ctx;
 
 /* The entry `name` of the ISA whose folder is being compiled: for sources
- * that several folders compile (kernels/ref/copies_impl.h, winograd_impl.h), each
+ * that several folders compile (kernels/ref/<family>_impl.h), each
  * defining FC_KERNEL_ISA first. FC_KERNEL(im2col_row) with FC_KERNEL_ISA
  * avx2 is fc_im2col_row_avx2. */
 #define FC_KERNEL(name) FC_KERNEL_CAT(name, FC_KERNEL_ISA)

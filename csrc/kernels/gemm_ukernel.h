@@ -1,6 +1,6 @@
 /* The GEMM micro-kernel interface: one signature, one block-size table per ISA.
  *
- * Packed layouts (written by csrc/sgemm.c, read by the micro-kernels):
+ * Packed layouts (written by csrc/core/sgemm.c, read by the micro-kernels):
  *   A panel: an MR x kc sliver of op(A), stored column by column:
  *            a[p * MR + i] = op(A)[i, p]   for p < kc, i < MR (rows past the
  *            edge are zero-filled, so a kernel may always read MR rows).

@@ -7,6 +7,8 @@
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_ref;
+extern const fc_eltwise_kernel fc_eltwise_kernel_ref;
+extern const fc_bn_kernel fc_bn_kernel_ref;
 fc_im2col_row_fn fc_im2col_row_ref;
 fc_col2im_channel_fn fc_col2im_channel_ref;
 fc_pack_b_fn fc_pack_columns_ref;
@@ -33,6 +35,8 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->wg_grad = fc_wg_grad_ref;
     ctx->pool2x2_forward = fc_pool2x2_forward_ref;
     ctx->pool2x2_backward = fc_pool2x2_backward_ref;
+    ctx->eltwise = &fc_eltwise_kernel_ref;
+    ctx->bn = &fc_bn_kernel_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }

@@ -7,7 +7,7 @@
 #include <time.h>
 
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 double fc_peak_flop_per_iter(int isa) { return 2.0 * FC_PEAK_CHAINS * fc_ctx_of(isa)->peak_lanes; }

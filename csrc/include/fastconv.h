@@ -169,9 +169,10 @@ void fc_bias_add(fc_int outer, fc_int channels, fc_int inner, float *y,
  *   backward: dx = dy * f'(.) where `a`, the saved forward tensor, is the
  *             INPUT x for leaky ReLU and ELU and the OUTPUT y for ReLU, sigmoid
  *             and tanh, as in PyTorch's autograd.
- * Formulas, NaN and infinity rules are PyTorch's (see activations.c); no
+ * Formulas, NaN and infinity rules are PyTorch's (see kernels/eltwise.h); no
  * intermediate overflows. Outputs may alias inputs. */
-enum { FC_ACT_LEAKY_RELU = 0, FC_ACT_ELU = 1, FC_ACT_SIGMOID = 2, FC_ACT_TANH = 3, FC_ACT_RELU = 4 };
+enum { FC_ACT_LEAKY_RELU = 0, FC_ACT_ELU = 1, FC_ACT_SIGMOID = 2, FC_ACT_TANH = 3, FC_ACT_RELU = 4,
+       FC_ACT_COUNT = 5 };
 
 void fc_activation_forward(int op, fc_int count, const float *x, float param, float *y,
                            int nthreads);

@@ -50,7 +50,7 @@
 #include <string.h>
 
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 /* ---- per-thread workspace ------------------------------------------------ */

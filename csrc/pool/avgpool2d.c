@@ -7,7 +7,7 @@
  * float in row-major window order, as PyTorch's CPU kernel. */
 #include <string.h>
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 
 /* Below this many input elements a parallel region costs more than it saves. */
 #define FC_POOL_PAR_MIN 16384

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fastconv.h"
-#include "fc_omp.h"
+#include "core/fc_omp.h"
 #include "kernels/ctx.h"
 
 /* Below this many input elements a pool runs on one thread: waking a team
