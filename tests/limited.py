@@ -45,8 +45,9 @@ class Outcome:
     stdout: str
     stderr: str
     peak_rss: int      # bytes
-    seconds: float
+    seconds: float      # wall time
     timed_out: bool
+    cpu_seconds: float  # the child's user + system time: what it cost, whatever else loads the host
 
     def error_line(self) -> str:
         """The one line on stderr, asserting there is exactly one and no traceback."""
@@ -85,7 +86,8 @@ def run_limited(args, cwd, memory: int = MEMORY, timeout: float = TIMEOUT, env=N
         err.seek(0)
         written = peak.read().strip()
         return Outcome(proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                       (int(written) if written.isdigit() else usage.ru_maxrss) * 1024, seconds, timed_out)
+                       (int(written) if written.isdigit() else usage.ru_maxrss) * 1024, seconds, timed_out,
+                       usage.ru_utime + usage.ru_stime)
 
 
 @contextlib.contextmanager

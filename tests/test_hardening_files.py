@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RL
 
 LONG = bool(os.environ.get("FASTCONV_HOSTILE_LONG"))
 PEAK_RSS = 300 * 2**20
-SECONDS = 30  # generous: CI hosts are loaded; the unfixed loaders took minutes or died
+SECONDS = 30  # CPU seconds of the child (wall time varies with the host's load); the unfixed loaders took minutes or died
 
 
 @dataclasses.dataclass
@@ -341,7 +341,7 @@ def test_hostile_file_gives_its_error_in_bounded_memory_and_time(outcomes, case)
     for part in case.expect:
         assert part in text, (case.name, part, text)
     assert r.peak_rss < PEAK_RSS, f"{case.name}: peak RSS {r.peak_rss / 2**20:.0f} MiB"
-    assert r.seconds < SECONDS, f"{case.name}: {r.seconds:.1f} s"
+    assert r.cpu_seconds < SECONDS, f"{case.name}: {r.cpu_seconds:.1f} s of CPU ({r.seconds:.1f} s wall)"
 
 
 def test_the_crafted_files_are_small(outcomes):
