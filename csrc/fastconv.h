@@ -51,6 +51,20 @@ int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha
 int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
                 float *c, fc_int ldc, int nthreads, int allow_ksplit);
+/* fc_sgemm_ex in a precision: FC_FLOAT32, or FC_BFLOAT16, where op(A) and
+ * op(B) are rounded to bf16 and the products summed in float32 in the
+ * order of csrc/kernels/bf16.h (the same bits on every ISA and at any
+ * thread count; no k split). */
+enum { FC_FLOAT32 = 0, FC_BFLOAT16 = 1 };
+int fc_gemm(int precision, int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+            const float *a, fc_int lda, const float *b, fc_int ldb, float beta, float *c,
+            fc_int ldc, int nthreads, int allow_ksplit);
+/* x rounded to bf16 (csrc/kernels/bf16.h: nearest even, denormals to zero,
+ * NaN kept NaN): y[i], the top 16 bits of the float32 result. */
+void fc_to_bf16(const float *x, fc_int n, uint16_t *y, int nthreads);
+/* The bf16 GEMM kernel of the current ISA table: "emulated" when the CPU
+ * has no bf16 dot products (the reference path, same bits, slow). */
+const char *fc_bf16_kernel_name(void);
 
 /* A B operand that is never stored whole: sgemm asks `pack` for each block
  * it needs, already in the packed layout of csrc/kernels/gemm_ukernel.h. The
@@ -66,13 +80,14 @@ typedef struct {
 
 /* C = A @ B + bias (bias[i] added to row i; NULL for none), then max(C, 0)
  * when relu (NaN kept, as relu_forward), applied as each tile of C is
- * finished. B is the matrix (b, ldb) when bsrc is NULL, else packed by bsrc.
+ * finished, in `precision` (fc_gemm's). B is the matrix (b, ldb) when bsrc
+ * is NULL, else packed by bsrc (float32 slivers of the precision's NR).
  * No k split: each column of C gets the same arithmetic whatever n is, and
  * k <= FC_GEMM_ONE_PASS_K is done in one pass, so C is written once. */
 #define FC_GEMM_ONE_PASS_K 576
-int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, const float *b,
-                   fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
-                   fc_int ldc, int nthreads);
+int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, fc_int lda,
+                   const float *b, fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu,
+                   float *c, fc_int ldc, int nthreads);
 
 /* ---- conv/plan.c: 2-D convolution ------------------------------------------
  * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with

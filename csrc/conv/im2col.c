@@ -181,7 +181,7 @@ static int forward_images(const fc_conv_shape *s, int variant, const float *x, c
         float *wide = gn == 1 ? y + n * kohow : work + plan->col_floats;
         /* Bias and ReLU in the GEMM's epilogue; no k split, so an image's
          * outputs do not depend on its group's width. */
-        int rc = fc_sgemm_fused(s->k, ld, ckk, weight, ckk, b, ld, packed ? &packer : NULL, bias,
+        int rc = fc_sgemm_fused(FC_FLOAT32, s->k, ld, ckk, weight, ckk, b, ld, packed ? &packer : NULL, bias,
                                 relu, wide, ld, nthreads);
         if (rc) return rc;
         if (gn == 1) continue;
