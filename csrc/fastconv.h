@@ -95,7 +95,11 @@ int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, 
  * oh, ow >= 1). Zero padding. Each call runs the algorithm that the mode
  * (below) picks for its shape and the ISA; every algorithm gives the direct
  * sum to float32 rounding, with its pattern of NaN and infinities (inputs
- * out of an algorithm's range make it decline, and the next one runs). */
+ * out of an algorithm's range make it decline, and the next one runs).
+ * `precision` (fc_gemm's): FC_BFLOAT16 runs the GEMM algorithms (pointwise,
+ * implicit im2col, im2col) with the bf16 GEMM, x, the weights and dy
+ * rounded to bf16 as they are packed, sums and outputs in float32; direct
+ * and Winograd have float32 kernels only and decline. */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */
@@ -104,18 +108,18 @@ typedef struct {
 } fc_conv_shape;
 
 /* bias may be NULL; relu: y = max(conv + bias, 0) (NaN kept), in the same pass. */
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads);
 /* pooled (n, k, oh / 2, ow / 2) and argmax (uint8, index in the window): the
  * 2x2 stride-2 max-pool (fc_maxpool2d_forward's rules) of fc_conv2d_forward's
  * y, which is not stored when the convolution runs as Winograd. Needs
  * oh, ow >= 2. */
-int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                              const float *bias, int relu, float *pooled, uint8_t *argmax,
-                              int nthreads);
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
+                              const float *weight, const float *bias, int relu, float *pooled,
+                              uint8_t *argmax, int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
-int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias,
                        int nthreads);
 /* The largest |v[e]| over count floats; NaN when one is NaN, else +Inf
@@ -143,8 +147,8 @@ int fc_conv_get_mode(int *algorithm); /* the kind; *algorithm: its algorithm, -1
  * backward computes dx (dW's choice depends on it). why (len bytes, may be
  * NULL) gets the reason, one line. */
 enum { FC_CONV_FORWARD = 0, FC_CONV_DX = 1, FC_CONV_DWEIGHT = 2 };
-int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
-                    char *why, size_t len);
+int fc_conv_explain(const fc_conv_shape *s, int precision, int direction, int need_dx, int kind,
+                    int algorithm, char *why, size_t len);
 /* After a conv call of this thread returned FC_ENOMEM: the algorithm whose
  * workspace could not be allocated, and in *direction for which output:
  * FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT, or FC_CONV_DX |

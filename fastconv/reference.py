@@ -108,22 +108,35 @@ def _windows(x, kernel, stride, padding, pad_value=0.0):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv2d_forward(x, weight, bias, stride, padding, relu=False):
+def _columns(x, kernel, stride, padding):
+    """The column matrix of x, (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox)."""
+    win = _windows(x, kernel, stride, padding)  # N, C, OH, OW, kh, kw
+    n, c, oh, ow, kh, kw = win.shape
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow), (n, oh, ow)
+
+
+def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k],
-    then relu_forward(y) when relu is true."""
+    then relu_forward(y) when relu is true. In bf16: the native bits, the taps summed in
+    (c, i, j) order by sgemm's bf16 rule."""
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"conv2d_forward: `relu` must be a bool; got {relu!r}")
-    win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
-    y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
+    if precision == "bfloat16":
+        cols, (n, oh, ow) = _columns(x, weight.shape[2:], stride, padding)
+        y = sgemm(weight.reshape(weight.shape[0], -1), cols, precision=precision)
+        y = y.reshape(-1, n, oh, ow).transpose(1, 0, 2, 3)
+    else:
+        win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
+        y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
     if bias is not None:
         y += bias[None, :, None, None]
     y = np.ascontiguousarray(y, dtype=x.dtype)
     return relu_forward(y) if relu else y
 
 
-def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
+def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """(y, argmax): the 2x2 stride-2 max-pool of conv2d_forward's output."""
-    conv = conv2d_forward(x, weight, bias, stride, padding, relu)
+    conv = conv2d_forward(x, weight, bias, stride, padding, relu, precision)
     if conv.shape[2] < 2 or conv.shape[3] < 2:
         raise ValueError(f"conv2d_maxpool_forward: `x` {x.shape[2:]} with `weight` "
                          f"{weight.shape[2:]}, `stride` {stride} and `padding` {padding} gives a "
@@ -131,18 +144,30 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
     return maxpool2d_forward(conv, 2, 2, 0)
 
 
-def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
-    """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy."""
+def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="float32"):
+    """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy. In bf16 the
+    GEMMs dy @ cols^T and W^T @ dy by sgemm's bf16 rule: within bf16 rounding of the
+    native kernel, whose sums are cut by image groups and threads."""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     n, c, h, w = x.shape
     k, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
-    win = _windows(x, (kh, kw), stride, padding)
-    dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
+    bf16 = precision == "bfloat16"
+    dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, -1) if bf16 else None
+    if bf16:
+        cols, _ = _columns(x, (kh, kw), stride, padding)
+        dweight = sgemm(dy_mat, cols, trans_b=True, precision=precision).reshape(weight.shape)
+    else:
+        win = _windows(x, (kh, kw), stride, padding)
+        dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
     dbias = dy.sum(axis=(0, 2, 3)).astype(x.dtype)
     dx = None
     if need_dx:
-        cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
+        if bf16:
+            cols = sgemm(weight.reshape(k, -1), dy_mat, trans_a=True, precision=precision)
+            cols = cols.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 1, 2, 4, 5)
+        else:
+            cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
         dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         for i in range(kh):  # col2im: scatter-add each kernel tap back
             for j in range(kw):
