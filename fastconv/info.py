@@ -225,6 +225,7 @@ def _kernel_checks(rng) -> dict:
     xq, wq, bq = (np.round(v * 4) / 4 for v in (x, w, b))
     cases = {
         "sgemm": ((a, c), {}),
+        "to_bfloat16": ((x,), {}),
         "conv2d_forward": ((x, w, b, (1, 1), (1, 1)), {}),
         "conv2d_backward": ((x, w, dy, (1, 1), (1, 1)), {}),
         "conv2d_maxpool_forward": ((xq, wq, bq, (1, 1), (1, 1), True), {}),
