@@ -8,6 +8,7 @@
 from fastconv import _kernels, backend, checkpoint, convert, data, init, plot, search, train
 from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set_conv_algorithm, set_isa,
                                set_num_threads, supported_isas)
+from fastconv.autocast import autocast, get_autocast_dtype
 from fastconv.activations import ELU, LeakyReLU, Maxout, Sigmoid, Tanh
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
 from fastconv.gradcheck import GradcheckResult, gradcheck
@@ -88,10 +89,12 @@ __all__ = [
     "Tanh",
     "Trainer",
     "TrainingDiverged",
+    "autocast",
     "checkpoint",
     "conv_plan",
     "convert",
     "data",
+    "get_autocast_dtype",
     "get_backend",
     "get_conv_algorithm",
     "get_isa",
