@@ -13,7 +13,9 @@ import os
 
 import numpy as np
 
-from fastconv import _kernels, autocast, reference
+from fastconv import _kernels, reference
+# (the function: fastconv.autocast, the attribute, is the context manager, fc.autocast)
+from fastconv.autocast import kernel_precision
 
 BACKENDS = ("native", "reference", "check")
 
@@ -66,7 +68,7 @@ def kernel(name: str):
         fn = getattr(reference, name)
     else:
         fn = lambda *args, **kwargs: _checked(name, args, kwargs)  # noqa: E731
-    precision = autocast.kernel_precision(name)
+    precision = kernel_precision(name)
     return functools.partial(fn, precision=precision) if precision else fn
 
 

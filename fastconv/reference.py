@@ -61,7 +61,8 @@ def _bf16_values(x):
 def _bf16_step(acc, a, b):
     """vdpbf16ps's multiply-add: acc + a * b rounded once (the float64 sum of a float32 and
     an exact bf16 product, rounded to float32, is), denormal results flushed to signed zero."""
-    r = (acc.astype(np.float64) + a * b).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # Inf and NaN as the instruction makes them
+        r = (acc.astype(np.float64) + a * b).astype(np.float32)
     return np.where(np.abs(r) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), r), r)
 
 
@@ -87,13 +88,14 @@ def _bf16_gemm(a, b, C, alpha, beta):
     f32 = np.float32
     out = np.zeros((a.shape[0], b.shape[1]), f32)
     for i, s in enumerate(_bf16_matmul(a, b)):
-        v = f32(alpha) * s
-        if i > 0:
-            out = v + out
-        elif C is not None and beta != 0.0:
-            out = v + f32(beta) * C.astype(f32)
-        else:
-            out = v
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = f32(alpha) * s
+            if i > 0:
+                out = v + out
+            elif C is not None and beta != 0.0:
+                out = v + f32(beta) * C.astype(f32)
+            else:
+                out = v
     if C is None:
         return out
     C[...] = out
