@@ -50,10 +50,6 @@ static inline __attribute__((always_inline)) void pack_bf16(fc_int rows, fc_int 
     {                                                                                              \
         pack_bf16(rows, kc, NR_, src, rs, cs, dst);                                                \
     }                                                                                              \
-    __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void deal_nr(            \
-        const float *src, fc_int nb, fc_int kc, float *dst)                                        \
-    {                                                                                              \
-        deal_row(src, nb, NR_, kc, dst);                                                           \
-    }
+    FC_GEMM_DEAL(NR_)
 
 #endif

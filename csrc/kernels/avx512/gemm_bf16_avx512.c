@@ -3,25 +3,15 @@
  * CPUs with AVX512_BF16, ctx_avx512.c). Contract and packed layout:
  * kernels/bf16.h; kernels/ref/gemm_bf16_ref.c gives the same bits.
  *
- * MR x NR = 8 x 48, the fp32 AVX-512 kernel's tile: 24 zmm accumulators,
- * and per pair of k 3 loads of B (48 columns x 2 bf16), 8 broadcasts of an
- * A pair and 24 vdpbf16ps, each 32 multiply-adds (twice the fp32 FMA's).
+ * MR x NR = 8 x 48, the float32 kernel's tile (tile_avx512.h): per pair of
+ * k, 3 loads of B (48 columns x 2 bf16), 8 broadcasts of an A pair and 24
+ * vdpbf16ps, each 32 multiply-adds (twice the float32 FMA's).
  */
 #include <immintrin.h>
 
+#include "kernels/avx512/tile_avx512.h"
 #include "kernels/bf16.h"
 #include "kernels/pack_bf16.h"
-
-#define MR 8
-#define NR 48
-#define VL 16         /* fp32 lanes (bf16 pairs) per zmm */
-#define NV (NR / VL)  /* zmm vectors per row of the tile */
-
-static inline __mmask16 column_mask(fc_int n, int v)
-{
-    const fc_int left = n - (fc_int)v * VL;
-    return left >= VL ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
-}
 
 /* The tile for columns in the first nv vectors, inlined with a constant nv
  * (as the fp32 kernel's tile()). */
@@ -54,31 +44,13 @@ static inline __attribute__((always_inline)) void tile(int nv, fc_int kc, float 
         b += 2 * NR;
     }
 
-    /* alpha * S and beta * C rounded each on its own, then added (the contract). */
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    FC_UNROLL_TILE
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-        float *ci = c + i * ldc;
-        FC_UNROLL_TILE
-        for (int v = 0; v < NV; v++) {
-            if (v >= nv) break;
-            const __mmask16 mask = column_mask(n, v);
-            __m512 r = _mm512_mul_ps(va, acc[i][v]);
-            if (beta != 0.0f) r = _mm512_add_ps(r, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, ci + v * VL)));
-            _mm512_mask_storeu_ps(ci + v * VL, mask, r);
-        }
-    }
+    store_tile(nv, 0, acc, alpha, beta, c, ldc, m, n); /* alpha * S, beta * C rounded each */
 }
 
 static void ukr_avx512_bf16(fc_int kc, float alpha, const fc_bf16 *restrict a, const fc_bf16 *restrict b,
                             float beta, float *restrict c, fc_int ldc, fc_int m, fc_int n)
 {
-    switch ((n + VL - 1) / VL) {
-    case 1: tile(1, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    case 2: tile(2, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    default: tile(NV, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    }
+    FC_AVX512_BY_WIDTH(tile, n, kc, alpha, a, b, beta, c, ldc, m, n)
 }
 
 /* vcvtneps2bf16 rounds as fc_bf16_round (kernels/bf16.h). */
