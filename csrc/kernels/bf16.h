@@ -50,9 +50,11 @@ static inline fc_bf16 fc_bf16_round(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    if ((u & 0x7f800000u) == 0) return (fc_bf16)((u >> 16) & 0x8000u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (fc_bf16)((u >> 16) | 0x40u);
-    return (fc_bf16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    /* Selects, not branches, so that the packers' loops vectorize. */
+    const uint32_t nearest = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t special = (u & 0x7f800000u) == 0 ? (u >> 16) & 0x8000u : (u >> 16) | 0x40u;
+    const int is_special = (u & 0x7f800000u) == 0 || (u & 0x7fffffffu) > 0x7f800000u;
+    return (fc_bf16)(is_special ? special : nearest);
 }
 
 static inline float fc_bf16_value(fc_bf16 h)
@@ -86,8 +88,9 @@ typedef void fc_to_bf16_fn(const float *x, fc_int n, fc_bf16 *y);
 typedef void fc_gemm_bf16_ukr(fc_int kc, float alpha, const fc_bf16 *a, const fc_bf16 *b,
                               float beta, float *c, fc_int ldc, fc_int m, fc_int n);
 
-/* pack: rows x kc elements X[r, p] = src[r * rs + p * cs] into slivers of
- * R = MR (pack_mr) or NR (pack_nr) rows, as laid out above. */
+/* pack: rows x kc elements X[r, p] = src[r * rs + p * cs], one of rs and cs
+ * being 1, into slivers of R = MR (pack_mr) or NR (pack_nr) rows, as laid
+ * out above. */
 typedef void fc_pack_bf16_fn(fc_int rows, fc_int kc, const float *src, fc_int rs, fc_int cs,
                              fc_bf16 *dst);
 
