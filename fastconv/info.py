@@ -31,6 +31,7 @@ def info() -> dict:
         "isa": _kernels.get_isa(),
         "supported_isas": list(_kernels.supported_isas()),
         "gemm_blocksizes": _kernels.gemm_blocksizes(),
+        "bf16_kernel": _kernels.bf16_kernel(),  # "emulated": fc.autocast("bfloat16") is slow here
         "backend": get_backend(),
         **_openmp_report(),
     }

@@ -354,6 +354,10 @@ def test_autocast_warns_once_where_bf16_is_emulated(isa, monkeypatch):
     assert on_isa(isa, enter) == []  # once
 
 
+def test_info_names_the_bf16_kernel():
+    assert fc.info()["bf16_kernel"] == _kernels.bf16_kernel() in ("avx512_bf16", "emulated")
+
+
 def test_autocast_covers_exactly_the_conv_and_gemm_kernels():
     assert set(autocast.AUTOCAST_KERNELS) == {"sgemm", "conv2d_forward", "conv2d_maxpool_forward",
                                               "conv2d_backward"}
