@@ -30,7 +30,8 @@ static inline __attribute__((always_inline)) void tile(int nv, fc_int kc, float 
         __m512bh bv[NV];
         FC_UNROLL_TILE
         for (int v = 0; v < NV; v++)
-            bv[v] = (__m512bh)(v < nv ? _mm512_load_si512((const void *)(b + v * 2 * VL)) : _mm512_setzero_si512());
+            bv[v] = (__m512bh)(v < nv ? _mm512_load_si512((const void *)(b + v * 2 * VL))
+                                      : _mm512_setzero_si512());
         FC_UNROLL_TILE
         for (int i = 0; i < MR; i++) {
             uint32_t pair;
