@@ -39,6 +39,13 @@ ISA_FLAGS = {
 # in the ISA folders, their a * b + c is not contracted into an FMA (GCC's default under -mfma),
 # so they round as the baseline build, which has no FMA to contract into.
 ISA_EXACT_FP = ("eltwise_", "batchnorm_")
+# The bf16 GEMM's sources (csrc/kernels/<folder>/*_bf16_*.c): no fused multiply-adds, whose
+# single rounding the bf16 contract (csrc/kernels/bf16.h) does not have, and the bf16
+# instructions in the folders that use them. Added to the folder's ISA_FLAGS.
+BF16_FLAGS = {
+    "ref": ["-ffp-contract=off"],
+    "avx512": ["-ffp-contract=off", "-mavx512bf16"],
+}
 
 OPENMP_TEST = textwrap.dedent(
     """
@@ -122,11 +129,13 @@ class BuildExt(build_ext):
 
         def compile_with_isa(obj, src, ext, cc_args, extra_postargs, pp_opts):
             extra = list(extra_postargs)
-            for isa, isa_flags in ISA_FLAGS.items():
-                if f"kernels{os.sep}{isa}{os.sep}" in src or f"kernels/{isa}/" in src:
-                    extra += isa_flags
-                    if os.path.basename(src).startswith(ISA_EXACT_FP):
-                        extra.append("-ffp-contract=off")
+            folder = os.path.basename(os.path.dirname(src))
+            if os.path.basename(os.path.dirname(os.path.dirname(src))) == "kernels":
+                extra += ISA_FLAGS.get(folder, [])
+                if os.path.basename(src).startswith(ISA_EXACT_FP):
+                    extra.append("-ffp-contract=off")
+                if "_bf16_" in os.path.basename(src):
+                    extra += BF16_FLAGS.get(folder, [])
             return original(obj, src, ext, cc_args, extra, pp_opts)
 
         self.compiler._compile = compile_with_isa

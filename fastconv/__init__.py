@@ -8,6 +8,7 @@
 from fastconv import _kernels, backend, data, models, nn, tools, train
 from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set_conv_algorithm, set_isa,
                                set_num_threads, supported_isas)
+from fastconv.precision import autocast, get_autocast_dtype
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
 from fastconv.nn import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GradcheckResult,
                          LeakyReLU, Linear, MaxPool2d, Maxout, Module, MulticlassSVM, Parameter, ReLU, Sequential,
@@ -91,12 +92,14 @@ __all__ = [
     "Tanh",
     "Trainer",
     "TrainingDiverged",
+    "autocast",
     "checkpoint",
     "conv_plan",
     "convert",
     "data",
     "export_onnx",
     "from_torch",
+    "get_autocast_dtype",
     "get_backend",
     "get_conv_algorithm",
     "get_isa",

@@ -8,11 +8,13 @@ read from the ``FASTCONV_BACKEND`` environment variable (default ``native``).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
 from fastconv import _kernels, reference
+from fastconv.precision import kernel_precision
 
 BACKENDS = ("native", "reference", "check")
 
@@ -57,12 +59,16 @@ def get_backend() -> str:
 
 
 def kernel(name: str):
-    """The implementation of kernel ``name`` for the current backend."""
+    """The implementation of kernel ``name`` for the current backend, in this
+    thread's autocast precision when ``name`` is one autocast covers."""
     if _backend == "native":
-        return getattr(_kernels, name)
-    if _backend == "reference":
-        return getattr(reference, name)
-    return lambda *args, **kwargs: _checked(name, args, kwargs)
+        fn = getattr(_kernels, name)
+    elif _backend == "reference":
+        fn = getattr(reference, name)
+    else:
+        fn = lambda *args, **kwargs: _checked(name, args, kwargs)  # noqa: E731
+    precision = kernel_precision(name)
+    return functools.partial(fn, precision=precision) if precision else fn
 
 
 def _copy_in_place_arg(name, args, kwargs):

@@ -18,10 +18,13 @@ def _pair(v):
     return (int(v), int(v)) if np.isscalar(v) else (int(v[0]), int(v[1]))
 
 
-def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-    """C = alpha * op(A) @ op(B) + beta * C (C written in place when given)."""
+def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, precision="float32"):
+    """C = alpha * op(A) @ op(B) + beta * C (C written in place when given); in bf16
+    (``precision="bfloat16"``) with the native kernel's bits (see _bf16_matmul)."""
     a = A.T if trans_a else A
     b = B.T if trans_b else B
+    if precision == "bfloat16":
+        return _bf16_gemm(a, b, C, alpha, beta)
     prod = (a @ b) * a.dtype.type(alpha)
     if C is None:
         return prod
@@ -29,6 +32,73 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         C[...] = prod  # BLAS semantics: C is not read when beta == 0
     else:
         C[...] = prod + C.dtype.type(beta) * C
+    return C
+
+
+# ---- bf16 mixed precision: the bits of csrc/kernels/bf16.h's contract --------
+
+BF16_KC = 256  # FC_BF16_KC: the k blocks whose boundaries the bits depend on
+
+
+def to_bfloat16(x):
+    """x rounded to bf16, as uint16 bit patterns: nearest even, zero and denormals to the
+    zero of their sign, NaN quieted, overflow to Inf (vcvtneps2bf16's rule), by uint32
+    arithmetic."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    with np.errstate(over="ignore"):  # NaN patterns wrap; np.where drops them
+        rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    zero = (u & 0x7F800000) == 0
+    out = np.where(nan, (u >> 16) | 0x40, np.where(zero, (u >> 16) & 0x8000, rounded))
+    return out.astype(np.uint16)
+
+
+def _bf16_values(x):
+    """x rounded to bf16, as the float64 values (exact) of those bf16."""
+    return (to_bfloat16(x).astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def _bf16_step(acc, a, b):
+    """vdpbf16ps's multiply-add: acc + a * b rounded once (the float64 sum of a float32 and
+    an exact bf16 product, rounded to float32, is), denormal results flushed to signed zero."""
+    with np.errstate(over="ignore", invalid="ignore"):  # Inf and NaN as the instruction makes them
+        r = (acc.astype(np.float64) + a * b).astype(np.float32)
+    return np.where(np.abs(r) < np.finfo(np.float32).tiny, np.copysign(np.float32(0), r), r)
+
+
+def _bf16_matmul(a, b):
+    """The block sums S_b of op(A) (m x k) @ op(B) (k x n) in bf16: per block of BF16_KC
+    values of k, each pair (2q, 2q+1) as vdpbf16ps takes it, 2q + 1 first (an odd block
+    padded with a zero, whose +0 is added too)."""
+    m, k = a.shape
+    qa, qb = _bf16_values(a), _bf16_values(b)
+    if k % 2:
+        qa = np.concatenate([qa, np.zeros((m, 1))], axis=1)
+        qb = np.concatenate([qb, np.zeros((1, qb.shape[1]))], axis=0)
+    for p0 in range(0, k, BF16_KC):
+        s = np.zeros((m, qb.shape[1]), np.float32)
+        for p in range(p0, min(p0 + BF16_KC, qa.shape[1]), 2):
+            s = _bf16_step(s, qa[:, p + 1, None], qb[None, p + 1])
+            s = _bf16_step(s, qa[:, p, None], qb[None, p])
+        yield s
+
+
+def _bf16_gemm(a, b, C, alpha, beta):
+    """C := alpha * S_0 (+ beta * C), then C := alpha * S_b + C, each product rounded."""
+    f32 = np.float32
+    out = np.zeros((a.shape[0], b.shape[1]), f32)
+    for i, s in enumerate(_bf16_matmul(a, b)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = f32(alpha) * s
+            if i > 0:
+                out = v + out
+            elif C is not None and beta != 0.0:
+                out = v + f32(beta) * C.astype(f32)
+            else:
+                out = v
+    if C is None:
+        return out
+    C[...] = out
     return C
 
 
@@ -40,22 +110,35 @@ def _windows(x, kernel, stride, padding, pad_value=0.0):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv2d_forward(x, weight, bias, stride, padding, relu=False):
+def _columns(x, kernel, stride, padding):
+    """The column matrix of x, (C*kh*kw, N*OH*OW): row (c, i, j), column (n, oy, ox)."""
+    win = _windows(x, kernel, stride, padding)  # N, C, OH, OW, kh, kw
+    n, c, oh, ow, kh, kw = win.shape
+    return win.transpose(1, 4, 5, 0, 2, 3).reshape(c * kh * kw, n * oh * ow), (n, oh, ow)
+
+
+def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k],
-    then relu_forward(y) when relu is true."""
+    then relu_forward(y) when relu is true. In bf16: the native bits, the taps summed in
+    (c, i, j) order by sgemm's bf16 rule."""
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"conv2d_forward: `relu` must be a bool; got {relu!r}")
-    win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
-    y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
+    if precision == "bfloat16":
+        cols, (n, oh, ow) = _columns(x, weight.shape[2:], stride, padding)
+        y = sgemm(weight.reshape(weight.shape[0], -1), cols, precision=precision)
+        y = y.reshape(-1, n, oh, ow).transpose(1, 0, 2, 3)
+    else:
+        win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
+        y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
     if bias is not None:
         y += bias[None, :, None, None]
     y = np.ascontiguousarray(y, dtype=x.dtype)
     return relu_forward(y) if relu else y
 
 
-def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
+def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """(y, argmax): the 2x2 stride-2 max-pool of conv2d_forward's output."""
-    conv = conv2d_forward(x, weight, bias, stride, padding, relu)
+    conv = conv2d_forward(x, weight, bias, stride, padding, relu, precision)
     if conv.shape[2] < 2 or conv.shape[3] < 2:
         raise ValueError(f"conv2d_maxpool_forward: `x` {x.shape[2:]} with `weight` "
                          f"{weight.shape[2:]}, `stride` {stride} and `padding` {padding} gives a "
@@ -63,18 +146,30 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
     return maxpool2d_forward(conv, 2, 2, 0)
 
 
-def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
-    """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy."""
+def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="float32"):
+    """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy. In bf16 the
+    GEMMs dy @ cols^T and W^T @ dy by sgemm's bf16 rule: within bf16 rounding of the
+    native kernel, whose sums are cut by image groups and threads."""
     (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
     n, c, h, w = x.shape
     k, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
-    win = _windows(x, (kh, kw), stride, padding)
-    dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
+    bf16 = precision == "bfloat16"
+    dy_mat = dy.transpose(1, 0, 2, 3).reshape(k, -1) if bf16 else None
+    if bf16:
+        cols, _ = _columns(x, (kh, kw), stride, padding)
+        dweight = sgemm(dy_mat, cols, trans_b=True, precision=precision).reshape(weight.shape)
+    else:
+        win = _windows(x, (kh, kw), stride, padding)
+        dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
     dbias = dy.sum(axis=(0, 2, 3)).astype(x.dtype)
     dx = None
     if need_dx:
-        cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
+        if bf16:
+            cols = sgemm(weight.reshape(k, -1), dy_mat, trans_a=True, precision=precision)
+            cols = cols.reshape(c, kh, kw, n, oh, ow).transpose(3, 0, 1, 2, 4, 5)
+        else:
+            cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
         dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
         for i in range(kh):  # col2im: scatter-add each kernel tap back
             for j in range(kw):

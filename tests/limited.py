@@ -25,7 +25,7 @@ except ImportError:  # not POSIX: the tests that need this skip
     resource = None
 
 MEMORY = 1536 * 2**20  # RLIMIT_AS of the child: far below what the unfixed loaders asked for
-TIMEOUT = 60.0         # the child is killed after this; the tests assert far less
+TIMEOUT = 180.0        # the child is killed after this; the tests assert far less
 # Prepended to a child's -c code: at exit, write VmHWM (the peak RSS since exec) to $FASTCONV_PEAK_FILE.
 _PEAK = ("import atexit as _a, os as _o\n"
          "def _peak():\n"

@@ -195,6 +195,7 @@ VALID = {
     "avgpool2d_forward": _pool_forward,
     "avgpool2d_backward": _avgpool_backward,
     "relu_forward": _elementwise(["x"]),
+    "to_bfloat16": _elementwise(["x"]),
     "relu_backward": _elementwise(["dy", "y"]),
     "bias_add": _bias_add,
     "leaky_relu_forward": _elementwise(["x"], "negative_slope"),

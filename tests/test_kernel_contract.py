@@ -93,6 +93,7 @@ def _batchnorm_backward(s):
 # the native result against the twin: 0 for bit-exact kernels).
 ARGS = {
     "sgemm": (lambda s: (_ramp(64 * s, 256), _ramp(256, 256)), 1024, 1e-5),
+    "to_bfloat16": (lambda s: (_vec(s),), 16, 0),
     "conv2d_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),
     "conv2d_backward": (lambda s: (*_conv(s), _ramp(s, 32, 16, 16) / 48, 1, 1), 2048, 1e-3),
     "conv2d_maxpool_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),

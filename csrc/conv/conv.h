@@ -9,17 +9,17 @@
 
 #include "fastconv.h"
 
-/* ---- im2col.c: im2col + GEMM ------------------------------------------- */
+/* ---- im2col.c: im2col + GEMM, in either precision (fc_gemm's) ---------- */
 enum {
     FC_IM2COL_EXPLICIT = 0,  /* the column matrix built, then the GEMM */
     FC_IM2COL_IMPLICIT = 1,  /* the GEMM packs its B straight from x */
     FC_IM2COL_POINTWISE = 2, /* 1x1, unit stride, no padding: x is the column matrix */
 };
-int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const float *weight,
-                      const float *bias, int relu, float *y, int nthreads);
+int fc_im2col_forward(const fc_conv_shape *s, int variant, int precision, const float *x,
+                      const float *weight, const float *bias, int relu, float *y, int nthreads);
 /* dweight and dbias (each may be NULL: not computed) by im2col, and dx (may
  * be NULL) by W^T dy and col2im, in one pass over the images. */
-int fc_im2col_backward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_im2col_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias, int nthreads);
 /* dbias[k] = the sum of dy[:, k] (images in order), the same bits at any
  * thread count. */

@@ -161,7 +161,8 @@ static const float *group_columns(const fc_conv_shape *s, const float *x, fc_int
  * workspace `work` laid out as `plan` says (no column matrix but for the
  * explicit variant).
  * nthreads: threads for each group's GEMM. Returns 0 or the GEMM's error. */
-static int forward_images(const fc_conv_shape *s, int variant, const float *x, const float *weight,
+static int forward_images(const fc_conv_shape *s, int variant, int precision, const float *x,
+                          const float *weight,
                           const float *bias, int relu, float *y, fc_int n0, fc_int n1,
                           const conv_plan *plan, float *work, int nthreads)
 {
@@ -170,7 +171,9 @@ static int forward_images(const fc_conv_shape *s, int variant, const float *x, c
     const fc_ctx *ctx = fc_ctx_current();
     for (fc_int n = n0; n < n1; n += plan->g) {
         const fc_int gn = min_i(plan->g, n1 - n), ld = gn * ohow;
-        const fc_column_source cols = {s, x + n * chw, ctx->gemm->deal_nr};
+        /* Slivers as wide as the precision's micro-kernel's. */
+        const fc_column_source cols = {
+            s, x + n * chw, precision == FC_BFLOAT16 ? ctx->gemm_bf16->deal_nr : ctx->gemm->deal_nr};
         const fc_b_source packer = {ctx->pack_columns, &cols};
         /* B is x itself (1x1, one image), packed from x (implicit), or the
          * column matrix built first (explicit). */
@@ -181,7 +184,7 @@ static int forward_images(const fc_conv_shape *s, int variant, const float *x, c
         float *wide = gn == 1 ? y + n * kohow : work + plan->col_floats;
         /* Bias and ReLU in the GEMM's epilogue; no k split, so an image's
          * outputs do not depend on its group's width. */
-        int rc = fc_sgemm_fused(s->k, ld, ckk, weight, ckk, b, ld, packed ? &packer : NULL, bias,
+        int rc = fc_sgemm_fused(precision, s->k, ld, ckk, weight, ckk, b, ld, packed ? &packer : NULL, bias,
                                 relu, wide, ld, nthreads);
         if (rc) return rc;
         if (gn == 1) continue;
@@ -193,8 +196,8 @@ static int forward_images(const fc_conv_shape *s, int variant, const float *x, c
     return 0;
 }
 
-int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const float *weight,
-                      const float *bias, int relu, float *y, int nthreads)
+int fc_im2col_forward(const fc_conv_shape *s, int variant, int precision, const float *x,
+                      const float *weight, const float *bias, int relu, float *y, int nthreads)
 {
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     conv_plan plan = plan_for(s, (s->n + team - 1) / team);
@@ -207,7 +210,7 @@ int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const
 
     int failed = 0;
     if (team == 1) {
-        failed = forward_images(s, variant, x, weight, bias, relu, y, 0, s->n, &plan, work,
+        failed = forward_images(s, variant, precision, x, weight, bias, relu, y, 0, s->n, &plan, work,
                                 nthreads) != 0;
     } else {
         /* Groups are handed out as threads come free: an image's outputs do
@@ -219,7 +222,7 @@ int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const
             float *mine = work ? work + fc_thread_id() * plan.floats : NULL;
 #pragma omp for schedule(dynamic, 1)
             for (fc_int gi = 0; gi < groups; gi++)
-                failed |= forward_images(s, variant, x, weight, bias, relu, y, gi * plan.g,
+                failed |= forward_images(s, variant, precision, x, weight, bias, relu, y, gi * plan.g,
                                          min_i(s->n, (gi + 1) * plan.g), &plan, mine, 1) != 0;
         }
     }
@@ -232,7 +235,7 @@ int fc_im2col_forward(const fc_conv_shape *s, int variant, const float *x, const
  * dbias (each may be NULL) overwritten with the sums over those images only.
  * nthreads: threads for each group's GEMMs and copies. Returns 0 or the
  * GEMM's error. */
-static int backward_images(const fc_conv_shape *s, const float *x, const float *weight,
+static int backward_images(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                            const float *dy, float *dx, fc_int n0, fc_int n1,
                            const conv_plan *plan, float *work, float *dweight, float *dbias,
                            int nthreads)
@@ -254,8 +257,8 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
                            sizeof(float) * ohow);
             dyg = wide;
         }
-        int rc = dweight ? fc_sgemm(0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f, dweight,
-                                    ckk, nthreads)
+        int rc = dweight ? fc_gemm(precision, 0, 1, s->k, ckk, ld, 1.0f, dyg, ld, cols, ld, 1.0f,
+                                   dweight, ckk, nthreads, 1)
                          : 0;
         if (rc) return rc;
         if (dbias) {
@@ -267,8 +270,8 @@ static int backward_images(const fc_conv_shape *s, const float *x, const float *
         /* W^T @ dy is dx_n itself when the columns are x; else it overwrites
          * the column matrix, free again, and col2im folds it into dx. */
         const int direct = columns_are_x(s, gn);
-        rc = fc_sgemm_ex(1, 0, ckk, ld, s->k, 1.0f, weight, ckk, dyg, ld, 0.0f,
-                         direct ? dx + n * chw : work, ld, nthreads, 0);
+        rc = fc_gemm(precision, 1, 0, ckk, ld, s->k, 1.0f, weight, ckk, dyg, ld, 0.0f,
+                     direct ? dx + n * chw : work, ld, nthreads, 0);
         if (rc) return rc;
         if (!direct)
             for (fc_int q = 0; q < gn; q++)
@@ -313,14 +316,14 @@ int fc_conv_bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias,
     return 0;
 }
 
-int fc_im2col_backward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_im2col_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
 {
     if (!(nthreads > 1 && s->n >= nthreads)) {
         const conv_plan plan = plan_for(s, s->n);
         float *work = NULL;
         if (plan.floats && !(work = alloc_floats(plan.floats))) return FC_ENOMEM;
-        int rc = backward_images(s, x, weight, dy, dx, 0, s->n, &plan, work, dweight, dbias,
+        int rc = backward_images(s, precision, x, weight, dy, dx, 0, s->n, &plan, work, dweight, dbias,
                                  nthreads);
         free(work);
         return rc ? FC_ENOMEM : 0;
@@ -339,7 +342,7 @@ int fc_im2col_backward(const fc_conv_shape *s, const float *x, const float *weig
         float *mine = work + t * per_thread, *dw_part = mine + plan.floats;
         long long lo, hi;
         fc_split_range(s->n, team, t, &lo, &hi);
-        failed |= backward_images(s, x, weight, dy, dx, lo, hi, &plan, mine,
+        failed |= backward_images(s, precision, x, weight, dy, dx, lo, hi, &plan, mine,
                                   dweight ? dw_part : NULL, dbias ? dw_part + dw_size : NULL,
                                   1) != 0;
 #pragma omp barrier

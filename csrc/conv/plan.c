@@ -33,6 +33,13 @@
  * choice elsewhere; excluding one is auto without it. im2col pays for every
  * shape, so auto always finds one.
  *
+ * Precision. A bf16 call (FC_BFLOAT16) runs the GEMM algorithms with the
+ * bf16 GEMM; direct and Winograd have float32 kernels only, and their rules
+ * say NO there (Winograd's transforms would also round their outputs to
+ * bf16, with errors the direct sum does not have). All GEMM algorithms
+ * sum a forward's taps in one order, so its bits do not depend on which
+ * of them runs.
+ *
  * A new algorithm is one file with its entry points (declared in
  * conv/conv.h) and one row of the table, with its rules.
  */
@@ -92,14 +99,15 @@ typedef struct {
     const float *x, *w, *dy;
     float max_x, max_w, max_dy; /* fc_max_abs of each, taken when a guard first asks; -1 until then */
     int nthreads;
+    int precision; /* FC_FLOAT32 or FC_BFLOAT16 */
     int need_dx;   /* the backward computes dx */
     int dx_col2im; /* ... through col2im (im2col's backward pass) */
 } problem;
 
-static problem problem_of(const fc_conv_shape *s, const float *x, const float *w, const float *dy,
-                          int nthreads)
+static problem problem_of(const fc_conv_shape *s, int precision, const float *x, const float *w,
+                          const float *dy, int nthreads)
 {
-    problem p = {*s, fc_ctx_current(), x, w, dy, -1.0f, -1.0f, -1.0f, nthreads, 0, 0};
+    problem p = {*s, fc_ctx_current(), x, w, dy, -1.0f, -1.0f, -1.0f, nthreads, precision, 0, 0};
     return p;
 }
 
@@ -183,6 +191,10 @@ typedef int guard_fn(problem *p, reason *r);
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
+    if (p->precision != FC_FLOAT32) {
+        say(r, "float32 tiles only");
+        return NO;
+    }
     if (!unit_stride(s) || s->ph < 0 || s->pw < 0) {
         say(r, "needs unit stride and padding >= 0");
         return NO;
@@ -229,6 +241,10 @@ static int direct_dweight_guard(problem *p, reason *r)
 static int winograd_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
+    if (p->precision != FC_FLOAT32) {
+        say(r, "float32 transforms and GEMMs only");
+        return NO;
+    }
     if (s->kh != 3 || s->kw != 3 || !unit_stride(s) || s->ph < 0 || s->pw < 0) {
         say(r, "needs a 3x3 kernel at unit stride, padding >= 0");
         return NO;
@@ -384,17 +400,20 @@ static int winograd_run(const problem *p, const float *bias, int relu, float *y)
 
 static int pointwise_run(const problem *p, const float *bias, int relu, float *y)
 {
-    return fc_im2col_forward(&p->s, FC_IM2COL_POINTWISE, p->x, p->w, bias, relu, y, p->nthreads);
+    return fc_im2col_forward(&p->s, FC_IM2COL_POINTWISE, p->precision, p->x, p->w, bias, relu, y,
+                             p->nthreads);
 }
 
 static int implicit_run(const problem *p, const float *bias, int relu, float *y)
 {
-    return fc_im2col_forward(&p->s, FC_IM2COL_IMPLICIT, p->x, p->w, bias, relu, y, p->nthreads);
+    return fc_im2col_forward(&p->s, FC_IM2COL_IMPLICIT, p->precision, p->x, p->w, bias, relu, y,
+                             p->nthreads);
 }
 
 static int im2col_run(const problem *p, const float *bias, int relu, float *y)
 {
-    return fc_im2col_forward(&p->s, FC_IM2COL_EXPLICIT, p->x, p->w, bias, relu, y, p->nthreads);
+    return fc_im2col_forward(&p->s, FC_IM2COL_EXPLICIT, p->precision, p->x, p->w, bias, relu, y,
+                             p->nthreads);
 }
 
 static int winograd_pool(const problem *p, const float *bias, int relu, float *pooled,
@@ -542,20 +561,20 @@ static int forward(problem *p, int d, const float *bias, int relu, float *y)
     return noted(a, d, algorithms[a].forward(p, bias, relu, y));
 }
 
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads)
 {
     new_call();
-    problem p = problem_of(s, x, weight, NULL, nthreads);
+    problem p = problem_of(s, precision, x, weight, NULL, nthreads);
     return forward(&p, FC_CONV_FORWARD, bias, relu, y);
 }
 
-int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                              const float *bias, int relu, float *pooled, uint8_t *argmax,
-                              int nthreads)
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
+                              const float *weight, const float *bias, int relu, float *pooled,
+                              uint8_t *argmax, int nthreads)
 {
     new_call();
-    problem p = problem_of(s, x, weight, NULL, nthreads);
+    problem p = problem_of(s, precision, x, weight, NULL, nthreads);
     const int a = choose(FC_CONV_FORWARD, &p, mode_kind, mode_algorithm, NULL);
     if (algorithms[a].forward_pool)
         return noted(a, FC_CONV_FORWARD, algorithms[a].forward_pool(&p, bias, relu, pooled, argmax));
@@ -586,11 +605,11 @@ static int dx_by_convolution(int a, problem *p, float *dx)
     return rc;
 }
 
-int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias, int nthreads)
 {
     new_call();
-    problem p = problem_of(s, x, weight, dy, nthreads);
+    problem p = problem_of(s, precision, x, weight, dy, nthreads);
     p.need_dx = dx != NULL;
     const int kind = mode_kind, target = mode_algorithm;
     const int dxa = dx ? choose(FC_CONV_DX, &p, kind, target, NULL) : -1;
@@ -602,7 +621,7 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     if (!rc && (p.dx_col2im || !dw->dweight)) {
         const int outputs = (p.dx_col2im ? FC_CONV_DX : 0) | (dw->dweight ? 0 : FC_CONV_DWEIGHT);
         rc = noted(p.dx_col2im ? dxa : dwa, outputs,
-                   fc_im2col_backward(s, x, weight, dy, p.dx_col2im ? dx : NULL,
+                   fc_im2col_backward(s, precision, x, weight, dy, p.dx_col2im ? dx : NULL,
                                       dw->dweight ? NULL : dweight, dw->dweight ? NULL : dbias,
                                       nthreads));
     }
@@ -610,10 +629,10 @@ int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weig
     return dx_by_convolution(dxa, &p, dx);
 }
 
-int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
-                    char *why, size_t len)
+int fc_conv_explain(const fc_conv_shape *s, int precision, int direction, int need_dx, int kind,
+                    int algorithm, char *why, size_t len)
 {
-    problem p = problem_of(s, NULL, NULL, NULL, 1);
+    problem p = problem_of(s, precision, NULL, NULL, NULL, 1);
     p.need_dx = need_dx;
     if (direction == FC_CONV_DWEIGHT && need_dx)
         p.dx_col2im = algorithms[choose(FC_CONV_DX, &p, kind, algorithm, NULL)].dx_col2im;

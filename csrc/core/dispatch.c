@@ -115,3 +115,5 @@ const char *fc_build_compiler(void)
 }
 
 const char *fc_build_flags(void) { return FC_BUILD_FLAGS; }
+
+const char *fc_bf16_kernel_name(void) { return fc_ctx_current()->gemm_bf16->name; }

@@ -39,6 +39,13 @@
  *   chunk's product goes to its own partial buffer, and the partials are
  *   summed in chunk order.
  *
+ * Precision. In bf16 (FC_BFLOAT16) the same loops run the table's bf16
+ * micro-kernel and packers (kernels/bf16.h), which round op(A) and op(B)
+ * to bf16 as they pack them: no pass converts whole arrays. Its k blocks
+ * are FC_BF16_KC long from k = 0 on every ISA, and it has no k split,
+ * since the bf16 contract fixes the order of the sums: the bits are the
+ * reference's on every ISA and at any thread count.
+ *
  * Memory: packing buffers are per thread (_Thread_local), 64-byte aligned,
  * grown when a call needs more and kept for the next call, and freed when
  * the thread exits. So a call allocates nothing in steady state, and calls
@@ -55,7 +62,7 @@
 
 /* ---- per-thread workspace ------------------------------------------------ */
 
-enum { WS_A, WS_B, WS_PARTIAL, WS_COUNT };
+enum { WS_A, WS_B, WS_PARTIAL, WS_STAGE, WS_COUNT };
 
 typedef struct {
     float *buf[WS_COUNT];
@@ -87,7 +94,7 @@ static float *ws_get(int which, size_t count)
 {
     workspace *ws = &tls_ws;
     if (count <= ws->cap[which]) return ws->buf[which];
-    if (ws->cap[0] + ws->cap[1] + ws->cap[2] == 0) {
+    if (ws->cap[WS_A] + ws->cap[WS_B] + ws->cap[WS_PARTIAL] + ws->cap[WS_STAGE] == 0) {
         /* First allocation on this thread: arrange for the buffers to be freed
          * when it exits. Without a key they live until the process ends. */
         pthread_once(&ws_key_once, ws_key_create);
@@ -147,6 +154,36 @@ static gemm_problem sub_problem(const gemm_problem *g, fc_int i0, fc_int i1, fc_
     s.c = g->c + i0 * g->ldc + j0;
     return s;
 }
+
+/* ---- the micro-kernel, in either precision --------------------------------- */
+
+/* What the loops need of a micro-kernel: its blocks, and through the
+ * functions below its packers and its tile update. One of f32, bf16 is set. */
+typedef struct {
+    const fc_gemm_kernel *f32;
+    const fc_gemm_bf16_kernel *bf16;
+    fc_int mr, nr, mc, kc, nc;
+} gemm_kernel;
+
+static gemm_kernel kernel_of(int precision)
+{
+    const fc_ctx *ctx = fc_ctx_current();
+    if (precision == FC_BFLOAT16) {
+        const fc_gemm_bf16_kernel *k = ctx->gemm_bf16;
+        return (gemm_kernel){NULL, k, k->mr, k->nr, k->mc, FC_BF16_KC, k->nc};
+    }
+    const fc_gemm_kernel *k = ctx->gemm;
+    return (gemm_kernel){k, NULL, k->mr, k->nr, k->mc, k->kc, k->nc};
+}
+
+/* Bytes of a packed R x kc sliver: bf16 takes k in pairs (kernels/bf16.h). */
+static size_t sliver_bytes(const gemm_kernel *kr, fc_int R, fc_int kc)
+{
+    if (kr->bf16) return (size_t)(R * ((kc + 1) & ~(fc_int)1)) * sizeof(fc_bf16);
+    return (size_t)(R * kc) * sizeof(float);
+}
+
+static float *ws_get_bytes(int which, size_t bytes) { return ws_get(which, (bytes + 3) / sizeof(float)); }
 
 /* ---- packing ------------------------------------------------------------- */
 
@@ -215,14 +252,37 @@ static void pack_strided(fc_int rows, fc_int kc, int R, const float *src, fc_int
     }
 }
 
-/* contiguous: the table's packer for this R (pack_mr or pack_nr). */
-static void pack_slivers(fc_int rows, fc_int kc, int R, fc_pack_fn *contiguous, const float *src,
-                         fc_int rs, fc_int cs, float *restrict dst)
+/* X[r, p] = src[r * rs + p * cs] into the slivers of A (of MR rows) or, when
+ * of_b, of B (of NR rows, r = j), in kr's precision. */
+static void pack_slivers(const gemm_kernel *kr, int of_b, fc_int rows, fc_int kc, const float *src,
+                         fc_int rs, fc_int cs, void *restrict dst)
 {
-    if (rs != 1)
-        pack_strided(rows, kc, R, src, rs, dst);
+    if (kr->bf16)
+        (of_b ? kr->bf16->pack_nr : kr->bf16->pack_mr)(rows, kc, src, rs, cs, dst);
+    else if (rs != 1)
+        pack_strided(rows, kc, (int)(of_b ? kr->nr : kr->mr), src, rs, dst);
     else
-        contiguous(rows, kc, src, cs, dst);
+        (of_b ? kr->f32->pack_nr : kr->f32->pack_mr)(rows, kc, src, cs, dst);
+}
+
+/* Columns [j0, j0 + nb) x rows [p0, p0 + kc) of B from its source into
+ * slivers: in bf16, staged as float32 slivers, then rounded as they are
+ * packed, one sliver at a time (still in L1). */
+static int pack_from_source(const gemm_kernel *kr, const fc_b_source *bsrc, fc_int p0, fc_int kc,
+                            fc_int j0, fc_int nb, void *restrict dst)
+{
+    const fc_int NR = kr->nr, slivers = ceil_div(nb, NR);
+    if (!kr->bf16) {
+        bsrc->pack(bsrc->ctx, p0, kc, j0, nb, (int)NR, dst);
+        return 0;
+    }
+    float *stage = ws_get(WS_STAGE, (size_t)(slivers * NR * kc));
+    if (stage == NULL) return FC_ENOMEM;
+    bsrc->pack(bsrc->ctx, p0, kc, j0, nb, (int)NR, stage);
+    for (fc_int q = 0; q < slivers; q++)
+        kr->bf16->pack_nr(NR, kc, stage + q * NR * kc, 1, NR,
+                          (fc_bf16 *)((char *)dst + q * sliver_bytes(kr, NR, kc)));
+    return 0;
 }
 
 /* ---- one thread's GEMM: the five loops ----------------------------------- */
@@ -254,13 +314,33 @@ static void tile_epilogue(float *c, fc_int ldc, fc_int m, fc_int n, const float 
 
 #define BSRC_MIN_COLS 256
 
-static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
+/* The m x n tile c of C := alpha * a-sliver . b-sliver + beta * C over kc,
+ * then, on the last k block of a fused problem, its epilogue. */
+static void update_tile(const gemm_kernel *kr, const gemm_problem *g, fc_int kc, const void *a,
+                        const void *b, float beta, float *c, fc_int m, fc_int n, int epilogue,
+                        const float *bias)
+{
+    if (kr->bf16) {
+        kr->bf16->ukr(kc, g->alpha, a, b, beta, c, g->ldc, m, n);
+    } else if (epilogue && kr->f32->ukr_fused) {
+        kr->f32->ukr_fused(kc, g->alpha, a, b, beta, c, g->ldc, m, n, bias, g->relu);
+        return;
+    } else {
+        kr->f32->ukr(kc, g->alpha, a, b, beta, c, g->ldc, m, n);
+    }
+    if (epilogue) tile_epilogue(c, g->ldc, m, n, bias, g->relu);
+}
+
+static int gemm_serial(const gemm_kernel *kr, const gemm_problem *g)
 {
     const fc_int MR = kr->mr, NR = kr->nr;
     const int fused = g->bsrc || g->bias || g->relu;
     /* Fused: C finished in one pass when k allows, so the epilogue runs once
-     * per tile, on a tile the micro-kernel just stored (still in L1). */
-    const fc_int KC = fused && g->k <= FC_GEMM_ONE_PASS_K ? g->k : even_block(g->k, kr->kc, 1);
+     * per tile, on a tile the micro-kernel just stored (still in L1). In
+     * bf16 the blocks are the contract's (kernels/bf16.h). */
+    const fc_int KC = kr->bf16 ? kr->kc
+                      : fused && g->k <= FC_GEMM_ONE_PASS_K ? g->k
+                                                            : even_block(g->k, kr->kc, 1);
     const fc_int MC = even_block(g->m, kr->mc, MR);
     const fc_int NC = even_block(g->n, kr->nc, NR);
     /* The B block is packed during the first ic pass, a sub-block of NB
@@ -275,8 +355,9 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
      * least BSRC_MIN_COLS columns at a time (with k <= 576, still within L2). */
     if (g->bsrc) NB = max_i(NB, ceil_div(BSRC_MIN_COLS, NR) * NR);
     const int one_pass = g->m <= MC;
-    float *ap = ws_get(WS_A, (size_t)(ceil_div(MC, MR) * MR * KC));
-    float *bp = ws_get(WS_B, (size_t)(ceil_div(one_pass ? min_i(NB, NC) : NC, NR) * NR * KC));
+    const fc_int b_slivers = ceil_div(one_pass ? min_i(NB, NC) : NC, NR);
+    char *ap = (char *)ws_get_bytes(WS_A, ceil_div(MC, MR) * sliver_bytes(kr, MR, KC));
+    char *bp = (char *)ws_get_bytes(WS_B, b_slivers * sliver_bytes(kr, NR, KC));
     if (ap == NULL || bp == NULL) return FC_ENOMEM;
 
     /* Strides of op(A)[i, p] and op(B)[p, j] in memory. */
@@ -287,31 +368,29 @@ static int gemm_serial(const fc_gemm_kernel *kr, const gemm_problem *g)
         const fc_int nc = min_i(NC, g->n - jc);
         for (fc_int pc = 0; pc < g->k; pc += KC) {
             const fc_int kc = min_i(KC, g->k - pc);
+            const size_t a_sliver = sliver_bytes(kr, MR, kc), b_sliver = sliver_bytes(kr, NR, kc);
             const float beta = pc == 0 ? g->beta : 1.0f;
+            const int last = fused && pc + kc == g->k;
             for (fc_int ic = 0; ic < g->m; ic += MC) {
                 const fc_int mc = min_i(MC, g->m - ic);
-                pack_slivers(mc, kc, (int)MR, kr->pack_mr, op_at(g->a, g->lda, g->ta, ic, pc), a_rs,
-                             a_cs, ap);
+                pack_slivers(kr, 0, mc, kc, op_at(g->a, g->lda, g->ta, ic, pc), a_rs, a_cs, ap);
                 for (fc_int jb = 0; jb < nc; jb += NB) {
                     const fc_int nb = min_i(NB, nc - jb);
-                    float *bpj = one_pass ? bp : bp + jb * kc;
-                    if (ic == 0 && g->bsrc)
-                        g->bsrc->pack(g->bsrc->ctx, g->bp0 + pc, kc, g->bj0 + jc + jb, nb, (int)NR, bpj);
-                    else if (ic == 0)
-                        pack_slivers(nb, kc, (int)NR, kr->pack_nr, op_at(g->b, g->ldb, g->tb, pc, jc + jb),
-                                     b_js, b_ps, bpj);
+                    char *bpj = one_pass ? bp : bp + (jb / NR) * b_sliver;
+                    if (ic == 0 && g->bsrc) {
+                        if (pack_from_source(kr, g->bsrc, g->bp0 + pc, kc, g->bj0 + jc + jb, nb, bpj))
+                            return FC_ENOMEM;
+                    } else if (ic == 0) {
+                        pack_slivers(kr, 1, nb, kc, op_at(g->b, g->ldb, g->tb, pc, jc + jb), b_js, b_ps,
+                                     bpj);
+                    }
                     for (fc_int jr = 0; jr < nb; jr += NR)
                         for (fc_int ir = 0; ir < mc; ir += MR) {
                             float *ct = g->c + (ic + ir) * g->ldc + jc + jb + jr;
                             const fc_int mt = min_i(MR, mc - ir), nt = min_i(NR, nb - jr);
                             const float *bias = g->bias ? g->bias + ic + ir : NULL;
-                            if (fused && pc + kc == g->k && kr->ukr_fused) {
-                                kr->ukr_fused(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta, ct,
-                                              g->ldc, mt, nt, bias, g->relu);
-                                continue;
-                            }
-                            kr->ukr(kc, g->alpha, ap + ir * kc, bpj + jr * kc, beta, ct, g->ldc, mt, nt);
-                            if (fused && pc + kc == g->k) tile_epilogue(ct, g->ldc, mt, nt, bias, g->relu);
+                            update_tile(kr, g, kc, ap + (ir / MR) * a_sliver, bpj + (jr / NR) * b_sliver,
+                                        beta, ct, mt, nt, last, bias);
                         }
                 }
             }
@@ -336,7 +415,7 @@ typedef struct {
 /* The tm x tn grid (tm * tn <= nthreads) whose slowest thread finishes first,
  * by a model of its multiply-adds (padded to whole micro-tiles) plus packing
  * (B once per row of the grid, A once per NC block per column). */
-static grid plan_grid(const fc_gemm_kernel *kr, fc_int m, fc_int n, fc_int k, int nthreads)
+static grid plan_grid(const gemm_kernel *kr, fc_int m, fc_int n, fc_int k, int nthreads)
 {
     grid best = {1, 1};
     if ((double)m * n * k < PAR_MIN_MADDS) return best;
@@ -363,7 +442,7 @@ static grid plan_grid(const fc_gemm_kernel *kr, fc_int m, fc_int n, fc_int k, in
 #define TASKS_PER_THREAD 4
 #define TASK_MIN_SLIVERS 32
 
-static int gemm_grid(const fc_gemm_kernel *kr, const gemm_problem *g, int nthreads)
+static int gemm_grid(const gemm_kernel *kr, const gemm_problem *g, int nthreads)
 {
     const grid gr = plan_grid(kr, g->m, g->n, g->k, nthreads);
     const int threads = gr.tm * gr.tn;
@@ -395,13 +474,13 @@ static int gemm_grid(const fc_gemm_kernel *kr, const gemm_problem *g, int nthrea
 #define KSPLIT_CHUNK_KC 4
 #define KSPLIT_MAX_CHUNKS 64
 
-static int use_ksplit(const fc_gemm_kernel *kr, fc_int m, fc_int n, fc_int k)
+static int use_ksplit(const gemm_kernel *kr, fc_int m, fc_int n, fc_int k)
 {
     return m * n <= KSPLIT_MAX_MN && k >= 2 * KSPLIT_CHUNK_KC * kr->kc;
 }
 
 /* Chunks [q0, q1) of the k range, each into its own partial (alpha = 1). */
-static int ksplit_chunks(const fc_gemm_kernel *kr, const gemm_problem *g, fc_int chunk, float *partial,
+static int ksplit_chunks(const gemm_kernel *kr, const gemm_problem *g, fc_int chunk, float *partial,
                          fc_int q0, fc_int q1)
 {
     for (fc_int q = q0; q < q1; q++) {
@@ -429,7 +508,7 @@ static void ksplit_reduce(const gemm_problem *g, fc_int chunks, const float *par
         }
 }
 
-static int gemm_ksplit(const fc_gemm_kernel *kr, const gemm_problem *g, int nthreads)
+static int gemm_ksplit(const gemm_kernel *kr, const gemm_problem *g, int nthreads)
 {
     const fc_int chunks = min_i(ceil_div(g->k, KSPLIT_CHUNK_KC * kr->kc), KSPLIT_MAX_CHUNKS);
     const fc_int chunk = ceil_div(g->k, chunks);
@@ -457,12 +536,21 @@ int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha
              const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
              float *c, fc_int ldc, int nthreads)
 {
-    return fc_sgemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, nthreads, 1);
+    return fc_gemm(FC_FLOAT32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                   nthreads, 1);
 }
 
 int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
                 float *c, fc_int ldc, int nthreads, int allow_ksplit)
+{
+    return fc_gemm(FC_FLOAT32, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                   nthreads, allow_ksplit);
+}
+
+int fc_gemm(int precision, int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+            const float *a, fc_int lda, const float *b, fc_int ldb, float beta, float *c,
+            fc_int ldc, int nthreads, int allow_ksplit)
 {
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0) {
@@ -471,18 +559,18 @@ int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float al
             for (fc_int j = 0; j < n; j++) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
         return 0;
     }
-    const fc_gemm_kernel *kr = fc_ctx_current()->gemm;
+    const gemm_kernel kr = kernel_of(precision);
     const gemm_problem g = {trans_a, trans_b, m, n, k, alpha, beta, a, b, c, lda, ldb, ldc,
                             NULL, 0, 0, NULL, 0};
     if (nthreads < 1) nthreads = 1;
-    if (allow_ksplit && use_ksplit(kr, m, n, k)) return gemm_ksplit(kr, &g, nthreads);
-    if (nthreads == 1) return gemm_serial(kr, &g);
-    return gemm_grid(kr, &g, nthreads);
+    if (allow_ksplit && !kr.bf16 && use_ksplit(&kr, m, n, k)) return gemm_ksplit(&kr, &g, nthreads);
+    if (nthreads == 1) return gemm_serial(&kr, &g);
+    return gemm_grid(&kr, &g, nthreads);
 }
 
-int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, const float *b,
-                   fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
-                   fc_int ldc, int nthreads)
+int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, fc_int lda,
+                   const float *b, fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu,
+                   float *c, fc_int ldc, int nthreads)
 {
     if (m <= 0 || n <= 0) return 0;
     if (k <= 0) { /* an empty sum: the epilogue alone */
@@ -491,9 +579,23 @@ int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, con
         tile_epilogue(c, ldc, m, n, bias, relu);
         return 0;
     }
-    const fc_gemm_kernel *kr = fc_ctx_current()->gemm;
+    const gemm_kernel kr = kernel_of(precision);
     const gemm_problem g = {0, 0, m, n, k, 1.0f, 0.0f, a, b, c, lda, ldb, ldc,
                             bsrc, 0, 0, bias, relu};
-    if (nthreads <= 1) return gemm_serial(kr, &g);
-    return gemm_grid(kr, &g, nthreads);
+    if (nthreads <= 1) return gemm_serial(&kr, &g);
+    return gemm_grid(&kr, &g, nthreads);
+}
+
+/* Chunks of this many floats or more go to threads. */
+#define TO_BF16_PAR_MIN 65536
+
+void fc_to_bf16(const float *x, fc_int n, uint16_t *y, int nthreads)
+{
+    fc_to_bf16_fn *const row = fc_ctx_current()->to_bf16;
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1 && n >= TO_BF16_PAR_MIN)
+    {
+        long long lo, hi;
+        fc_split_range(n, fc_team_size(), fc_thread_id(), &lo, &hi);
+        row(x + lo, hi - lo, y + lo);
+    }
 }

@@ -51,6 +51,20 @@ int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha
 int fc_sgemm_ex(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
                 float *c, fc_int ldc, int nthreads, int allow_ksplit);
+/* fc_sgemm_ex in a precision: FC_FLOAT32, or FC_BFLOAT16, where op(A) and
+ * op(B) are rounded to bf16 and the products summed in float32 in the
+ * order of csrc/kernels/bf16.h (the same bits on every ISA and at any
+ * thread count; no k split). */
+enum { FC_FLOAT32 = 0, FC_BFLOAT16 = 1 };
+int fc_gemm(int precision, int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+            const float *a, fc_int lda, const float *b, fc_int ldb, float beta, float *c,
+            fc_int ldc, int nthreads, int allow_ksplit);
+/* x rounded to bf16 (csrc/kernels/bf16.h: nearest even, denormals to zero,
+ * NaN kept NaN): y[i], the top 16 bits of the float32 result. */
+void fc_to_bf16(const float *x, fc_int n, uint16_t *y, int nthreads);
+/* The bf16 GEMM kernel of the current ISA table: "emulated" when the CPU
+ * has no bf16 dot products (the reference path, same bits, slow). */
+const char *fc_bf16_kernel_name(void);
 
 /* A B operand that is never stored whole: sgemm asks `pack` for each block
  * it needs, already in the packed layout of csrc/kernels/gemm_ukernel.h. The
@@ -66,13 +80,14 @@ typedef struct {
 
 /* C = A @ B + bias (bias[i] added to row i; NULL for none), then max(C, 0)
  * when relu (NaN kept, as relu_forward), applied as each tile of C is
- * finished. B is the matrix (b, ldb) when bsrc is NULL, else packed by bsrc.
+ * finished, in `precision` (fc_gemm's). B is the matrix (b, ldb) when bsrc
+ * is NULL, else packed by bsrc (float32 slivers of the precision's NR).
  * No k split: each column of C gets the same arithmetic whatever n is, and
  * k <= FC_GEMM_ONE_PASS_K is done in one pass, so C is written once. */
 #define FC_GEMM_ONE_PASS_K 576
-int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, const float *b,
-                   fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu, float *c,
-                   fc_int ldc, int nthreads);
+int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, fc_int lda,
+                   const float *b, fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu,
+                   float *c, fc_int ldc, int nthreads);
 
 /* ---- conv/plan.c: 2-D convolution ------------------------------------------
  * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with
@@ -80,7 +95,11 @@ int fc_sgemm_fused(fc_int m, fc_int n, fc_int k, const float *a, fc_int lda, con
  * oh, ow >= 1). Zero padding. Each call runs the algorithm that the mode
  * (below) picks for its shape and the ISA; every algorithm gives the direct
  * sum to float32 rounding, with its pattern of NaN and infinities (inputs
- * out of an algorithm's range make it decline, and the next one runs). */
+ * out of an algorithm's range make it decline, and the next one runs).
+ * `precision` (fc_gemm's): FC_BFLOAT16 runs the GEMM algorithms (pointwise,
+ * implicit im2col, im2col) with the bf16 GEMM, x, the weights and dy
+ * rounded to bf16 as they are packed, sums and outputs in float32; direct
+ * and Winograd have float32 kernels only and decline. */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */
@@ -89,18 +108,18 @@ typedef struct {
 } fc_conv_shape;
 
 /* bias may be NULL; relu: y = max(conv + bias, 0) (NaN kept), in the same pass. */
-int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                       const float *bias, int relu, float *y, int nthreads);
 /* pooled (n, k, oh / 2, ow / 2) and argmax (uint8, index in the window): the
  * 2x2 stride-2 max-pool (fc_maxpool2d_forward's rules) of fc_conv2d_forward's
  * y, which is not stored when the convolution runs as Winograd. Needs
  * oh, ow >= 2. */
-int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                              const float *bias, int relu, float *pooled, uint8_t *argmax,
-                              int nthreads);
+int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
+                              const float *weight, const float *bias, int relu, float *pooled,
+                              uint8_t *argmax, int nthreads);
 /* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
-int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias,
                        int nthreads);
 /* The largest |v[e]| over count floats; NaN when one is NaN, else +Inf
@@ -128,8 +147,8 @@ int fc_conv_get_mode(int *algorithm); /* the kind; *algorithm: its algorithm, -1
  * backward computes dx (dW's choice depends on it). why (len bytes, may be
  * NULL) gets the reason, one line. */
 enum { FC_CONV_FORWARD = 0, FC_CONV_DX = 1, FC_CONV_DWEIGHT = 2 };
-int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
-                    char *why, size_t len);
+int fc_conv_explain(const fc_conv_shape *s, int precision, int direction, int need_dx, int kind,
+                    int algorithm, char *why, size_t len);
 /* After a conv call of this thread returned FC_ENOMEM: the algorithm whose
  * workspace could not be allocated, and in *direction for which output:
  * FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT, or FC_CONV_DX |

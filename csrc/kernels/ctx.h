@@ -26,6 +26,7 @@
 
 #include "fastconv.h"
 #include "kernels/batchnorm.h"
+#include "kernels/bf16.h"
 #include "kernels/direct.h"
 #include "kernels/eltwise.h"
 #include "kernels/gemm_ukernel.h"
@@ -51,6 +52,13 @@ typedef struct {
     /* sgemm.c: the micro-kernels, their block sizes and the packers tied to
      * MR and NR (gemm_ukernel.h). ukr_fused may be NULL. */
     const fc_gemm_kernel *gemm;
+
+    /* sgemm.c in bf16 (kernels/bf16.h): the micro-kernel and its packers,
+     * and the rounding of a float row (the `to_bfloat16` kernel). The
+     * reference's emulate vdpbf16ps on ISAs without it; every table's give
+     * the same bits. */
+    const fc_gemm_bf16_kernel *gemm_bf16;
+    fc_to_bf16_fn *to_bf16;
 
     /* conv/im2col.c: im2col rows, col2im channels, and implicit im2col's B
      * packer (im2col.h). */

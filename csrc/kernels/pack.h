@@ -67,6 +67,10 @@ static inline __attribute__((always_inline)) void deal_row(const float *restrict
     {                                                                                              \
         pack_contiguous(rows, kc, NR_, src, cs, dst);                                              \
     }                                                                                              \
+    FC_GEMM_DEAL(NR_)
+
+/* deal_nr alone (also the bf16 kernels' staging of a B source, kernels/bf16.h). */
+#define FC_GEMM_DEAL(NR_)                                                                          \
     __attribute__((optimize("no-tree-loop-distribute-patterns"))) static void deal_nr(            \
         const float *src, fc_int nb, fc_int kc, float *dst)                                        \
     {                                                                                              \

@@ -4,16 +4,16 @@
 cdef extern from "fastconv.h" nogil:
     ctypedef struct fc_conv_shape:
         fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
-    int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+    int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                           const float *bias, int relu, float *y, int nthreads)
-    int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
-                                  const float *bias, int relu, float *pooled, uint8_t *argmax,
-                                  int nthreads)
+    int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
+                                  const float *weight, const float *bias, int relu, float *pooled,
+                                  uint8_t *argmax, int nthreads)
     int FC_CONV_FORWARD, FC_CONV_DX, FC_CONV_DWEIGHT
-    int fc_conv_explain(const fc_conv_shape *s, int direction, int need_dx, int kind, int algorithm,
-                        char *why, size_t len)
+    int fc_conv_explain(const fc_conv_shape *s, int precision, int direction, int need_dx, int kind,
+                        int algorithm, char *why, size_t len)
     int fc_conv_failure(int *direction)
-    int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+    int fc_conv2d_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                            const float *dy, float *dx, float *dweight, float *dbias,
                            int nthreads)
 
@@ -56,15 +56,19 @@ cdef fc_conv_shape _conv_geometry(str fn, tuple x_shape, tuple w_shape, stride, 
     return s
 
 
-def conv2d_forward(x, weight, bias, stride, padding, relu=False):
+def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """y = conv2d(x, weight) + bias, zero padding (cross-correlation, as PyTorch).
 
     x (N, C, H, W), weight (K, C, kh, kw), bias (K,) or None; stride and
     padding are ints or (h, w) pairs. Returns y (N, K, OH, OW) with
     OH = (H + 2*ph - kh) // sh + 1 and likewise OW; with relu true,
     max(y, 0) (NaN kept, as relu_forward) computed in the same pass.
+    ``precision="bfloat16"``: x and weight rounded to bf16, the taps summed
+    in float32 by sgemm's bf16 rule (the same bits whichever GEMM algorithm
+    runs); bias, ReLU and y float32.
     """
     fn = "conv2d_forward"
+    cdef int prec = _precision(fn, precision)
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
     cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
@@ -81,21 +85,22 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     cdef float *py = _fptr(y)
     cdef int rc, nt = _team(_num_threads), fuse_relu = bool(relu)
     with nogil:
-        rc = fc_conv2d_forward(&s, px, pw, pb, fuse_relu, py, nt)
+        rc = fc_conv2d_forward(&s, prec, px, pw, pb, fuse_relu, py, nt)
     if rc != 0:
         raise MemoryError(f"conv2d_forward: could not allocate {_conv_failure()}")
     return y
 
 
-def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
+def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False, precision="float32"):
     """The 2x2 stride-2 max-pool of conv2d_forward(x, weight, bias, stride,
     padding, relu): returns (y, argmax) as maxpool2d_forward(conv, 2, 2, 0)
     does, with the same bits, for conv outputs of at least 2x2. Where the
     convolution runs as Winograd, each 2x2 output tile is one window and the
     full-size output is never stored (the layers of a Sequential use it
-    for a Conv2d, ReLU, MaxPool2d(2) chain).
+    for a Conv2d, ReLU, MaxPool2d(2) chain). ``precision``: as conv2d_forward's.
     """
     fn = "conv2d_maxpool_forward"
+    cdef int prec = _precision(fn, precision)
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
     cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
@@ -118,19 +123,22 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
     cdef uint8_t *pam = <uint8_t *>cnp.PyArray_DATA(am)
     cdef int rc, nt = _team(_num_threads), fuse_relu = bool(relu)
     with nogil:
-        rc = fc_conv2d_maxpool_forward(&s, px, pw, pb, fuse_relu, py, pam, nt)
+        rc = fc_conv2d_maxpool_forward(&s, prec, px, pw, pb, fuse_relu, py, pam, nt)
     if rc != 0:
         raise MemoryError(f"{fn}: could not allocate {_conv_failure()}")
     return y, am
 
 
-def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
+def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="float32"):
     """Gradients of conv2d_forward: returns (dx or None, dweight, dbias).
 
     dy is dL/dy, shape (N, K, OH, OW). dx is skipped (None) when need_dx is
-    false, as for a network's first layer.
+    false, as for a network's first layer. ``precision="bfloat16"``: the dx
+    and dW GEMMs in bf16 (x, weight and dy rounded to bf16, sums in float32);
+    dbias and all outputs float32.
     """
     fn = "conv2d_backward"
+    cdef int prec = _precision(fn, precision)
     cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
     _check_array(fn, "dy", dy, 4)
     _check_shape(fn, "dy", dy, (s.n, s.k, s.oh, s.ow))
@@ -152,13 +160,14 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     cdef float *pdb = _fptr(dbias)
     cdef int rc, nt = _team(_num_threads)
     with nogil:
-        rc = fc_conv2d_backward(&s, px, pw, pdy, pdx, pdw, pdb, nt)
+        rc = fc_conv2d_backward(&s, prec, px, pw, pdy, pdx, pdw, pdb, nt)
     if rc != 0:
         raise MemoryError(f"conv2d_backward: could not allocate {_conv_failure()}")
     return dx, dweight, dbias
 
 
-def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="auto"):
+def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="auto",
+                precision="float32"):
     """What the convolution planner picks, on the current ISA, for a
     convolution of input ``x_shape`` (N, C, H, W) and weights ``weight_shape``
     (K, C, kh, kw) under ``mode`` (as set_conv_algorithm's; default auto),
@@ -166,8 +175,10 @@ def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="
     "dweight": ...}``, ``why`` being the planner's reason. ``need_dx``: whether
     the backward computes dx (dW's choice depends on it); False gives
     ``"dx": None``. The conv + max-pool forward runs the forward's algorithm.
+    ``precision``: as the conv kernels' (bf16 runs the GEMM algorithms only).
     """
     fn = "plan_conv2d"
+    cdef int prec = _precision(fn, precision)
     kind, algorithm = _conv_mode(fn, mode)
     cdef fc_conv_shape s = _conv_geometry(fn, _shape4(fn, "x_shape", x_shape),
                                           _shape4(fn, "weight_shape", weight_shape, "(K, C, kh, kw)"),
@@ -179,7 +190,7 @@ def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="
         if key == "dx" and not need_dx:
             plan[key] = None
             continue
-        a = fc_conv_explain(&s, direction, need_dx, kind, algorithm, why, sizeof(why))
+        a = fc_conv_explain(&s, prec, direction, need_dx, kind, algorithm, why, sizeof(why))
         plan[key] = (CONV_ALGORITHMS[a], why.decode())
     return plan
 

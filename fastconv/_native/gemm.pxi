@@ -1,10 +1,29 @@
-# sgemm.
+# sgemm (float32 or bf16 mixed precision), and the rounding to bf16.
 # (an include of fastconv/_kernels.pyx: one module, fastconv._kernels)
 
 cdef extern from "fastconv.h" nogil:
-    int fc_sgemm(int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
-                 const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
-                 float *c, fc_int ldc, int nthreads)
+    int FC_FLOAT32, FC_BFLOAT16
+    int fc_gemm(int precision, int trans_a, int trans_b, fc_int m, fc_int n, fc_int k, float alpha,
+                const float *a, fc_int lda, const float *b, fc_int ldb, float beta,
+                float *c, fc_int ldc, int nthreads, int allow_ksplit)
+    void fc_to_bf16(const float *x, fc_int n, uint16_t *y, int nthreads)
+    const char *fc_bf16_kernel_name()
+
+# The precisions a GEMM-based kernel computes in (its `precision` argument).
+PRECISIONS = ("float32", "bfloat16")
+
+
+cdef int _precision(str fn, precision) except -1:
+    """The C precision of a kernel's `precision` argument."""
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"{fn}: `precision` must be one of {PRECISIONS}; got {precision!r}")
+    return FC_BFLOAT16 if precision == "bfloat16" else FC_FLOAT32
+
+
+def bf16_kernel():
+    """The bf16 GEMM micro-kernel of the current ISA: 'avx512_bf16' on CPUs with AVX512_BF16,
+    'emulated' elsewhere (vdpbf16ps emulated in C: the same bits, many times slower)."""
+    return fc_bf16_kernel_name().decode()
 
 
 cdef _check_matrix(str fn, str name, a, bint writable=False):
@@ -36,15 +55,22 @@ cdef fc_int _ld(a):
     return max(a.strides[0] // 4, a.shape[1], 1)
 
 
-def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, precision="float32"):
     """C = alpha * op(A) @ op(B) + beta * C, float32, row-major.
 
     ``op(X)`` is ``X.T`` when ``trans_X`` is true. ``C`` is allocated (and
     ``beta`` must then be 0) when None; otherwise it is written in place and
     returned. Rows of A, B and C may have any stride (leading dimensions), as
     long as each row is contiguous.
+
+    ``precision="bfloat16"``: op(A) and op(B) are rounded to bf16 (as
+    ``to_bfloat16``) and the products summed in float32, in blocks of 256 of
+    k and each pair of k as the vdpbf16ps instruction sums it
+    (csrc/kernels/bf16.h): the same bits on every ISA and thread count,
+    emulated on CPUs without AVX512_BF16. A, B and C stay float32.
     """
     fn = "sgemm"
+    cdef int prec = _precision(fn, precision)
     _check_matrix(fn, "A", A)
     _check_matrix(fn, "B", B)
     _flag(fn, "trans_a", trans_a)
@@ -83,7 +109,29 @@ def sgemm(A, B, C=None, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
     cdef const float *pb = <const float *>cnp.PyArray_DATA(B)
     cdef float *pc = <float *>cnp.PyArray_DATA(C)
     with nogil:
-        rc = fc_sgemm(ta, tb, cm, cn, ck, fa, pa, lda, pb, ldb, fb, pc, ldc, nt)
+        rc = fc_gemm(prec, ta, tb, cm, cn, ck, fa, pa, lda, pb, ldb, fb, pc, ldc, nt, 1)
     if rc != 0:
         raise MemoryError("sgemm: could not allocate the packing workspace")
     return C
+
+
+def to_bfloat16(x):
+    """x (float32, any shape, C-contiguous) rounded to bf16, as uint16 bit patterns of the
+    same shape: the top half of the float32 result. Round to nearest, ties to even; zero
+    and denormals to the zero of their sign; NaN stays NaN (quieted); Inf stays Inf, and
+    finite values past the largest bf16 (about 3.39e38) round to Inf. The float32 value
+    of a result ``h`` is ``(h.astype(np.uint32) << 16).view(np.float32)``.
+    """
+    fn = "to_bfloat16"
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"{fn}: `x` must be a float32 numpy array; got {_describe(x)}")
+    _check_array(fn, "x", x, x.ndim)
+    _check_alloc(fn, "the result", x.shape, f"`x` {x.shape}", 2)
+    y = np.empty(x.shape, dtype=np.uint16)
+    cdef fc_int n = x.size
+    cdef int nt = _team(_num_threads)
+    cdef const float *px = <const float *>cnp.PyArray_DATA(x)
+    cdef uint16_t *py = <uint16_t *>cnp.PyArray_DATA(y)
+    with nogil:
+        fc_to_bf16(px, n, py, nt)
+    return y

@@ -8,7 +8,7 @@ self-test case.
 """
 
 KERNELS = (
-    "sgemm",
+    "sgemm", "to_bfloat16",
     "conv2d_forward", "conv2d_backward", "conv2d_maxpool_forward",
     "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "bias_add",

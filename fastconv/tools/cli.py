@@ -277,6 +277,9 @@ def _add_training_options(p):
                    help="seeds weight initialization and minibatch order (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: convolutions and linear layers in bf16 mixed precision (fc.autocast; "
+                        "emulated, slowly, on CPUs without AVX512_BF16) (default: %(default)s)")
 
 
 def _arch_help():
@@ -291,7 +294,7 @@ def _arch_help():
 def _train_options(args) -> dict:
     keys = ("data", "data_dir", "val_fraction", "arch", "optimizer", "lr", "momentum", "weight_decay", "dropout",
             "batch_size", "epochs", "schedule", "patience", "min_delta", "stop_at", "stop_worse", "stop_window",
-            "stop_min_average", "monitor", "seed", "threads", "augment")
+            "stop_min_average", "monitor", "seed", "threads", "augment", "precision")
     return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
@@ -322,7 +325,7 @@ def _build(args, data, log):
     trainer = Trainer(model, fc.SoftmaxCrossEntropy(), opt, sched, batch_size=args.batch_size,
                       early_stopping=stopper, checkpoint_dir=args.out, seed=args.seed, monitor=args.monitor,
                       progress=args.progress, metadata=meta, log=log, distributed=getattr(args, "mpi", None),
-                      augment=augment)
+                      augment=augment, precision=args.precision)
     return model, trainer, spec
 
 

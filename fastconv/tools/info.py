@@ -31,6 +31,7 @@ def info() -> dict:
         "isa": _kernels.get_isa(),
         "supported_isas": list(_kernels.supported_isas()),
         "gemm_blocksizes": _kernels.gemm_blocksizes(),
+        "bf16_kernel": _kernels.bf16_kernel(),  # "emulated": fc.autocast("bfloat16") is slow here
         "backend": get_backend(),
         **_openmp_report(),
     }
@@ -225,6 +226,7 @@ def _kernel_checks(rng) -> dict:
     xq, wq, bq = (np.round(v * 4) / 4 for v in (x, w, b))
     cases = {
         "sgemm": ((a, c), {}),
+        "to_bfloat16": ((x,), {}),
         "conv2d_forward": ((x, w, b, (1, 1), (1, 1)), {}),
         "conv2d_backward": ((x, w, dy, (1, 1), (1, 1)), {}),
         "conv2d_maxpool_forward": ((xq, wq, bq, (1, 1), (1, 1), True), {}),

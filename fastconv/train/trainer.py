@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from fastconv.precision import autocast
 from fastconv.data import Dataset, as_dataset
 from fastconv.nn import fusion, init
 from fastconv.nn.checks import is_int, is_number
@@ -63,6 +64,10 @@ def _no_image_grad(model):
         first.needs_input_grad = saved
 
 
+# Trainer(precision=...): float32, or bf16 mixed precision (fastconv.precision, fc.autocast).
+PRECISIONS = ("fp32", "bf16", "float32", "bfloat16")
+
+
 class Trainer:
     """Minibatch training with validation, checkpoints, early stopping and statistics.
 
@@ -96,6 +101,8 @@ class Trainer:
             averaged, and only rank 0 logs and writes checkpoints. ``fit`` and
             ``evaluate`` are then collective: every rank calls them. Batch norm
             and dropout semantics: see :mod:`fastconv.train.distributed`.
+        precision: "fp32" (default), or "bf16": every forward and backward
+            (``fit``, ``evaluate``) inside ``fc.autocast("bfloat16")``.
 
     ``fit`` returns the history (also saved as ``history.json``):
     ``iteration_loss``; per epoch ``epoch``, ``train_loss``, ``train_accuracy``
@@ -111,13 +118,16 @@ class Trainer:
                  early_stopping: EarlyStopping | None = None, checkpoint_dir=None, seed: int = 0,
                  progress: bool | None = None, verbose: bool = True, monitor: str | None = None,
                  metadata: dict | None = None, log: Callable[[str], None] | None = None, distributed=None,
-                 augment=None):
+                 augment=None, precision: str = "fp32"):
         if not isinstance(model, Module):
             raise TypeError(f"Trainer: `model` must be a fastconv Module; got {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"Trainer: `batch_size` must be an int >= 1; got {batch_size!r}")
         if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
             raise TypeError(f"Trainer: `early_stopping` must be an EarlyStopping; got {type(early_stopping).__name__}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Trainer: `precision` must be one of {PRECISIONS}; got {precision!r}")
+        self.precision = precision  # fc.autocast's dtype around every forward and backward
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.batch_size, self.early_stopping, self.seed = int(batch_size), early_stopping, seed
         self.checkpoint_dir = None if checkpoint_dir is None else os.fspath(checkpoint_dir)
@@ -201,7 +211,8 @@ class Trainer:
             total, correct = 0.0, 0
             part = data if self._dist is None else self._dist.shard_dataset(data)
             for xb, yb in part.batches(batch_size or max(self.batch_size, 256)):
-                scores = self.model(xb)
+                with autocast(self.precision):
+                    scores = self.model(xb)
                 total += self.loss_fn(scores, yb) * len(yb)
                 correct += int(np.count_nonzero(scores.argmax(axis=1) == yb))
         finally:
@@ -292,7 +303,8 @@ class Trainer:
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"])
         self.model.train()
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverging loss is reported by the checks
+        # A diverging loss is reported by the checks; autocast: Trainer(precision=...).
+        with np.errstate(over="ignore", invalid="ignore"), autocast(self.precision):
             metrics, losses, stats = self._train_steps(train, epoch, epochs, lr)
             v = self.evaluate(val) if val is not None else None
         if v is not None:

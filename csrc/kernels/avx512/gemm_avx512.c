@@ -1,11 +1,8 @@
 /* AVX-512F micro-kernel (compiled with -mavx512f -mavx2 -mfma; picked at run
  * time). The same structure as the AVX2 kernel, with zmm registers and masks.
  *
- * MR x NR = 8 x 48: the 24 accumulators are 8 rows x 3 zmm vectors, leaving 8
- * of the 32 zmm registers for the 3 B vectors and the A broadcast. Each k step
- * is 3 loads + 8 broadcasts for 24 FMAs. MR = 8 divides the power-of-two
- * channel counts of im2col convolutions (M = 8, 16, 32, ...), so no rows are
- * wasted on padding there.
+ * MR x NR = 8 x 48 (tile_avx512.h): each k step is 3 loads + 8 broadcasts
+ * for 24 FMAs.
  *
  * Block sizes: a kc x NR sliver of B, reused from L1 by every sliver of A,
  * is 48 x 160 floats = 30 KB, inside the 32 KB L1 of Zen 4 and Skylake-X;
@@ -15,20 +12,9 @@
  */
 #include <immintrin.h>
 
+#include "kernels/avx512/tile_avx512.h"
 #include "kernels/gemm_ukernel.h"
 #include "kernels/pack.h"
-
-#define MR 8
-#define NR 48
-#define VL 16         /* floats per zmm */
-#define NV (NR / VL)  /* zmm vectors per row of the tile */
-
-/* Lanes l of vector v with v * VL + l < n. */
-static inline __mmask16 column_mask(fc_int n, int v)
-{
-    const fc_int left = n - (fc_int)v * VL;
-    return left >= VL ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1u);
-}
 
 /* The micro-kernel for tiles whose columns fit in the first nv vectors of a
  * row, inlined with a constant nv (see ukr_avx512) so that narrow edge tiles
@@ -72,32 +58,13 @@ static inline __attribute__((always_inline)) void tile(int nv, fc_int kc, float 
         b += NR;
     }
 
-    /* Masked loads and stores serve full and edge tiles alike (a full mask
-     * costs nothing), so nothing outside the m x n corner is touched. */
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    FC_UNROLL_TILE
-    for (int i = 0; i < MR; i++) {
-        if (i >= m) break;
-        float *ci = c + i * ldc;
-        FC_UNROLL_TILE
-        for (int v = 0; v < NV; v++) {
-            if (v >= nv) break;
-            const __mmask16 mask = column_mask(n, v);
-            __m512 r = _mm512_mul_ps(va, acc[i][v]);
-            if (beta != 0.0f) r = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(mask, ci + v * VL), r);
-            _mm512_mask_storeu_ps(ci + v * VL, mask, r);
-        }
-    }
+    store_tile(nv, 1, acc, alpha, beta, c, ldc, m, n);
 }
 
 static void ukr_avx512(fc_int kc, float alpha, const float *restrict a, const float *restrict b,
                        float beta, float *restrict c, fc_int ldc, fc_int m, fc_int n)
 {
-    switch ((n + VL - 1) / VL) {
-    case 1: tile(1, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    case 2: tile(2, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    default: tile(NV, kc, alpha, a, b, beta, c, ldc, m, n); break;
-    }
+    FC_AVX512_BY_WIDTH(tile, n, kc, alpha, a, b, beta, c, ldc, m, n)
 }
 
 #define MC 256

@@ -9,6 +9,8 @@
 extern const fc_gemm_kernel fc_gemm_kernel_ref;
 extern const fc_eltwise_kernel fc_eltwise_kernel_ref;
 extern const fc_bn_kernel fc_bn_kernel_ref;
+extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_ref;
+fc_to_bf16_fn fc_to_bf16_ref;
 fc_im2col_row_fn fc_im2col_row_ref;
 fc_col2im_channel_fn fc_col2im_channel_ref;
 fc_pack_b_fn fc_pack_columns_ref;
@@ -25,6 +27,8 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     memset(ctx, 0, sizeof *ctx);
     ctx->name = "generic";
     ctx->gemm = &fc_gemm_kernel_ref;
+    ctx->gemm_bf16 = &fc_gemm_bf16_kernel_ref;
+    ctx->to_bf16 = fc_to_bf16_ref;
     ctx->im2col_row = fc_im2col_row_ref;
     ctx->col2im_channel = fc_col2im_channel_ref;
     ctx->pack_columns = fc_pack_columns_ref;
