@@ -11,8 +11,9 @@ from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set
 from fastconv.precision import autocast, get_autocast_dtype
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
 from fastconv.nn import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GradcheckResult,
-                         LeakyReLU, Linear, MaxPool2d, Maxout, Module, MulticlassSVM, Parameter, ReLU, Sequential,
-                         Sigmoid, SoftmaxCrossEntropy, Tanh, convert, gradcheck, init, l2_penalty)
+                         LeakyReLU, Linear, LocallyConnected2d, MaxPool2d, Maxout, Module, MulticlassSVM,
+                         Parameter, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, convert, gradcheck, init,
+                         l2_penalty)
 from fastconv.nn.init import manual_seed
 from fastconv.tools import plot, search
 from fastconv.tools.info import conv_plan, info
@@ -75,6 +76,7 @@ __all__ = [
     "LRScheduler",
     "LeakyReLU",
     "Linear",
+    "LocallyConnected2d",
     "MaxPool2d",
     "Maxout",
     "Module",

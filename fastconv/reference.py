@@ -373,3 +373,31 @@ def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
         for j in range(kw):
             dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g
     return np.ascontiguousarray(dx_pad[:, :, ph:ph + h, pw:pw + w])
+
+
+def locally_connected2d_forward(x, weight, bias, stride, padding):
+    """y[n, k, oy, ox] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[oy, ox, k, c, i, j]
+    + bias[k, oy, ox]."""
+    win = _windows(x, weight.shape[4:], stride, padding)  # N, C, OH, OW, kh, kw
+    y = np.einsum("ncyxij,yxkcij->nkyx", win, weight, optimize=True)
+    if bias is not None:
+        y += bias[None]
+    return np.ascontiguousarray(y, dtype=x.dtype)
+
+
+def locally_connected2d_backward(x, weight, dy, stride, padding, need_dx=True):
+    """(dx or None, dweight, dbias) of locally_connected2d_forward."""
+    win = _windows(x, weight.shape[4:], stride, padding)
+    dweight = np.einsum("nkyx,ncyxij->yxkcij", dy, win, optimize=True).astype(x.dtype)
+    dbias = dy.sum(axis=0, dtype=dy.dtype)
+    if not need_dx:
+        return None, dweight, dbias
+    (kh, kw), (sh, sw), (ph, pw) = weight.shape[4:], _pair(stride), _pair(padding)
+    n, c, h, w = x.shape
+    oh, ow = dy.shape[2:]
+    dwin = np.einsum("nkyx,yxkcij->ncyxij", dy, weight, optimize=True)
+    dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dwin[..., i, j]
+    return np.ascontiguousarray(dx_pad[:, :, ph:ph + h, pw:pw + w]), dweight, dbias

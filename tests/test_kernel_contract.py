@@ -82,6 +82,11 @@ def _maxpool2d_backward(s):
     return y, am, x.shape, 3, 1, 1
 
 
+def _local(s):
+    """x (s, 8, 16, 16) and a filter per output position (3x3, padding 1)."""
+    return _ramp(s, 8, 16, 16) / 48, _ramp(16, 16, 8, 8, 3, 3) / 48
+
+
 def _batchnorm_backward(s):
     x, w, b = _ramp(s, 64, 32, 32) / 16, _ramp(64) / 48, _ramp(64) / 48
     _, mean, var = _kernels.batchnorm_forward(x, w, b, None, None, 1e-5)
@@ -115,6 +120,8 @@ ARGS = {
     "batchnorm_backward": (_batchnorm_backward, 256, 1e-3),
     "avgpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), 5, 1, 2), 64, 1e-5),
     "avgpool2d_backward": (lambda s: (_ramp(s, 16, 64, 64), (s, 16, 64, 64), 3, 1, 1), 128, 1e-5),
+    "locally_connected2d_forward": (lambda s: (*_local(s), None, 1, 1), 256, 1e-4),
+    "locally_connected2d_backward": (lambda s: (*_local(s), _ramp(s, 8, 16, 16) / 48, 1, 1), 256, 1e-3),
 }
 
 

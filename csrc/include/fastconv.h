@@ -155,6 +155,16 @@ int fc_conv_explain(const fc_conv_shape *s, int precision, int direction, int ne
  * FC_CONV_DWEIGHT for im2col's backward pass computing both. */
 int fc_conv_failure(int *direction);
 
+/* ---- conv/locally_connected.c: unshared filters ----------------------------
+ * The geometry of a convolution (fc_conv_shape), with a filter per output
+ * position: weight (oh, ow, k, c, kh, kw), bias (k, oh, ow) or NULL.
+ * Returns 0, or FC_ENOMEM. The backward overwrites dweight and dbias, and dx
+ * unless it is NULL. Results do not depend on nthreads. */
+int fc_locally_connected2d_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                                   const float *bias, float *y, int nthreads);
+int fc_locally_connected2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
+                                    const float *dy, float *dx, float *dweight, float *dbias, int nthreads);
+
 /* ---- maxpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
  * argmax holds the index of the winner within its kh x kw window, row-major,

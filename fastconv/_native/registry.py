@@ -16,4 +16,5 @@ KERNELS = (
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "batchnorm_forward", "batchnorm_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "locally_connected2d_forward", "locally_connected2d_backward",
 )

@@ -224,6 +224,12 @@ def _kernel_checks(rng) -> dict:
     dx3 = rng.standard_normal(x.shape).astype(np.float32)
     # Quarters: exact sums, so the pool's argmax cannot flip on a near tie.
     xq, wq, bq = (np.round(v * 4) / 4 for v in (x, w, b))
+    wl = rng.standard_normal((9, 4, 4, 3, 3, 3)).astype(np.float32)  # a filter per output position of x
+    bl = rng.standard_normal((4, 9, 4)).astype(np.float32)
+    dyl = rng.standard_normal((2, 4, 9, 4)).astype(np.float32)
+    wl = rng.standard_normal((9, 4, 4, 3, 3, 3)).astype(np.float32)  # a filter per output position of x
+    bl = rng.standard_normal((4, 9, 4)).astype(np.float32)
+    dyl = rng.standard_normal((2, 4, 9, 4)).astype(np.float32)
     cases = {
         "sgemm": ((a, c), {}),
         "to_bfloat16": ((x,), {}),
@@ -247,6 +253,8 @@ def _kernel_checks(rng) -> dict:
         "batchnorm_backward": ((dx3, x, s3, m3, v3, 1e-5, True), {}),
         "avgpool2d_forward": ((x, (2, 2), (2, 2), (0, 0)), {}),
         "avgpool2d_backward": ((dpool, x.shape, (2, 2), (2, 2), (0, 0)), {}),
+        "locally_connected2d_forward": ((x, wl, bl, (1, 2), (1, 1)), {}),
+        "locally_connected2d_backward": ((x, wl, dyl, (1, 2), (1, 1)), {}),
     }
     missing = set(_kernels.KERNELS) - set(cases)
     if missing:  # a new kernel must be added here too
