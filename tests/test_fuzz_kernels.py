@@ -112,6 +112,18 @@ def _conv(draw, rng, backward):
     return call
 
 
+def _local(draw, rng, backward):
+    """A valid locally_connected2d call: _conv's, with a filter per output position."""
+    call = _conv(draw, rng, backward)
+    (n, c, h, w), (k, _, kh, kw) = call["x"].shape, call["weight"].shape
+    (sh, sw), (ph, pw) = _pair(call["stride"]), _pair(call["padding"])
+    oh, ow = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    call["weight"] = values(rng, (oh, ow, k, c, kh, kw))
+    if not backward and call["bias"] is not None:
+        call["bias"] = values(rng, (k, oh, ow))
+    return call
+
+
 def _conv_maxpool(draw, rng):
     """A valid conv2d_forward call whose output is at least 2x2, and relu."""
     call = _conv(draw, rng, backward=False)
@@ -208,6 +220,8 @@ VALID = {
     "tanh_backward": _elementwise(["dy", "y"], positive="y"),
     "batchnorm_forward": lambda d, r: _batchnorm(d, r, backward=False),
     "batchnorm_backward": lambda d, r: _batchnorm(d, r, backward=True),
+    "locally_connected2d_forward": lambda d, r: _local(d, r, backward=False),
+    "locally_connected2d_backward": lambda d, r: _local(d, r, backward=True),
 }
 
 
