@@ -42,6 +42,10 @@ typedef float fc_peak_fn(fc_int iters, float seed);
  * value. */
 typedef int32_t fc_max_abs_bits_fn(const float *v, fc_int n);
 
+/* The residual add (add_relu.c): y[i] = a[i] + b[i] for i in [0, n), then
+ * max(y[i], 0) when `relu` (NaN and -0 kept, as the ReLU kernel). */
+typedef void fc_add_relu_fn(fc_int n, const float *a, const float *b, int relu, float *y);
+
 typedef struct {
     const char *name;
 
@@ -72,6 +76,9 @@ typedef struct {
      * output channels (direct.h). A NULL forward: the direct algorithm does
      * not apply on this ISA. */
     fc_direct_kernel direct_k8, direct_k16;
+
+    /* add_relu.c: the residual add's loop. */
+    fc_add_relu_fn *add_relu;
 
     /* peak.c */
     int peak_lanes;

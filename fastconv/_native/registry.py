@@ -16,4 +16,6 @@ KERNELS = (
     "sigmoid_forward", "sigmoid_backward", "tanh_forward", "tanh_backward",
     "batchnorm_forward", "batchnorm_backward",
     "avgpool2d_forward", "avgpool2d_backward",
+    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward", "add_relu",
 )

@@ -17,6 +17,7 @@ fc_wg_grad_fn fc_wg_grad_ref;
 fc_pool_row_forward_fn fc_pool2x2_forward_ref;
 fc_pool_row_backward_fn fc_pool2x2_backward_ref;
 fc_peak_fn fc_peak_ref;
+fc_add_relu_fn fc_add_relu_ref;
 
 void fc_ctx_init_ref(fc_ctx *ctx)
 {
@@ -33,6 +34,7 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->wg_grad = fc_wg_grad_ref;
     ctx->pool2x2_forward = fc_pool2x2_forward_ref;
     ctx->pool2x2_backward = fc_pool2x2_backward_ref;
+    ctx->add_relu = fc_add_relu_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }
