@@ -338,6 +338,7 @@ def adaptive_maxpool2d_backward(dy, argmax, x_shape):
 
 
 def add_relu(a, b, relu):
-    """y = a + b, then relu_forward(y) when relu."""
-    y = a + b
+    """y = a + b, then relu_forward(y) when relu (infinity where the sum overflows, as C)."""
+    with np.errstate(over="ignore"):
+        y = a + b
     return relu_forward(y) if relu else y

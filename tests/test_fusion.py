@@ -49,7 +49,7 @@ KERNELS = ("conv2d_forward", "conv2d_maxpool_forward", "relu_forward", "maxpool2
 
 
 def test_patterns_are_declared_once():
-    assert [p.name for p in fusion.FORWARD] == ["conv2d_relu_maxpool2d", "conv2d_relu"]
+    assert [p.name for p in fusion.FORWARD] == ["conv2d_relu_maxpool2d", "conv2d_relu", "residual_relu"]
     assert [p.name for p in fusion.BACKWARD] == ["relu_maxpool2d_backward"]
 
 

@@ -245,6 +245,12 @@ def _kernel_checks(rng) -> dict:
         "batchnorm_backward": ((dx3, x, s3, m3, v3, 1e-5, True), {}),
         "avgpool2d_forward": ((x, (2, 2), (2, 2), (0, 0)), {}),
         "avgpool2d_backward": ((dpool, x.shape, (2, 2), (2, 2), (0, 0)), {}),
+        "adaptive_avgpool2d_forward": ((x, (3, 2)), {}),
+        "adaptive_avgpool2d_backward": ((dx3[:, :, :3, :2].copy(), x.shape), {}),
+        "adaptive_maxpool2d_forward": ((x, (3, 2)), {}),
+        "adaptive_maxpool2d_backward": ((dx3[:, :, :3, :2].copy(), reference.adaptive_maxpool2d_forward(x, (3, 2))[1],
+                                         x.shape), {}),
+        "add_relu": ((x, dx3, True), {}),
     }
     missing = set(_kernels.KERNELS) - set(cases)
     if missing:  # a new kernel must be added here too
