@@ -289,8 +289,10 @@ def _adaptive_windows(size, out):
 
 
 def _adaptive_cells(x_shape, output_size):
-    """((i, j), rows, cols) for every output cell of an adaptive pool."""
+    """((i, j), rows, cols) for every output cell of an adaptive pool (none for an empty batch)."""
     oh, ow = _pair(output_size)
+    if x_shape[0] * x_shape[1] == 0:
+        return
     for i, (r0, r1) in enumerate(_adaptive_windows(x_shape[2], oh)):
         for j, (c0, c1) in enumerate(_adaptive_windows(x_shape[3], ow)):
             yield (i, j), slice(r0, r1), slice(c0, c1)
@@ -306,6 +308,7 @@ def adaptive_avgpool2d_forward(x, output_size):
 
 def adaptive_avgpool2d_backward(dy, x_shape):
     """dx of x_shape: each dy divided by its window's size, added over the window."""
+    x_shape = tuple(int(d) for d in x_shape)  # as the native wrapper reads it
     dx = np.zeros(x_shape, dy.dtype)
     for (i, j), rows, cols in _adaptive_cells(x_shape, dy.shape[2:]):
         size = (rows.stop - rows.start) * (cols.stop - cols.start)
@@ -330,7 +333,7 @@ def adaptive_maxpool2d_forward(x, output_size):
 
 def adaptive_maxpool2d_backward(dy, argmax, x_shape):
     """dx of x_shape: each dy added at its plane's argmax."""
-    n, c, h, w = x_shape
+    n, c, h, w = x_shape = tuple(int(d) for d in x_shape)  # as the native wrapper reads it
     dx = np.zeros((n * c, h * w), dy.dtype)
     rows = np.repeat(np.arange(n * c), argmax[0, 0].size if argmax.size else 0)
     np.add.at(dx, (rows, argmax.reshape(-1)), dy.reshape(-1))

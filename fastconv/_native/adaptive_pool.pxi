@@ -16,8 +16,11 @@ cdef fc_adaptive_shape _adaptive_shape(str fn, tuple x_shape, output_size) excep
     if s.c < 1 or s.h < 1 or s.w < 1:
         raise ValueError(f"{fn}: input (`x`, `x_shape`) must have non-zero C, H and W; got shape {x_shape}")
     s.oh, s.ow = _pair(fn, "output_size", output_size, 1)
-    if (<object>s.oh) * s.ow * s.n * s.c > _MAX_ELEMENTS:
-        raise ValueError(f"{fn}: the output {(s.n, s.c, s.oh, s.ow)} has more than {_MAX_ELEMENTS} elements")
+    if (<object>s.oh) * s.ow * max(s.n, 1) * s.c > _MAX_ELEMENTS:  # an empty batch too: NumPy refuses the shape
+        raise ValueError(f"{fn}: `output_size` {(s.oh, s.ow)} gives an output {(s.n, s.c, s.oh, s.ow)} "
+                         f"of more than {_MAX_ELEMENTS} elements")
+    if (<object>s.oh) * s.h >= 2**62 or (<object>s.ow) * s.w >= 2**62:  # the window bounds i * H in C
+        raise ValueError(f"{fn}: `output_size` {(s.oh, s.ow)} times the input size {(s.h, s.w)} must be < 2**62")
     return s
 
 
@@ -37,14 +40,16 @@ cdef _adaptive_forward(str fn, x, output_size, bint is_max):
     return (y, am) if is_max else y
 
 
-cdef _adaptive_backward(str fn, dy, argmax, x_shape):
+cdef _adaptive_backward(str fn, dy, argmax, x_shape, bint is_max):
     _check_array(fn, "dy", dy, 4)
     x_shape = _x_shape(fn, x_shape)
+    if min(dy.shape[2:]) < 1:  # its OH x OW is the output size
+        raise ValueError(f"{fn}: `dy` must have a non-zero height and width; got shape {dy.shape}")
     cdef fc_adaptive_shape s = _adaptive_shape(fn, x_shape, dy.shape[2:])
     if dy.shape[:2] != x_shape[:2]:
         raise ValueError(f"{fn}: `dy` must have the N and C of `x_shape` {x_shape[:2]}; got {dy.shape}")
     cdef const int64_t *pam = NULL
-    if argmax is not None:
+    if is_max:
         if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int64:
             raise TypeError(f"{fn}: `argmax` must be an int64 array; got {_describe(argmax)}")
         if not argmax.flags.c_contiguous or not argmax.flags.aligned:
@@ -72,7 +77,7 @@ def adaptive_avgpool2d_forward(x, output_size):
 
 def adaptive_avgpool2d_backward(dy, x_shape):
     """Spread dy (N, C, OH, OW) evenly over each adaptive window: returns dx of x_shape."""
-    return _adaptive_backward("adaptive_avgpool2d_backward", dy, None, x_shape)
+    return _adaptive_backward("adaptive_avgpool2d_backward", dy, None, x_shape, False)
 
 
 def adaptive_maxpool2d_forward(x, output_size):
@@ -84,4 +89,4 @@ def adaptive_maxpool2d_forward(x, output_size):
 
 def adaptive_maxpool2d_backward(dy, argmax, x_shape):
     """Route dy (N, C, OH, OW) to the recorded argmax: returns dx of x_shape."""
-    return _adaptive_backward("adaptive_maxpool2d_backward", dy, argmax, x_shape)
+    return _adaptive_backward("adaptive_maxpool2d_backward", dy, argmax, x_shape, True)
