@@ -17,8 +17,8 @@ from fastconv.nn.init import manual_seed
 from fastconv.tools import plot, search
 from fastconv.tools.info import conv_plan, info
 from fastconv.train import (SGD, Adagrad, Adam, AdamW, CosineAnnealingLR, EarlyStopping, ExponentialLR,
-                            InverseTimeLR, LRScheduler, Optimizer, ReduceLROnPlateau, RMSprop, StepLR, Trainer, TrainingDiverged,
-                            checkpoint)
+                            InverseTimeLR, LRScheduler, Optimizer, ReduceLROnPlateau, RMSprop, StepLR, Trainer,
+                            TrainingDiverged, checkpoint)
 
 
 def _check_environment():

@@ -12,15 +12,16 @@ container applies), :mod:`conv`, :mod:`pooling`, :mod:`linear`,
 from fastconv.nn.activations import ELU, LeakyReLU, Maxout, ReLU, Sigmoid, Tanh
 from fastconv.nn.containers import Concat, Residual, Sequential
 from fastconv.nn.conv import Conv2d
+from fastconv.nn.convert import fuse_batchnorm
 from fastconv.nn.dropout import Dropout
 from fastconv.nn.gradcheck import GradcheckResult, gradcheck
 from fastconv.nn.linear import Flatten, Linear
 from fastconv.nn.losses import MulticlassSVM, SoftmaxCrossEntropy, l2_penalty
 from fastconv.nn.module import Module, Parameter
 from fastconv.nn.normalization import BatchNorm1d, BatchNorm2d
-from fastconv.nn.convert import fuse_batchnorm
 from fastconv.nn.pooling import AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, MaxPool2d
 
-__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d", "Dropout", "ELU", "Flatten", "GradcheckResult",
-           "LeakyReLU", "Linear", "MaxPool2d", "Maxout", "Module", "MulticlassSVM", "Parameter", "ReLU", "Residual",
-           "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "Tanh", "fuse_batchnorm", "gradcheck", "l2_penalty"]
+__all__ = ["AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Concat", "Conv2d",
+           "Dropout", "ELU", "Flatten", "GradcheckResult", "LeakyReLU", "Linear", "MaxPool2d", "Maxout", "Module",
+           "MulticlassSVM", "Parameter", "ReLU", "Residual", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "Tanh",
+           "fuse_batchnorm", "gradcheck", "l2_penalty"]
