@@ -43,3 +43,17 @@ def rand(rng, *shape, scale=1.0):
 def torch():
     """PyTorch for comparison tests; the test is skipped when it is not installed."""
     return pytest.importorskip("torch")
+
+
+class Calls:
+    """Counts the native kernel calls by name."""
+
+    def __init__(self, monkeypatch, names):
+        self.counts = dict.fromkeys(names, 0)
+        for name in names:
+            real = getattr(_kernels, name)
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                self.counts[_name] += 1
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(_kernels, name, counted)

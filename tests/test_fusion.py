@@ -4,7 +4,7 @@ never applied to subclasses, and are switched off while a container is observed.
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import Calls, rand
 
 import fastconv as fc
 from fastconv import _kernels
@@ -28,20 +28,6 @@ def unfused(layers, x, dy):
     for m in layers:
         m.zero_grad()
     return out, dy, grads
-
-
-class Calls:
-    """Counts the native kernel calls by name."""
-
-    def __init__(self, monkeypatch, names):
-        self.counts = dict.fromkeys(names, 0)
-        for name in names:
-            real = getattr(_kernels, name)
-
-            def counted(*args, _real=real, _name=name, **kwargs):
-                self.counts[_name] += 1
-                return _real(*args, **kwargs)
-            monkeypatch.setattr(_kernels, name, counted)
 
 
 KERNELS = ("conv2d_forward", "conv2d_maxpool_forward", "relu_forward", "maxpool2d_forward",

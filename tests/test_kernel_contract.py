@@ -119,9 +119,9 @@ ARGS = {
     "batchnorm_backward": (_batchnorm_backward, 256, 1e-3),
     "avgpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), 5, 1, 2), 64, 1e-5),
     "avgpool2d_backward": (lambda s: (_ramp(s, 16, 64, 64), (s, 16, 64, 64), 3, 1, 1), 128, 1e-5),
-    "adaptive_avgpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 128, 1e-5),
+    "adaptive_avgpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 512, 1e-5),
     "adaptive_avgpool2d_backward": (lambda s: (_ramp(s, 16, 5, 7), (s, 16, 64, 64)), 128, 1e-5),
-    "adaptive_maxpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 128, 0),
+    "adaptive_maxpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 512, 0),
     "adaptive_maxpool2d_backward": (_adaptive_maxpool2d_backward, 512, 0),
     "add_relu": (lambda s: (_vec(s), _vec(s)[::-1].copy(), True), 16, 0),
 }

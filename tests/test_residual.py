@@ -6,7 +6,7 @@ user-defined block."""
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import Calls, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -156,18 +156,6 @@ def test_concat_along_another_axis():
 
 # -- fusion ------------------------------------------------------------------------------------------
 
-class _Calls:
-    def __init__(self, monkeypatch, names):
-        self.counts = dict.fromkeys(names, 0)
-        for name in names:
-            real = getattr(_kernels, name)
-
-            def counted(*args, _real=real, _name=name, **kwargs):
-                self.counts[_name] += 1
-                return _real(*args, **kwargs)
-            monkeypatch.setattr(_kernels, name, counted)
-
-
 @pytest.mark.parametrize("stride", [1, 2])
 def test_residual_relu_fuses_with_the_unfused_bits(isa_threads, rng, monkeypatch, stride):
     fc.manual_seed(0)
@@ -185,7 +173,7 @@ def test_residual_relu_fuses_with_the_unfused_bits(isa_threads, rng, monkeypatch
     for m in layers:
         m.zero_grad()
     model = fc.Sequential(*layers)
-    calls = _Calls(monkeypatch, ("add_relu", "relu_forward"))
+    calls = Calls(monkeypatch, ("add_relu", "relu_forward"))
     np.testing.assert_array_equal(_bits(model(x)), _bits(out))
     np.testing.assert_array_equal(_bits(model.backward(dy)), _bits(want_dx))
     for p, g in zip(model.parameters(), want_grads):
