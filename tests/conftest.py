@@ -57,3 +57,16 @@ class Calls:
                 self.counts[_name] += 1
                 return _real(*args, **kwargs)
             monkeypatch.setattr(_kernels, name, counted)
+
+
+def unfused(layers, x, dy):
+    """(output, dx, parameter gradients) of layers run one by one: the fusion tests' oracle."""
+    for m in layers:
+        x = m(x)
+    out = x
+    for m in reversed(layers):
+        dy = m.backward(dy)
+    grads = [p.grad.copy() for m in layers for p in m.parameters()]
+    for m in layers:
+        m.zero_grad()
+    return out, dy, grads

@@ -4,7 +4,7 @@ never applied to subclasses, and are switched off while a container is observed.
 
 import numpy as np
 import pytest
-from conftest import Calls, rand
+from conftest import Calls, rand, unfused
 
 import fastconv as fc
 from fastconv import _kernels
@@ -16,18 +16,6 @@ def net():
     fc.manual_seed(0)
     return [fc.Conv2d(2, 8, 3, padding=1), fc.ReLU(), fc.MaxPool2d(2), fc.Conv2d(8, 4, 3, padding=1), fc.ReLU(),
             fc.Flatten(), fc.Linear(4 * 5 * 4, 3)]
-
-
-def unfused(layers, x, dy):
-    for m in layers:
-        x = m(x)
-    out = x
-    for m in reversed(layers):
-        dy = m.backward(dy)
-    grads = [p.grad.copy() for m in layers for p in m.parameters()]
-    for m in layers:
-        m.zero_grad()
-    return out, dy, grads
 
 
 KERNELS = ("conv2d_forward", "conv2d_maxpool_forward", "relu_forward", "maxpool2d_forward",

@@ -6,7 +6,7 @@ user-defined block."""
 
 import numpy as np
 import pytest
-from conftest import Calls, rand
+from conftest import Calls, rand, unfused
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -163,15 +163,7 @@ def test_residual_relu_fuses_with_the_unfused_bits(isa_threads, rng, monkeypatch
     x = rand(rng, 3, 4, 8, 8)
     x[0, 0, :2] = 0.0  # zeros and exact cancellations through the add
     dy = rand(rng, 3, layers[1].body[0].out_channels, 8 // stride, 8 // stride)
-    out = x
-    for m in layers:  # one by one: the add, then the ReLU kernel
-        out = m(out)
-    want_dx = dy
-    for m in reversed(layers):
-        want_dx = m.backward(want_dx)
-    want_grads = [p.grad.copy() for m in layers for p in m.parameters()]
-    for m in layers:
-        m.zero_grad()
+    out, want_dx, want_grads = unfused(layers, x, dy)  # one by one: the add, then the ReLU kernel
     model = fc.Sequential(*layers)
     calls = Calls(monkeypatch, ("add_relu", "relu_forward"))
     np.testing.assert_array_equal(_bits(model(x)), _bits(out))
