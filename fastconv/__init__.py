@@ -10,16 +10,16 @@ from fastconv._kernels import (get_conv_algorithm, get_isa, get_num_threads, set
                                set_num_threads, supported_isas)
 from fastconv.precision import autocast, get_autocast_dtype
 from fastconv.backend import BackendMismatchError, get_backend, set_backend
-from fastconv.nn import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GradcheckResult,
-                         LeakyReLU, Linear, LocallyConnected2d, MaxPool2d, Maxout, Module, MulticlassSVM,
-                         Parameter, ReLU, Sequential, Sigmoid, SoftmaxCrossEntropy, Tanh, convert, gradcheck, init,
-                         l2_penalty)
+from fastconv.nn import (ELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Concat,
+                         Conv2d, Dropout, Flatten, GradcheckResult, LeakyReLU, Linear, LocallyConnected2d, MaxPool2d,
+                         Maxout, Module, MulticlassSVM, Parameter, ReLU, Residual, Sequential, Sigmoid,
+                         SoftmaxCrossEntropy, Tanh, convert, fuse_batchnorm, gradcheck, init, l2_penalty)
 from fastconv.nn.init import manual_seed
 from fastconv.tools import plot, search
 from fastconv.tools.info import conv_plan, info
-from fastconv.train import (SGD, Adagrad, Adam, CosineAnnealingLR, EarlyStopping, ExponentialLR, InverseTimeLR,
-                            LRScheduler, Optimizer, ReduceLROnPlateau, RMSprop, StepLR, Trainer, TrainingDiverged,
-                            checkpoint)
+from fastconv.train import (SGD, Adagrad, Adam, AdamW, CosineAnnealingLR, EarlyStopping, ExponentialLR,
+                            InverseTimeLR, LRScheduler, Optimizer, ReduceLROnPlateau, RMSprop, StepLR, Trainer,
+                            TrainingDiverged, checkpoint)
 
 
 def _check_environment():
@@ -60,10 +60,14 @@ def __getattr__(name):
 __all__ = [
     "Adagrad",
     "Adam",
+    "AdamW",
+    "AdaptiveAvgPool2d",
+    "AdaptiveMaxPool2d",
     "AvgPool2d",
     "BackendMismatchError",
     "BatchNorm1d",
     "BatchNorm2d",
+    "Concat",
     "Conv2d",
     "CosineAnnealingLR",
     "Dropout",
@@ -86,6 +90,7 @@ __all__ = [
     "RMSprop",
     "ReLU",
     "ReduceLROnPlateau",
+    "Residual",
     "SGD",
     "Sequential",
     "Sigmoid",
@@ -101,6 +106,7 @@ __all__ = [
     "data",
     "export_onnx",
     "from_torch",
+    "fuse_batchnorm",
     "get_autocast_dtype",
     "get_backend",
     "get_conv_algorithm",

@@ -6,10 +6,16 @@ the benchmarks (which build the same spec in PyTorch: ``lib=torch.nn``).
 
 >>> model = fc.models.build_model("cifar_small", (3, 32, 32), num_classes=10)
 >>> torch_twin = fc.models.build_model("cifar_small", (3, 32, 32), 10, lib=torch.nn)
+
+Networks with skip connections are built in Python: :func:`resnet` (and
+:func:`resnet20`, :func:`resnet32`, :func:`resnet56`), whose names the
+command line, the checkpoints and the benchmarks accept like the spec
+built-ins (``--arch resnet20``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -18,7 +24,8 @@ import numpy as np
 from fastconv.nn.checks import is_int, is_number
 from fastconv.train import checkpoint as ckpt
 
-__all__ = ["ARCHS", "SPEC_HELP", "build_model", "load_model", "resolve_arch"]
+__all__ = ["ARCHS", "RESNETS", "SPEC_HELP", "build_model", "load_model", "resnet", "resnet20", "resnet32",
+           "resnet56", "resolve_arch", "vgg11"]
 
 
 ARCHS = {
@@ -27,7 +34,14 @@ ARCHS = {
     "lenet5": "conv6x5p2-relu-pool2-conv16x5-relu-pool2-fc120-relu-fc84-relu-fc{classes}",
     "cifar_small": "conv32x3p1-relu-pool2-conv64x3p1-relu-pool2-conv128x3p1-relu-pool2-fc{classes}",
     "mlp": "fc128-relu-fc{classes}",
+    # VGG-11 with batch norm (configuration A of Simonyan & Zisserman), shrunk for 32x32 inputs:
+    # five 2x2 pools leave 512 x 1 x 1 for one Linear, as the common CIFAR versions.
+    "vgg11": "-".join(f"conv{c}x3p1-bn-relu" if c else "pool2"
+                      for c in (64, 0, 128, 0, 256, 256, 0, 512, 512, 0, 512, 512, 0)) + "-fc{classes}",
 }
+
+# The CIFAR ResNets of He et al. 2016 (section 4.2): depth 6n + 2, n basic blocks per stage.
+RESNETS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
 
 SPEC_HELP = """\
 An architecture is a built-in name or a spec string of layers joined by '-':
@@ -40,7 +54,9 @@ An architecture is a built-in name or a spec string of layers joined by '-':
   bn                         BatchNorm2d after a conv, BatchNorm1d after an fc
 The last layer must be fc<number of classes>. Input channels and sizes are
 inferred from the data. Built-ins (K = the number of classes):
-""" + "\n".join(f"  {k:12} {v.replace('{classes}', 'K')}" for k, v in ARCHS.items())
+""" + "\n".join(f"  {k:12} {v.replace('{classes}', 'K')}" for k, v in ARCHS.items()) + """
+  resnet20, resnet32, resnet56   the CIFAR ResNets of He et al. 2016 (built in Python:
+               fastconv.models.resnet; they have skip connections, which specs do not)"""
 
 _TOKENS = [
     ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?")),
@@ -84,11 +100,17 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
         import fastconv as lib
 
     if not isinstance(arch, str) or not arch.strip():
-        raise ValueError(f"arch: must be a built-in name ({', '.join(ARCHS)}) or a spec string; got {arch!r}")
+        raise ValueError(f"arch: must be a built-in name ({', '.join([*ARCHS, *RESNETS])}) or a spec string; "
+                         f"got {arch!r}")
     spec = resolve_arch(arch.strip().lower(), num_classes if num_classes is not None else 10)
     if not 0 <= dropout < 1:
         raise ValueError(f"arch: `dropout` must be in [0, 1); got {dropout!r}")
     shape = tuple(int(s) for s in input_shape)
+    if spec in RESNETS:
+        if len(shape) != 3:
+            raise ValueError(f"arch: {spec} needs an image (C, H, W) input; it gets shape {shape}")
+        return resnet(6 * RESNETS[spec] + 2, num_classes if num_classes is not None else 10,
+                      in_channels=shape[0], dropout=dropout, lib=lib)
     layers = []
     last_kind = None
     for token in spec.split("-"):
@@ -140,6 +162,88 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
     if num_classes is not None and shape[0] != num_classes:
         raise ValueError(f"arch: {spec!r} ends with {shape[0]} outputs but the data has {num_classes} classes")
     return lib.Sequential(*layers)
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_residual():
+    """PyTorch's twin of fastconv.Residual (the same attribute names, so the same state_dict keys)."""
+    import torch
+
+    class Residual(torch.nn.Module):
+        def __init__(self, body, shortcut=None):
+            super().__init__()
+            self.body, self.shortcut = body, shortcut
+
+        def forward(self, x):
+            return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
+
+    return Residual
+
+
+def resnet(depth: int, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, lib=None):
+    """The CIFAR ResNet of He et al. 2016 (section 4.2) of ``depth`` = 6n + 2 layers:
+    a 3x3 conv to 16 channels, three stages of n basic blocks (two 3x3 convs)
+    with 16, 32 and 64 channels, stride 2 at the first block of stages 2 and 3
+    with a 1x1 projection shortcut (option B), batch norm after every conv, a
+    global average pool and a Linear to ``num_classes``.
+
+    A flat Sequential: Conv2d, BatchNorm2d, ReLU, then each block as
+    ``Residual(body, shortcut)`` followed by a ReLU (which fuses with the add),
+    then AdaptiveAvgPool2d(1), Flatten, Linear; state_dict keys read
+    "3.body.0.weight". Convs have no bias (a batch norm follows each) and He
+    normal weights with fan_out (torch's ``kaiming_normal_(mode="fan_out")``);
+    batch norms start at weight 1, bias 0. ``dropout`` > 0 puts a Dropout
+    before the Linear. ``lib=torch.nn`` builds the same network in PyTorch.
+
+    >>> fc.models.resnet(20).state_dict()["3.body.0.weight"].shape
+    (16, 16, 3, 3)
+    """
+    if lib is None:
+        import fastconv as lib
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"resnet: `depth` must be 6n + 2 for an int n >= 1 (20, 32, 44, 56, 110); got {depth!r}")
+    residual = getattr(lib, "Residual", None) or _torch_residual()
+
+    def conv_bn(cin, cout, k, stride):
+        return [lib.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), lib.BatchNorm2d(cout)]
+
+    layers, width = conv_bn(in_channels, 16, 3, 1) + [lib.ReLU()], 16
+    for stage, out in enumerate((16, 32, 64)):
+        for block in range((depth - 2) // 6):
+            stride = 2 if stage and not block else 1
+            body = lib.Sequential(*conv_bn(width, out, 3, stride), lib.ReLU(), *conv_bn(out, out, 3, 1))
+            shortcut = lib.Sequential(*conv_bn(width, out, 1, stride)) if stride != 1 or width != out else None
+            layers += [residual(body, shortcut), lib.ReLU()]
+            width = out
+    layers += [lib.AdaptiveAvgPool2d(1), lib.Flatten()] + ([lib.Dropout(dropout)] if dropout else [])
+    model = lib.Sequential(*layers, lib.Linear(64, num_classes))
+    for m in model.modules():
+        if isinstance(m, lib.Conv2d):
+            if hasattr(lib.init, "he_normal_"):
+                lib.init.he_normal_(m.weight, mode="fan_out")
+            else:  # torch.nn
+                lib.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+def resnet20(num_classes: int = 10, lib=None):
+    """ResNet-20 for CIFAR (3 blocks per stage, 0.27 M parameters): :func:`resnet` (20)."""
+    return resnet(20, num_classes, lib=lib)
+
+
+def resnet32(num_classes: int = 10, lib=None):
+    """ResNet-32 for CIFAR (5 blocks per stage): :func:`resnet` (32)."""
+    return resnet(32, num_classes, lib=lib)
+
+
+def resnet56(num_classes: int = 10, lib=None):
+    """ResNet-56 for CIFAR (9 blocks per stage): :func:`resnet` (56)."""
+    return resnet(56, num_classes, lib=lib)
+
+
+def vgg11(num_classes: int = 10, lib=None):
+    """The built-in ``vgg11`` spec (VGG-11 with batch norm, for 32x32 RGB inputs)."""
+    return build_model("vgg11", (3, 32, 32), num_classes, lib=lib)
 
 
 def load_model(path) -> tuple:

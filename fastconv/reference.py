@@ -401,3 +401,70 @@ def locally_connected2d_backward(x, weight, dy, stride, padding, need_dx=True):
         for j in range(kw):
             dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += dwin[..., i, j]
     return np.ascontiguousarray(dx_pad[:, :, ph:ph + h, pw:pw + w]), dweight, dbias
+
+
+# ---------------------------------------------------------------------------
+# adaptive pools and the residual add
+
+def _adaptive_windows(size, out):
+    """PyTorch's adaptive windows along one axis: [floor(i size / out), ceil((i + 1) size / out))."""
+    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+
+def _adaptive_cells(x_shape, output_size):
+    """((i, j), rows, cols) for every output cell of an adaptive pool (none for an empty batch)."""
+    oh, ow = _pair(output_size)
+    if x_shape[0] * x_shape[1] == 0:
+        return
+    for i, (r0, r1) in enumerate(_adaptive_windows(x_shape[2], oh)):
+        for j, (c0, c1) in enumerate(_adaptive_windows(x_shape[3], ow)):
+            yield (i, j), slice(r0, r1), slice(c0, c1)
+
+
+def adaptive_avgpool2d_forward(x, output_size):
+    """Each output cell the mean of its adaptive window."""
+    y = np.empty(x.shape[:2] + _pair(output_size), x.dtype)
+    for (i, j), rows, cols in _adaptive_cells(x.shape, output_size):
+        y[:, :, i, j] = x[:, :, rows, cols].mean(axis=(2, 3), dtype=x.dtype)
+    return y
+
+
+def adaptive_avgpool2d_backward(dy, x_shape):
+    """dx of x_shape: each dy divided by its window's size, added over the window."""
+    x_shape = tuple(int(d) for d in x_shape)  # as the native wrapper reads it
+    dx = np.zeros(x_shape, dy.dtype)
+    for (i, j), rows, cols in _adaptive_cells(x_shape, dy.shape[2:]):
+        size = (rows.stop - rows.start) * (cols.stop - cols.start)
+        dx[:, :, rows, cols] += (dy[:, :, i, j] / dy.dtype.type(size))[:, :, None, None]
+    return dx
+
+
+def adaptive_maxpool2d_forward(x, output_size):
+    """(y, argmax int64): each cell's maximum and its index in the H x W plane
+    (the first maximum in row-major order; a NaN wins, as np.argmax)."""
+    n, c, h, w = x.shape
+    y = np.empty((n, c) + _pair(output_size), x.dtype)
+    am = np.empty(y.shape, np.int64)
+    for (i, j), rows, cols in _adaptive_cells(x.shape, output_size):
+        win = x[:, :, rows, cols].reshape(n, c, -1)
+        k = np.argmax(win, axis=2)
+        y[:, :, i, j] = np.take_along_axis(win, k[..., None], axis=2)[..., 0]
+        width = cols.stop - cols.start
+        am[:, :, i, j] = (rows.start + k // width) * w + cols.start + k % width
+    return y, am
+
+
+def adaptive_maxpool2d_backward(dy, argmax, x_shape):
+    """dx of x_shape: each dy added at its plane's argmax."""
+    n, c, h, w = x_shape = tuple(int(d) for d in x_shape)  # as the native wrapper reads it
+    dx = np.zeros((n * c, h * w), dy.dtype)
+    rows = np.repeat(np.arange(n * c), argmax[0, 0].size if argmax.size else 0)
+    np.add.at(dx, (rows, argmax.reshape(-1)), dy.reshape(-1))
+    return dx.reshape(x_shape)
+
+
+def add_relu(a, b, relu):
+    """y = a + b, then relu_forward(y) when relu (infinity where the sum overflows, as C)."""
+    with np.errstate(over="ignore"):
+        y = a + b
+    return relu_forward(y) if relu else y

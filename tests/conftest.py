@@ -166,3 +166,30 @@ def assert_isas_agree(fn, threads=1):
     for isa, outputs in results.items():
         for got, expected in zip(outputs, results["generic"]):
             assert_bits_equal(got, expected)
+
+
+class Calls:
+    """Counts the native kernel calls by name."""
+
+    def __init__(self, monkeypatch, names):
+        self.counts = dict.fromkeys(names, 0)
+        for name in names:
+            real = getattr(_kernels, name)
+
+            def counted(*args, _real=real, _name=name, **kwargs):
+                self.counts[_name] += 1
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(_kernels, name, counted)
+
+
+def unfused(layers, x, dy):
+    """(output, dx, parameter gradients) of layers run one by one: the fusion tests' oracle."""
+    for m in layers:
+        x = m(x)
+    out = x
+    for m in reversed(layers):
+        dy = m.backward(dy)
+    grads = [p.grad.copy() for m in layers for p in m.parameters()]
+    for m in layers:
+        m.zero_grad()
+    return out, dy, grads

@@ -193,3 +193,49 @@ def test_peak_is_a_positive_measurement(isa):
 def test_peak_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         _kernels.peak_gflops(**kwargs)
+
+
+def test_resnet20_training_step_row(torch):
+    """The ResNet-20 row: batch 128 in full runs, every side in a tiny one, its
+    FLOP count that of the network, and a table row whose ratios agree."""
+    import numpy as np
+
+    import fastconv as fc
+
+    build, shape, gflop = compare.NETS["resnet20"]
+    assert shape == (128, 3, 32, 32)
+    macs = []
+    forward = fc.Conv2d.forward
+
+    def counted(self, x, relu=False):
+        y = forward(self, x, relu)
+        macs.append(self.weight.data.size * y.shape[-2] * y.shape[-1])
+        return y
+    model = build(fc)
+    try:
+        fc.Conv2d.forward = counted
+        model(np.zeros((1, 3, 32, 32), np.float32))
+    finally:
+        fc.Conv2d.forward = forward
+    per_image = 2 * (sum(macs) + model[-1].weight.data.size)  # the convs and the Linear
+    assert gflop == pytest.approx(3 * per_image * 128 / 1e9, rel=0.01)
+    assert [type(m).__name__ for m in build(torch.nn).modules()].count("Residual") == 9
+
+    threads, torch_threads = _kernels.get_num_threads(), torch.get_num_threads()
+    p = argparse.ArgumentParser()
+    compare.add_arguments(p)
+    out = io.StringIO()
+    try:
+        assert compare.run(p.parse_args(["--tiny", "--reps", "1", "--turn-ms", "1", "--threads", "1",
+                                         "--only", "resnet20"]), out=out) == 0
+    finally:
+        _kernels.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
+    _, rows = _parse(out.getvalue())
+    assert [r["workload"] for r in rows] == ["resnet20 train step b2"]
+    ours = _median(rows[0]["fastconv ms"])
+    for side in compare.PEERS:
+        label = compare.LABELS[side]
+        ratio = float(rows[0][f"vs {label}"].rstrip("x"))
+        assert ratio == pytest.approx(_median(rows[0][f"{label} ms"]) / ours, rel=2e-3, abs=6e-3)
+    assert rows[0]["rate"].endswith("GFLOP/s")

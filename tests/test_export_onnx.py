@@ -40,7 +40,8 @@ def assert_parity(model, input_shape, path, seed=0, batches=(1, 5)):
         np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(ours).max())))
 
 
-SHAPES = {"digits": (1, 8, 8), "lenet": (1, 28, 28), "lenet5": (1, 28, 28), "cifar_small": (3, 32, 32), "mlp": (2, 5, 5)}
+SHAPES = {"digits": (1, 8, 8), "lenet": (1, 28, 28), "lenet5": (1, 28, 28), "cifar_small": (3, 32, 32),
+          "mlp": (2, 5, 5), "vgg11": (3, 32, 32)}
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -48,6 +49,29 @@ def test_builtin_architectures_match_onnxruntime(arch, tmp_path):
     assert arch in SHAPES, f"add an input shape for the new architecture {arch!r}"
     model = build_model(arch, SHAPES[arch], 10, dropout=0.3).eval()
     assert_parity(model, SHAPES[arch], tmp_path / "m.onnx")
+
+
+@pytest.mark.parametrize("depth", [20, 32])
+def test_resnets_match_onnxruntime(depth, tmp_path):
+    """Residual blocks (identity and projection shortcuts), batch norm, the global pool."""
+    fc.manual_seed(depth)
+    model = _randomize(fc.models.resnet(depth, num_classes=10), np.random.default_rng(depth)).eval()
+    assert_parity(model, (3, 32, 32), tmp_path / "m.onnx")
+
+
+def test_concat_and_adaptive_pools_match_onnxruntime(tmp_path):
+    fc.manual_seed(0)
+    model = fc.Sequential(
+        fc.Concat(fc.Conv2d(3, 4, 1), fc.Sequential(fc.Conv2d(3, 2, 3, padding=1), fc.ReLU())),
+        fc.Residual(fc.Conv2d(6, 6, 3, padding=1)),
+        fc.AdaptiveMaxPool2d((4, 2)), fc.AdaptiveAvgPool2d(1), fc.Flatten(), fc.Linear(6, 3))
+    assert_parity(model, (3, 8, 6), tmp_path / "m.onnx")
+
+
+def test_uneven_adaptive_pool_is_refused_naming_the_layer(tmp_path):
+    model = fc.Sequential(fc.AdaptiveAvgPool2d(3), fc.Flatten(), fc.Linear(9, 2))
+    with pytest.raises(ValueError, match=r"layer 0 \(AdaptiveAvgPool2d\) pools 8x8 to 3x3: uneven windows"):
+        fc.export_onnx(model, tmp_path / "m.onnx", (1, 8, 8))
 
 
 def _randomize(model, rng):

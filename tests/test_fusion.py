@@ -4,7 +4,7 @@ never applied to subclasses, and are switched off while a container is observed.
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import Calls, rand, unfused
 
 import fastconv as fc
 from fastconv import _kernels
@@ -18,38 +18,12 @@ def net():
             fc.Flatten(), fc.Linear(4 * 5 * 4, 3)]
 
 
-def unfused(layers, x, dy):
-    for m in layers:
-        x = m(x)
-    out = x
-    for m in reversed(layers):
-        dy = m.backward(dy)
-    grads = [p.grad.copy() for m in layers for p in m.parameters()]
-    for m in layers:
-        m.zero_grad()
-    return out, dy, grads
-
-
-class Calls:
-    """Counts the native kernel calls by name."""
-
-    def __init__(self, monkeypatch, names):
-        self.counts = dict.fromkeys(names, 0)
-        for name in names:
-            real = getattr(_kernels, name)
-
-            def counted(*args, _real=real, _name=name, **kwargs):
-                self.counts[_name] += 1
-                return _real(*args, **kwargs)
-            monkeypatch.setattr(_kernels, name, counted)
-
-
 KERNELS = ("conv2d_forward", "conv2d_maxpool_forward", "relu_forward", "maxpool2d_forward",
            "relu_backward", "maxpool2d_backward")
 
 
 def test_patterns_are_declared_once():
-    assert [p.name for p in fusion.FORWARD] == ["conv2d_relu_maxpool2d", "conv2d_relu"]
+    assert [p.name for p in fusion.FORWARD] == ["conv2d_relu_maxpool2d", "conv2d_relu", "residual_relu"]
     assert [p.name for p in fusion.BACKWARD] == ["relu_maxpool2d_backward"]
 
 

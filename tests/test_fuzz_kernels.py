@@ -115,7 +115,7 @@ def _conv(draw, rng, backward):
 def _local(draw, rng, backward):
     """A valid locally_connected2d call: _conv's, with a filter per output position."""
     call = _conv(draw, rng, backward)
-    (n, c, h, w), (k, _, kh, kw) = call["x"].shape, call["weight"].shape
+    (_, c, h, w), (k, _, kh, kw) = call["x"].shape, call["weight"].shape
     (sh, sw), (ph, pw) = _pair(call["stride"]), _pair(call["padding"])
     oh, ow = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
     call["weight"] = values(rng, (oh, ow, k, c, kh, kw))
@@ -155,6 +155,21 @@ def _avgpool_backward(draw, rng):
     n, c, h, w = fwd["x"].shape
     return {"dy": values(rng, (n, c, _out(h, kh, sh, ph), _out(w, kw, sw, pw))), "x_shape": (n, c, h, w),
             "kernel": fwd["kernel"], "stride": fwd["stride"], "padding": fwd["padding"]}
+
+
+def _adaptive_forward(draw, rng):
+    n, c, h, w = draw(st.integers(0, 2)), draw(st.integers(1, 3)), draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    size = draw(st.one_of(st.integers(1, 9), st.tuples(st.integers(1, 9), st.integers(1, 9))))
+    return {"x": values(rng, (n, c, h, w)), "output_size": size}
+
+
+def _adaptive_backward(is_max):
+    def make(draw, rng):
+        fwd = _adaptive_forward(draw, rng)
+        y, am = reference.adaptive_maxpool2d_forward(fwd["x"], fwd["output_size"])
+        call = {"dy": values(rng, y.shape), "x_shape": fwd["x"].shape}
+        return {"dy": call["dy"], "argmax": am, "x_shape": call["x_shape"]} if is_max else call
+    return make
 
 
 def _any_shape(draw, min_rank=0):
@@ -222,6 +237,11 @@ VALID = {
     "batchnorm_backward": lambda d, r: _batchnorm(d, r, backward=True),
     "locally_connected2d_forward": lambda d, r: _local(d, r, backward=False),
     "locally_connected2d_backward": lambda d, r: _local(d, r, backward=True),
+    "adaptive_avgpool2d_forward": _adaptive_forward,
+    "adaptive_avgpool2d_backward": _adaptive_backward(False),
+    "adaptive_maxpool2d_forward": _adaptive_forward,
+    "adaptive_maxpool2d_backward": _adaptive_backward(True),
+    "add_relu": lambda d, r: {**_elementwise(["a", "b"])(d, r), "relu": d(st.booleans())},
 }
 
 
@@ -353,7 +373,7 @@ def spoil(draw, rng, name, value):
         }[m](), m
     if name == "x_shape":
         return draw(st.sampled_from(BAD_SHAPES)), "x_shape"
-    if name in ("kernel", "stride", "padding"):
+    if name in ("kernel", "stride", "padding", "output_size"):
         return draw(st.sampled_from(BAD_INTS)), "int"
     if name in ("alpha", "beta", "eps", "negative_slope"):
         return draw(st.sampled_from(BAD_REALS)), "real"
@@ -395,7 +415,7 @@ def _assert_same(got, want, name):
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4, equal_nan=True, err_msg=name)
 
 
-ARRAY_DTYPES = {"argmax": (np.uint8, np.int32)}
+ARRAY_DTYPES = {"argmax": (np.uint8, np.int32, np.int64)}
 
 # What a refusal of each mutation must say, besides naming the argument.
 SAYS = {"dtype": "float32", "misaligned": "aligned", "readonly": "writable", "noncontiguous": "contiguous",

@@ -87,6 +87,11 @@ def _local(s):
     return _ramp(s, 8, 16, 16) / 48, _ramp(16, 16, 8, 8, 3, 3) / 48
 
 
+def _adaptive_maxpool2d_backward(s):
+    _, am = _kernels.adaptive_maxpool2d_forward(_ramp(s, 16, 64, 64), (5, 7))
+    return _ramp(s, 16, 5, 7), am, (s, 16, 64, 64)
+
+
 def _batchnorm_backward(s):
     x, w, b = _ramp(s, 64, 32, 32) / 16, _ramp(64) / 48, _ramp(64) / 48
     _, mean, var = _kernels.batchnorm_forward(x, w, b, None, None, 1e-5)
@@ -122,6 +127,11 @@ ARGS = {
     "avgpool2d_backward": (lambda s: (_ramp(s, 16, 64, 64), (s, 16, 64, 64), 3, 1, 1), 128, 1e-5),
     "locally_connected2d_forward": (lambda s: (*_local(s), None, 1, 1), 256, 1e-4),
     "locally_connected2d_backward": (lambda s: (*_local(s), _ramp(s, 8, 16, 16) / 48, 1, 1), 256, 1e-3),
+    "adaptive_avgpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 512, 1e-5),
+    "adaptive_avgpool2d_backward": (lambda s: (_ramp(s, 16, 5, 7), (s, 16, 64, 64)), 128, 1e-5),
+    "adaptive_maxpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), (5, 7)), 512, 0),
+    "adaptive_maxpool2d_backward": (_adaptive_maxpool2d_backward, 512, 0),
+    "add_relu": (lambda s: (_vec(s), _vec(s)[::-1].copy(), True), 16, 0),
 }
 
 

@@ -381,7 +381,8 @@ def test_build_model_from_a_spec_string():
     assert m[3].weight.shape == (16, 8, 3, 3) and m[7].in_features == 16 * 11 * 11
     assert m(np.zeros((2, 1, 28, 28), np.float32)).shape == (2, 10)
     for name in ARCHS:
-        shape = {"cifar_small": (3, 32, 32), "lenet": (1, 28, 28), "lenet5": (1, 28, 28)}.get(name, (1, 8, 8))
+        shape = {"cifar_small": (3, 32, 32), "vgg11": (3, 32, 32), "lenet": (1, 28, 28),
+                 "lenet5": (1, 28, 28)}.get(name, (1, 8, 8))
         assert build_model(name, shape, 7)(np.zeros((1,) + shape, np.float32)).shape == (1, 7)
 
 

@@ -238,6 +238,28 @@ void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y, int 
  * real (unpadded) elements, summed where windows overlap. */
 void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx, int nthreads);
 
+/* ---- pool/adaptive_pool.c --------------------------------------------------
+ * x (n, c, h, w) -> y (n, c, oh, ow), any oh, ow >= 1 (larger than h, w too): output
+ * cell (i, j) pools rows [floor(i h / oh), ceil((i + 1) h / oh)) and the
+ * columns likewise (PyTorch's adaptive pools). `max`: the window's maximum
+ * (ties: the first in row-major order; NaN wins) and, in argmax (n, c, oh,
+ * ow), its index in the h x w plane; else the window's mean (argmax unused). */
+typedef struct {
+    fc_int n, c, h, w, oh, ow;
+} fc_adaptive_shape;
+void fc_adaptive_pool2d_forward(const fc_adaptive_shape *s, int max, const float *x, float *y,
+                                int64_t *argmax, int nthreads);
+/* dx (n, c, h, w) is overwritten: each dy goes to its window's winner
+ * (argmax given) or, divided by the window's size, to every element of the
+ * window (argmax NULL); summed where windows overlap. */
+void fc_adaptive_pool2d_backward(const fc_adaptive_shape *s, const float *dy, const int64_t *argmax,
+                                 float *dx, int nthreads);
+
+/* ---- eltwise/add_relu.c ----------------------------------------------------
+ * y = a + b over count elements, then max(y, 0) when `relu` (NaN and -0
+ * kept, as fc_activation_forward's ReLU). y may be a or b. */
+void fc_add_relu(fc_int count, const float *a, const float *b, int relu, float *y, int nthreads);
+
 /* ---- peak.c ----------------------------------------------------------------
  * A measurement, not a kernel: each of nthreads threads runs `iters` steps of
  * fc_peak_flop_per_iter(isa) FLOP of independent multiply-adds on the ISA's

@@ -46,6 +46,10 @@ typedef float fc_peak_fn(fc_int iters, float seed);
  * value. */
 typedef int32_t fc_max_abs_bits_fn(const float *v, fc_int n);
 
+/* The residual add (add_relu.c): y[i] = a[i] + b[i] for i in [0, n), then
+ * max(y[i], 0) when `relu` (NaN and -0 kept, as the ReLU kernel). */
+typedef void fc_add_relu_fn(fc_int n, const float *a, const float *b, int relu, float *y);
+
 typedef struct {
     const char *name;
 
@@ -89,6 +93,8 @@ typedef struct {
 
     /* batchnorm.c: the per-channel tiles of each pass (batchnorm.h). */
     const fc_bn_kernel *bn;
+    /* add_relu.c: the residual add's loop. */
+    fc_add_relu_fn *add_relu;
 
     /* peak.c */
     int peak_lanes;

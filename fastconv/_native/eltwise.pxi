@@ -128,3 +128,29 @@ def tanh_forward(x):
 def tanh_backward(dy, y):
     """dx = dy * (1 - y * y) (y is the forward's output)."""
     return _activation_backward("tanh_backward", FC_ACT_TANH, dy, y, "y", 0.0)
+
+
+# ---------------------------------------------------------------------------
+# the residual add
+
+cdef extern from "fastconv.h" nogil:
+    void fc_add_relu(fc_int count, const float *a, const float *b, int relu, float *y, int nthreads)
+
+
+def add_relu(a, b, relu):
+    """y = a + b (same shapes), then max(y, 0) when ``relu`` (with relu_forward's
+    NaN and -0 rules, so that it has the bits of relu_forward(a + b))."""
+    fn = "add_relu"
+    _check_any_rank(fn, "a", a)
+    _check_any_rank(fn, "b", b)
+    _check_shape(fn, "b", b, a.shape)
+    cdef bint r = _flag(fn, "relu", relu)
+    y = np.empty_like(a)
+    cdef fc_int count = a.size
+    cdef int nt = _team(_num_threads)
+    cdef const float *pa = _fptr(a)
+    cdef const float *pb = _fptr(b)
+    cdef float *py = _fptr(y)
+    with nogil:
+        fc_add_relu(count, pa, pb, r, py, nt)
+    return y

@@ -17,4 +17,6 @@ KERNELS = (
     "batchnorm_forward", "batchnorm_backward",
     "avgpool2d_forward", "avgpool2d_backward",
     "locally_connected2d_forward", "locally_connected2d_backward",
+    "adaptive_avgpool2d_forward", "adaptive_avgpool2d_backward",
+    "adaptive_maxpool2d_forward", "adaptive_maxpool2d_backward", "add_relu",
 )

@@ -1,4 +1,6 @@
-"""Converting fully connected (FC) layers to convolutions, to slide a classifier over larger images.
+"""Model conversions: fully connected (FC) layers to convolutions, to slide a
+classifier over larger images (:func:`linear_to_conv`), and batch norm folded
+into the convolution before it, for inference (:func:`fuse_batchnorm`).
 
 A Linear that looks at a C x H x W volume (after a Flatten) is the same as a
 Conv2d with an H x W kernel and no padding; a Linear after that is a 1 x 1
@@ -17,7 +19,8 @@ import numpy as np
 from fastconv.nn.conv import Conv2d
 from fastconv.nn.linear import Flatten, Linear
 from fastconv.nn.containers import Sequential
-from fastconv.nn.module import Module
+from fastconv.nn.module import Module, Parameter
+from fastconv.nn.normalization import BatchNorm2d
 
 
 def linear_to_conv(model: Sequential, input_shape) -> Sequential:
@@ -55,3 +58,45 @@ def linear_to_conv(model: Sequential, input_shape) -> Sequential:
         layers.append(new)
         y = new(y)
     return Sequential(*layers)
+
+
+def fuse_batchnorm(model: Module) -> Module:
+    """A copy of ``model`` for inference, in eval mode, in which every
+    BatchNorm2d that directly follows a Conv2d in a Sequential (anywhere in
+    the model: a Residual's body too) is folded into that conv:
+
+        weight' = weight * gamma / sqrt(running_var + eps)
+        bias'   = (bias - running_mean) * gamma / sqrt(running_var + eps) + beta
+
+    and removed. The outputs are the eval-mode outputs of ``model`` within
+    float32 rounding; one layer fewer runs, and a Conv2d then followed by a
+    ReLU fuses with it. The other children keep their names (a Sequential
+    of Conv2d, BatchNorm2d, ReLU keeps "0" and "2"), so the state_dict loses
+    only the batch norms' keys and gains the convs' biases. A BatchNorm2d
+    without running statistics (``track_running_stats=False``) normalizes
+    by each batch's own and is left as it is. ``model`` is not changed, and
+    ``eval()`` never folds by itself.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"fuse_batchnorm: `model` must be a Module; got {type(model).__name__}")
+    fused = copy.deepcopy(model).eval()
+    for seq in [m for m in fused.modules() if isinstance(m, Sequential)]:
+        names = list(seq._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = seq._modules.get(first), seq._modules.get(second)
+            if type(conv) is Conv2d and type(bn) is BatchNorm2d and bn.track_running_stats:
+                _fold(conv, bn)
+                del seq._modules[second]
+                object.__delattr__(seq, second)
+    return fused
+
+
+def _fold(conv: Conv2d, bn: BatchNorm2d) -> None:
+    """conv becomes conv followed by bn in eval mode (in float64, then rounded once)."""
+    k = conv.out_channels
+    gamma = bn.weight.data.astype(np.float64) if bn.weight is not None else np.ones(k)
+    beta = bn.bias.data.astype(np.float64) if bn.bias is not None else np.zeros(k)
+    scale = gamma / np.sqrt(bn.running_var.astype(np.float64) + bn.eps)
+    bias = conv.bias.data.astype(np.float64) if conv.bias is not None else np.zeros(k)
+    conv.weight.data[...] = conv.weight.data * scale.reshape(-1, 1, 1, 1)
+    conv.bias = Parameter((bias - bn.running_mean) * scale + beta)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from fastconv.backend import get_backend
 from fastconv.nn.activations import ReLU
+from fastconv.nn.containers import Residual
 from fastconv.nn.conv import Conv2d
 from fastconv.nn.pooling import MaxPool2d
 from fastconv.nn.module import Module
@@ -69,6 +70,13 @@ def _conv_relu(mods, x):
     return relu.adopt_output(conv.forward(x, relu=True))
 
 
+def _residual_relu(mods, x):
+    """The ReLU in the residual add's pass (one pass over the block's output
+    instead of two); the ReLU adopts the rectified sum."""
+    residual, relu = mods
+    return relu.adopt_output(residual.forward(x, relu=True))
+
+
 def _always(mods, array) -> bool:
     return True
 
@@ -90,6 +98,7 @@ def _relu_pool_backward(mods, dy):
 FORWARD = (
     Pattern("conv2d_relu_maxpool2d", (Conv2d, ReLU, MaxPool2d), _pool_fits, _conv_relu_pool),
     Pattern("conv2d_relu", (Conv2d, ReLU), _always, _conv_relu),
+    Pattern("residual_relu", (Residual, ReLU), _always, _residual_relu),
 )
 BACKWARD = (
     Pattern("relu_maxpool2d_backward", (ReLU, MaxPool2d), _pool_ran, _relu_pool_backward),

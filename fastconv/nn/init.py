@@ -58,11 +58,14 @@ def _fans(a):
     return a.shape[1] * receptive, a.shape[0] * receptive
 
 
-def he_normal_(tensor, gain: float = math.sqrt(2.0)):
-    """Fill with N(0, std^2), std = gain / sqrt(fan_in) (He et al. 2015 for gain sqrt(2))."""
+def he_normal_(tensor, gain: float = math.sqrt(2.0), mode: str = "fan_in"):
+    """Fill with N(0, std^2), std = gain / sqrt(fan) (He et al. 2015 for gain sqrt(2)); ``mode``
+    picks fan_in (the default) or fan_out (torch's kaiming_normal_(mode="fan_out"), ResNets' init)."""
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"he_normal_: `mode` must be 'fan_in' or 'fan_out'; got {mode!r}")
     a = _array(tensor)
-    fan_in, _ = _fans(a)
-    a[...] = generator().normal(0.0, gain / math.sqrt(fan_in), a.shape)
+    fan = _fans(a)[mode == "fan_out"]
+    a[...] = generator().normal(0.0, gain / math.sqrt(fan), a.shape)
     return tensor
 
 

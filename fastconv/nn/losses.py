@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastconv._guard import plain
-from fastconv.nn.checks import check_input
+from fastconv.nn.checks import check_input, check_real
 
 REDUCTIONS = ("mean", "sum")
 
@@ -27,9 +27,11 @@ def check_labels(loss, y, n, classes):
 class Loss:
     """Base: validates the reduction and holds the gradient of the last forward."""
 
+    reductions = REDUCTIONS
+
     def __init__(self, reduction: str = "mean"):
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"{type(self).__name__}: `reduction` must be one of {REDUCTIONS}; got {reduction!r}")
+        if reduction not in self.reductions:
+            raise ValueError(f"{type(self).__name__}: `reduction` must be one of {self.reductions}; got {reduction!r}")
         self.reduction = reduction
         self._grad = None
 
@@ -50,35 +52,77 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax followed by the negative log-likelihood of the true class:
+    """Softmax followed by the negative log-likelihood of the true class, as
+    PyTorch's ``CrossEntropyLoss``:
 
         L_i = -log(exp(s_{y_i}) / sum_j exp(s_j)) = log(sum_j exp(s_j - m)) - (s_{y_i} - m)
 
     with m = max_j s_j, so that scores in the thousands neither overflow nor
-    underflow. ``forward`` returns the mean over the batch (``reduction="mean"``,
-    PyTorch's ``CrossEntropyLoss`` default) or the sum; ``backward`` returns
-    (softmax(s) - onehot(y)) / N.
+    underflow. With ``label_smoothing`` e in [0, 1] the target is
+    (1 - e) * onehot(y) + e / C instead of onehot(y):
+    L_i = (1 - e) * L_i + e / C * sum_j -log softmax(s)_j.
+
+    ``forward`` returns the mean over the batch (``reduction="mean"``, the
+    default), the sum, or (``"none"``) the (N,) array of the L_i. ``backward``
+    returns (softmax(s) - target) / N for "mean" (without the / N for
+    "sum"); for "none" it takes the gradient of the per-example losses,
+    ``backward(dloss)`` (shape (N,); ones when omitted), and returns
+    (softmax(s) - target) * dloss[:, None].
 
     scores: (N, C) float32; y: (N,) integer class indices.
     """
 
-    def forward(self, scores, y) -> float:
+    reductions = ("mean", "sum", "none")
+
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
+        super().__init__(reduction)
+        self.label_smoothing = check_real("SoftmaxCrossEntropy", "label_smoothing", label_smoothing, 0.0, 1.0)
+
+    def forward(self, scores, y):
         scores = check_input("SoftmaxCrossEntropy", scores, (2,), "scores")
         n, c = scores.shape
         y = check_labels("SoftmaxCrossEntropy", y, n, c)
+        rows = np.arange(n)
+        shifted = scores - scores.max(axis=1, keepdims=True, initial=-np.inf) if n else scores
+        exp = np.exp(shifted)
+        total = exp.sum(axis=1, keepdims=True)
+        log_total = np.log(total[:, 0])
+        losses = log_total - shifted[rows, y]
+        grad = exp / total
+        e = self.label_smoothing
+        if e:
+            uniform = log_total - shifted.mean(axis=1)  # mean_j -log softmax(s)_j
+            losses = (1 - e) * losses + e * uniform
+            grad -= scores.dtype.type(e / c)
+        grad[rows, y] -= scores.dtype.type(1 - e)
+        if self.reduction == "none":
+            self._grad = grad
+            return losses.astype(scores.dtype, copy=False)
         if n == 0:  # PyTorch: the mean of nothing is NaN, the sum 0
             self._grad = np.zeros_like(scores)
             return float("nan") if self.reduction == "mean" else 0.0
-        rows = np.arange(n)
-        shifted = scores - scores.max(axis=1, keepdims=True)
-        exp = np.exp(shifted)
-        total = exp.sum(axis=1, keepdims=True)
-        losses = np.log(total[:, 0]) - shifted[rows, y]
-        grad = exp / total
-        grad[rows, y] -= 1
         scale = self._scale(n)
         self._grad = (grad * scale).astype(scores.dtype, copy=False)
         return float(losses.sum(dtype=np.float64) * scale)
+
+    def backward(self, dloss=None):
+        """dL/dscores of the last forward; for reduction "none", of sum(L_i * dloss_i)."""
+        grad = super().backward()
+        if self.reduction != "none":
+            if dloss is not None:
+                raise ValueError(f"SoftmaxCrossEntropy.backward: `dloss` is for reduction='none'; "
+                                 f"this loss has reduction={self.reduction!r}")
+            return grad
+        if dloss is None:
+            return grad
+        dloss = check_input("SoftmaxCrossEntropy.backward", np.asarray(dloss, grad.dtype), (1,), "dloss")
+        if dloss.shape != grad.shape[:1]:
+            raise ValueError(f"SoftmaxCrossEntropy.backward: `dloss` must have shape {grad.shape[:1]}; "
+                             f"got {dloss.shape}")
+        return grad * dloss[:, None]
+
+    def __repr__(self):
+        return f"SoftmaxCrossEntropy(reduction={self.reduction!r}, label_smoothing={self.label_smoothing})"
 
 
 class MulticlassSVM(Loss):

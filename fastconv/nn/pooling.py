@@ -1,4 +1,5 @@
-"""Pooling: MaxPool2d (argmax routing of the gradient) and AvgPool2d, with PyTorch's semantics."""
+"""Pooling: MaxPool2d (argmax routing of the gradient), AvgPool2d and the adaptive pools
+(AdaptiveAvgPool2d, AdaptiveMaxPool2d), with PyTorch's semantics."""
 
 from __future__ import annotations
 
@@ -103,3 +104,63 @@ class AvgPool2d(Module):
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class _AdaptivePool2d(Module):
+    """Pools (N, C, H, W) or (C, H, W) input to a fixed ``output_size`` (an int
+    or an (OH, OW) pair, any size >= 1) whatever H and W are: output cell
+    (i, j) pools rows [floor(i H / OH), ceil((i + 1) H / OH)) and the columns
+    likewise, as PyTorch (windows may differ in size and overlap)."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = check_pair(type(self).__name__, "output_size", output_size, 1)
+        self._cache = None
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """The mean over each adaptive window; ``AdaptiveAvgPool2d(1)`` is the
+    global average pool of ResNets. The backward spreads each gradient
+    evenly over its window.
+
+    >>> AdaptiveAvgPool2d(1)(np.ones((2, 64, 8, 8), np.float32)).shape
+    (2, 64, 1, 1)
+    """
+
+    def forward(self, x):
+        x, unbatched = batched("AdaptiveAvgPool2d", x)
+        y = kernel("adaptive_avgpool2d_forward")(x, self.output_size)
+        self._cache = (x.shape, y.shape, unbatched)
+        return y[0] if unbatched else y
+
+    def backward(self, dy):
+        x_shape, y_shape, unbatched = self._cache
+        dy = check_grad("AdaptiveAvgPool2d", dy, y_shape[1:] if unbatched else y_shape)
+        dx = kernel("adaptive_avgpool2d_backward")(dy[None] if unbatched else dy, x_shape)
+        return dx[0] if unbatched else dx
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """The maximum over each adaptive window (ties: the first in row-major
+    order; NaN wins); the backward routes each gradient to its window's winner.
+    ``indices`` holds the winners' positions in their H x W planes after a
+    forward, as PyTorch's ``return_indices``."""
+
+    def forward(self, x):
+        x, unbatched = batched("AdaptiveMaxPool2d", x)
+        y, argmax = kernel("adaptive_maxpool2d_forward")(x, self.output_size)
+        self._cache = (x.shape, argmax, unbatched)
+        return y[0] if unbatched else y
+
+    @property
+    def indices(self):
+        return None if self._cache is None else self._cache[1][0] if self._cache[2] else self._cache[1]
+
+    def backward(self, dy):
+        x_shape, argmax, unbatched = self._cache
+        dy = check_grad("AdaptiveMaxPool2d", dy, argmax.shape[1:] if unbatched else argmax.shape)
+        dx = kernel("adaptive_maxpool2d_backward")(dy[None] if unbatched else dy, argmax, x_shape)
+        return dx[0] if unbatched else dx

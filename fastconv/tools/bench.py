@@ -64,7 +64,17 @@ def cifar_small(lib):
     return build_model("cifar_small", (3, 32, 32), 10, lib=lib)
 
 
-NETS = {"lenet": (lenet, (64, 1, 28, 28), 0.284), "cifar_small": (cifar_small, (128, 3, 32, 32), 7.7)}
+def resnet20(lib):
+    """ResNet-20 (fastconv.models.resnet20) for 10 classes; ``lib`` is ``fastconv`` or ``torch.nn``."""
+    from fastconv.models import resnet20
+
+    return resnet20(10, lib=lib)
+
+
+# name -> (builder, batch shape, GFLOP of one training step at that batch: 3x the forward's).
+# ResNet-20's forward is 40.8 M multiply-adds per 32x32 image (its convs and the Linear).
+NETS = {"lenet": (lenet, (64, 1, 28, 28), 0.284), "cifar_small": (cifar_small, (128, 3, 32, 32), 7.7),
+        "resnet20": (resnet20, (128, 3, 32, 32), 31.3)}
 
 
 def batch(shape, seed=0):

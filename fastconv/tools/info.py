@@ -255,6 +255,12 @@ def _kernel_checks(rng) -> dict:
         "avgpool2d_backward": ((dpool, x.shape, (2, 2), (2, 2), (0, 0)), {}),
         "locally_connected2d_forward": ((x, wl, bl, (1, 2), (1, 1)), {}),
         "locally_connected2d_backward": ((x, wl, dyl, (1, 2), (1, 1)), {}),
+        "adaptive_avgpool2d_forward": ((x, (3, 2)), {}),
+        "adaptive_avgpool2d_backward": ((dx3[:, :, :3, :2].copy(), x.shape), {}),
+        "adaptive_maxpool2d_forward": ((x, (3, 2)), {}),
+        "adaptive_maxpool2d_backward": ((dx3[:, :, :3, :2].copy(), reference.adaptive_maxpool2d_forward(x, (3, 2))[1],
+                                         x.shape), {}),
+        "add_relu": ((x, dx3, True), {}),
     }
     missing = set(_kernels.KERNELS) - set(cases)
     if missing:  # a new kernel must be added here too

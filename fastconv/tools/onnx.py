@@ -198,6 +198,40 @@ def _batchnorm(g, bn, x, shape, where):
     return g.node("BatchNormalization", inputs, epsilon=float(bn.eps)), shape
 
 
+def _residual(g, res, x, shape, where):
+    y, yshape = g.layer(res.body, x, shape, f"{where}.body" if where else "body")
+    s, sshape = (x, shape) if res.shortcut is None else g.layer(res.shortcut, x, shape,
+                                                               f"{where}.shortcut" if where else "shortcut")
+    if yshape != sshape:
+        _refuse(res, where, f"adds a body output of shape {('N',) + yshape} to a shortcut of {('N',) + sshape}")
+    return g.node("Add", [y, s]), yshape
+
+
+def _concat(g, cat, x, shape, where):
+    outs = [g.layer(m, x, shape, f"{where}.{name}" if where else name) for name, m in cat._modules.items()]
+    rank = len(outs[0][1]) + 1
+    axis = cat.dim % rank
+    if axis == 0 or any(len(o[1]) + 1 != rank for o in outs):
+        _refuse(cat, where, f"concatenates along dim {cat.dim} outputs of shapes {[('N',) + o[1] for o in outs]}")
+    out = list(outs[0][1])
+    out[axis - 1] = sum(o[1][axis - 1] for o in outs)
+    return g.node("Concat", [o[0] for o in outs], axis=axis), tuple(out)
+
+
+def _adaptive(global_op, op):
+    """A global pool for output 1x1; a plain pool where the windows tile the input exactly."""
+    def export(g, pool, x, shape, where):
+        _need_rank(pool, where, shape, (3,), "(N, C, H, W) images")
+        (oh, ow), (h, w) = pool.output_size, shape[1:]
+        if (oh, ow) == (1, 1):
+            return g.node(global_op, [x]), (shape[0], 1, 1)
+        if h % oh or w % ow:
+            _refuse(pool, where, f"pools {h}x{w} to {oh}x{ow}: uneven windows, which ONNX pools cannot express")
+        kernel = [h // oh, w // ow]
+        return g.node(op, [x], kernel_shape=kernel, strides=kernel), (shape[0], oh, ow)
+    return export
+
+
 def _identity(g, layer, x, shape, where):
     return g.node("Identity", [x]), shape
 
@@ -218,6 +252,10 @@ EXPORTERS = {
     fc.Dropout: _identity,
     fc.Linear: _linear,
     fc.Flatten: _flatten,
+    fc.Residual: _residual,
+    fc.Concat: _concat,
+    fc.AdaptiveAvgPool2d: _adaptive("GlobalAveragePool", "AveragePool"),
+    fc.AdaptiveMaxPool2d: _adaptive("GlobalMaxPool", "MaxPool"),
 }
 
 

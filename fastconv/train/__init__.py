@@ -9,11 +9,11 @@ parallelism over MPI). The models the command line trains are in
 
 from fastconv.train.early_stopping import EarlyStopping
 from fastconv.train.metrics import confusion_matrix
-from fastconv.train.optim import SGD, Adagrad, Adam, Optimizer, RMSprop
+from fastconv.train.optim import SGD, Adagrad, Adam, AdamW, Optimizer, RMSprop
 from fastconv.train.schedules import (CosineAnnealingLR, ExponentialLR, InverseTimeLR, LRScheduler,
                                       ReduceLROnPlateau, StepLR)
 from fastconv.train.trainer import Trainer, TrainingDiverged
 
-__all__ = ["Adagrad", "Adam", "CosineAnnealingLR", "EarlyStopping", "ExponentialLR", "InverseTimeLR",
+__all__ = ["Adagrad", "Adam", "AdamW", "CosineAnnealingLR", "EarlyStopping", "ExponentialLR", "InverseTimeLR",
            "LRScheduler", "Optimizer", "RMSprop", "ReduceLROnPlateau", "SGD", "StepLR", "Trainer",
            "TrainingDiverged", "confusion_matrix"]

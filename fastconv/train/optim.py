@@ -303,3 +303,21 @@ class Adam(Optimizer):
         step_size = group["lr"] / (1 - beta1 ** t)
         denom = np.sqrt(v) / np.float32(np.sqrt(1 - beta2 ** t)) + np.float32(group["eps"])
         p.data -= np.float32(step_size) * m / denom
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter), PyTorch's rule and defaults: the weight
+    decay is decoupled from the gradient, a shrink of the weights before the
+    Adam step on the plain gradient:
+
+        p *= 1 - lr * weight_decay;  then Adam's update with g = grad
+
+    ``weight_decay`` defaults to 0.01, as torch.optim.AdamW.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+    def _update(self, p, state, group):
+        p.data *= np.float32(1 - group["lr"] * group["weight_decay"])
+        super()._update(p, state, {**group, "weight_decay": 0.0})

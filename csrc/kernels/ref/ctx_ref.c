@@ -21,6 +21,7 @@ fc_wg_grad_fn fc_wg_grad_ref;
 fc_pool_row_forward_fn fc_pool2x2_forward_ref;
 fc_pool_row_backward_fn fc_pool2x2_backward_ref;
 fc_peak_fn fc_peak_ref;
+fc_add_relu_fn fc_add_relu_ref;
 
 void fc_ctx_init_ref(fc_ctx *ctx)
 {
@@ -41,6 +42,7 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->pool2x2_backward = fc_pool2x2_backward_ref;
     ctx->eltwise = &fc_eltwise_kernel_ref;
     ctx->bn = &fc_bn_kernel_ref;
+    ctx->add_relu = fc_add_relu_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }
