@@ -40,13 +40,47 @@ def _windows(x, kernel, stride, padding, pad_value=0.0):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
+def _conv_padding(padding):
+    """((top, bottom), (left, right)) of an int, an (h, w) pair or a pair of pairs."""
+    if np.isscalar(padding):
+        return (int(padding),) * 2, (int(padding),) * 2
+    h, w = padding
+    return (_pair(h), _pair(w))
+
+
+def _conv_windows(x, kernel, stride, padding, dilation):
+    """View of x (N, C, H, W) as (N, C, OH, OW, kh, kw) windows of taps dilation apart,
+    padding ((top, bottom), (left, right))."""
+    (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
+    x = np.pad(x, ((0, 0), (0, 0)) + _conv_padding(padding))
+    win = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
 def conv2d_forward(x, weight, bias, stride, padding, relu=False):
     """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k],
     then relu_forward(y) when relu is true."""
+    return _conv_forward("conv2d_forward", x, weight, bias, stride, padding, 1, 1, relu)
+
+
+def conv2d_ex_forward(x, weight, bias, stride, padding, dilation, groups, relu=False):
+    """conv2d_forward with taps dilation apart, output channel k reading the input channels
+    of group k // (K / groups), padding ((top, bottom), (left, right)) allowed."""
+    return _conv_forward("conv2d_ex_forward", x, weight, bias, stride, padding, dilation, groups,
+                         relu)
+
+
+def _grouped(a, groups, axis):
+    """a with its axis `axis` split into (groups, size / groups)."""
+    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
+
+
+def _conv_forward(fn, x, weight, bias, stride, padding, dilation, groups, relu):
     if not isinstance(relu, (bool, np.bool_)):
-        raise TypeError(f"conv2d_forward: `relu` must be a bool; got {relu!r}")
-    win = _windows(x, weight.shape[2:], stride, padding)  # N, C, OH, OW, kh, kw
-    y = np.einsum("ncyxij,kcij->nkyx", win, weight, optimize=True)
+        raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
+    win = _grouped(_conv_windows(x, weight.shape[2:], stride, padding, dilation), groups, 1)
+    y = np.einsum("ngcyxij,gkcij->ngkyx", win, _grouped(weight, groups, 0), optimize=True)
+    y = y.reshape((y.shape[0], -1) + y.shape[3:])
     if bias is not None:
         y += bias[None, :, None, None]
     y = np.ascontiguousarray(y, dtype=x.dtype)
@@ -65,21 +99,29 @@ def conv2d_maxpool_forward(x, weight, bias, stride, padding, relu=False):
 
 def conv2d_backward(x, weight, dy, stride, padding, need_dx=True):
     """(dx | None, dweight, dbias) of conv2d_forward for upstream gradient dy."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    return conv2d_ex_backward(x, weight, dy, stride, padding, 1, 1, need_dx)
+
+
+def conv2d_ex_backward(x, weight, dy, stride, padding, dilation, groups, need_dx=True):
+    """(dx | None, dweight, dbias) of conv2d_ex_forward for upstream gradient dy."""
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    (top, bottom), (left, right) = _conv_padding(padding)
     n, c, h, w = x.shape
     k, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
-    win = _windows(x, (kh, kw), stride, padding)
-    dweight = np.einsum("ncyxij,nkyx->kcij", win, dy, optimize=True).astype(x.dtype)
+    win = _grouped(_conv_windows(x, (kh, kw), stride, padding, dilation), groups, 1)
+    dyg, wg = _grouped(dy, groups, 1), _grouped(weight, groups, 0)
+    dweight = np.einsum("ngcyxij,ngkyx->gkcij", win, dyg, optimize=True).reshape(weight.shape)
+    dweight = dweight.astype(x.dtype)
     dbias = dy.sum(axis=(0, 2, 3)).astype(x.dtype)
     dx = None
     if need_dx:
-        cols = np.einsum("nkyx,kcij->ncijyx", dy, weight, optimize=True)
-        dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=x.dtype)
+        cols = np.einsum("ngkyx,gkcij->ngcijyx", dyg, wg, optimize=True).reshape((n, c, kh, kw, oh, ow))
+        dx_pad = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
         for i in range(kh):  # col2im: scatter-add each kernel tap back
             for j in range(kw):
-                dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += cols[:, :, i, j]
-        dx = np.ascontiguousarray(dx_pad[:, :, ph:ph + h, pw:pw + w])
+                dx_pad[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw] += cols[:, :, i, j]
+        dx = np.ascontiguousarray(dx_pad[:, :, top:top + h, left:left + w])
     return dx, dweight, dbias
 
 

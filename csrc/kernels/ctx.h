@@ -17,13 +17,14 @@
  * measurable.
  *
  * Contracts: each family's layouts are documented in its header
- * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h); every entry
+ * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h, depthwise.h); every entry
  * is stateless and called from several threads at once.
  */
 #ifndef FC_KERNELS_CTX_H
 #define FC_KERNELS_CTX_H
 
 #include "fastconv.h"
+#include "kernels/depthwise.h"
 #include "kernels/direct.h"
 #include "kernels/gemm_ukernel.h"
 #include "kernels/im2col.h"
@@ -72,6 +73,11 @@ typedef struct {
      * output channels (direct.h). A NULL forward: the direct algorithm does
      * not apply on this ISA. */
     fc_direct_kernel direct_k8, direct_k16;
+
+    /* conv/depthwise.c: one output row of one channel, and its dW terms
+     * (depthwise.h). */
+    fc_dw_row_fn *dw_row;
+    fc_dw_dweight_row_fn *dw_dweight_row;
 
     /* peak.c */
     int peak_lanes;

@@ -1,9 +1,12 @@
-/* The AVX-512 table: AVX2's, with this folder's GEMM and peak loop. The
- * other kernels are AVX2's: copies, pool rows and transforms are bound by
- * memory more than by vector width, and have no AVX-512 versions yet. */
+/* The AVX-512 table: AVX2's, with this folder's GEMM, depthwise rows and
+ * peak loop. The other kernels are AVX2's: copies, pool rows and transforms
+ * are bound by memory more than by vector width, and have no AVX-512
+ * versions yet. */
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
+fc_dw_row_fn fc_dw_row_avx512;
+fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
 fc_peak_fn fc_peak_avx512;
 
 void fc_ctx_init_avx512(fc_ctx *ctx)
@@ -11,6 +14,8 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     fc_ctx_init_avx2(ctx);
     ctx->name = "avx512";
     ctx->gemm = &fc_gemm_kernel_avx512;
+    ctx->dw_row = fc_dw_row_avx512;
+    ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
 }

@@ -16,6 +16,8 @@ fc_wg_output_fn fc_wg_output_ref, fc_wg_output_pool_ref;
 fc_wg_grad_fn fc_wg_grad_ref;
 fc_pool_row_forward_fn fc_pool2x2_forward_ref;
 fc_pool_row_backward_fn fc_pool2x2_backward_ref;
+fc_dw_row_fn fc_dw_row_ref;
+fc_dw_dweight_row_fn fc_dw_dweight_row_ref;
 fc_peak_fn fc_peak_ref;
 
 void fc_ctx_init_ref(fc_ctx *ctx)
@@ -33,6 +35,8 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->wg_grad = fc_wg_grad_ref;
     ctx->pool2x2_forward = fc_pool2x2_forward_ref;
     ctx->pool2x2_backward = fc_pool2x2_backward_ref;
+    ctx->dw_row = fc_dw_row_ref;
+    ctx->dw_dweight_row = fc_dw_dweight_row_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }
