@@ -117,12 +117,12 @@ float fc_max_abs(const float *v, fc_int count, int nthreads);
 
 /* The algorithms, in the order auto tries them (conv/plan.c describes each). */
 enum {
-    FC_CONV_DEPTHWISE = 0,
-    FC_CONV_DIRECT = 1,
-    FC_CONV_WINOGRAD = 2,
-    FC_CONV_POINTWISE = 3,
-    FC_CONV_IMPLICIT_IM2COL = 4,
-    FC_CONV_IM2COL = 5,
+    FC_CONV_DIRECT = 0,
+    FC_CONV_WINOGRAD = 1,
+    FC_CONV_POINTWISE = 2,
+    FC_CONV_IMPLICIT_IM2COL = 3,
+    FC_CONV_IM2COL = 4,
+    FC_CONV_DEPTHWISE = 5, /* the one that takes grouped problems (groups == C) */
     FC_CONV_ALGORITHMS = 6
 };
 const char *fc_conv_algorithm_name(int algorithm);

@@ -2,9 +2,6 @@
  * (the public entry points' contracts: fastconv.h).
  *
  * The algorithms, in the order auto tries them (the table `algorithms`):
- *   depthwise        conv/depthwise.c: groups == C (each output channel
- *                    reads one input channel), row by row, any kernel,
- *                    stride, padding and dilation
  *   direct           conv/direct.c: each image zero-padded, then convolved
  *                    directly, for K = 8 or 16 output channels at unit
  *                    stride, where the ISA table has the tiles (AVX2 and up)
@@ -15,6 +12,13 @@
  *   implicit_im2col  conv/im2col.c: the GEMM packs its B straight from x,
  *                    the column matrix never stored
  *   im2col           conv/im2col.c: the column matrix built, then the GEMM
+ *   depthwise        conv/depthwise.c: groups == C (each output channel
+ *                    reads one input channel of its own), row by row, any
+ *                    kernel, stride, padding and dilation. The only one
+ *                    that takes grouped problems, which the others never
+ *                    see (below), so its place in the order decides
+ *                    nothing; last, so that im2col, the one that runs
+ *                    every ungrouped shape, stays where it was.
  *
  * Directions. The forward, and the conv + 2x2 max-pool forward, which runs
  * the forward's algorithm: Winograd pools in its output transform and never
@@ -34,7 +38,7 @@
  * algorithm whose rule says PAYS and whose guard holds; forcing one takes it
  * wherever its rule says APPLIES or PAYS and its guard holds, and auto's
  * choice elsewhere; excluding one is auto without it. im2col pays for every
- * shape, so auto always finds one.
+ * ungrouped shape, so auto always finds one (or runs per group).
  *
  * Groups. Only an algorithm marked `grouped` (depthwise) is asked about a
  * problem with groups > 1; for the others it is NO. When none takes it, the
@@ -520,9 +524,6 @@ typedef struct {
 } algorithm;
 
 static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
-    [FC_CONV_DEPTHWISE] = {"depthwise", {depthwise_rule, depthwise_rule, depthwise_rule},
-                           {NULL, NULL, NULL}, depthwise_run, NULL, depthwise_dweight_run, 0,
-                           depthwise_dx_run, 1},
     [FC_CONV_DIRECT] = {"direct", {direct_forward, direct_dx, direct_forward},
                         {NULL, by_convolution_guard, direct_dweight_guard},
                         direct_run, NULL, direct_dweight_run, 0},
@@ -535,6 +536,9 @@ static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
                                  {NULL, by_convolution_guard, NULL}, implicit_run, NULL, NULL, 0},
     [FC_CONV_IM2COL] = {"im2col", {im2col_forward, im2col_dx, im2col_dweight}, {NULL, NULL, NULL},
                         im2col_run, NULL, NULL, 1, NULL, 0},
+    [FC_CONV_DEPTHWISE] = {"depthwise", {depthwise_rule, depthwise_rule, depthwise_rule},
+                           {NULL, NULL, NULL}, depthwise_run, NULL, depthwise_dweight_run, 0,
+                           depthwise_dx_run, 1},
 };
 
 /* choose's answer for a grouped problem that no grouped algorithm takes:
