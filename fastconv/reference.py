@@ -80,7 +80,7 @@ def _conv_forward(fn, x, weight, bias, stride, padding, dilation, groups, relu):
         raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
     win = _grouped(_conv_windows(x, weight.shape[2:], stride, padding, dilation), groups, 1)
     y = np.einsum("ngcyxij,gkcij->ngkyx", win, _grouped(weight, groups, 0), optimize=True)
-    y = y.reshape((y.shape[0], -1) + y.shape[3:])
+    y = y.reshape((y.shape[0], weight.shape[0]) + y.shape[3:])
     if bias is not None:
         y += bias[None, :, None, None]
     y = np.ascontiguousarray(y, dtype=x.dtype)

@@ -57,9 +57,10 @@ cdef fc_conv_shape _conv_geometry(str fn, tuple x_shape, tuple w_shape, stride, 
                          f"{w_shape}); got groups={groups}")
     s.groups = groups
     if wc * groups != s.c:
+        grouped = f" (C / groups)" if groups > 1 else ""
         raise ValueError(
-            f"{fn}: `{w_name}` must have {s.c // groups} input channels (C / groups) to match "
-            f"`{x_name}` {x_shape} with groups={groups}; got weight shape {w_shape}")
+            f"{fn}: `{w_name}` must have {s.c // groups} input channels{grouped} to match "
+            f"`{x_name}` {x_shape}{f' with groups={groups}' if groups > 1 else ''}; got weight shape {w_shape}")
     if s.kh < 1 or s.kw < 1 or s.k < 1 or s.c < 1:
         raise ValueError(f"{fn}: `{w_name}` must have non-zero sizes; got shape {w_shape}")
     s.sh, s.sw = _pair(fn, "stride", stride, 1)

@@ -118,13 +118,17 @@ class Conv2d(Module):
         (sh, sw), ((top, bottom), (left, right)), (eh, ew) = self.stride, _sides(self.padding), self._span()
         return (h + top + bottom - eh) // sh + 1, (w + left + right - ew) // sw + 1
 
-    def _conv_args(self):
-        return self.stride, self.padding, self.dilation, self.groups
+    def _kernel(self, direction):
+        """The kernel and its arguments after the arrays: conv2d_* for a plain conv, else conv2d_ex_*."""
+        if self.plain:
+            return kernel(f"conv2d_{direction}"), (self.stride, self.padding)
+        return kernel(f"conv2d_ex_{direction}"), (self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x, relu=False):
         """y = conv(x) + bias; max(y, 0) in the same pass when ``relu``."""
         x, unbatched, weight, bias = self._inputs(x)
-        y = kernel("conv2d_ex_forward")(x, weight, bias, *self._conv_args(), relu)
+        conv, args = self._kernel("forward")
+        y = conv(x, weight, bias, *args, relu)
         self._cache = (x, unbatched)
         return y[0] if unbatched else y
 
@@ -143,9 +147,9 @@ class Conv2d(Module):
         x, unbatched = self._cache
         dy = check_input("Conv2d.backward", dy, (3,) if unbatched else (4,), "dy")
         dy = dy[None] if unbatched else dy
-        dx, dw, db = kernel("conv2d_ex_backward")(x, self.weight.data.astype(x.dtype, copy=False), dy,
-                                                  *self._conv_args(),
-                                                  need_dx=bool(self.needs_input_grad))
+        conv, args = self._kernel("backward")
+        dx, dw, db = conv(x, self.weight.data.astype(x.dtype, copy=False), dy, *args,
+                          need_dx=bool(self.needs_input_grad))
         self.weight.grad += dw
         if self.bias is not None:
             self.bias.grad += db
