@@ -342,9 +342,12 @@ static int pointwise_forward(const problem *p, reason *r)
 
 /* depthwise: every output channel reads one input channel of its own
  * (groups == C; K = C times the multiplier). A GEMM per group would be one
- * row of kh*kw times OH*OW columns: all packing, no reuse. A one-channel
- * input (groups = 1) can run here too, but auto keeps the algorithms
- * measured on that shape. */
+ * row of kh*kw times OH*OW columns: all packing, no reuse. Instructions
+ * (callgrind, AVX2, 1 thread) for 8x32x28x28 -> 32, 3x3 p1 against
+ * no-depthwise (per group, implicit im2col): stride 1 forward 4.44M vs
+ * 6.98M, backward 18.7M vs 40.7M; stride 2 forward 1.69M vs 4.57M, backward
+ * 12.7M vs 17.1M. A one-channel input (groups = 1) can run here too, but
+ * auto keeps the algorithms measured on that shape. */
 static int depthwise_rule(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
