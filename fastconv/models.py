@@ -33,8 +33,8 @@ SPEC_HELP = """\
 An architecture is a built-in name or a spec string of layers joined by '-':
   conv<OUT>x<K>[s<S>][p<P>][d<D>][g<G>]
                              Conv2d: OUT filters of KxK, stride S (1), zero padding P (0),
-                             dilation D (1), G channel groups (1; G divides the channels and OUT)
-  dwconv<K>[s<S>][p<P>]      depthwise Conv2d: one KxK filter per channel (groups = channels)
+                             dilation D (1), G groups of channels (1; G divides them and OUT)
+  dwconv<K>[s<S>][p<P>]      depthwise Conv2d: one KxK filter per channel
   pool<K>[s<S>]              MaxPool2d: KxK windows, stride S (K)
   avgpool<K>[s<S>]           AvgPool2d: KxK windows, stride S (K)
   fc<N>                      Linear to N outputs (a Flatten is put in front of the first)
