@@ -106,7 +106,7 @@ int fc_conv2d_forward(const fc_conv_shape *s, const float *x, const float *weigh
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, const float *x, const float *weight,
                               const float *bias, int relu, float *pooled, uint8_t *argmax,
                               int nthreads);
-/* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
+/* Outputs: dx (may be NULL: not computed), dweight (k, c / groups, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias,
