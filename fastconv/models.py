@@ -45,7 +45,10 @@ RESNETS = {"resnet20": 3, "resnet32": 5, "resnet56": 9}
 
 SPEC_HELP = """\
 An architecture is a built-in name or a spec string of layers joined by '-':
-  conv<OUT>x<K>[s<S>][p<P>]  Conv2d: OUT filters of KxK, stride S (1), zero padding P (0)
+  conv<OUT>x<K>[s<S>][p<P>][d<D>][g<G>]
+                             Conv2d: OUT filters of KxK, stride S (1), zero padding P (0),
+                             dilation D (1), G groups of channels (1; G divides them and OUT)
+  dwconv<K>[s<S>][p<P>]      depthwise Conv2d: one KxK filter per channel
   pool<K>[s<S>]              MaxPool2d: KxK windows, stride S (K)
   avgpool<K>[s<S>]           AvgPool2d: KxK windows, stride S (K)
   fc<N>                      Linear to N outputs (a Flatten is put in front of the first)
@@ -59,7 +62,8 @@ inferred from the data. Built-ins (K = the number of classes):
                fastconv.models.resnet; they have skip connections, which specs do not)"""
 
 _TOKENS = [
-    ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?")),
+    ("conv", re.compile(r"conv(\d+)x(\d+)(?:s(\d+))?(?:p(\d+))?(?:d(\d+))?(?:g(\d+))?")),
+    ("dwconv", re.compile(r"dwconv(\d+)(?:s(\d+))?(?:p(\d+))?")),
     ("avgpool", re.compile(r"avgpool(\d+)(?:s(\d+))?")),
     ("pool", re.compile(r"(?:max)?pool(\d+)(?:s(\d+))?")),
     ("fc", re.compile(r"fc(\d+)")),
@@ -116,18 +120,25 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
     for token in spec.split("-"):
         kind, m = next(((k, r.fullmatch(token)) for k, r in _TOKENS if r.fullmatch(token)), (None, None))
         if kind is None:
-            raise ValueError(f"arch: unknown layer {token!r} in {spec!r}; expected conv<OUT>x<K>[s<S>][p<P>], "
+            raise ValueError(f"arch: unknown layer {token!r} in {spec!r}; expected conv<OUT>x<K>[s<S>][p<P>][d<D>][g<G>], "
+                             "dwconv<K>[s<S>][p<P>], "
                              "pool<K>[s<S>], fc<N>, relu, drop<P>, bn, ... (see `fastconv train --help`)")
-        if kind in ("conv", "pool", "avgpool") and len(shape) != 3:
+        if kind in ("conv", "dwconv", "pool", "avgpool") and len(shape) != 3:
             raise ValueError(f"arch: {token!r} needs an image (C, H, W) input; it gets shape {shape}")
-        if kind == "conv":
-            out, k = int(m[1]), int(m[2])
-            s, p = int(m[3] or 1), int(m[4] or 0)
-            _check_sizes(token, ("filters", out), ("kernel size", k), ("stride", s))
-            h, w = (shape[1] + 2 * p - k) // s + 1, (shape[2] + 2 * p - k) // s + 1
-            if h < 1 or w < 1 or out < 1 or k < 1 or s < 1:
+        if kind in ("conv", "dwconv"):
+            if kind == "conv":
+                out, k, s, p, d, g = int(m[1]), int(m[2]), int(m[3] or 1), int(m[4] or 0), int(m[5] or 1), int(m[6] or 1)
+            else:
+                out, k, s, p, d, g = shape[0], int(m[1]), int(m[2] or 1), int(m[3] or 0), 1, shape[0]
+            _check_sizes(token, ("filters", out), ("kernel size", k), ("stride", s), ("dilation", d), ("groups", g))
+            if shape[0] % g or out % g:
+                raise ValueError(f"arch: {token!r}: the groups ({g}) must divide the input channels ({shape[0]}) "
+                                 f"and the filters ({out})")
+            span = d * (k - 1) + 1
+            h, w = (shape[1] + 2 * p - span) // s + 1, (shape[2] + 2 * p - span) // s + 1
+            if h < 1 or w < 1:
                 raise ValueError(f"arch: {token!r} does not fit its input of shape {shape} (kernel {k}, padding {p})")
-            layers.append(lib.Conv2d(shape[0], out, k, stride=s, padding=p))
+            layers.append(lib.Conv2d(shape[0], out, k, stride=s, padding=p, dilation=d, groups=g))
             shape = (out, h, w)
         elif kind in ("pool", "avgpool"):
             k = int(m[1])

@@ -178,6 +178,78 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="flo
     return dx, dweight, dbias
 
 
+# -- dilated and grouped convolution (conv2d_ex_*) ----------------------------------------
+
+def _conv_padding(padding):
+    """((top, bottom), (left, right)) of an int, an (h, w) pair or a pair of pairs."""
+    if np.isscalar(padding):
+        return (int(padding),) * 2, (int(padding),) * 2
+    h, w = padding
+    return (_pair(h), _pair(w))
+
+
+def _conv_windows(x, kernel, stride, padding, dilation):
+    """View of x (N, C, H, W) as (N, C, OH, OW, kh, kw) windows of taps dilation apart,
+    padding ((top, bottom), (left, right))."""
+    (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
+    x = np.pad(x, ((0, 0), (0, 0)) + _conv_padding(padding))
+    win = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def conv2d_ex_forward(x, weight, bias, stride, padding, dilation, groups, relu=False, precision="float32"):
+    """conv2d_forward with taps dilation apart, output channel k reading the input channels
+    of group k // (K / groups), padding ((top, bottom), (left, right)) allowed."""
+    if precision == "bfloat16":  # a tolerance oracle: the inputs rounded to bf16, exact sums
+        x, weight = (_bf16_values(a).astype(np.float32) for a in (x, weight))
+    return _conv_forward("conv2d_ex_forward", x, weight, bias, stride, padding, dilation, groups,
+                         relu)
+
+
+def _grouped(a, groups, axis):
+    """a with its axis `axis` split into (groups, size / groups)."""
+    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
+
+
+def _conv_forward(fn, x, weight, bias, stride, padding, dilation, groups, relu):
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
+    win = _grouped(_conv_windows(x, weight.shape[2:], stride, padding, dilation), groups, 1)
+    y = np.einsum("ngcyxij,gkcij->ngkyx", win, _grouped(weight, groups, 0), optimize=True)
+    y = y.reshape((y.shape[0], weight.shape[0]) + y.shape[3:])
+    if bias is not None:
+        y += bias[None, :, None, None]
+    y = np.ascontiguousarray(y, dtype=x.dtype)
+    return relu_forward(y) if relu else y
+
+
+def conv2d_ex_backward(x, weight, dy, stride, padding, dilation, groups, need_dx=True,
+                       precision="float32"):
+    """(dx | None, dweight, dbias) of conv2d_ex_forward for upstream gradient dy (in bf16 a
+    tolerance oracle: x, weight and dy rounded to bf16, exact sums; dbias from dy as given)."""
+    dbias = dy.sum(axis=(0, 2, 3)).astype(x.dtype)
+    if precision == "bfloat16":
+        x, weight, dy = (_bf16_values(a).astype(np.float32) for a in (x, weight, dy))
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    (top, bottom), (left, right) = _conv_padding(padding)
+    n, c, h, w = x.shape
+    k, _, kh, kw = weight.shape
+    oh, ow = dy.shape[2:]
+    win = _grouped(_conv_windows(x, (kh, kw), stride, padding, dilation), groups, 1)
+    dyg, wg = _grouped(dy, groups, 1), _grouped(weight, groups, 0)
+    dweight = np.einsum("ngcyxij,ngkyx->gkcij", win, dyg, optimize=True).reshape(weight.shape)
+    dweight = dweight.astype(x.dtype)
+    dx = None
+    if need_dx:
+        cols = np.einsum("ngkyx,gkcij->ngcijyx", dyg, wg, optimize=True).reshape((n, c, kh, kw, oh, ow))
+        dx_pad = np.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+        for i in range(kh):  # col2im: scatter-add each kernel tap back
+            for j in range(kw):
+                dx_pad[:, :, i * dh:i * dh + sh * oh:sh, j * dw:j * dw + sw * ow:sw] += cols[:, :, i, j]
+        dx = np.ascontiguousarray(dx_pad[:, :, top:top + h, left:left + w])
+    return dx, dweight, dbias
+
+
 def argmax_dtype(kernel):
     kh, kw = _pair(kernel)
     return np.dtype(np.uint8) if kh * kw <= 256 else np.dtype(np.int32)

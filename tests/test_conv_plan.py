@@ -212,7 +212,9 @@ def test_the_self_test_reaches_every_algorithm_on_every_isa():
         for kernel in _kernels.KERNELS:
             assert errors[f"{isa}/{kernel}"] < 1e-3
         for algorithm in _kernels.CONV_ALGORITHMS:
-            for kernel in ("conv2d_forward", "conv2d_backward", "conv2d_maxpool_forward"):
+            grouped = algorithm == "depthwise"  # a grouped case, through the conv2d_ex kernels
+            for kernel in (("conv2d_ex_forward", "conv2d_ex_backward") if grouped else
+                           ("conv2d_forward", "conv2d_backward", "conv2d_maxpool_forward")):
                 key = f"{isa}/{kernel}/{algorithm}"
                 assert (key in errors) == (algorithm != "direct" or isa != "generic"), key
                 assert errors.get(key, 0) < 1e-3, key

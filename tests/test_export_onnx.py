@@ -68,6 +68,17 @@ def test_concat_and_adaptive_pools_match_onnxruntime(tmp_path):
     assert_parity(model, (3, 8, 6), tmp_path / "m.onnx")
 
 
+@pytest.mark.parametrize("conv", [dict(padding=2, dilation=2, groups=2), dict(padding=1, groups=4),
+                                  dict(kernel_size=4, padding="same"), dict(kernel_size=2, padding="same", dilation=3)],
+                         ids=["dilated-grouped", "depthwise", "same-even", "same-even-dilated"])
+def test_grouped_dilated_and_same_padded_convs_match_onnxruntime(conv, tmp_path):
+    fc.manual_seed(0)
+    layer = fc.Conv2d(4, 4, **{"kernel_size": 3, **conv})
+    oh, ow = layer.output_size(8, 7)
+    model = fc.Sequential(layer, fc.Flatten(), fc.Linear(4 * oh * ow, 3))
+    assert_parity(model, (4, 8, 7), tmp_path / "m.onnx")
+
+
 def test_uneven_adaptive_pool_is_refused_naming_the_layer(tmp_path):
     model = fc.Sequential(fc.AdaptiveAvgPool2d(3), fc.Flatten(), fc.Linear(9, 2))
     with pytest.raises(ValueError, match=r"layer 0 \(AdaptiveAvgPool2d\) pools 8x8 to 3x3: uneven windows"):

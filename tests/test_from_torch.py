@@ -109,18 +109,24 @@ def test_padding_strings_and_tuples_are_kept():
     _close(model(x), module, x)
 
 
+def test_grouped_dilated_depthwise_and_same_padded_convs():
+    module = nn.Sequential(nn.Conv2d(4, 6, 3, padding=2, dilation=2, groups=2), nn.ReLU(),
+                           nn.Conv2d(6, 6, 3, padding=1, groups=6), nn.Conv2d(6, 2, 4, padding="same")).eval()
+    model = fc.from_torch(module)
+    assert (model[0].groups, model[0].dilation, model[2].groups) == (2, (2, 2), 6)
+    x = rand(np.random.default_rng(6), 2, 4, 9, 7)
+    _close(model(x), module, x)
+
+
 @pytest.mark.parametrize("module, match", [
     (nn.Sequential(nn.ReLU(), nn.Sequential(nn.Linear(2, 2), nn.GELU())),
      r"layer 1\.1 \(GELU\) has no fastconv equivalent \(torch\.nn layers mapped: .*Conv2d"),
-    (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), r"layer 0 \(Conv2d\): `groups` must be 1 .*got 2"),
-    (nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2)), r"`dilation` must be 1 .*got \(2, 2\)"),
     (nn.Conv2d(1, 1, 3, padding_mode="reflect"), r"the model \(Conv2d\): `padding_mode` must be 'zeros'.*'reflect'"),
     (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), r"`ceil_mode` must be False .*got True"),
     (nn.Sequential(nn.MaxPool2d(2, dilation=2)), r"`dilation` must be 1 .*got 2"),
     (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), r"`return_indices` must be False"),
     (nn.Sequential(nn.AvgPool2d(2, count_include_pad=False)), r"`count_include_pad` must be True .*got False"),
     (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), r"`divisor_override` must be None .*got 3"),
-    (nn.Sequential(nn.Conv2d(1, 1, 4, padding="same")), r"layer 0 \(Conv2d\): Conv2d: padding='same' needs"),
     (nn.Sequential(nn.Dropout2d(0.1)), r"layer 0 \(Dropout2d\) has no fastconv equivalent"),
 ])
 def test_refusals_name_the_first_layer_and_option(module, match):

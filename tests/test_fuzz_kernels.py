@@ -124,6 +124,28 @@ def _local(draw, rng, backward):
     return call
 
 
+def _conv_ex(draw, rng, backward):
+    """A valid conv2d_ex_* call: groups of 1, 2 or C, dilation up to 2, padding per side."""
+    groups, cg, kg = draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    kh, kw, dh, dw = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    sides = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    span = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    h, w = (draw(st.integers(max(1, e - a - b), 7)) for e, (a, b) in zip(span, sides))
+    n = draw(st.integers(0, 2))
+    call = {"x": values(rng, (n, groups * cg, h, w)), "weight": values(rng, (groups * kg, cg, kh, kw))}
+    out = tuple((size + a + b - e) // s + 1 for size, (a, b), e, s in zip((h, w), sides, span, stride))
+    if backward:
+        call["dy"] = values(rng, (n, groups * kg) + out)
+    else:
+        call["bias"] = values(rng, (groups * kg,)) if draw(st.booleans()) else None
+    symmetric = all(a == b for a, b in sides) and draw(st.booleans())  # an (h, w) pair as well
+    call.update(stride=stride, padding=(sides[0][0], sides[1][0]) if symmetric else sides,
+                dilation=(dh, dw), groups=groups)
+    call["need_dx" if backward else "relu"] = draw(st.booleans())
+    return call
+
+
 def _conv_maxpool(draw, rng):
     """A valid conv2d_forward call whose output is at least 2x2, and relu."""
     call = _conv(draw, rng, backward=False)
@@ -217,6 +239,8 @@ VALID = {
     "conv2d_forward": lambda d, r: _conv(d, r, backward=False),
     "conv2d_backward": lambda d, r: _conv(d, r, backward=True),
     "conv2d_maxpool_forward": _conv_maxpool,
+    "conv2d_ex_forward": lambda d, r: _conv_ex(d, r, backward=False),
+    "conv2d_ex_backward": lambda d, r: _conv_ex(d, r, backward=True),
     "maxpool2d_forward": _pool_forward,
     "maxpool2d_backward": _maxpool_backward,
     "avgpool2d_forward": _pool_forward,
@@ -373,7 +397,7 @@ def spoil(draw, rng, name, value):
         }[m](), m
     if name == "x_shape":
         return draw(st.sampled_from(BAD_SHAPES)), "x_shape"
-    if name in ("kernel", "stride", "padding", "output_size"):
+    if name in ("kernel", "stride", "padding", "output_size", "dilation", "groups"):
         return draw(st.sampled_from(BAD_INTS)), "int"
     if name in ("alpha", "beta", "eps", "negative_slope"):
         return draw(st.sampled_from(BAD_REALS)), "real"

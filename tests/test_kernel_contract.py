@@ -72,8 +72,8 @@ def _vec(s):
     return _ramp(s, 1 << 20) / 16
 
 
-def _conv(s):
-    return _ramp(s, 16, 16, 16) / 48, _ramp(32, 16, 3, 3) / 48
+def _conv(s, groups=1):
+    return _ramp(s, 16, 16, 16) / 48, _ramp(32, 16 // groups, 3, 3) / 48
 
 
 def _maxpool2d_backward(s):
@@ -107,6 +107,10 @@ ARGS = {
     "conv2d_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),
     "conv2d_backward": (lambda s: (*_conv(s), _ramp(s, 32, 16, 16) / 48, 1, 1), 2048, 1e-3),
     "conv2d_maxpool_forward": (lambda s: (*_conv(s), None, 1, 1, True), 2048, 1e-4),
+    # depthwise, multiplier 2, dilation 2
+    "conv2d_ex_forward": (lambda s: (*_conv(s, groups=16), None, 1, 2, 2, 16, True), 2048, 1e-4),
+    "conv2d_ex_backward": (lambda s: (*_conv(s, groups=16), _ramp(s, 32, 16, 16) / 48, 1, 2, 2, 16),
+                           2048, 1e-3),
     "maxpool2d_forward": (lambda s: (_ramp(s, 16, 64, 64), 5, 1, 2), 64, 0),
     "maxpool2d_backward": (_maxpool2d_backward, 128, 0),
     "relu_forward": (lambda s: (_vec(s),), 16, 0),

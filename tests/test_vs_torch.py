@@ -175,7 +175,8 @@ def test_torch_loads_our_state_dict_and_back(rng):
     np.testing.assert_allclose(other(x), model(x), rtol=1e-6)
 
 
-@pytest.mark.parametrize("kernel", [1, 3, (5, 3)])
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")  # PyTorch's note on its copy
+@pytest.mark.parametrize("kernel", [1, 3, (5, 3), 2, (4, 3)])
 def test_conv2d_string_padding_matches_torch(kernel, rng):
     x = rand(rng, 2, 3, 7, 6)
     for padding in ("same", "valid"):
@@ -185,7 +186,7 @@ def test_conv2d_string_padding_matches_torch(kernel, rng):
 
 
 def test_conv2d_string_padding_errors():
-    with pytest.raises(ValueError, match=r"padding='same' needs stride 1 and an odd kernel size"):
-        fc.Conv2d(1, 1, 2, padding="same")
+    with pytest.raises(ValueError, match=r"padding='same' needs stride 1 \(as PyTorch\); got stride \(2, 1\)"):
+        fc.Conv2d(1, 1, 2, stride=(2, 1), padding="same")
     with pytest.raises(ValueError, match=r"`padding` must be an int, a pair, 'valid' or 'same'; got 'full'"):
         fc.Conv2d(1, 1, 3, padding="full")

@@ -51,4 +51,15 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads);
 
+/* ---- depthwise.c: groups == C, any kernel, stride, padding, dilation ----
+ * Each output plane and each channel's dW by one thread: the same bits at
+ * any thread count. */
+int fc_conv2d_depthwise_forward(const fc_conv_shape *s, const float *x, const float *weight,
+                                const float *bias, int relu, float *y, int nthreads);
+int fc_conv2d_depthwise_dx(const fc_conv_shape *s, const float *weight, const float *dy, float *dx,
+                           int nthreads);
+/* dweight and dbias (may be NULL), overwritten. */
+int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const float *dy,
+                                float *dweight, float *dbias, int nthreads);
+
 #endif

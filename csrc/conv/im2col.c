@@ -82,11 +82,12 @@ static float *alloc_floats(fc_int count)
 }
 
 /* The column matrix of a group of gn images is x itself: a single image,
- * and a 1x1 kernel with unit stride and no padding (im2col is the identity). */
+ * and a 1x1 kernel with unit stride and no padding on any side (im2col is
+ * the identity). */
 static int columns_are_x(const fc_conv_shape *s, fc_int gn)
 {
     return gn == 1 && s->kh == 1 && s->kw == 1 && s->sh == 1 && s->sw == 1 && s->ph == 0 &&
-           s->pw == 0;
+           s->pw == 0 && s->oh == s->h && s->ow == s->w;
 }
 
 /* Input: one image x; output: its column matrix in col, rows ld apart.

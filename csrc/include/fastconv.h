@@ -90,21 +90,29 @@ int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, 
                    float *c, fc_int ldc, int nthreads);
 
 /* ---- conv/plan.c: 2-D convolution ------------------------------------------
- * x (n, c, h, w), weight (k, c, kh, kw), y/dy (n, k, oh, ow) with
- * oh = (h + 2*ph - kh) / sh + 1, ow = (w + 2*pw - kw) / sw + 1 (caller checks
- * oh, ow >= 1). Zero padding. Each call runs the algorithm that the mode
- * (below) picks for its shape and the ISA; every algorithm gives the direct
- * sum to float32 rounding, with its pattern of NaN and infinities (inputs
- * out of an algorithm's range make it decline, and the next one runs).
- * `precision` (fc_gemm's): FC_BFLOAT16 runs the GEMM algorithms (pointwise,
- * implicit im2col, im2col) with the bf16 GEMM, x, the weights and dy
- * rounded to bf16 as they are packed, sums and outputs in float32; direct
- * and Winograd have float32 kernels only and decline. */
+ * x (n, c, h, w), weight (k, c / groups, kh, kw), y/dy (n, k, oh, ow); groups
+ * divides c and k, output channel o reading the input channels of group
+ * o / (k / groups) (PyTorch's layout). Tap (i, j) of output (oy, ox) reads
+ * x[oy*sh + i*dh - ph, ox*sw + j*dw - pw], zero outside the image: ph, pw
+ * are the padding before the first row and column, and the padding after
+ * the last is what oh, ow make it (PyTorch's padding="same" for an even
+ * kernel has one more there). The caller checks oh, ow >= 1 and that the
+ * last tap lies within one padding of the image; the usual case is
+ * oh = (h + 2*ph - dh*(kh-1) - 1) / sh + 1. Each call runs the algorithm
+ * that the mode (below) picks for its shape and the ISA; every algorithm
+ * gives the direct sum to float32 rounding, with its pattern of NaN and
+ * infinities (inputs out of an algorithm's range make it decline, and the
+ * next one runs). `precision` (fc_gemm's): FC_BFLOAT16 runs the GEMM
+ * algorithms (pointwise, implicit im2col, im2col) with the bf16 GEMM, x, the
+ * weights and dy rounded to bf16 as they are packed, sums and outputs in
+ * float32; direct, Winograd and depthwise have float32 kernels only and
+ * decline. */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */
-    fc_int sh, sw, ph, pw;  /* stride and padding */
+    fc_int sh, sw, ph, pw;  /* stride and padding before */
     fc_int oh, ow;          /* output size */
+    fc_int dh, dw, groups;  /* dilation (>= 1) and channel groups (>= 1) */
 } fc_conv_shape;
 
 /* bias may be NULL; relu: y = max(conv + bias, 0) (NaN kept), in the same pass. */
@@ -117,7 +125,7 @@ int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, con
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
                               const float *weight, const float *bias, int relu, float *pooled,
                               uint8_t *argmax, int nthreads);
-/* Outputs: dx (may be NULL: not computed), dweight (k, c, kh, kw) and dbias (k)
+/* Outputs: dx (may be NULL: not computed), dweight (k, c / groups, kh, kw) and dbias (k)
  * (dbias may be NULL). All outputs are overwritten, not accumulated. */
 int fc_conv2d_backward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *dy, float *dx, float *dweight, float *dbias,
@@ -133,7 +141,8 @@ enum {
     FC_CONV_POINTWISE = 2,
     FC_CONV_IMPLICIT_IM2COL = 3,
     FC_CONV_IM2COL = 4,
-    FC_CONV_ALGORITHMS = 5
+    FC_CONV_DEPTHWISE = 5, /* the one that takes grouped problems (groups == C) */
+    FC_CONV_ALGORITHMS = 6
 };
 const char *fc_conv_algorithm_name(int algorithm);
 /* The mode of every later call: auto (the planner's choice; algorithm

@@ -17,9 +17,9 @@
  * measurable.
  *
  * Contracts: each family's layouts are documented in its header
- * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h, eltwise.h,
- * batchnorm.h); every entry is stateless and called from several threads
- * at once.
+ * (gemm_ukernel.h, im2col.h, winograd.h, pool.h, direct.h, depthwise.h,
+ * eltwise.h, batchnorm.h, bf16.h); every entry is stateless and called from
+ * several threads at once.
  */
 #ifndef FC_KERNELS_CTX_H
 #define FC_KERNELS_CTX_H
@@ -27,6 +27,7 @@
 #include "fastconv.h"
 #include "kernels/batchnorm.h"
 #include "kernels/bf16.h"
+#include "kernels/depthwise.h"
 #include "kernels/direct.h"
 #include "kernels/eltwise.h"
 #include "kernels/gemm_ukernel.h"
@@ -95,6 +96,11 @@ typedef struct {
     const fc_bn_kernel *bn;
     /* add_relu.c: the residual add's loop. */
     fc_add_relu_fn *add_relu;
+
+    /* conv/depthwise.c: one output row of one channel, and its dW terms
+     * (depthwise.h). */
+    fc_dw_row_fn *dw_row;
+    fc_dw_dweight_row_fn *dw_dweight_row;
 
     /* peak.c */
     int peak_lanes;

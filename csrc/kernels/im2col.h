@@ -3,7 +3,7 @@
  *
  * The column matrix of one image x (C, H, W) for a convolution of shape s
  * has C*kh*kw rows, row r = (c * kh + i) * kw + j holding at column
- * (oy, ox) = oy * OW + ox the pixel x[c, oy*sh + i - ph, ox*sw + j - pw], or
+ * (oy, ox) = oy * OW + ox the pixel x[c, oy*sh + i*dh - ph, ox*sw + j*dw - pw], or
  * zero where that falls in the padding.
  *
  * im2col_row: input x (one image); output: row (c, i, j) of its column

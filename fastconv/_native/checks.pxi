@@ -79,14 +79,19 @@ cdef inline float *_fptr(cnp.ndarray a):
     return <float *>cnp.PyArray_DATA(a)
 
 
-def _out_size(str fn, size, kernel, stride, padding, str what, str kernel_arg="kernel"):
-    out = (size + 2 * padding - kernel) // stride + 1
-    if size + 2 * padding < kernel:
+def _out_size(str fn, size, kernel, stride, padding, str what, str kernel_arg="kernel", after=None,
+              dilation=1):
+    """Outputs along one axis: `padding` before, `after` (default the same) after, taps `dilation` apart."""
+    after = padding if after is None else after
+    span = dilation * (kernel - 1) + 1
+    if size + padding + after < span:
+        padded = f"{size} + 2*{padding}" if after == padding else f"{size} + {padding} + {after}"
+        extent = f"kernel {what} {kernel}" + (f" at dilation {dilation} (spanning {span})" if dilation > 1 else "")
         raise ValueError(
-            f"{fn}: kernel {what} {kernel} is larger than the padded input {what} "
-            f"{size} + 2*{padding} = {size + 2 * padding}: `{kernel_arg}` must fit in `x` padded by `padding`; "
+            f"{fn}: {extent} is larger than the padded input {what} "
+            f"{padded} = {size + padding + after}: `{kernel_arg}` must fit in `x` padded by `padding`; "
             f"got {what} {kernel}")
-    return out
+    return (size + padding + after - span) // stride + 1
 
 
 def _shape4(str fn, str name, shape, str dims="(N, C, H, W)"):

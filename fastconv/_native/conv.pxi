@@ -3,7 +3,7 @@
 
 cdef extern from "fastconv.h" nogil:
     ctypedef struct fc_conv_shape:
-        fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow
+        fc_int n, c, h, w, k, kh, kw, sh, sw, ph, pw, oh, ow, dh, dw, groups
     int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                           const float *bias, int relu, float *y, int nthreads)
     int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,
@@ -18,37 +18,58 @@ cdef extern from "fastconv.h" nogil:
                            int nthreads)
 
 
-cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding) except *:
+cdef fc_conv_shape _conv_shape(str fn, x, weight, stride, padding, dilation=1, groups=1) except *:
     _check_array(fn, "x", x, 4)
     _check_array(fn, "weight", weight, 4)
-    cdef fc_conv_shape s = _conv_geometry(fn, x.shape, weight.shape, stride, padding, "x", "weight")
-    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
-    because = f"`x` {x.shape}, `weight` {weight.shape}, `stride` {(s.sh, s.sw)}, `padding` {(s.ph, s.pw)}"
+    cdef fc_conv_shape s = _conv_geometry(fn, x.shape, weight.shape, stride, padding, "x", "weight",
+                                          dilation, groups)
+    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c // s.groups, s.k, s.kh, s.kw, s.oh, s.ow))
+    because = f"`x` {x.shape}, `weight` {weight.shape}, `stride` {(s.sh, s.sw)}, `padding` {padding!r}"
     _check_alloc(fn, "the output", (n, k, oh, ow), because)
     _check_alloc(fn, "the column matrix", (c * kh * kw, oh, ow), because)
     return s
 
 
+cdef tuple _conv_padding(str fn, padding):
+    """((top, bottom), (left, right)) from an int, an (h, w) pair or a pair of (before, after) pairs."""
+    if isinstance(padding, (tuple, list)) and len(padding) == 2 and all(
+            isinstance(e, (tuple, list)) for e in padding):
+        h = _pair(fn, "padding", padding[0], 0)
+        w = _pair(fn, "padding", padding[1], 0)
+        return h, w
+    ph, pw = _pair(fn, "padding", padding, 0)
+    return (ph, ph), (pw, pw)
+
+
 cdef fc_conv_shape _conv_geometry(str fn, tuple x_shape, tuple w_shape, stride, padding, str x_name,
-                                  str w_name) except *:
+                                  str w_name, dilation=1, groups=1) except *:
     """The convolution of an input of x_shape with weights of w_shape (4 ints each, >= 0)."""
     cdef fc_conv_shape s
     s.n, s.c, s.h, s.w = x_shape
     s.k, wc, s.kh, s.kw = w_shape
     if s.c < 1 or s.h < 1 or s.w < 1:
         raise ValueError(f"{fn}: `{x_name}` must have non-zero C, H and W; got shape {x_shape}")
-    if wc != s.c:
+    if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)):
+        raise TypeError(f"{fn}: `groups` must be an int; got {groups!r}")
+    if groups < 1 or s.c % groups or s.k % groups:
+        raise ValueError(f"{fn}: `groups` must be >= 1 and divide the input channels ({s.c}, of "
+                         f"`{x_name}` {x_shape}) and the output channels ({s.k}, of `{w_name}` "
+                         f"{w_shape}); got groups={groups}")
+    s.groups = groups
+    if wc * groups != s.c:
+        grouped = f" (C / groups)" if groups > 1 else ""
         raise ValueError(
-            f"{fn}: `{w_name}` must have {s.c} input channels to match `{x_name}` {x_shape}; "
-            f"got weight shape {w_shape}")
+            f"{fn}: `{w_name}` must have {s.c // groups} input channels{grouped} to match "
+            f"`{x_name}` {x_shape}{f' with groups={groups}' if groups > 1 else ''}; got weight shape {w_shape}")
     if s.kh < 1 or s.kw < 1 or s.k < 1 or s.c < 1:
         raise ValueError(f"{fn}: `{w_name}` must have non-zero sizes; got shape {w_shape}")
     s.sh, s.sw = _pair(fn, "stride", stride, 1)
-    s.ph, s.pw = _pair(fn, "padding", padding, 0)
-    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height", w_name)
-    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width", w_name)
+    s.dh, s.dw = _pair(fn, "dilation", dilation, 1)
+    (s.ph, pb), (s.pw, pr) = _conv_padding(fn, padding)
+    s.oh = _out_size(fn, s.h, s.kh, s.sh, s.ph, "height", w_name, pb, s.dh)
+    s.ow = _out_size(fn, s.w, s.kw, s.sw, s.pw, "width", w_name, pr, s.dw)
     # Python ints: the same products in fc_int could wrap around.
-    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c, s.k, s.kh, s.kw, s.oh, s.ow))
+    n, c, k, kh, kw, oh, ow = (int(v) for v in (s.n, s.c // s.groups, s.k, s.kh, s.kw, s.oh, s.ow))
     if n * k * oh * ow > _MAX_ELEMENTS or c * kh * kw * oh * ow > _MAX_ELEMENTS:
         raise ValueError(f"{fn}: output or column matrix too large for {x_name} {x_shape}, {w_name} "
                          f"{w_shape}: `{x_name}`, `{w_name}`, `stride` and `padding` must give at most "
@@ -67,11 +88,27 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="floa
     in float32 by sgemm's bf16 rule (the same bits whichever GEMM algorithm
     runs); bias, ReLU and y float32.
     """
-    fn = "conv2d_forward"
+    return _conv_forward("conv2d_forward", x, weight, bias, stride, padding, 1, 1, relu, precision)
+
+
+def conv2d_ex_forward(x, weight, bias, stride, padding, dilation, groups, relu=False, precision="float32"):
+    """conv2d_forward with dilation and groups, as PyTorch's conv2d.
+
+    weight (K, C / groups, kh, kw): output channel k reads the input channels
+    of group k // (K / groups); groups == C is the depthwise convolution.
+    dilation: an int or (h, w) pair, the spacing of the taps. padding: an
+    int, an (h, w) pair or ((top, bottom), (left, right)), as padding="same"
+    gives an even kernel. OH = (H + top + bottom - dh*(kh-1) - 1) // sh + 1.
+    """
+    return _conv_forward("conv2d_ex_forward", x, weight, bias, stride, padding, dilation, groups,
+                         relu, precision)
+
+
+def _conv_forward(str fn, x, weight, bias, stride, padding, dilation, groups, relu, precision):
     cdef int prec = _precision(fn, precision)
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
-    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
+    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding, dilation, groups)
     cdef const float *pb = NULL
     if bias is not None:
         _check_array(fn, "bias", bias, 1)
@@ -87,7 +124,7 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="floa
     with nogil:
         rc = fc_conv2d_forward(&s, prec, px, pw, pb, fuse_relu, py, nt)
     if rc != 0:
-        raise MemoryError(f"conv2d_forward: could not allocate {_conv_failure()}")
+        raise MemoryError(f"{fn}: could not allocate {_conv_failure()}")
     return y
 
 
@@ -137,9 +174,18 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="flo
     and dW GEMMs in bf16 (x, weight and dy rounded to bf16, sums in float32);
     dbias and all outputs float32.
     """
-    fn = "conv2d_backward"
+    return _conv_backward("conv2d_backward", x, weight, dy, stride, padding, 1, 1, need_dx, precision)
+
+
+def conv2d_ex_backward(x, weight, dy, stride, padding, dilation, groups, need_dx=True, precision="float32"):
+    """Gradients of conv2d_ex_forward: returns (dx or None, dweight, dbias)."""
+    return _conv_backward("conv2d_ex_backward", x, weight, dy, stride, padding, dilation, groups,
+                          need_dx, precision)
+
+
+def _conv_backward(str fn, x, weight, dy, stride, padding, dilation, groups, need_dx, precision):
     cdef int prec = _precision(fn, precision)
-    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding)
+    cdef fc_conv_shape s = _conv_shape(fn, x, weight, stride, padding, dilation, groups)
     _check_array(fn, "dy", dy, 4)
     _check_shape(fn, "dy", dy, (s.n, s.k, s.oh, s.ow))
     need_dx = _flag(fn, "need_dx", need_dx)
@@ -162,17 +208,19 @@ def conv2d_backward(x, weight, dy, stride, padding, need_dx=True, precision="flo
     with nogil:
         rc = fc_conv2d_backward(&s, prec, px, pw, pdy, pdx, pdw, pdb, nt)
     if rc != 0:
-        raise MemoryError(f"conv2d_backward: could not allocate {_conv_failure()}")
+        raise MemoryError(f"{fn}: could not allocate {_conv_failure()}")
     return dx, dweight, dbias
 
 
 def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="auto",
-                precision="float32"):
+                precision="float32", dilation=1, groups=1):
     """What the convolution planner picks, on the current ISA, for a
     convolution of input ``x_shape`` (N, C, H, W) and weights ``weight_shape``
-    (K, C, kh, kw) under ``mode`` (as set_conv_algorithm's; default auto),
+    (K, C / groups, kh, kw) under ``mode`` (as set_conv_algorithm's; default auto),
     taking the inputs to be in range: ``{"forward": (name, why), "dx": ...,
-    "dweight": ...}``, ``why`` being the planner's reason. ``need_dx``: whether
+    "dweight": ...}``, ``why`` being the planner's reason (a grouped
+    convolution that no grouped algorithm takes runs one group at a time:
+    then the name is the algorithm of each group). ``need_dx``: whether
     the backward computes dx (dW's choice depends on it); False gives
     ``"dx": None``. The conv + max-pool forward runs the forward's algorithm.
     ``precision``: as the conv kernels' (bf16 runs the GEMM algorithms only).
@@ -182,7 +230,7 @@ def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="
     kind, algorithm = _conv_mode(fn, mode)
     cdef fc_conv_shape s = _conv_geometry(fn, _shape4(fn, "x_shape", x_shape),
                                           _shape4(fn, "weight_shape", weight_shape, "(K, C, kh, kw)"),
-                                          stride, padding, "x_shape", "weight_shape")
+                                          stride, padding, "x_shape", "weight_shape", dilation, groups)
     need_dx = _flag(fn, "need_dx", need_dx)
     cdef char why[1024]
     plan = {}

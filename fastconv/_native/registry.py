@@ -10,6 +10,7 @@ self-test case.
 KERNELS = (
     "sgemm", "to_bfloat16",
     "conv2d_forward", "conv2d_backward", "conv2d_maxpool_forward",
+    "conv2d_ex_forward", "conv2d_ex_backward",
     "maxpool2d_forward", "maxpool2d_backward",
     "relu_forward", "relu_backward", "bias_add",
     "leaky_relu_forward", "leaky_relu_backward", "elu_forward", "elu_backward",

@@ -45,12 +45,13 @@ class Pattern:
 # -- forward ---------------------------------------------------------------------------------------
 
 def _pool_fits(mods, x) -> bool:
-    """conv2d_maxpool_forward's conditions: a 2x2 stride-2 pool, the native
+    """conv2d_maxpool_forward's conditions: a 2x2 stride-2 pool, a plain conv (no
+    dilation or groups, even padding), the native
     backend (the check backend compares argmax exactly, which the twin's own
     rounding may flip on near ties) and a conv output of at least 2x2."""
     conv, _, pool = mods
     shape = getattr(x, "shape", ())
-    return (pool.is_2x2 and get_backend() == "native" and len(shape) in (3, 4)
+    return (pool.is_2x2 and conv.plain and get_backend() == "native" and len(shape) in (3, 4)
             and min(conv.output_size(*shape[-2:])) >= 2)
 
 

@@ -44,9 +44,9 @@ def _sequential(m, where, convert):
 
 
 def _conv2d(m, where, convert):
-    _require(m, where, groups=1, dilation=1, padding_mode="zeros")
+    _require(m, where, padding_mode="zeros")
     conv = fc.Conv2d(m.in_channels, m.out_channels, m.kernel_size, stride=m.stride, padding=m.padding,
-                     bias=m.bias is not None)
+                     dilation=m.dilation, groups=m.groups, bias=m.bias is not None)
     _copy(conv.weight, m.weight)
     if m.bias is not None:
         _copy(conv.bias, m.bias)

@@ -137,15 +137,17 @@ def conv_plan(model, input_shape) -> list[dict]:
     for name, conv in sorted((c for c in convs if id(c[1]) in seen), key=lambda c: list(seen).index(id(c[1]))):
         x_shape = (shape[0],) + tuple(seen[id(conv)][-3:])
         plan = _kernels.plan_conv2d(x_shape, conv.weight.shape, conv.stride, conv.padding,
-                                    need_dx=conv.needs_input_grad)
+                                    need_dx=conv.needs_input_grad, dilation=conv.dilation,
+                                    groups=conv.groups)
         rows.append({"layer": name, "x_shape": x_shape, "weight_shape": conv.weight.shape,
                      "stride": conv.stride, "padding": conv.padding, **plan})
     return rows
 
 
 # One convolution per algorithm of the planner, each a shape it applies to:
-# (x shape, weight shape, stride, padding).
+# (x shape, weight shape, stride, padding[, dilation, groups]).
 CONV_CASES = {
+    "depthwise": ((2, 4, 9, 8), (8, 1, 3, 3), 2, 1, 1, 4),
     "direct": ((2, 4, 9, 8), (8, 4, 3, 3), 1, 1),
     "winograd": ((2, 16, 8, 6), (16, 16, 3, 3), 1, 1),
     "pointwise": ((2, 6, 5, 7), (4, 6, 1, 1), 1, 0),
@@ -163,19 +165,23 @@ def _conv_checks(rng) -> dict:
     """Each conv kernel under each algorithm (forced) that this ISA has for its
     case: {"kernel/algorithm": max abs error against the twin}."""
     errors = {}
-    for algorithm, (x_shape, w_shape, stride, padding) in CONV_CASES.items():
-        if _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=algorithm)["forward"][0] != algorithm:
+    for algorithm, (x_shape, w_shape, stride, padding, *more) in CONV_CASES.items():
+        dilation, groups = more or (1, 1)
+        if _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=algorithm, dilation=dilation,
+                                groups=groups)["forward"][0] != algorithm:
             continue  # not on this ISA (the direct tiles are AVX2's)
         x = rng.standard_normal(x_shape).astype(np.float32)
         w = (rng.standard_normal(w_shape) / np.sqrt(np.prod(w_shape[1:]))).astype(np.float32)
         b = rng.standard_normal(w_shape[0]).astype(np.float32)
-        y = reference.conv2d_forward(x, w, b, stride, padding)
+        y = reference.conv2d_ex_forward(x, w, b, stride, padding, dilation, groups)
         dy = rng.standard_normal(y.shape).astype(np.float32)
         # Quarters: exact sums, so the pool's argmax cannot flip on a near tie.
         xq, wq, bq = (np.round(v * 4) / 4 for v in (x, w, b))
-        cases = {"conv2d_forward": (x, w, b, stride, padding, True),
-                 "conv2d_backward": (x, w, dy, stride, padding),
-                 "conv2d_maxpool_forward": (xq, wq, bq, stride, padding, True)}
+        cases = ({"conv2d_ex_forward": (x, w, b, stride, padding, dilation, groups, True),
+                  "conv2d_ex_backward": (x, w, dy, stride, padding, dilation, groups)} if more else
+                 {"conv2d_forward": (x, w, b, stride, padding, True),
+                  "conv2d_backward": (x, w, dy, stride, padding),
+                  "conv2d_maxpool_forward": (xq, wq, bq, stride, padding, True)})
         previous = _kernels.set_conv_algorithm(algorithm)
         try:
             for name, args in cases.items():
@@ -189,8 +195,8 @@ def _conv_checks(rng) -> dict:
 def self_test(seed: int = 0) -> dict:
     """Run each native kernel against its NumPy twin on small random input, on
     every ISA this CPU supports, and each convolution kernel under every
-    algorithm of the planner that the ISA has (CONV_CASES: direct, Winograd,
-    1x1, implicit im2col, strided im2col).
+    algorithm of the planner that the ISA has (CONV_CASES: depthwise, direct,
+    Winograd, 1x1, implicit im2col, strided im2col).
 
     Returns {"isa/kernel": max abs error} and {"isa/kernel/algorithm": ...};
     used by ``fastconv info``.
@@ -227,15 +233,16 @@ def _kernel_checks(rng) -> dict:
     wl = rng.standard_normal((9, 4, 4, 3, 3, 3)).astype(np.float32)  # a filter per output position of x
     bl = rng.standard_normal((4, 9, 4)).astype(np.float32)
     dyl = rng.standard_normal((2, 4, 9, 4)).astype(np.float32)
-    wl = rng.standard_normal((9, 4, 4, 3, 3, 3)).astype(np.float32)  # a filter per output position of x
-    bl = rng.standard_normal((4, 9, 4)).astype(np.float32)
-    dyl = rng.standard_normal((2, 4, 9, 4)).astype(np.float32)
+    x2, w2 = x[:, :2].copy(), w[:2, :1].copy()
     cases = {
         "sgemm": ((a, c), {}),
         "to_bfloat16": ((x,), {}),
         "conv2d_forward": ((x, w, b, (1, 1), (1, 1)), {}),
         "conv2d_backward": ((x, w, dy, (1, 1), (1, 1)), {}),
         "conv2d_maxpool_forward": ((xq, wq, bq, (1, 1), (1, 1), True), {}),
+        # Grouped, dilated, padded more after than before: each group by the GEMM paths.
+        "conv2d_ex_forward": ((x2, w2, b[:2].copy(), 1, ((1, 2), (2, 1)), 2, 2), {}),
+        "conv2d_ex_backward": ((x2, w2, dy[:, :2, 1:, 1:].copy(), 1, ((1, 2), (2, 1)), 2, 2), {}),
         "maxpool2d_forward": ((x, (2, 2), (2, 2), (0, 0)), {}),
         "maxpool2d_backward": ((dpool, am, x.shape, (2, 2), (2, 2), (0, 0)), {}),
         "relu_forward": ((x,), {}),

@@ -117,13 +117,22 @@ def _conv2d(g, conv, x, shape, where):
     dilation, groups = tuple(getattr(conv, "dilation", (1, 1))), int(getattr(conv, "groups", 1))
     if len(shape) != 3 or shape[0] != conv.in_channels:
         _refuse(conv, where, f"takes (N, {conv.in_channels}, H, W) images; its input has shape {('N',) + shape}")
-    out = _window_size(conv, where, shape, conv.kernel_size, conv.stride, conv.padding, dilation)
+    # padding: (ph, pw), or ((top, bottom), (left, right)) as padding="same" gives an even kernel
+    sides = tuple(p if isinstance(p, tuple) else (p, p) for p in conv.padding)
+    pads = [sides[0][0], sides[1][0], sides[0][1], sides[1][1]]  # ONNX: all begins, then all ends
+    _need_rank(conv, where, shape, (3,), "(N, C, H, W) images")
+    out = [shape[0]]
+    for size, k, st, (a, b), d in zip(shape[1:], conv.kernel_size, conv.stride, sides, dilation):
+        span = d * (k - 1) + 1
+        if size + a + b < span:
+            _refuse(conv, where, f"has a window of {tuple(conv.kernel_size)} larger than its padded input")
+        out.append((size + a + b - span) // st + 1)
     inputs = [x, g.const("weight", conv.weight.data)]
     if conv.bias is not None:
         inputs.append(g.const("bias", conv.bias.data))
     y = g.node("Conv", inputs, kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
-               pads=_pads(conv.padding), dilations=list(dilation), group=groups)
-    return y, (conv.out_channels,) + out[1:]
+               pads=pads, dilations=list(dilation), group=groups)
+    return y, (conv.out_channels,) + tuple(out[1:])
 
 
 def _pool(op, **fixed):

@@ -1,14 +1,16 @@
 /* The AVX-512 table: AVX2's, with this folder's GEMM, element-wise rows,
- * batch-norm tiles and peak loop, and on CPUs with AVX512_BF16 (Zen 4,
- * Cooper Lake, Sapphire Rapids and later) its bf16 GEMM and conversion;
- * without it, the reference's emulation (the same bits). The other kernels
- * are AVX2's: copies, pool rows and transforms are bound by memory more than
- * by vector width, and have no AVX-512 versions yet. */
+ * batch-norm tiles, depthwise rows and peak loop, and on CPUs with
+ * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM
+ * and conversion; without it, the reference's emulation (the same bits). The
+ * other kernels are AVX2's: copies, pool rows and transforms are bound by
+ * memory more than by vector width, and have no AVX-512 versions yet. */
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
 extern const fc_eltwise_kernel fc_eltwise_kernel_avx512;
 extern const fc_bn_kernel fc_bn_kernel_avx512;
+fc_dw_row_fn fc_dw_row_avx512;
+fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
 fc_peak_fn fc_peak_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
@@ -20,6 +22,8 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->gemm = &fc_gemm_kernel_avx512;
     ctx->eltwise = &fc_eltwise_kernel_avx512;
     ctx->bn = &fc_bn_kernel_avx512;
+    ctx->dw_row = fc_dw_row_avx512;
+    ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {

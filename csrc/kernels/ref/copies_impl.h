@@ -38,7 +38,8 @@ static inline void inside_range(fc_int offset, fc_int stride, fc_int size, fc_in
 }
 
 /* The index walk that im2col and col2im share. Row (c, i, j) of the
- * column matrix, r = (c * kh + i) * kw + j, holds, at column (oy, ox), the pixel
+ * column matrix, r = (c * kh + i) * kw + j, holds, at column (oy, ox), the
+ * pixel (its tap offset i*dh - ph, j*dw - pw folded into base)
  *   img[base + oy * sh * w + ox * sw]   for oy in [y0, y1), ox in [x0, x1),
  * and zero padding elsewhere. base is an index into the (C, H, W) image
  * (negative when the tap's first row or column is padding; every index used
@@ -50,9 +51,10 @@ typedef struct {
 static inline col_row_taps taps_of_row(const fc_conv_shape *s, fc_int c, fc_int i, fc_int j)
 {
     col_row_taps t;
-    t.base = (c * s->h + i - s->ph) * s->w + j - s->pw;
-    inside_range(i - s->ph, s->sh, s->h, s->oh, &t.y0, &t.y1);
-    inside_range(j - s->pw, s->sw, s->w, s->ow, &t.x0, &t.x1);
+    const fc_int iy = i * s->dh - s->ph, ix = j * s->dw - s->pw;
+    t.base = (c * s->h + iy) * s->w + ix;
+    inside_range(iy, s->sh, s->h, s->oh, &t.y0, &t.y1);
+    inside_range(ix, s->sw, s->w, s->ow, &t.x0, &t.x1);
     if (t.x0 == t.x1) t.y1 = t.y0; /* the tap column is all padding: so is the row */
     return t;
 }
