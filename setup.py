@@ -63,10 +63,11 @@ OPENMP_TEST = textwrap.dedent(
 
 
 def _c_sources():
-    """The op code (every folder of csrc/ but kernels/), the reference kernels (kernels/ref/),
-    and on x86 each ISA folder of ISA_FLAGS; elsewhere only the reference table is built."""
+    """The op code (every folder of csrc/ but kernels/), the ISA list (kernels/isa.c), the
+    reference kernels (kernels/ref/), and on x86 each ISA folder of ISA_FLAGS; elsewhere only
+    the reference table is built."""
     op_code = [f for f in glob.glob("csrc/**/*.c", recursive=True) if not f.startswith("csrc/kernels/")]
-    sources = sorted(op_code) + sorted(glob.glob("csrc/kernels/ref/*.c"))
+    sources = sorted(op_code) + sorted(glob.glob("csrc/kernels/*.c")) + sorted(glob.glob("csrc/kernels/ref/*.c"))
     if X86:
         for isa in ISA_FLAGS:
             sources += sorted(glob.glob(f"csrc/kernels/{isa}/*.c"))

@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK, Conv, assert_close

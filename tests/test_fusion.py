@@ -7,7 +7,6 @@ import pytest
 from conftest import Calls, rand, unfused
 
 import fastconv as fc
-from fastconv import _kernels
 from fastconv.nn import fusion
 from fastconv.nn.module import Module
 

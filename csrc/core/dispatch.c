@@ -1,9 +1,8 @@
-/* Run-time ISA choice: detected once at import, overridable (FASTCONV_ISA is
- * read by the Python side, which calls fc_isa_set after checking support),
- * and the ISA tables (kernels/ctx.h) the op code reads its kernels from.
- * This and csrc/kernels/ are the only places that know which ISAs exist. */
-#include <pthread.h>
-
+/* Run-time ISA choice: the best the CPU supports, detected once at
+ * import, overridable (FASTCONV_ISA is read by the Python side, which
+ * calls fc_isa_set after checking support); the current ISA's table
+ * (kernels/ctx.h), which the op code reads its kernels from; build facts.
+ * Which ISAs exist is kernels/isa.h and kernels/isa.c's business. */
 #include "fastconv.h"
 #include "kernels/ctx.h"
 
@@ -14,29 +13,7 @@
 #define FC_BUILD_CC "cc"
 #endif
 
-static const char *const isa_names[FC_ISA_COUNT] = {"generic", "avx2", "avx512"};
-
 static int current_isa = -1;
-
-const char *fc_isa_name(int isa)
-{
-    return (isa >= 0 && isa < FC_ISA_COUNT) ? isa_names[isa] : "unknown";
-}
-
-int fc_isa_supported(int isa)
-{
-    switch (isa) {
-    case FC_ISA_GENERIC: return 1;
-#if defined(FC_X86_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-    /* __builtin_cpu_supports also checks that the OS saves the wide registers. */
-    case FC_ISA_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case FC_ISA_AVX512:
-        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma");
-#endif
-    default: return 0;
-    }
-}
 
 int fc_isa_best(void)
 {
@@ -57,29 +34,6 @@ void fc_isa_set(int isa)
 {
     current_isa = isa;
     current_ctx = fc_ctx_of(isa);
-}
-
-/* Each ISA's table, filled once (kernels/<isa>/ctx_<isa>.c), and only for
- * an ISA this CPU supports: the init code is compiled with that ISA's
- * flags, and the compiler may use its instructions even to copy a struct.
- * The others keep a zeroed table (name NULL). */
-static fc_ctx tables[FC_ISA_COUNT];
-static pthread_once_t tables_once = PTHREAD_ONCE_INIT;
-
-static void fill_tables(void)
-{
-    fc_ctx_init_ref(&tables[FC_ISA_GENERIC]);
-#ifdef FC_X86_KERNELS
-    if (fc_isa_supported(FC_ISA_AVX2)) fc_ctx_init_avx2(&tables[FC_ISA_AVX2]);
-    if (fc_isa_supported(FC_ISA_AVX512)) fc_ctx_init_avx512(&tables[FC_ISA_AVX512]);
-#endif
-}
-
-const fc_ctx *fc_ctx_of(int isa)
-{
-    pthread_once(&tables_once, fill_tables);
-    const int built = isa >= 0 && isa < FC_ISA_COUNT && tables[isa].name != NULL;
-    return &tables[built ? isa : FC_ISA_GENERIC];
 }
 
 /* Read for every kernel call, and from inside their loops over images: a

@@ -19,9 +19,9 @@ typedef int64_t fc_int;
 
 #define FC_ENOMEM (-1)
 
-/* ---- build and CPU (dispatch.c) ------------------------------------------ */
+/* ---- build and CPU (core/dispatch.c, kernels/isa.c) ---------------------- */
 
-enum { FC_ISA_GENERIC = 0, FC_ISA_AVX2 = 1, FC_ISA_AVX512 = 2, FC_ISA_COUNT = 3 };
+#include "kernels/isa.h" /* FC_ISA_GENERIC ... FC_ISA_COUNT */
 
 const char *fc_isa_name(int isa);
 int fc_isa_supported(int isa);   /* built in and supported by this CPU and OS */

@@ -115,8 +115,9 @@ typedef struct {
 #define FC_KERNEL_CAT(name, isa) FC_KERNEL_CAT2(name, isa)
 #define FC_KERNEL_CAT2(name, isa) fc_##name##_##isa
 
-/* The table of the ISA picked at run time (dispatch.c), and of any ISA
- * (one this build or this CPU does not have gives the reference table). */
+/* The table of the ISA picked at run time (core/dispatch.c), and of any
+ * ISA (kernels/isa.c; one this build or this CPU does not have gives the
+ * reference table). */
 const fc_ctx *fc_ctx_current(void);
 const fc_ctx *fc_ctx_of(int isa);
 

@@ -11,6 +11,23 @@ from fastconv.nn.checks import batched, check_input, check_int, check_pair, chec
 from fastconv.nn.module import Module, Parameter
 
 
+def filter_backward(layer, name, conv, dy, *args):
+    """The backward of a layer whose forward cached (x, unbatched) and whose kernel
+    `conv(x, W, dy, *args, need_dx)` gives (dx, dW, db): adds dW and db to the
+    parameters' gradients, returns dx (None when nothing before needs it)."""
+    x, unbatched = layer._cache
+    dy = check_input(f"{name}.backward", dy, (3,) if unbatched else (4,), "dy")
+    dy = dy[None] if unbatched else dy
+    dx, dw, db = conv(x, layer.weight.data.astype(x.dtype, copy=False), dy, *args,
+                      need_dx=bool(layer.needs_input_grad))
+    layer.weight.grad += dw
+    if layer.bias is not None:
+        layer.bias.grad += db
+    if dx is None:
+        return None
+    return dx[0] if unbatched else dx
+
+
 def _conv_padding(padding, kernel_size, stride, dilation):
     """PyTorch's padding argument: ints, or "valid" (none) and "same" (output
     size = input size, stride 1 only, as PyTorch). "same" pads each axis by
@@ -144,18 +161,8 @@ class Conv2d(Module):
         return y, argmax, (x.shape[0], self.out_channels) + self.output_size(*x.shape[2:]), unbatched
 
     def backward(self, dy):
-        x, unbatched = self._cache
-        dy = check_input("Conv2d.backward", dy, (3,) if unbatched else (4,), "dy")
-        dy = dy[None] if unbatched else dy
         conv, args = self._kernel("backward")
-        dx, dw, db = conv(x, self.weight.data.astype(x.dtype, copy=False), dy, *args,
-                          need_dx=bool(self.needs_input_grad))
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        if dx is None:
-            return None
-        return dx[0] if unbatched else dx
+        return filter_backward(self, "Conv2d", conv, dy, *args)
 
     def extra_repr(self):
         more = "".join(f", {k}={v}" for k, v, default in (("dilation", self.dilation, (1, 1)),

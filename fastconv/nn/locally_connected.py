@@ -8,7 +8,8 @@ import numpy as np
 
 from fastconv.backend import kernel
 from fastconv.nn import init
-from fastconv.nn.checks import batched, check_input, check_int, check_pair, check_weight
+from fastconv.nn.conv import filter_backward
+from fastconv.nn.checks import batched, check_int, check_pair, check_weight
 from fastconv.nn.module import Module, Parameter
 
 
@@ -68,18 +69,8 @@ class LocallyConnected2d(Module):
         return y[0] if unbatched else y
 
     def backward(self, dy):
-        x, unbatched = self._cache
-        dy = check_input("LocallyConnected2d.backward", dy, (3,) if unbatched else (4,), "dy")
-        dy = dy[None] if unbatched else dy
-        dx, dw, db = kernel("locally_connected2d_backward")(
-            x, self.weight.data.astype(x.dtype, copy=False), dy, self.stride, self.padding,
-            need_dx=bool(self.needs_input_grad))
-        self.weight.grad += dw
-        if self.bias is not None:
-            self.bias.grad += db
-        if dx is None:
-            return None
-        return dx[0] if unbatched else dx
+        return filter_backward(self, "LocallyConnected2d", kernel("locally_connected2d_backward"), dy,
+                               self.stride, self.padding)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
