@@ -140,7 +140,13 @@ def torch_step(build, side, x, y):
 # (N, C, H=W, K, kernel, stride, pad); "tiny" runs shrink N and H.
 CONVS = [(64, 1, 28, 8, 5, 1, 2), (64, 8, 14, 16, 5, 1, 2), (128, 3, 32, 32, 3, 1, 1),
          (128, 32, 16, 64, 3, 1, 1), (32, 64, 8, 128, 3, 1, 1), (16, 3, 64, 16, 7, 2, 3),
-         (128, 64, 8, 64, 1, 1, 0)]
+         (128, 64, 8, 64, 1, 1, 0),
+         # ResNet-20's layers at batch 128: its first layer, a stride-2 3x3 and the 1x1 stride-2
+         # projection shortcut where a stage halves the image, and 3x3s at 8x8.
+         (128, 3, 32, 16, 3, 1, 1), (128, 16, 32, 32, 3, 2, 1), (128, 16, 32, 32, 1, 2, 0),
+         (128, 64, 8, 64, 3, 1, 1), (128, 128, 8, 128, 3, 1, 1)]
+# Depthwise 3x3 (groups = C), in CONVS's layout: as in a MobileNet block at 32x32 and 16x16.
+DEPTHWISE = [(128, 32, 32, 32, 3, 1, 1), (128, 64, 16, 64, 3, 1, 1)]
 # (M, N, K): C (M x N) = A (M x K) @ B (K x N); the im2col shapes, a dW shape, squares.
 GEMMS = [(8, 50176, 25), (16, 12544, 200), (32, 131072, 27), (64, 32768, 288), (128, 2048, 576),
          (16, 16384, 147), (64, 8192, 64), (8, 25, 50176), (1024, 1024, 1024), (2048, 2048, 2048)]
@@ -211,28 +217,32 @@ def workloads(tiny=False):
         out.append(Workload(f"sgemm {m}x{n}x{k}", {"fastconv": lambda a=a, b=b: lambda: K.sgemm(a, b),
                                                    "numpy": lambda a=a, b=b: lambda: np.matmul(a, b)},
                             flop=2.0 * m * n * k))
-    for nb, c, hw, kout, ks, s, p in CONVS[2:4] if tiny else CONVS:
+    layers = [conv + (1,) for conv in CONVS] + [conv + (conv[1],) for conv in DEPTHWISE]
+    for nb, c, hw, kout, ks, s, p, g in layers[2:4] + layers[-1:] if tiny else layers:
         nb, hw = (2, min(hw, 8)) if tiny else (nb, hw)
-        x, w, bias = r(nb, c, hw, hw), r(kout, c, ks, ks), r(kout)
+        x, w, bias = r(nb, c, hw, hw), r(kout, c // g, ks, ks), r(kout)
         oh = (hw + 2 * p - ks) // s + 1
         dy = r(nb, kout, oh, oh)
-        flop = 2.0 * nb * kout * oh * oh * c * ks * ks
-        name = f"conv {nb}x{c}x{hw}x{hw} -> {kout}, {ks}x{ks} s{s} p{p}"
-        fwd = {"fastconv": lambda x=x, w=w, b=bias, s=s, p=p: lambda: K.conv2d_forward(x, w, b, (s, s), (p, p)),
-               "numpy": lambda x=x, w=w, b=bias, s=s, p=p: lambda: R.conv2d_forward(x, w, b, (s, s), (p, p))}
-        bwd = {"fastconv": lambda x=x, w=w, dy=dy, s=s, p=p: lambda: K.conv2d_backward(x, w, dy, (s, s), (p, p)),
-               "numpy": lambda x=x, w=w, dy=dy, s=s, p=p: lambda: R.conv2d_backward(x, w, dy, (s, s), (p, p))}
+        flop = 2.0 * nb * kout * oh * oh * c // g * ks * ks
+        name = f"conv {nb}x{c}x{hw}x{hw} -> {kout}, {ks}x{ks} s{s} p{p}" + (" depthwise" if g > 1 else "")
+        # The grouped kernels take dilation and groups; the plain ones are what Conv2d runs otherwise.
+        fwd_kernel, bwd_kernel, more = ("conv2d_forward", "conv2d_backward", ()) if g == 1 else \
+            ("conv2d_ex_forward", "conv2d_ex_backward", ((1, 1), g))
+        fwd = {side: lambda x=x, w=w, b=bias, s=s, p=p, f=getattr(lib, fwd_kernel), more=more:
+               lambda: f(x, w, b, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
+        bwd = {side: lambda x=x, w=w, dy=dy, s=s, p=p, f=getattr(lib, bwd_kernel), more=more:
+               lambda: f(x, w, dy, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
         if torch is not None:
             for side in ("torch_cl", "torch_nchw"):
-                def f(side=side, x=x, w=w, b=bias, s=s, p=p):
+                def f(side=side, x=x, w=w, b=bias, s=s, p=p, g=g):
                     tx, tw, tb = _tensor(torch, x, side), _tensor(torch, w, side), torch.from_numpy(b)
-                    return _no_grad(torch, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p))
+                    return _no_grad(torch, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g))
 
-                def g(side=side, x=x, w=w, dy=dy, s=s, p=p):
+                def g_(side=side, x=x, w=w, dy=dy, s=s, p=p, g=g):
                     tx, tw, tdy = _tensor(torch, x, side), _tensor(torch, w, side), _tensor(torch, dy, side)
                     return lambda: torch.ops.aten.convolution_backward(
-                        tdy, tx, tw, [tw.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], 1, [True, True, True])
-                fwd[side], bwd[side] = f, g
+                        tdy, tx, tw, [tw.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True])
+                fwd[side], bwd[side] = f, g_
         out.append(Workload(f"{name} fwd", fwd, flop=flop))
         out.append(Workload(f"{name} bwd", bwd, flop=2 * flop))
     # Conv, ReLU and 2x2 max-pool with indices, as a net runs them: one kernel
