@@ -380,3 +380,23 @@ def test_spec_tokens_build_the_pytorch_twin(rng):
 def test_spec_errors(spec, match):
     with pytest.raises(ValueError, match=match):
         fc.models.build_model(spec, (4, 8, 8), 10)
+
+
+@pytest.mark.parametrize("spoiled", ["weight", "dy", "x"])
+@pytest.mark.parametrize("conv", [DEPTHWISE_CASES["3x3-s1"], DEPTHWISE_CASES["3x5-s3-d3"],
+                                  GConv(1, 3, 5, 4, 6, 3, 3, (2, 3), ((0, 2), (1, 1)), (1, 1), 3)],
+                         ids=["3x3-s1", "3x5-s3-d3", "uneven-multiplier-2"])
+def test_depthwise_with_nonfinite_input_matches_reference(isa_threads, rng, conv, spoiled):
+    """The depthwise rows skip the zero padding that the twin multiplies: an infinite weight
+    (forward) or dy (dW) there must still give the twin's NaN (the planner's guards)."""
+    x, weight, bias, dy = conv.arrays(rng)
+    a = {"x": x, "weight": weight, "dy": dy}[spoiled].reshape(-1)
+    a[rng.integers(0, a.size, max(1, a.size // 4))] = rng.choice([np.nan, np.inf, -np.inf], max(1, a.size // 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        want_y = reference.conv2d_ex_forward(x, weight, bias, *conv.args)
+        want = reference.conv2d_ex_backward(x, weight, dy, *conv.args)
+    np.testing.assert_allclose(_kernels.conv2d_ex_forward(x, weight, bias, *conv.args), want_y,
+                               rtol=1e-4, atol=1e-4, equal_nan=True)
+    for got, w in zip(_kernels.conv2d_ex_backward(x, weight, dy, *conv.args), want):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4, equal_nan=True)
