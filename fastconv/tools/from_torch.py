@@ -79,9 +79,8 @@ def _avgpool2d(m, where, convert):
 
 def _adaptive_pool(cls):
     def convert(m, where, _):
-        if getattr(m, "return_indices", False):
-            raise FromTorchError(f"from_torch: {_label(m, where)}: `return_indices` must be False "
-                                 "(the only value fastconv has); got True")
+        if hasattr(m, "return_indices"):  # max pools only
+            _require(m, where, return_indices=False)
         return cls(m.output_size)
     return convert
 
