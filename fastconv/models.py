@@ -24,8 +24,8 @@ import numpy as np
 from fastconv.nn.checks import is_int, is_number
 from fastconv.train import checkpoint as ckpt
 
-__all__ = ["ARCHS", "RESNETS", "SPEC_HELP", "build_model", "load_model", "resnet", "resnet20", "resnet32",
-           "resnet56", "resolve_arch", "vgg11"]
+__all__ = ["ARCHS", "RESNETS", "SPEC_HELP", "build_model", "containers", "load_model", "resnet", "resnet20",
+           "resnet32", "resnet56", "resolve_arch", "vgg11"]
 
 
 ARCHS = {
@@ -175,12 +175,30 @@ def build_model(arch: str, input_shape, num_classes: int | None = None, dropout:
     return lib.Sequential(*layers)
 
 
+def containers(lib=None) -> tuple:
+    """(Residual, Concat) of ``lib``: fastconv's own (the default), or for ``lib=torch.nn``
+    their PyTorch twins, which compute the same and have the same attribute names (so the
+    same state_dict keys). :func:`fastconv.from_torch` maps the twins back; any torch module
+    whose class declares ``fastconv_container`` as they do is mapped the same way.
+
+    >>> Residual, Concat = fc.models.containers(torch.nn)
+    >>> block = torch.nn.Sequential(Residual(torch.nn.Conv2d(4, 4, 3, padding=1)), torch.nn.ReLU())
+    >>> type(fc.from_torch(block)[0]).__name__
+    'Residual'
+    """
+    if lib is None:
+        import fastconv as lib
+    return (lib.Residual, lib.Concat) if hasattr(lib, "Residual") else _torch_containers()
+
+
 @functools.lru_cache(maxsize=None)
-def _torch_residual():
-    """PyTorch's twin of fastconv.Residual (the same attribute names, so the same state_dict keys)."""
+def _torch_containers():
     import torch
 
     class Residual(torch.nn.Module):
+        """body(x) + shortcut(x), or body(x) + x when ``shortcut`` is None: fastconv.Residual."""
+        fastconv_container = "residual"  # what its forward computes, for fc.from_torch
+
         def __init__(self, body, shortcut=None):
             super().__init__()
             self.body, self.shortcut = body, shortcut
@@ -188,7 +206,23 @@ def _torch_residual():
         def forward(self, x):
             return self.body(x) + (x if self.shortcut is None else self.shortcut(x))
 
-    return Residual
+    class Concat(torch.nn.Module):
+        """The branches' outputs concatenated along ``dim``; branches named "0", "1", ...: fastconv.Concat."""
+        fastconv_container = "concat"
+
+        def __init__(self, *branches, dim=1):
+            super().__init__()
+            for i, branch in enumerate(branches):
+                self.add_module(str(i), branch)
+            self.dim = dim
+
+        def forward(self, x):
+            return torch.cat([m(x) for m in self.children()], dim=self.dim)
+
+        def extra_repr(self):
+            return f"dim={self.dim}"
+
+    return Residual, Concat
 
 
 def resnet(depth: int, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, lib=None):
@@ -213,7 +247,7 @@ def resnet(depth: int, num_classes: int = 10, in_channels: int = 3, dropout: flo
         import fastconv as lib
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"resnet: `depth` must be 6n + 2 for an int n >= 1 (20, 32, 44, 56, 110); got {depth!r}")
-    residual = getattr(lib, "Residual", None) or _torch_residual()
+    residual = containers(lib)[0]
 
     def conv_bn(cin, cout, k, stride):
         return [lib.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), lib.BatchNorm2d(cout)]

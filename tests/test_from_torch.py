@@ -1,6 +1,7 @@
-"""fc.from_torch: PyTorch Sequentials of the shared layers become fastconv models with the same
-weights, buffers, modes and outputs; what cannot be mapped is refused by position and name.
-Skipped without torch."""
+"""fc.from_torch: PyTorch Sequentials of the shared layers, and residual and concat blocks (the
+twins of fastconv.models.containers(torch.nn), or a class declaring fastconv_container), become
+fastconv models with the same weights, buffers, modes, outputs and gradients; what cannot be
+mapped is refused by position and name. Skipped without torch."""
 
 import numpy as np
 import pytest
@@ -128,6 +129,8 @@ def test_grouped_dilated_depthwise_and_same_padded_convs():
     (nn.Sequential(nn.AvgPool2d(2, count_include_pad=False)), r"`count_include_pad` must be True .*got False"),
     (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), r"`divisor_override` must be None .*got 3"),
     (nn.Sequential(nn.Dropout2d(0.1)), r"layer 0 \(Dropout2d\) has no fastconv equivalent"),
+    (nn.Sequential(nn.AdaptiveMaxPool2d(2, return_indices=True)), r"layer 0 \(AdaptiveMaxPool2d\): `return_indices`"),
+    (nn.Sequential(nn.AdaptiveAvgPool2d((None, 2))), r"layer 0 \(AdaptiveAvgPool2d\): .*output_size"),
 ])
 def test_refusals_name_the_first_layer_and_option(module, match):
     with pytest.raises(ValueError, match=match):
@@ -149,3 +152,167 @@ def test_from_torch_then_onnx_matches_torch(tmp_path):
     x = rand(np.random.default_rng(6), 2, 1, 28, 28)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     _close(session.run(None, {"input": x})[0], module, x)
+
+
+# -- residual and concat blocks ------------------------------------------------------------------
+
+Residual, Concat = fc.models.containers(nn)
+
+
+def _grads_close(model, module, x, dy, tol=1e-4):
+    """A training step's forward, dx, every parameter gradient and the moved batch-norm statistics
+    of ``model`` against those of ``module``, each at the scale of torch's values."""
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    ty = module(tx)
+    ty.backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(model(x), ty.detach().numpy(), rtol=tol, atol=tol * float(ty.detach().abs().max()))
+    dx = model.backward(dy)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=tol, atol=tol * float(tx.grad.abs().max()))
+    theirs = {name: p.grad.numpy() for name, p in module.named_parameters()}
+    scale = max(float(np.abs(g).max()) for g in theirs.values())  # a batch norm's weight gradient cancels
+    assert [name for name, _ in model.named_parameters()] == list(theirs)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, theirs[name], rtol=tol, atol=tol * scale / 10, err_msg=name)
+    for name, b in module.named_buffers():
+        np.testing.assert_allclose(model.state_dict()[name], b.numpy(), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("depth", [20, 32])
+def test_torch_resnet_twin_round_trips_in_eval_mode(depth):
+    torch.manual_seed(depth)
+    module = _randomize(fc.models.resnet(depth, lib=nn), np.random.default_rng(depth)).eval()
+    model = fc.from_torch(module)
+    blocks = [m for m in model if isinstance(m, fc.Residual)]
+    assert len(blocks) == 3 * (depth - 2) // 6 and sum(b.shortcut is not None for b in blocks) == 2
+    assert not any(m.training for m in model.modules())
+    assert list(model.state_dict()) == list(module.state_dict())  # the same keys, "3.body.0.weight"
+    x = rand(np.random.default_rng(1), 3, 3, 32, 32)
+    _close(model(x), module, x)
+
+
+def test_torch_resnet20_twin_gives_torchs_gradients_in_a_training_step():
+    torch.manual_seed(2)
+    module = _randomize(fc.models.resnet20(lib=nn), np.random.default_rng(2)).train()
+    model = fc.from_torch(module)
+    assert all(m.training for m in model.modules())
+    rng = np.random.default_rng(3)
+    _grads_close(model, module, rand(rng, 4, 3, 16, 16), rand(rng, 4, 10))
+
+
+def test_torch_resnet20_twin_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="the ONNX leg needs onnxruntime")
+    pytest.importorskip("onnx", reason="the ONNX leg needs onnx")
+    torch.manual_seed(4)
+    module = _randomize(fc.models.resnet20(lib=nn), np.random.default_rng(4)).eval()
+    fc.export_onnx(fc.from_torch(module), tmp_path / "r.onnx", (3, 32, 32))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(tmp_path / "r.onnx"), options, providers=["CPUExecutionProvider"])
+    x = rand(np.random.default_rng(5), 2, 3, 32, 32)
+    _close(session.run(None, {"input": x})[0], module, x)
+
+
+def _inception(c=3):
+    return Concat(nn.Conv2d(c, 2, 1), nn.Sequential(nn.Conv2d(c, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU()),
+                  nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(c, 4, 1)))
+
+
+def test_concat_twin_maps_to_concat_with_the_same_keys_outputs_and_gradients():
+    torch.manual_seed(5)
+    module = _randomize(nn.Sequential(_inception(), nn.ReLU(), nn.Conv2d(9, 2, 1)), np.random.default_rng(5))
+    model = fc.from_torch(module.train())
+    assert isinstance(model[0], fc.Concat) and len(model[0]) == 3 and model[0].dim == 1
+    assert list(model.state_dict()) == list(module.state_dict())
+    rng = np.random.default_rng(6)
+    _grads_close(model, module, rand(rng, 2, 3, 5, 4), rand(rng, 2, 2, 5, 4))
+    x = rand(rng, 2, 3, 5, 4)
+    _close(fc.from_torch(module.eval())(x), module, x)
+    along = fc.from_torch(Concat(nn.Flatten(2), nn.ReLU(), dim=-1))
+    assert along.dim == -1
+    x = rand(rng, 2, 3, 4, 5)
+    _close(along(x.reshape(2, 3, 20)), Concat(nn.Flatten(2), nn.ReLU(), dim=-1), x.reshape(2, 3, 20))
+
+
+class Block(nn.Module):
+    """A user's basic block: relu(body(x) + shortcut(x)), declared so."""
+    fastconv_container = "residual_relu"
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+def test_a_declared_user_block_with_relu_and_identity_shortcut():
+    torch.manual_seed(7)
+    module = _randomize(nn.Sequential(Block(3, 4, 2), Block(4, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                      nn.Linear(4, 3)), np.random.default_rng(7))
+    model = fc.from_torch(module)
+    first, second = model[0], model[1]
+    assert [type(m).__name__ for m in first] == ["Residual", "ReLU"] and second[0].shortcut is None
+    # one level more than torch's keys: "0.0.body.0.weight" for "0.body.0.weight"
+    assert [k.replace(".0.", ".", 1) for k in model.state_dict()] == list(module.state_dict())
+    rng = np.random.default_rng(8)
+    x, dy = rand(rng, 3, 3, 7, 6), rand(rng, 3, 3)
+    tx = torch.from_numpy(x.copy()).requires_grad_()
+    module(tx).backward(torch.from_numpy(dy))
+    np.testing.assert_allclose(model(x), module(torch.from_numpy(x)).detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(model.backward(dy), tx.grad.numpy(), rtol=1e-4, atol=1e-4 * float(tx.grad.abs().max()))
+    ours = {k.replace(".0.", ".", 1): p for k, p in model.named_parameters()}
+    for name, p in module.named_parameters():
+        np.testing.assert_allclose(ours[name].grad, p.grad.numpy(), rtol=1e-4, atol=1e-4 * float(p.grad.abs().max()),
+                                   err_msg=name)
+    _close(fc.from_torch(module.eval())(x), module, x)
+    assert not any(m.training for m in fc.from_torch(module).modules())
+
+
+class Custom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(2, 2, 1)
+
+    def forward(self, x):
+        return self.body(x) * 2
+
+
+def _declared(pattern, **children):
+    cls = type("Declared", (nn.Module,), {"fastconv_container": pattern})
+    m = cls()
+    for name, child in children.items():
+        setattr(m, name, child)
+    return m
+
+
+def test_a_module_with_its_own_forward_is_refused_by_class_path_and_the_patterns():
+    with pytest.raises(ValueError) as e:
+        fc.from_torch(nn.Sequential(nn.ReLU(), nn.Sequential(nn.ReLU(), Custom())))
+    message = str(e.value)
+    assert "from_torch: layer 1.1 (Custom) is a module of its own (test_from_torch.Custom)" in message
+    assert "cannot read its forward" in message and "declare fastconv_container = 'residual'" in message
+    assert "fastconv_container = 'residual' | 'residual_relu' | 'concat'" in message and "Conv2d" in message
+    with pytest.raises(ValueError, match=r"the model \(Custom\) is a module of its own"):
+        fc.from_torch(Custom())
+    with pytest.raises(ValueError, match=r"layer 0.body \(Custom\) is a module of its own"):
+        fc.from_torch(nn.Sequential(Residual(Custom())))
+
+
+@pytest.mark.parametrize("module, match", [
+    (_declared("residual", conv=nn.Conv2d(1, 1, 1)),
+     r"the model \(Declared\) declares fastconv_container = 'residual', so its children must be `body` and, "
+     r"optionally, `shortcut`; it has \['conv'\]"),
+    (_declared("residual_relu", body=nn.ReLU(), shortcut=nn.ReLU(), extra=nn.ReLU()), r"it has \['body', 'shortcut', "),
+    (_declared("residual", body=nn.ReLU(), scale=nn.Parameter(torch.ones(1))),
+     r"holds parameters or buffers of its own \(scale\)"),
+    (_declared("concat"), r"the model \(Declared\): Concat: needs at least one branch"),
+    (_declared("residual+relu", body=nn.ReLU()),
+     r"`fastconv_container` must be one of 'residual', 'residual_relu', 'concat'; got 'residual\+relu'"),
+    (nn.Sequential(Residual(nn.Sequential(nn.GELU()))), r"layer 0\.body\.0 \(GELU\) has no fastconv equivalent"),
+])
+def test_declared_blocks_are_checked(module, match):
+    with pytest.raises(ValueError, match=match):
+        fc.from_torch(module)

@@ -217,3 +217,85 @@ def test_read_image_checks_its_shape(tmp_path):
         images.read_model_input(path, (4, 6, 5))
     x = images.read_model_input(path, (1, 6, 5))
     assert x.dtype == np.float32 and x.shape == (1, 6, 5) and x.flags.c_contiguous
+
+
+# -- --skip-errors -----------------------------------------------------------------------------------
+
+def _bad_files(tmp_path, rgb_pixels):
+    """{reason fragment: path} of files predict cannot use, beside good ones."""
+    photo = np.random.default_rng(3).integers(0, 256, (3, 6, 5), dtype=np.uint8)
+    data = open(save(tmp_path / "whole.jpg", photo, quality=95), "rb").read()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    (tmp_path / "text.png").write_bytes(b"just some text\n")
+    return {"truncated or corrupt JPEG": str(tmp_path / "cut.jpg"),
+            "not a PNG or JPEG image": str(tmp_path / "text.png"),
+            "the model takes 5x6 images": save(tmp_path / "big.png", np.zeros((3, 12, 7), np.uint8)),
+            "does not exist": str(tmp_path / "gone.png")}
+
+
+def test_skip_errors_reports_each_bad_file_and_predicts_the_others(rgb_run, rgb_pixels, tmp_path, capsys):
+    bad = _bad_files(tmp_path, rgb_pixels)
+    good = [save(tmp_path / f"img{i}.png", x) for i, x in enumerate(rgb_pixels[:2])]
+    files = [*bad.values(), good[0], bad["does not exist"], good[1]]  # the first batch of 2 fails whole
+    args = ["predict", str(rgb_run), *files, "--skip-errors", "--batch-size", "2", "--top-k", "3"]
+    assert cli.main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [r["file"] for r in result] == good
+    np.testing.assert_allclose(probabilities(result, ["cat", "dog", "bird"]), expected(rgb_run, rgb_pixels[:2] / 255),
+                               rtol=1e-5, atol=1e-7)
+    *skips, summary = captured.err.strip().splitlines()
+    assert summary == "fastconv predict: 5 of 7 images skipped, 2 predicted"
+    # the missing ones when the sources are listed, then the others as their batches are read
+    want = [bad["does not exist"]] * 2 + [bad[k] for k in bad if k != "does not exist"]
+    assert len(skips) == len(want)
+    for line, path in zip(skips, want):
+        reason = next(k for k, p in bad.items() if p == path)
+        assert line.startswith(f"fastconv predict: skipped image {path}") and reason in line, line
+
+    assert cli.main(args) == 0  # the table: the header once, before the first row
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].split() == ["top-1", "top-2", "top-3", "file"] and [r.split()[-1] for r in out[1:]] == good
+
+
+def test_skip_errors_in_folders_and_stdin_lists(rgb_run, rgb_pixels, tmp_path, capsys, monkeypatch):
+    root = tmp_path / "imgs"
+    good = save(root / "a.png", rgb_pixels[0])
+    (root / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 and then nothing")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{root}\n{tmp_path / 'nope.jpg'}\n"))
+    assert cli.main(["predict", str(rgb_run), "-", "--skip-errors", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [r["file"] for r in json.loads(captured.out)] == [good]
+    assert captured.err.splitlines() == [
+        f"fastconv predict: skipped image {tmp_path / 'nope.jpg'} does not exist",
+        next(line for line in captured.err.splitlines() if str(root / "b.jpg") in line),
+        "fastconv predict: 2 of 3 images skipped, 1 predicted"]
+    assert "truncated or corrupt JPEG" in captured.err
+
+
+def test_skip_errors_fails_when_every_file_fails(rgb_run, rgb_pixels, tmp_path, capsys):
+    bad = _bad_files(tmp_path, rgb_pixels)
+    for as_json in ([], ["--json"]):
+        assert cli.main(["predict", str(rgb_run), *bad.values(), "--skip-errors", *as_json]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        *skips, last = captured.err.strip().splitlines()
+        assert len(skips) == 4 and all(line.startswith("fastconv predict: skipped image ") for line in skips)
+        assert last == "fastconv predict: error: every image failed: 4 of 4 skipped (reasons above)"
+
+
+def test_skip_errors_names_an_os_error_by_its_reason(rgb_run, rgb_pixels, tmp_path, capsys, monkeypatch):
+    files = [save(tmp_path / f"img{i}.png", x) for i, x in enumerate(rgb_pixels[:2])]
+    read = images.read_model_input
+
+    def locked(path, *args, **kwargs):
+        if path == files[0]:
+            raise PermissionError(13, "Permission denied", path)
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(images, "read_model_input", locked)
+    assert cli.main(["predict", str(rgb_run), *files, "--skip-errors"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"fastconv predict: skipped image {files[0]}: Permission denied",
+                   "fastconv predict: 1 of 2 images skipped, 1 predicted"]
+    one_line_error(capsys, [rgb_run, *files], f"{files[0]}: Permission denied")  # without: the first stops it

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import fastconv as fc
 from fastconv import _kernels, reference
-from fastconv.models import _torch_residual
+from fastconv.models import containers
 from fastconv.nn import fusion
 
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=25)
@@ -59,7 +59,7 @@ def test_add_relu_arguments():
 
 def _block(lib, cin, cout, stride, bias):
     """A basic block of ``lib`` (fastconv or torch.nn): a projection shortcut when the shape changes."""
-    residual = getattr(lib, "Residual", None) or _torch_residual()
+    residual = containers(lib)[0]
     body = lib.Sequential(lib.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias), lib.BatchNorm2d(cout),
                           lib.ReLU(), lib.Conv2d(cout, cout, 3, padding=1, bias=bias), lib.BatchNorm2d(cout))
     shortcut = None
@@ -111,27 +111,11 @@ def test_residual_block_matches_torch(isa_threads, torch, n, cin, cout, hw, stri
         _compare(torch, model, twin, x, rand(rng, n, cout, oh, oh))
 
 
-class _TorchConcat:
-    """torch.cat of branches, built lazily (torch is optional)."""
-
-    @staticmethod
-    def build(torch, *branches):
-        class Concat(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                for i, b in enumerate(branches):
-                    self.add_module(str(i), b)
-
-            def forward(self, x):
-                return torch.cat([m(x) for m in self.children()], dim=1)
-        return Concat()
-
-
-def _inception(lib, c, widths, torch=None):
+def _inception(lib, c, widths):
     branches = [lib.Conv2d(c, widths[0], 1),
                 lib.Sequential(lib.Conv2d(c, widths[1], 3, padding=1), lib.ReLU()),
                 lib.Sequential(lib.MaxPool2d(3, stride=1, padding=1), lib.Conv2d(c, widths[2], 1))]
-    return (lib.Concat(*branches) if torch is None else _TorchConcat.build(torch, *branches))
+    return containers(lib)[1](*branches)
 
 
 @TORCH_OK
@@ -141,7 +125,7 @@ def test_concat_matches_torch(isa_threads, torch, n, c, widths, hw, seed):
     rng = np.random.default_rng(seed)
     fc.manual_seed(seed % 1000)
     model = _inception(fc, c, widths)
-    twin = _torch_twin(torch, model, lambda lib: _inception(lib, c, widths, torch))
+    twin = _torch_twin(torch, model, lambda lib: _inception(lib, c, widths))
     assert list(model.state_dict()) == list(twin.state_dict())
     _compare(torch, model, twin, rand(rng, n, c, hw, hw), rand(rng, n, sum(widths), hw, hw))
 

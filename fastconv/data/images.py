@@ -162,17 +162,18 @@ def read_model_input(path, shape, resize: bool = False, name: str | None = None)
         return _pixels(img, c).astype(np.float32) / np.float32(255)
 
 
-def list_images(sources, stdin=None) -> list[str]:
+def list_images(sources, stdin=None, on_missing=None) -> list[str]:
     """The image paths of ``sources``: files as given, folders searched recursively for
     *.png, *.jpg, *.jpeg (sorted), and "-" replaced by the paths on ``stdin`` (one a line,
     each a file or a folder). Hidden files and folders (names starting with ".") are skipped.
-    A source that does not exist raises FileNotFoundError."""
+    A source that does not exist raises FileNotFoundError, or is passed to
+    ``on_missing(source, error)`` and left out when that is given."""
     paths = []
     for source in sources:
         if source == "-":
             if stdin is None:
                 raise ValueError("list_images: '-' reads paths from stdin, but no `stdin` was given")
-            paths += list_images([line.rstrip("\r\n") for line in stdin if line.strip()])
+            paths += list_images([line.rstrip("\r\n") for line in stdin if line.strip()], on_missing=on_missing)
         elif os.path.isdir(source):
             found = []
             for folder, subfolders, files in os.walk(source):
@@ -183,7 +184,10 @@ def list_images(sources, stdin=None) -> list[str]:
         elif os.path.exists(source):
             paths.append(source)
         else:
-            raise FileNotFoundError(f"image {_guard.short(source, 300)} does not exist")
+            missing = FileNotFoundError(f"image {_guard.short(source, 300)} does not exist")
+            if on_missing is None:
+                raise missing
+            on_missing(source, missing)
     return paths
 
 

@@ -1,4 +1,5 @@
-"""The argument types and user errors of the ``fastconv`` command (cli) and its benchmark harness (bench)."""
+"""The argument types, shared argument definitions and user errors of the ``fastconv`` command
+(cli) and its benchmark harness (bench)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,23 @@ def check_threads(n: int, option: str = "--threads") -> None:
     most, why = startable_threads()
     if n > most:
         raise UsageError(f"{option}: must be at most {most} here ({why}); got {n}")
+
+
+# -- arguments several commands take, defined once ------------------------------------------------
+
+CHECKPOINT_HELP = "run folder, or a checkpoint folder such as runs/x/best"
+THREADS_HELP = "kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)"
+
+
+def add_threads_option(p, help: str = THREADS_HELP) -> None:
+    p.add_argument("--threads", type=positive_int, metavar="N", help=help)
+
+
+def add_checkpoint_arguments(p, batch_size: int | None = None) -> None:
+    """CHECKPOINT, the argument of the commands that read one (evaluate, export, predict), and,
+    for those that run its model, --batch-size (``batch_size`` its default) and --threads."""
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    if batch_size is not None:
+        p.add_argument("--batch-size", type=positive_int, default=batch_size, metavar="N",
+                       help="examples per pass through the model (default: %(default)s)")
+        add_threads_option(p)

@@ -24,8 +24,9 @@ import sys
 import tempfile
 import time
 
-from fastconv.tools.args import (CommandError, UsageError, check_threads, finite_float, fraction, nonneg_float,
-                                 nonneg_int, open_fraction, positive_float, positive_int)
+from fastconv.tools.args import (CommandError, UsageError, add_checkpoint_arguments, add_threads_option, check_threads,
+                                 finite_float, fraction, nonneg_float, nonneg_int, open_fraction, positive_float,
+                                 positive_int)
 
 EPILOG_TRAIN = """\
 examples:
@@ -48,7 +49,6 @@ DATA_HELP = ("digits (shipped, 1,797 8x8 images), mnist or cifar10 (from --data-
              "PATH.npz with arrays X, y [, X_test, y_test], or a folder (or .tar/.tar.gz of one) of class folders "
              "of PNG/JPEG images, with train/ and test/ when split")
 LR_DEFAULTS = {"sgd": 0.02, "adam": 2e-3, "rmsprop": 1e-3, "adagrad": 1e-2}
-CHECKPOINT_HELP = "run folder, or a checkpoint folder such as runs/x/best"
 CONFIG_MAX_BYTES = 2**20  # a config is a few dozen lines; anything bigger is not one
 
 
@@ -275,8 +275,7 @@ def _add_training_options(p):
     p.add_argument("--batch-size", type=positive_int, default=32, metavar="N", help="(default: %(default)s)")
     p.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="seeds weight initialization and minibatch order (default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
+    add_threads_option(p)
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: convolutions and linear layers in bf16 mixed precision (fc.autocast; "
                         "emulated, slowly, on CPUs without AVX512_BF16) (default: %(default)s)")
@@ -528,7 +527,7 @@ def _predict(args) -> int:
 
     _set_threads(args.threads)
     return run(_checkpoint_path(args.checkpoint), args.images, top_k=args.top_k, batch_size=args.batch_size,
-               resize=args.resize, as_json=args.json, progress=args.progress)
+               resize=args.resize, as_json=args.json, progress=args.progress, skip_errors=args.skip_errors)
 
 
 # -- fastconv search -------------------------------------------------------------------------------------
@@ -713,20 +712,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of a checkpoint",
                        description="Evaluate a checkpoint written by 'fastconv train' (a run folder or its best/ "
                                    "or last/ folder) on the same data split scheme.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    add_checkpoint_arguments(p, batch_size=256)
     p.add_argument("--data", metavar="NAME|PATH", help=f"{DATA_HELP} (default: the data it was trained on)")
     p.add_argument("--data-dir", metavar="DIR", help="folder with the files of --data mnist or cifar10")
     p.add_argument("--split", default="test", choices=["test", "val", "train", "all"], help="(default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=256, metavar="N", help="(default: %(default)s)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="write a checkpoint's model as an ONNX file",
                        description="Write the model of a checkpoint as an ONNX file (opset 17, dynamic batch "
                                    "axis), with its class names, input shape and normalization as metadata. "
                                    "Needs the onnx package: pip install \"fastconv[onnx]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    add_checkpoint_arguments(p)
     p.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the file to write")
     p.set_defaults(func=_export)
 
@@ -739,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  fastconv predict runs/digits photo.png scans/\n"
                               "  find shots -name '*.jpg' | fastconv predict runs/cifar - --resize --json\n",
                        formatter_class=raw)
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help=CHECKPOINT_HELP)
+    add_checkpoint_arguments(p, batch_size=64)
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="PNG/JPEG files, folders (searched recursively, in sorted order, hidden entries skipped), "
                         "or - for paths on stdin")
@@ -747,13 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")
     p.add_argument("--resize", action="store_true", help="scale images to the model's input size instead of "
                    "refusing those of another size")
+    p.add_argument("--skip-errors", action="store_true",
+                   help="report a missing, unreadable or undecodable file (or one of the wrong size) on stderr "
+                        "and go on with the others, instead of stopping at it; exit 1 only if every file failed")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="(default: %(default)s)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal and there is more than "
                         "one batch)")
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="kernel threads (default: OMP_NUM_THREADS, else the CPUs this process may use)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("search", help="random hyperparameter search; writes a results table and the best config",
@@ -785,9 +781,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=positive_int, metavar="K",
                    help="cross-validate: train each trial on the K stratified folds of the training data "
                         "(--val-fraction is then unused) and score it by its mean validation accuracy")
-    p.add_argument("--threads", type=positive_int, metavar="N",
-                   help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this process may use; "
-                        "1 on a Dask cluster)")
+    add_threads_option(p, help="kernel threads of each trial (default: OMP_NUM_THREADS, else the CPUs this "
+                               "process may use; 1 on a Dask cluster)")
     p.add_argument("--workers", type=positive_int, metavar="N",
                    help="run the trials on a local Dask cluster of N worker processes (needs fastconv[dask])")
     p.add_argument("--scheduler", metavar="ADDRESS",
