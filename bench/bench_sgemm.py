@@ -15,6 +15,12 @@ Shapes: big squares, the im2col GEMMs of workloads.md's layers, (M, N, K) =
 (out channels, N * OH * OW, C * kh * kw), and the weight gradient of the
 first layer, dW = dy (8, 50176) @ columns (25, 50176).T: a tiny C with a
 long k. GFLOP/s counts 2 * M * N * K.
+
+``test_sgemm_bf16`` (workloads "sgemm ... bf16", ``-k bf16``): fastconv's
+``sgemm(..., precision="bfloat16")`` against ``torch.mm`` under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` on the same float32 arrays,
+for the shapes of ``fastconv.tools.bench.BF16_GEMMS``. Both convert A and B
+to bf16 on every call; fastconv returns float32, PyTorch bf16.
 """
 
 import os
@@ -24,6 +30,12 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from fastconv import _kernels
+from fastconv.tools.bench import BF16_GEMMS, torch_autocast
+
+try:
+    import torch
+except ImportError:  # the bf16 peer is skipped without it
+    torch = None
 
 # (M, N, K, trans_b): C (M, N) = A (M, K) @ op(B), op(B) (K, N).
 SHAPES = {
@@ -39,6 +51,8 @@ SHAPES = {
     "dW-8x25x50176": (8, 25, 50176, True),
 }
 IMPLS = ["fastconv", "numpy"]
+BF16_SHAPES = [next(name for name, shape in SHAPES.items() if shape == (m, n, k, False)) for m, n, k in BF16_GEMMS]
+BF16_IMPLS = ["fastconv", "torch"]
 OPENBLAS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 _arrays = {}
@@ -80,3 +94,24 @@ def test_sgemm(benchmark, threads, record, name, impl):
     env = {var: os.environ[var] for var in OPENBLAS_ENV if var in os.environ}
     record(impl, flop=2 * m * n * k, workload=f"sgemm {name}", shape=(m, n, k), trans_b=trans_b,
            blas=_blas(), openblas_env=env)
+
+
+@pytest.mark.parametrize("impl", BF16_IMPLS)
+@pytest.mark.parametrize("name", BF16_SHAPES)
+def test_sgemm_bf16(benchmark, threads, record, name, impl):
+    m, n, k, _ = SHAPES[name]
+    a, b, out = _operands(name)
+    if impl == "fastconv":
+        c = out["fastconv"]
+        run = lambda: _kernels.sgemm(a, b, c, precision="bfloat16")
+    else:
+        if torch is None:
+            pytest.skip("PyTorch is not installed")
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+        def run():
+            with torch_autocast("bfloat16"):
+                return torch.mm(ta, tb)
+    benchmark.group = f"sgemm {name} bf16 {threads}t"
+    benchmark(run)
+    record(impl, flop=2 * m * n * k, workload=f"sgemm {name} bf16", shape=(m, n, k), precision="bfloat16")

@@ -4,6 +4,7 @@ bf16 rounding of float32), the convolutions in bf16, fc.autocast, and training
 under it. Nothing here needs a CPU with AVX512_BF16: where it lacks, the
 native path is the emulation, and the tests check the same bits."""
 
+import json
 import threading
 import warnings
 
@@ -436,6 +437,45 @@ def test_training_under_bf16_converges_like_float32():
     assert loss16[-1] < 0.5 * loss16[0]
     assert acc32 > 0.8 and acc16 >= acc32 - 0.05
     assert loss16 != loss32  # it trained in bf16, not float32
+
+
+def _accuracy_script():
+    """bench/bf16_accuracy.py as a module (it is a script, not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bf16_accuracy.py"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (an installed copy without the repository)")
+    spec = importlib.util.spec_from_file_location("bf16_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bf16_accuracy_script_learns_digits_as_float32_does(tmp_path, capsys):
+    """bench/bf16_accuracy.py on a small model and part of the digits: bf16
+    learns (far above the 10% of chance) and ends within a few points of the
+    float32 run from the same seed, on a test split neither trained on."""
+    from fastconv.tools.cli import load_data
+
+    script = _accuracy_script()
+    data = load_data("digits", None, 0.1)
+    data["train"] = script.subset(data["train"], 600, seed=0)
+    results = script.compare(data, "conv8x3p1-relu-pool2-fc10", epochs=5, seed=0)
+    acc32, acc16 = (results[p]["test"]["accuracy"] for p in ("fp32", "bf16"))
+    assert acc32 > 0.75 and acc16 > 0.75 and abs(acc16 - acc32) <= 0.04  # both 86-87% here
+    loss32, loss16 = (results[p]["history"]["train_loss"] for p in ("fp32", "bf16"))
+    assert loss16 != loss32 and loss16[-1] < 0.5 * loss16[0]  # it trained in bf16, and learnt
+    # The command line: the tables and the JSON of both runs.
+    assert script.main(["--arch", "conv8x3p1-relu-pool2-fc10", "--epochs", "1", "--train-images", "200",
+                        "--eval-images", "100", "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "200 training, 100 validation, 100 test images; 1 epochs, seed 0" in out
+    assert "| epoch | fp32 train loss | bf16 train loss | fp32 val acc | bf16 val acc |" in out
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["config"]["train_images"] == 200 and saved["bf16_kernel"] == _kernels.bf16_kernel()
+    assert len(saved["bf16"]["history"]["val_accuracy"]) == 1 and 0 <= saved["fp32"]["test"]["accuracy"] <= 1
 
 
 def test_trainer_rejects_a_bad_precision():

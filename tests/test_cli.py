@@ -228,7 +228,8 @@ def test_bench_and_info(tmp_path):
     assert "- OPENBLAS_THREAD_TIMEOUT: " in r.stdout and "not set" not in r.stdout
     table = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     assert table[0].startswith("| workload | threads | fastconv ms | NumPy/OpenBLAS ms |")
-    assert len(table) == 1 + 3 + 2 and all(line.count("|") == table[0].count("|") for line in table)
+    # sgemm: three float32 shapes and one bf16; maxpool: forward and backward.
+    assert len(table) == 1 + 4 + 2 and all(line.count("|") == table[0].count("|") for line in table)
     r = fastconv("info", cwd=tmp_path)
     assert r.returncode == 0 and "self-test" in r.stdout
 

@@ -130,31 +130,40 @@ def test_tiny_run_prints_a_consistent_table(fairness, torch):
     table = text.split("Fairness")[0]
     header, rows = _parse(table)
     assert header == compare.columns(list(compare.SIDES))
-    names = [w.name for w in compare.workloads(tiny=True) if not fairness or "maxpool" in w.name]
+    every = [w for w in compare.workloads(tiny=True) if not fairness or "maxpool" in w.name]
+    names = [w.name for w in every]
     assert [r["workload"] for r in rows] == names
-    for r in rows:
+    for w, r in zip(every, rows):
         ours = _median(r["fastconv ms"])
         for side in compare.PEERS:
             label = compare.LABELS[side]
-            if r[f"{label} ms"] == "-":  # only sgemm lacks a side: PyTorch
-                assert r[f"vs {label}"] == "-" and side != "numpy" and r["workload"].startswith("sgemm")
+            if r[f"{label} ms"] == "-":  # a side the workload does not have (see the next test)
+                assert r[f"vs {label}"] == "-" and side not in w.make
                 continue
             ratio = float(r[f"vs {label}"].rstrip("x"))
             assert ratio == pytest.approx(_median(r[f"{label} ms"]) / ours, rel=2e-3, abs=6e-3)
-        assert r["rate"].endswith("GFLOP/s") == (r["% peak"] != "-")
+        # % of the float32 FMA peak: for the float32 rows only.
+        assert (r["rate"].endswith("GFLOP/s") and w.precision == "float32") == (r["% peak"] != "-")
     if fairness:
         header, rows = _parse(text.split("Fairness")[1])
         assert header == ["workload"] + [compare.LABELS[s] for s in compare.SIDES]
         assert [r["workload"] for r in rows] == names and all(float(r["fastconv"]) > 0 for r in rows)
 
 
-def test_sgemm_has_no_torch_column_but_every_other_workload_has_all_sides():
+def test_the_sides_of_each_workload():
+    """float32 sgemm has no PyTorch side, the bf16 rows no NumPy side and bf16
+    sgemm one PyTorch side (row-major, in the NCHW column); the rest have all."""
     for w in compare.workloads(tiny=True):
-        expected = {"fastconv", "numpy"} | (set() if w.name.startswith("sgemm") else {"torch_cl", "torch_nchw"})
+        sgemm = w.name.startswith("sgemm")
+        if w.precision == "float32":
+            expected = {"fastconv", "numpy"} | (set() if sgemm else {"torch_cl", "torch_nchw"})
+        else:
+            expected = {"fastconv", "torch_nchw"} | (set() if sgemm else {"torch_cl"})
         if compare._torch() is None:
             expected -= {"torch_cl", "torch_nchw"}
         assert set(w.make) == expected, w.name
         assert (w.flop > 0) != (w.nbytes > 0), w.name
+        assert w.name.endswith(" bf16") == (w.precision == "bfloat16"), w.name
 
 
 def test_bad_options(capsys):
@@ -196,8 +205,8 @@ def test_peak_bad_arguments(kwargs, match):
 
 
 def test_resnet20_training_step_row(torch):
-    """The ResNet-20 row: batch 128 in full runs, every side in a tiny one, its
-    FLOP count that of the network, and a table row whose ratios agree."""
+    """The ResNet-20 rows: batch 128 in full runs, every side in a tiny one, its
+    FLOP count that of the network, and table rows (float32, bf16) whose ratios agree."""
     import numpy as np
 
     import fastconv as fc
@@ -232,10 +241,51 @@ def test_resnet20_training_step_row(torch):
         _kernels.set_num_threads(threads)
         torch.set_num_threads(torch_threads)
     _, rows = _parse(out.getvalue())
-    assert [r["workload"] for r in rows] == ["resnet20 train step b2"]
-    ours = _median(rows[0]["fastconv ms"])
-    for side in compare.PEERS:
-        label = compare.LABELS[side]
-        ratio = float(rows[0][f"vs {label}"].rstrip("x"))
-        assert ratio == pytest.approx(_median(rows[0][f"{label} ms"]) / ours, rel=2e-3, abs=6e-3)
-    assert rows[0]["rate"].endswith("GFLOP/s")
+    assert [r["workload"] for r in rows] == ["resnet20 train step b2", "resnet20 train step b2 bf16"]
+    for r, peers in zip(rows, [compare.PEERS, ("torch_cl", "torch_nchw")]):  # bf16: no NumPy side
+        ours = _median(r["fastconv ms"])
+        for side in peers:
+            label = compare.LABELS[side]
+            ratio = float(r[f"vs {label}"].rstrip("x"))
+            assert ratio == pytest.approx(_median(r[f"{label} ms"]) / ours, rel=2e-3, abs=6e-3)
+        assert r["rate"].endswith("GFLOP/s")
+
+
+def test_bf16_rows_run_both_sides_in_bf16(torch, monkeypatch):
+    """The bf16 rows: the cifar_small and resnet20 steps, cifar_small inference
+    and GEMMs, in a tiny run; fastconv's side runs its kernels in bf16 and
+    PyTorch's runs under its bf16 autocast. Nothing is timed."""
+    from fastconv import backend
+
+    bf16 = [w for w in compare.workloads(tiny=True) if w.precision == "bfloat16"]
+    assert [w.name for w in bf16] == ["sgemm 16x16x16 bf16", "cifar_small train step b2 bf16",
+                                      "resnet20 train step b2 bf16", "cifar_small inference b2 bf16"]
+    assert compare.BF16_NETS == ("cifar_small", "resnet20") and compare.BF16_INFERENCE == (256,)
+    ours, theirs = [], []
+    kernel_precision = backend.kernel_precision
+    monkeypatch.setattr(backend, "kernel_precision", lambda name: ours.append(kernel_precision(name)) or ours[-1])
+    sgemm = _kernels.sgemm
+    monkeypatch.setattr(_kernels, "sgemm", lambda *a, **kw: ours.append(kw.get("precision")) or sgemm(*a, **kw))
+    torch_autocast = compare.torch_autocast
+    with torch_autocast("bfloat16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with torch_autocast("float32"):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(compare, "torch_autocast", lambda precision: theirs.append(precision) or
+                        torch_autocast(precision))
+    for w in bf16:
+        for side, make in w.make.items():
+            ours.clear(), theirs.clear()
+            out = make()()
+            if side == "fastconv":
+                assert "bfloat16" in ours and "float32" not in ours, (w.name, ours)
+            else:
+                assert theirs and set(theirs) == {"bfloat16"}, (w.name, side)
+                if out is not None:  # the forward's scores, the GEMM's product
+                    assert out.dtype == torch.bfloat16, (w.name, side)
+    # The float32 rows stay float32 on both sides.
+    for w in compare.workloads(tiny=True):
+        if w.name == "cifar_small train step b2":
+            ours.clear(), theirs.clear()
+            w.make["fastconv"]()(), w.make["torch_cl"]()()
+            assert ours and set(ours) == {None} and set(theirs) == {"float32"}

@@ -26,6 +26,15 @@ guards against the ways seen so far:
   (clock, other load on a shared machine) hit every side alike.
   ``--fairness`` times each side alone as well, to show taking turns does not
   change its figure.
+
+The rows named "... bf16" time mixed precision: fastconv under
+``fc.autocast("bfloat16")`` (sgemm with ``precision="bfloat16"``) against
+PyTorch under ``torch.autocast("cpu", dtype=torch.bfloat16)``, both with
+float32 parameters and inputs; ``--only bf16`` selects them. They have no
+NumPy side (OpenBLAS has no bf16 GEMM; the NumPy twins emulate it, slowly),
+a 2-D GEMM has one PyTorch layout (in the NCHW column), and their "% peak"
+is left out: the peak measured is float32's FMA, and a bf16 dot product
+does twice its FLOP per instruction.
 """
 
 from __future__ import annotations
@@ -85,8 +94,21 @@ def batch(shape, seed=0):
     return rng.standard_normal(shape).astype(np.float32), rng.integers(0, 10, shape[0])
 
 
-def fastconv_step(build, x, y):
-    """One SGD step (lr 0.01, momentum 0.9, softmax cross-entropy) of a fresh fastconv model."""
+# The precisions a workload runs in (fc.autocast's names), and what its name gets.
+PRECISIONS = {"float32": "", "bfloat16": " bf16"}
+
+
+def torch_autocast(precision):
+    """PyTorch's policy for `precision`: ``torch.autocast("cpu", dtype=torch.bfloat16)``
+    for "bfloat16", disabled (float32) for "float32"."""
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def fastconv_step(build, x, y, precision="float32"):
+    """One SGD step (lr 0.01, momentum 0.9, softmax cross-entropy) of a fresh
+    fastconv model, forward and backward under ``fc.autocast(precision)``."""
     import fastconv as fc
 
     fc.manual_seed(0)
@@ -96,13 +118,28 @@ def fastconv_step(build, x, y):
     model[0].needs_input_grad = False
     loss_fn = fc.SoftmaxCrossEntropy()
     opt = fc.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    policy = fc.autocast(precision)
 
     def step():
-        loss_fn(model(x), y)
-        opt.zero_grad()
-        model.backward(loss_fn.backward())
+        with policy:
+            loss_fn(model(x), y)
+            opt.zero_grad()
+            model.backward(loss_fn.backward())
         opt.step()
     return step
+
+
+def fastconv_inference(build, x, precision="float32"):
+    """A forward of a fresh fastconv model in eval mode, under ``fc.autocast(precision)``."""
+    import fastconv as fc
+
+    model = build(fc).eval()
+    policy = fc.autocast(precision)
+
+    def forward():
+        with policy:
+            return model(x)
+    return forward
 
 
 def torch_model(build, side, x):
@@ -117,8 +154,9 @@ def torch_model(build, side, x):
     return model, tx
 
 
-def torch_step(build, side, x, y):
-    """The PyTorch twin of :func:`fastconv_step`."""
+def torch_step(build, side, x, y, precision="float32"):
+    """The PyTorch twin of :func:`fastconv_step`: the forward and the loss under
+    :func:`torch_autocast`, the backward after it, as PyTorch's AMP recipe does."""
     import torch
 
     model, tx = torch_model(build, side, x)
@@ -127,11 +165,25 @@ def torch_step(build, side, x, y):
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step():
-        loss = loss_fn(model(tx), ty)
+        with torch_autocast(precision):
+            loss = loss_fn(model(tx), ty)
         opt.zero_grad()
         loss.backward()
         opt.step()
     return step
+
+
+def torch_inference(build, side, x, precision="float32"):
+    """The PyTorch twin of :func:`fastconv_inference` (no_grad, eval mode)."""
+    import torch
+
+    model, tx = torch_model(build, side, x)
+    model.eval()
+
+    def forward():
+        with torch.no_grad(), torch_autocast(precision):
+            return model(tx)
+    return forward
 
 
 # -- workloads ------------------------------------------------------------------------------------------
@@ -152,6 +204,11 @@ GEMMS = [(8, 50176, 25), (16, 12544, 200), (32, 131072, 27), (64, 32768, 288), (
          (16, 16384, 147), (64, 8192, 64), (8, 25, 50176), (1024, 1024, 1024), (2048, 2048, 2048)]
 POOLS = [(128, 32, 32, 32), (64, 16, 28, 28)]
 RELU = (128, 32, 32, 32)
+# The bf16 rows: the training steps of these NETS, cifar_small inference at these
+# batches, and these GEMMS (cifar_small's second conv as im2col at batch 128, a square).
+BF16_NETS = ("cifar_small", "resnet20")
+BF16_INFERENCE = (256,)
+BF16_GEMMS = [(64, 32768, 288), (1024, 1024, 1024)]
 
 
 @dataclass
@@ -162,6 +219,7 @@ class Workload:
     make: dict[str, Callable[[], Callable[[], object]]]
     flop: float = 0.0   # per call, for GFLOP/s and % of peak
     nbytes: float = 0.0  # per call, for GB/s (when flop is 0)
+    precision: str = "float32"  # a key of PRECISIONS
 
 
 def _torch():
@@ -298,39 +356,62 @@ def workloads(tiny=False):
             relu[side] = make
     out.append(Workload("relu " + "x".join(map(str, x.shape)), relu, nbytes=2 * x.nbytes))
     out += _net_workloads(torch, tiny)
+    out += _bf16_workloads(torch, tiny, r)
     return out
 
 
-def _net_workloads(torch, tiny):
+def _net_workloads(torch, tiny, nets=tuple(NETS), inference=(1, 256), precision="float32"):
+    """Training steps of `nets` and cifar_small inference at batches `inference`,
+    in `precision`; a NumPy side (the twins) in float32 only."""
     import fastconv as fc
 
-    out = []
-    for net, (build, shape, gflop) in NETS.items():
+    out, suffix = [], PRECISIONS[precision]
+    for net in nets:
+        build, shape, gflop = NETS[net]
         shape = (2,) + shape[1:] if tiny else shape
         x, y = batch(shape)
-        sides = {"fastconv": lambda b=build, x=x, y=y: fastconv_step(b, x, y),
-                 "numpy": lambda b=build, x=x, y=y: _reference_backend(fastconv_step(b, x, y))}
+        sides = {"fastconv": lambda b=build, x=x, y=y: fastconv_step(b, x, y, precision)}
+        if precision == "float32":
+            sides["numpy"] = lambda b=build, x=x, y=y: _reference_backend(fastconv_step(b, x, y))
         if torch is not None:
             for side in ("torch_cl", "torch_nchw"):
-                sides[side] = lambda b=build, side=side, x=x, y=y: torch_step(b, side, x, y)
-        out.append(Workload(f"{net} train step b{shape[0]}", sides, flop=gflop * 1e9 * shape[0] / NETS[net][1][0]))
-    for nb in (1, 2) if tiny else (1, 256):
+                sides[side] = lambda b=build, side=side, x=x, y=y: torch_step(b, side, x, y, precision)
+        out.append(Workload(f"{net} train step b{shape[0]}{suffix}", sides,
+                            flop=gflop * 1e9 * shape[0] / NETS[net][1][0], precision=precision))
+    for nb in [min(nb, 2) for nb in inference] if tiny else inference:
         x, _ = batch((nb, 3, 32, 32))
-
-        def ours(x=x):
-            model = cifar_small(fc).eval()
-            return lambda: model(x)
-        sides = {"fastconv": ours, "numpy": lambda ours=ours: _reference_backend(ours())}
+        sides = {"fastconv": lambda x=x: fastconv_inference(cifar_small, x, precision)}
+        if precision == "float32":
+            sides["numpy"] = lambda x=x: _reference_backend(fastconv_inference(cifar_small, x))
         if torch is not None:
             for side in ("torch_cl", "torch_nchw"):
-                def theirs(side=side, x=x):
-                    model, tx = torch_model(cifar_small, side, x)
-                    model.eval()
-                    return _no_grad(torch, lambda: model(tx))
-                sides[side] = theirs
+                sides[side] = lambda side=side, x=x: torch_inference(cifar_small, side, x, precision)
         # Inference is the forward third of the step's FLOP.
-        out.append(Workload(f"cifar_small inference b{nb}", sides, flop=7.7e9 / 3 * nb / 128))
+        out.append(Workload(f"cifar_small inference b{nb}{suffix}", sides, flop=7.7e9 / 3 * nb / 128,
+                            precision=precision))
     return out
+
+
+def _bf16_workloads(torch, tiny, rand):
+    """The bf16 rows: GEMMs, training steps and inference (see the module docstring)."""
+    from fastconv import _kernels as K
+
+    out = []
+    for m, n, k in BF16_GEMMS[:1] if tiny else BF16_GEMMS:
+        m, n, k = (min(v, 16) for v in (m, n, k)) if tiny else (m, n, k)
+        a, b = rand(m, k), rand(k, n)
+        sides = {"fastconv": lambda a=a, b=b: lambda: K.sgemm(a, b, precision="bfloat16")}
+        if torch is not None:
+            def theirs(a=a, b=b):
+                ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+
+                def mm():
+                    with torch_autocast("bfloat16"):
+                        return torch.mm(ta, tb)
+                return mm
+            sides["torch_nchw"] = theirs
+        out.append(Workload(f"sgemm {m}x{n}x{k} bf16", sides, flop=2.0 * m * n * k, precision="bfloat16"))
+    return out + _net_workloads(torch, tiny, BF16_NETS, BF16_INFERENCE, "bfloat16")
 
 
 # -- timing ---------------------------------------------------------------------------------------------
@@ -478,6 +559,7 @@ def machine(threads, peak_seconds=0.2):
     return {
         "CPU": f"{cpu_model()}, {cpus} CPUs{load}",
         "ISA": fc.get_isa(),
+        "bf16 GEMM": f"{_kernels.bf16_kernel()} (what the bf16 rows run on)",
         "peak": f"{peak:.1f} GFLOP/s at {threads} thread(s), measured (FMA loop, fastconv.peak_gflops)",
         "versions": f"fastconv {fc.__version__}, NumPy {np.__version__} ({blas}), "
                     f"PyTorch {torch.__version__ if torch is not None else 'not installed'}",
@@ -513,7 +595,8 @@ def rows(results, threads, peak):
         if ours is not None:
             if w.flop:
                 cells["rate"] = f"{w.flop / ours.median / 1e9:.1f} GFLOP/s"
-                cells["% peak"] = f"{100 * w.flop / ours.median / 1e9 / peak:.0f}%"
+                if w.precision == "float32":  # the peak is float32's
+                    cells["% peak"] = f"{100 * w.flop / ours.median / 1e9 / peak:.0f}%"
             elif w.nbytes:
                 cells["rate"] = f"{w.nbytes / ours.median / 1e9:.1f} GB/s"
         out.append((w.name, threads, cells))
