@@ -102,11 +102,11 @@ def _bf16_gemm(a, b, C, alpha, beta):
     return C
 
 
-def _windows(x, kernel, stride, padding, pad_value=0.0):
-    """View of x (N, C, H, W) as (N, C, OH, OW, kh, kw) windows."""
+def _windows(x, kernel, stride, padding):
+    """View of x (N, C, H, W) as (N, C, OH, OW, kh, kw) windows, zero-padded."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     if ph or pw:
-        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+        x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
@@ -188,11 +188,11 @@ def _conv_padding(padding):
     return (_pair(h), _pair(w))
 
 
-def _conv_windows(x, kernel, stride, padding, dilation):
+def _dilated_windows(x, kernel, stride, padding, dilation, pad_value=0.0):
     """View of x (N, C, H, W) as (N, C, OH, OW, kh, kw) windows of taps dilation apart,
-    padding ((top, bottom), (left, right))."""
+    padding ((top, bottom), (left, right)) of pad_value."""
     (kh, kw), (sh, sw), (dh, dw) = _pair(kernel), _pair(stride), _pair(dilation)
-    x = np.pad(x, ((0, 0), (0, 0)) + _conv_padding(padding))
+    x = np.pad(x, ((0, 0), (0, 0)) + _conv_padding(padding), constant_values=pad_value)
     win = sliding_window_view(x, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
     return win[:, :, ::sh, ::sw, ::dh, ::dw]
 
@@ -214,7 +214,7 @@ def _grouped(a, groups, axis):
 def _conv_forward(fn, x, weight, bias, stride, padding, dilation, groups, relu):
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"{fn}: `relu` must be a bool; got {relu!r}")
-    win = _grouped(_conv_windows(x, weight.shape[2:], stride, padding, dilation), groups, 1)
+    win = _grouped(_dilated_windows(x, weight.shape[2:], stride, padding, dilation), groups, 1)
     y = np.einsum("ngcyxij,gkcij->ngkyx", win, _grouped(weight, groups, 0), optimize=True)
     y = y.reshape((y.shape[0], weight.shape[0]) + y.shape[3:])
     if bias is not None:
@@ -235,7 +235,7 @@ def conv2d_ex_backward(x, weight, dy, stride, padding, dilation, groups, need_dx
     n, c, h, w = x.shape
     k, _, kh, kw = weight.shape
     oh, ow = dy.shape[2:]
-    win = _grouped(_conv_windows(x, (kh, kw), stride, padding, dilation), groups, 1)
+    win = _grouped(_dilated_windows(x, (kh, kw), stride, padding, dilation), groups, 1)
     dyg, wg = _grouped(dy, groups, 1), _grouped(weight, groups, 0)
     dweight = np.einsum("ngcyxij,ngkyx->gkcij", win, dyg, optimize=True).reshape(weight.shape)
     dweight = dweight.astype(x.dtype)
@@ -255,38 +255,56 @@ def argmax_dtype(kernel):
     return np.dtype(np.uint8) if kh * kw <= 256 else np.dtype(np.int32)
 
 
-def maxpool2d_forward(x, kernel, stride, padding):
+def _pool_size(size, k, s, p, d=1, ceil_mode=False):
+    """Outputs along one axis, PyTorch's rule: with ceil_mode rounded up, but the
+    last window must start inside the input or the padding before it."""
+    span = d * (k - 1) + 1
+    out = (size + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
+
+
+def _pool_padding(x_shape, kernel, stride, padding, dilation, ceil_mode):
+    """((top, bottom), (left, right)): the padding, and after it as much more as
+    ceil_mode's last windows run past it, so that every window is a full view."""
+    sides = []
+    for size, k, s, p, d in zip(x_shape[2:], _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)):
+        out = _pool_size(size, k, s, p, d, ceil_mode)
+        sides.append((p, max(p, (out - 1) * s + d * (k - 1) + 1 - size - p)))
+    return tuple(sides)
+
+
+def maxpool2d_forward(x, kernel, stride, padding, dilation=1, ceil_mode=False):
     """(y, argmax): window maxima and each winner's row-major index in its window.
 
     Padding is -inf. Ties go to the first maximum; a NaN wins over numbers and
     the last NaN over earlier ones (PyTorch's scan rule).
     """
-    kh, kw = _pair(kernel)
-    win = _windows(x, kernel, stride, padding, pad_value=-np.inf)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
+    sides = _pool_padding(x.shape, kernel, stride, padding, dilation, ceil_mode)
+    win = _dilated_windows(x, kernel, stride, sides, dilation, pad_value=-np.inf)
     flat = win.reshape(win.shape[:4] + (kh * kw,))
     nan = np.isnan(flat)
     first_max = np.argmax(flat, axis=-1)  # np.argmax returns the first NaN if any, else first max
     last_nan = kh * kw - 1 - np.argmax(nan[..., ::-1], axis=-1)
     am = np.where(nan.any(axis=-1), last_nan, first_max)
-    # A window of -inf and padding points at its first real element, as in PyTorch.
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    # A window of -inf and padding points at its first real tap, as in PyTorch.
     oh, ow = am.shape[2:]
-    i0 = np.maximum(ph - np.arange(oh) * sh, 0)[:, None] * kw
-    j0 = np.maximum(pw - np.arange(ow) * sw, 0)[None, :]
+    i0 = -(np.minimum(np.arange(oh) * sh - ph, 0) // dh)[:, None] * kw  # ceil((ph - oy*sh) / dh), >= 0
+    j0 = -(np.minimum(np.arange(ow) * sw - pw, 0) // dw)[None, :]
     all_neg_inf = np.all(flat == -np.inf, axis=-1)
     am = np.where(all_neg_inf, i0 + j0, am)
     y = np.take_along_axis(flat, am[..., None], axis=-1)[..., 0]
     return np.ascontiguousarray(y, dtype=x.dtype), am.astype(argmax_dtype(kernel))
 
 
-def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
+def maxpool2d_backward(dy, argmax, x_shape, kernel, stride, padding, dilation=1, ceil_mode=False):
     """dx of x_shape: each dy[n, c, oy, ox] added at its argmax position."""
-    (_, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    (_, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
     am = argmax.astype(np.int64)
-    rows = np.arange(oh)[:, None] * sh - ph + am // kw
-    cols = np.arange(ow)[None, :] * sw - pw + am % kw
+    rows = np.arange(oh)[:, None] * sh - ph + am // kw * dh
+    cols = np.arange(ow)[None, :] * sw - pw + am % kw * dw
     flat_idx = (np.arange(n * c).reshape(n, c, 1, 1) * h + rows) * w + cols
     dx = np.zeros(n * c * h * w, dtype=dy.dtype)
     np.add.at(dx, flat_idx.ravel(), dy.ravel())
@@ -427,20 +445,39 @@ def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
 # ---------------------------------------------------------------------------
 # avgpool2d
 
-def avgpool2d_forward(x, kernel, stride, padding):
-    """Window means; zero padding counts in the divisor kh * kw (count_include_pad)."""
-    kh, kw = _pair(kernel)
-    win = _windows(x, kernel, stride, padding)
-    return np.ascontiguousarray(win.sum(axis=(4, 5)) / x.dtype.type(kh * kw), dtype=x.dtype)
+def _avg_divisors(x_shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override, dtype):
+    """(OH, OW) divisors, PyTorch's: the override; or each window's size within
+    the padded input (count_include_pad), or its count of real elements."""
+    if divisor_override is not None:
+        return dtype.type(divisor_override)
+    (ph, pw), sides = _pair(padding), _pool_padding(x_shape, kernel, stride, padding, 1, ceil_mode)
+    counted = np.ones((1, 1) + tuple(x_shape[2:]), dtype)
+    if count_include_pad:  # the padding is counted, what ceil_mode's windows run past it is not
+        counted = np.pad(counted, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=1)
+        sides = ((0, sides[0][1] - ph), (0, sides[1][1] - pw))
+    return _dilated_windows(counted, kernel, stride, sides, 1).sum(axis=(4, 5))[0, 0]
 
 
-def avgpool2d_backward(dy, x_shape, kernel, stride, padding):
-    """dx of x_shape: each dy / (kh * kw) added over its window (col2im)."""
+def avgpool2d_forward(x, kernel, stride, padding, ceil_mode=False, count_include_pad=True,
+                      divisor_override=None):
+    """Window sums over their divisors (_avg_divisors); zero padding adds nothing to a sum."""
+    sides = _pool_padding(x.shape, kernel, stride, padding, 1, ceil_mode)
+    win = _dilated_windows(x, kernel, stride, sides, 1)
+    div = _avg_divisors(x.shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                        x.dtype)
+    return np.ascontiguousarray(win.sum(axis=(4, 5)) / div, dtype=x.dtype)
+
+
+def avgpool2d_backward(dy, x_shape, kernel, stride, padding, ceil_mode=False, count_include_pad=True,
+                       divisor_override=None):
+    """dx of x_shape: each dy over its window's divisor added over the window (col2im)."""
     (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
     n, c, h, w = x_shape
     oh, ow = dy.shape[2:]
-    g = dy / dy.dtype.type(kh * kw)
-    dx_pad = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=dy.dtype)
+    (_, bottom), (_, right) = _pool_padding(x_shape, kernel, stride, padding, 1, ceil_mode)
+    g = dy / _avg_divisors(x_shape, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override,
+                           dy.dtype)
+    dx_pad = np.zeros((n, c, h + ph + bottom, w + pw + right), dtype=dy.dtype)
     for i in range(kh):
         for j in range(kw):
             dx_pad[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw] += g

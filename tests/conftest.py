@@ -53,6 +53,33 @@ def activation(draw, lib):
     return getattr(lib, name)(parameter) if name in ("LeakyReLU", "ELU") else getattr(lib, name)()
 
 
+def pool_size(size, k, s, p, d=1, ceil_mode=False):
+    """A pool's outputs along one axis, PyTorch's rule (ceil_mode: the last window must start
+    inside the input or the padding before it)."""
+    span = d * (k - 1) + 1
+    out = (size + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
+
+
+def pool_options(draw, kind, h, w, k, s, p):
+    """For hypothesis: options beyond kernel, stride and padding for a "maxpool" (dilation,
+    ceil_mode) or an "avgpool" (ceil_mode, count_include_pad, divisor_override) of an H x W
+    input, often the defaults; None where the drawn options make no pool of it."""
+    if not draw(st.integers(0, 2)):
+        return {}
+    options = {"ceil_mode": draw(st.booleans())}
+    if kind == "maxpool":
+        options["dilation"] = d = draw(st.integers(1, 2))
+        if d > min(h, w):  # keep clear of windows of padding alone
+            return None
+    else:
+        options["count_include_pad"] = draw(st.booleans())
+        options["divisor_override"] = draw(st.one_of(st.none(), st.integers(1, 9)))
+    if min(pool_size(n, k, s, p, options.get("dilation", 1), options["ceil_mode"]) for n in (h, w)) < 1:
+        return None
+    return options
+
+
 @st.composite
 def layer_stacks(draw, lib, maxout=False):
     """For hypothesis: (Sequential, input shape) of random layers from ``lib`` (fastconv, or
@@ -69,9 +96,13 @@ def layer_stacks(draw, lib, maxout=False):
         if kind == "conv":
             out = draw(st.integers(1, 4))
             layers.append(lib.Conv2d(c, out, k, stride=s, padding=p, bias=draw(st.booleans())))
-            c = out
+            c, h, w = out, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         elif kind in ("maxpool", "avgpool"):
-            layers.append((lib.MaxPool2d if kind == "maxpool" else lib.AvgPool2d)(k, stride=s, padding=p))
+            options = pool_options(draw, kind, h, w, k, s, p)
+            if options is None:
+                continue
+            layers.append((lib.MaxPool2d if kind == "maxpool" else lib.AvgPool2d)(k, stride=s, padding=p, **options))
+            h, w = (pool_size(n, k, s, p, options.get("dilation", 1), options.get("ceil_mode", False)) for n in (h, w))
         elif kind == "bn":
             layers.append(lib.BatchNorm2d(c, eps=draw(st.floats(1e-5, 1e-2)), affine=draw(st.booleans())))
         elif kind == "dropout":
@@ -80,8 +111,6 @@ def layer_stacks(draw, lib, maxout=False):
             layers.append(activation(draw, lib))
             if kind == "nest":
                 layers[-1] = lib.Sequential(layers[-1], lib.Sequential())
-        if kind in ("conv", "maxpool", "avgpool"):
-            h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
     layers.append(lib.Flatten())
     features = c * h * w
     for _ in range(draw(st.integers(0, 3))):

@@ -113,6 +113,40 @@ def test_maxpool_padding_is_minus_infinity_as_in_fastconv(tmp_path):
     np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), model(x), rtol=1e-6)
 
 
+POOLS = [  # (layer, input (C, H, W)): each option, ceil_mode where opset 17's ceil_mode would differ
+    (fc.MaxPool2d(3, stride=2, padding=1, dilation=2), (2, 9, 8)),
+    (fc.MaxPool2d(2, stride=2, padding=1, ceil_mode=True), (2, 5, 5)),          # last window dropped
+    (fc.MaxPool2d(3, stride=2, ceil_mode=True), (2, 8, 7)),                      # last windows clipped
+    (fc.MaxPool2d((2, 3), stride=(3, 1), padding=1, dilation=2, ceil_mode=True), (2, 6, 8)),  # a pad >= kernel: Pad
+    (fc.AvgPool2d(3, stride=2, padding=1, ceil_mode=True), (2, 6, 7)),           # divisor cut at the padding: Pad
+    (fc.AvgPool2d(2, stride=2, padding=(1, 0), ceil_mode=True, count_include_pad=False), (2, 5, 7)),  # one of each
+    (fc.AvgPool2d((3, 2), stride=2, padding=1, count_include_pad=False), (2, 7, 6)),
+    (fc.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, divisor_override=4), (2, 6, 7)),
+    (fc.AvgPool2d(2, divisor_override=3), (2, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("pool, input_shape", POOLS, ids=lambda v: repr(v) if isinstance(v, fc.Module) else str(v))
+def test_pool_options_match_onnxruntime(pool, input_shape, tmp_path):
+    """Values as fastconv's, and output shapes that ONNX's own shape inference agrees with."""
+    x = -1 - np.abs(rand(np.random.default_rng(2), 3, *input_shape))  # negative: -inf padding shows
+    model = fc.Sequential(pool, fc.Flatten())
+    fc.export_onnx(model, tmp_path / "m.onnx", input_shape)
+    np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), model(x), rtol=1e-6, atol=1e-6)
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "m.onnx")), strict_mode=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim][1:] for v in proto.graph.value_info}
+    pooled = next(n.output[0] for n in proto.graph.node if n.op_type in ("MaxPool", "AveragePool", "Div"))
+    assert shapes[pooled] == list(pool(x).shape[1:])
+    ops = [n.op_type for n in proto.graph.node]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for n in proto.graph.node for a in n.attribute}
+    if isinstance(pool, fc.MaxPool2d):
+        assert attrs["dilations"] == list(pool.dilation) and attrs["ceil_mode"] == 0
+    elif pool.divisor_override is not None:
+        assert ops[:2] == ["Conv", "Div"] and attrs["group"] == input_shape[0]
+    else:
+        assert attrs["count_include_pad"] == int(pool.count_include_pad and "Pad" not in ops)
+
+
 @pytest.mark.parametrize("layers, input_shape", [
     ([fc.Flatten(2), fc.Linear(12, 3), fc.ReLU(), fc.Maxout(3, 2, pieces=2), fc.Flatten()], (2, 3, 4)),
     ([fc.Flatten(1, 2), fc.BatchNorm1d(6), fc.Flatten()], (2, 3, 4)),

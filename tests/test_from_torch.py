@@ -119,15 +119,25 @@ def test_grouped_dilated_depthwise_and_same_padded_convs():
     _close(model(x), module, x)
 
 
+def test_pool_options_are_mapped():
+    module = nn.Sequential(nn.MaxPool2d(3, stride=2, padding=1, dilation=(2, 1), ceil_mode=True),
+                           nn.AvgPool2d((2, 3), stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+                           nn.AvgPool2d(2, stride=1, divisor_override=3)).eval()
+    model = fc.from_torch(module)
+    assert (model[0].dilation, model[0].ceil_mode) == ((2, 1), True)
+    assert (model[1].ceil_mode, model[1].count_include_pad, model[2].divisor_override) == (True, False, 3)
+    assert repr(model[2]) == "AvgPool2d(kernel_size=(2, 2), stride=(1, 1), padding=(0, 0), divisor_override=3)"
+    x = rand(np.random.default_rng(7), 2, 3, 12, 11)
+    _close(model(x), module, x, tol=1e-6)
+
+
 @pytest.mark.parametrize("module, match", [
     (nn.Sequential(nn.ReLU(), nn.Sequential(nn.Linear(2, 2), nn.GELU())),
      r"layer 1\.1 \(GELU\) has no fastconv equivalent \(torch\.nn layers mapped: .*Conv2d"),
     (nn.Conv2d(1, 1, 3, padding_mode="reflect"), r"the model \(Conv2d\): `padding_mode` must be 'zeros'.*'reflect'"),
-    (nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), r"`ceil_mode` must be False .*got True"),
-    (nn.Sequential(nn.MaxPool2d(2, dilation=2)), r"`dilation` must be 1 .*got 2"),
-    (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), r"`return_indices` must be False"),
-    (nn.Sequential(nn.AvgPool2d(2, count_include_pad=False)), r"`count_include_pad` must be True .*got False"),
-    (nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), r"`divisor_override` must be None .*got 3"),
+    (nn.Sequential(nn.MaxPool2d(2, return_indices=True)), r"layer 0 \(MaxPool2d\): `return_indices` must be False"),
+    (nn.Sequential(nn.ReLU(), nn.AvgPool2d(2, divisor_override=-2)),
+     r"layer 1 \(AvgPool2d\): AvgPool2d: `divisor_override` must be None or >= 1; got -2"),
     (nn.Sequential(nn.Dropout2d(0.1)), r"layer 0 \(Dropout2d\) has no fastconv equivalent"),
     (nn.Sequential(nn.AdaptiveMaxPool2d(2, return_indices=True)), r"layer 0 \(AdaptiveMaxPool2d\): `return_indices`"),
     (nn.Sequential(nn.AdaptiveAvgPool2d((None, 2))), r"layer 0 \(AdaptiveAvgPool2d\): .*output_size"),

@@ -47,6 +47,25 @@ def test_sequential_fuses_with_the_unfused_bits(isa_threads, rng, monkeypatch, s
                             "maxpool2d_forward": 0, "relu_backward": 2, "maxpool2d_backward": 1}
 
 
+@pytest.mark.parametrize("pool", [fc.MaxPool2d(2, ceil_mode=True), fc.MaxPool2d(2, dilation=2),
+                                  fc.MaxPool2d(2, padding=1), fc.MaxPool2d(2, stride=1)], ids=repr)
+@pytest.mark.parametrize("shape", [(2, 2, 10, 8), (1, 2, 11, 9)], ids=str)
+def test_only_the_plain_2x2_pool_fuses(isa_threads, rng, monkeypatch, pool, shape):
+    """Any other option (ceil_mode too, even where it changes nothing) runs the conv, then the pool."""
+    assert fc.MaxPool2d(2).is_2x2 and fc.MaxPool2d(2, dilation=1, ceil_mode=False).is_2x2 and not pool.is_2x2
+    layers = net()[:2] + [pool]
+    x = rand(rng, *shape)
+    want, want_dx, want_grads = unfused(layers, x, np.ones_like(layers[-1](layers[1](layers[0](x)))))
+    model = fc.Sequential(*layers)
+    calls = Calls(monkeypatch, KERNELS)
+    y = model(x)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(model.backward(np.ones_like(y)), want_dx)
+    for p, g in zip(model.parameters(), want_grads):
+        np.testing.assert_array_equal(p.grad, g)
+    assert calls.counts["conv2d_maxpool_forward"] == 0 and calls.counts["maxpool2d_forward"] == 1
+
+
 def test_a_user_container_fuses_too(rng, monkeypatch):
     class Block(Module):  # any container: children through the same pass
         def __init__(self, *mods):

@@ -158,25 +158,35 @@ def _conv_maxpool(draw, rng):
     return call
 
 
-def _pool_forward(draw, rng):
+def _pool_forward(draw, rng, avg=False):
+    """A valid pool call: any geometry and, half the time, the options (dilation up to 2 with no
+    window of padding alone, ceil_mode; avg: count_include_pad, divisor_override)."""
     h, w, kernel, stride, padding = _geometry(draw, pool=True)
     n, c = draw(st.integers(0, 2)), draw(st.integers(1, 3))
-    return {"x": values(rng, (n, c, h, w)), "kernel": kernel, "stride": stride, "padding": padding}
+    call = {"kernel": kernel, "stride": stride, "padding": padding}
+    if draw(st.booleans()):
+        call["ceil_mode"] = draw(st.booleans())
+        if avg:
+            call["count_include_pad"] = draw(st.booleans())
+            call["divisor_override"] = draw(st.one_of(st.none(), st.integers(1, 9)))
+        else:
+            (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+            call["dilation"] = (dh, dw) = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+            h, w = max(h, dh * (kh - 1) + 1 - 2 * ph, dh), max(w, dw * (kw - 1) + 1 - 2 * pw, dw)
+    return {"x": values(rng, (n, c, h, w)), **call}
 
 
 def _maxpool_backward(draw, rng):
     fwd = _pool_forward(draw, rng)
-    y, am = reference.maxpool2d_forward(fwd["x"], fwd["kernel"], fwd["stride"], fwd["padding"])
-    return {"dy": values(rng, y.shape), "argmax": am, "x_shape": fwd["x"].shape,
-            "kernel": fwd["kernel"], "stride": fwd["stride"], "padding": fwd["padding"]}
+    x = fwd.pop("x")
+    y, am = reference.maxpool2d_forward(x, **fwd)
+    return {"dy": values(rng, y.shape), "argmax": am, "x_shape": x.shape, **fwd}
 
 
 def _avgpool_backward(draw, rng):
-    fwd = _pool_forward(draw, rng)
-    (kh, kw), (sh, sw), (ph, pw) = _pair(fwd["kernel"]), _pair(fwd["stride"]), _pair(fwd["padding"])
-    n, c, h, w = fwd["x"].shape
-    return {"dy": values(rng, (n, c, _out(h, kh, sh, ph), _out(w, kw, sw, pw))), "x_shape": (n, c, h, w),
-            "kernel": fwd["kernel"], "stride": fwd["stride"], "padding": fwd["padding"]}
+    fwd = _pool_forward(draw, rng, avg=True)
+    x = fwd.pop("x")
+    return {"dy": values(rng, reference.avgpool2d_forward(x, **fwd).shape), "x_shape": x.shape, **fwd}
 
 
 def _adaptive_forward(draw, rng):
@@ -243,7 +253,7 @@ VALID = {
     "conv2d_ex_backward": lambda d, r: _conv_ex(d, r, backward=True),
     "maxpool2d_forward": _pool_forward,
     "maxpool2d_backward": _maxpool_backward,
-    "avgpool2d_forward": _pool_forward,
+    "avgpool2d_forward": lambda draw, rng: _pool_forward(draw, rng, avg=True),
     "avgpool2d_backward": _avgpool_backward,
     "relu_forward": _elementwise(["x"]),
     "to_bfloat16": _elementwise(["x"]),
@@ -397,7 +407,7 @@ def spoil(draw, rng, name, value):
         }[m](), m
     if name == "x_shape":
         return draw(st.sampled_from(BAD_SHAPES)), "x_shape"
-    if name in ("kernel", "stride", "padding", "output_size", "dilation", "groups"):
+    if name in ("kernel", "stride", "padding", "output_size", "dilation", "groups", "divisor_override"):
         return draw(st.sampled_from(BAD_INTS)), "int"
     if name in ("alpha", "beta", "eps", "negative_slope"):
         return draw(st.sampled_from(BAD_REALS)), "real"

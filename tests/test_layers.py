@@ -30,11 +30,14 @@ def test_conv2d_gradcheck(case, rng):
     assert result.checked > 0
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1)), (3, 1, 0)])
-def test_maxpool2d_gradcheck(kernel, stride, padding, rng):
+@pytest.mark.parametrize("kernel,stride,padding,options", [
+    (2, 2, 0, {}), (3, 2, 1, {}), ((3, 2), (1, 2), (1, 1), {}), (3, 1, 0, {}),
+    (2, 2, 0, dict(ceil_mode=True)), (3, 2, 1, dict(dilation=2)), ((2, 3), (2, 1), (1, 1), dict(dilation=(3, 2), ceil_mode=True))],
+    ids=str)
+def test_maxpool2d_gradcheck(kernel, stride, padding, options, rng):
     # Distinct values spaced well beyond the kink distance: no tie within reach.
     x = rng.permutation(2 * 3 * 7 * 6).reshape(2, 3, 7, 6).astype(np.float32) * 0.01
-    result = fc.gradcheck(fc.MaxPool2d(kernel, stride, padding), x)
+    result = fc.gradcheck(fc.MaxPool2d(kernel, stride, padding, **options), x)
     assert result.passed, str(result)
     assert result.skipped == 0
 
@@ -91,6 +94,10 @@ def test_gradcheck_catches_a_backward_one_percent_off(rng):
     (lambda: fc.Conv2d(1, 4, 5), np.zeros((1, 1, 2, 8), np.float32), ValueError, r"kernel size \(5, 5\) is larger than the padded input \(2, 8\)"),
     (lambda: fc.MaxPool2d(3), np.zeros((1, 1, 2, 2), np.float32), ValueError, r"MaxPool2d: kernel size"),
     (lambda: fc.MaxPool2d(2), np.zeros((2, 2), np.float32), ValueError, r"MaxPool2d: `x` must have rank 3 or 4"),
+    (lambda: fc.MaxPool2d(3, dilation=2), np.zeros((1, 1, 4, 8), np.float32), ValueError,
+     r"MaxPool2d: kernel size \(3, 3\) at dilation \(2, 2\) is larger than the padded input \(4, 8\)"),
+    (lambda: fc.MaxPool2d(2, stride=1, padding=1, dilation=3), np.zeros((1, 2, 2), np.float32), ValueError,
+     r"MaxPool2d: with `dilation` \(3, 3\) and padding \(1, 1\), a window on the input \(2, 2\) holds only padding"),
     (lambda: fc.Linear(5, 2), np.zeros((3, 4), np.float32), ValueError, r"Linear: `x` must have 5 features"),
     (lambda: fc.Linear(5, 2), np.zeros((3, 5), np.int64), TypeError, r"Linear: `x` must be a float32 array"),
     (lambda: fc.ReLU(), np.zeros(3, np.float16), TypeError, r"ReLU: `x` must be a float32 array"),
@@ -106,6 +113,10 @@ def test_layer_errors(make, x, exc, match):
     (lambda: fc.Conv2d(3, 4, 3, padding=-1), ValueError, r"Conv2d: `padding` must be >= 0"),
     (lambda: fc.Conv2d(3, 4, 2.5), TypeError, r"Conv2d: `kernel_size` must be an int or a pair of ints; got 2.5"),
     (lambda: fc.MaxPool2d(2, padding=2), ValueError, r"MaxPool2d: `padding` must be at most half"),
+    (lambda: fc.MaxPool2d(2, dilation=0), ValueError, r"MaxPool2d: `dilation` must be >= 1; got \(0, 0\)"),
+    (lambda: fc.MaxPool2d(2, dilation=(1, -1)), ValueError, r"MaxPool2d: `dilation` must be >= 1; got \(1, -1\)"),
+    (lambda: fc.MaxPool2d(2, dilation=1.0), TypeError, r"MaxPool2d: `dilation` must be an int or a pair of ints"),
+    (lambda: fc.MaxPool2d(2, ceil_mode="yes"), TypeError, r"MaxPool2d: `ceil_mode` must be a bool; got 'yes'"),
     (lambda: fc.Linear(3, "4"), TypeError, r"Linear: `out_features` must be an int"),
     (lambda: fc.Sequential(fc.ReLU(), "relu"), TypeError, r"Sequential: argument 1 must be a Module"),
 ])

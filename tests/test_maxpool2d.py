@@ -1,11 +1,12 @@
 """maxpool2d_forward / maxpool2d_backward: native kernels against their NumPy
 twins (on every ISA x {1, 2} threads) and against PyTorch; edge semantics
-(ties, NaN, -inf, padding) and input validation."""
+(ties, NaN, -inf, padding), the dilation and ceil_mode options, and input
+validation."""
 
 import numpy as np
 import pytest
 from conftest import rand
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fastconv import _kernels, reference
@@ -58,9 +59,9 @@ def bits(a):
     return np.ascontiguousarray(a).view(np.uint32)
 
 
-def check_native_vs_reference(x, kernel, stride, padding, rng):
-    y, am = _kernels.maxpool2d_forward(x, kernel, stride, padding)
-    y_ref, am_ref = reference.maxpool2d_forward(x, kernel, stride, padding)
+def check_native_vs_reference(x, kernel, stride, padding, rng, **options):
+    y, am = _kernels.maxpool2d_forward(x, kernel, stride, padding, **options)
+    y_ref, am_ref = reference.maxpool2d_forward(x, kernel, stride, padding, **options)
     kh, kw = _pair(kernel)
     assert y.shape == y_ref.shape and y.dtype == np.float32 and y.flags.c_contiguous
     assert am.dtype == reference.argmax_dtype(kernel) == _kernels.argmax_dtype(kernel)
@@ -69,8 +70,8 @@ def check_native_vs_reference(x, kernel, stride, padding, rng):
     np.testing.assert_array_equal(am, am_ref)
 
     dy = rand(rng, *y.shape)
-    dx = _kernels.maxpool2d_backward(dy, am, x.shape, kernel, stride, padding)
-    dx_ref = reference.maxpool2d_backward(dy, am_ref, x.shape, kernel, stride, padding)
+    dx = _kernels.maxpool2d_backward(dy, am, x.shape, kernel, stride, padding, **options)
+    dx_ref = reference.maxpool2d_backward(dy, am_ref, x.shape, kernel, stride, padding, **options)
     assert dx.shape == x.shape and dx.dtype == np.float32
     # Overlapping windows add several dy into one dx: allow float reordering.
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-6)
@@ -309,21 +310,21 @@ def test_backward_sums_overlapping_windows():
 # ---------------------------------------------------------------------------
 # against PyTorch
 
-def torch_pool(x, kernel, stride, padding, dy, channels_last=False):
-    """PyTorch's values, our within-window argmax, and dx by autograd."""
+def torch_pool(x, kernel, stride, padding, dy, channels_last=False, dilation=1, ceil_mode=False):
+    """PyTorch's values, our within-window argmax (tap index), and dx by autograd."""
     t = torch.from_numpy(x.copy())
     if channels_last:
         t = t.contiguous(memory_format=torch.channels_last)
     t.requires_grad_(True)
-    y, flat = torch.nn.functional.max_pool2d(t, kernel, stride, padding, return_indices=True)
+    y, flat = torch.nn.functional.max_pool2d(t, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
     y.backward(torch.from_numpy(dy))
-    (kh, kw), (sh, sw), (ph, pw) = _pair(kernel), _pair(stride), _pair(padding)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)
     oh, ow = y.shape[2:]
     flat = flat.numpy()
     iy, ix = flat // x.shape[3], flat % x.shape[3]
-    wy = iy - (np.arange(oh)[:, None] * sh - ph)
-    wx = ix - (np.arange(ow)[None, :] * sw - pw)
-    assert np.all((wy >= 0) & (wy < kh) & (wx >= 0) & (wx < kw))
+    wy, ry = np.divmod(iy - (np.arange(oh)[:, None] * sh - ph), dh)
+    wx, rx = np.divmod(ix - (np.arange(ow)[None, :] * sw - pw), dw)
+    assert np.all((wy >= 0) & (wy < kh) & (wx >= 0) & (wx < kw) & (ry == 0) & (rx == 0))
     return y.detach().numpy(), wy * kw + wx, t.grad.numpy()
 
 
@@ -370,6 +371,137 @@ def test_matches_torch_random_geometry(case):
 
 
 # ---------------------------------------------------------------------------
+# dilation and ceil_mode (the general loop; PyTorch's output size and windows)
+
+def torch_size(size, k, s, p, d, ceil_mode):
+    """PyTorch's pooling_output_shape, for the test's own arithmetic."""
+    span = d * (k - 1) + 1
+    out = (size + 2 * p - span + (s - 1 if ceil_mode else 0)) // s + 1
+    return out - 1 if ceil_mode and (out - 1) * s >= size + p else out
+
+
+def some_window_is_padding(size, k, s, p, d, out):
+    """A window whose taps all miss the input (refused: PyTorch's -inf with an outside index)."""
+    return any(all(not 0 <= o * s - p + i * d < size for i in range(k)) for o in range(out))
+
+
+@st.composite
+def option_cases(draw):
+    """(x shape, kernel, stride, padding, options, mode, seed): any dilation and ceil_mode with a
+    valid geometry, inputs as small as one pixel, as large as several windows."""
+    shape, kernel, stride, padding, mode, seed = draw(pool_cases())
+    kh, kw = _pair(kernel)
+    dh, dw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    ceil_mode = draw(st.booleans())
+    h = draw(st.integers(1, dh * (kh - 1) + 8))
+    w = draw(st.integers(1, dw * (kw - 1) + 8))
+    assume(pool_sizes((1, 1, h, w), kernel, stride, padding, (dh, dw), ceil_mode))
+    dilation = (dh, dw) if dh != dw or draw(st.booleans()) else dh
+    return shape[:2] + (h, w), kernel, stride, padding, dict(dilation=dilation, ceil_mode=ceil_mode), mode, seed
+
+
+@FIXTURE_OK
+@given(case=option_cases())
+def test_options_match_reference(isa_threads, case):
+    shape, kernel, stride, padding, options, mode, seed = case
+    rng = np.random.default_rng(seed)
+    check_native_vs_reference(make_input(rng, shape, mode), kernel, stride, padding, rng, **options)
+
+
+@needs_torch
+@settings(max_examples=60)
+@given(case=option_cases())
+def test_options_match_torch(case):
+    """Values bit for bit, argmax as torch's indices, dx as torch's autograd."""
+    shape, kernel, stride, padding, options, mode, seed = case
+    rng = np.random.default_rng(seed)
+    x = make_input(rng, shape, mode)
+    y, am = _kernels.maxpool2d_forward(x, kernel, stride, padding, **options)
+    dy = rand(rng, *y.shape)
+    y_t, am_t, dx_t = torch_pool(x, kernel, stride, padding, dy, **options)
+    np.testing.assert_array_equal(bits(y), bits(y_t))
+    np.testing.assert_array_equal(am, am_t)
+    dx = _kernels.maxpool2d_backward(dy, am, x.shape, kernel, stride, padding, **options)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-5, atol=1e-6)
+
+
+# Every option combination on batch 1, odd and non-square inputs, a uint8/int32 boundary, the
+# 2x2 stride-2 geometry whose ceil_mode on an odd size leaves the row kernels, and a parallel plane.
+OPTION_SHAPES = [
+    ((1, 1, 5, 5), 2, 2, 1),          # ceil_mode: the last window would start in the bottom padding
+    ((1, 3, 7, 9), 2, 2, 0),          # odd: ceil_mode adds a clipped last row and column
+    ((2, 2, 6, 8), 2, 2, 0),          # even: ceil_mode changes nothing
+    ((1, 2, 11, 6), (3, 2), (2, 3), (1, 1)),
+    ((3, 1, 1, 13), (1, 4), (1, 3), (0, 2)),
+    ((1, 1, 4, 3), 4, 3, 0),          # ceil_mode: a window larger than the input (PyTorch allows it)
+    ((2, 2, 20, 21), (16, 17), (3, 4), (8, 8)),  # int32 argmax
+    ((2, 8, 37, 41), 3, 2, 1),        # 24k elements: the parallel path
+]
+
+
+OPTIONS = [dict(dilation=1, ceil_mode=True), dict(dilation=2, ceil_mode=False), dict(dilation=(3, 1), ceil_mode=True),
+           dict(dilation=(1, 2))]
+
+
+def pool_sizes(shape, kernel, stride, padding, dilation=1, ceil_mode=False):
+    """(OH, OW), or None where the options make no valid pool of this input."""
+    out = []
+    for size, k, s, p, d in zip(shape[2:], _pair(kernel), _pair(stride), _pair(padding), _pair(dilation)):
+        o = torch_size(size, k, s, p, d, ceil_mode)
+        if o < 1 or some_window_is_padding(size, k, s, p, d, o):
+            return None
+        out.append(o)
+    return tuple(out)
+
+
+@pytest.mark.parametrize("shape,kernel,stride,padding,options",
+                         [g + (o,) for g in OPTION_SHAPES for o in OPTIONS if pool_sizes(*g, **o)], ids=str)
+def test_option_shapes(isa_threads, rng, shape, kernel, stride, padding, options):
+    x = make_input(rng, shape, "ties")
+    y, _ = check_native_vs_reference(x, kernel, stride, padding, rng, **options)
+    assert y.shape[2:] == pool_sizes(shape, kernel, stride, padding, **options)
+    if torch is not None:
+        y_t, _, _ = torch_pool(x, kernel, stride, padding, rand(rng, *y.shape), **options)
+        np.testing.assert_array_equal(bits(y), bits(y_t))
+
+
+@pytest.mark.parametrize("h,k,s,p,want", [(5, 2, 2, 1, 3), (6, 2, 2, 1, 4), (7, 3, 2, 0, 3), (4, 4, 3, 0, 1),
+                                         (3, 4, 2, 0, 1), (10, 3, 4, 1, 3), (9, 3, 3, 1, 4), (4, 2, 3, 1, 2)])
+def test_ceil_mode_output_size(h, k, s, p, want):
+    """Rounded up, except that the last window must start inside the input or the top padding."""
+    x = np.zeros((1, 1, h, h), np.float32)
+    for f in (_kernels.maxpool2d_forward, reference.maxpool2d_forward):
+        assert f(x, k, s, p, ceil_mode=True)[0].shape == (1, 1, want, want)
+    assert torch_size(h, k, s, p, 1, True) == want
+
+
+def test_default_options_are_the_plain_call_bit_for_bit(isa_threads, rng):
+    """Spelled out, the defaults take today's paths (the 2x2 row kernels too) with the same bits;
+    ceil_mode on even sizes changes nothing."""
+    for shape, kernel, stride, padding in [((2, 3, 16, 14), 2, 2, 0), ((1, 2, 9, 7), 3, 2, 1)]:
+        x = make_input(rng, shape, "ties")
+        y, am = _kernels.maxpool2d_forward(x, kernel, stride, padding)
+        for options in (dict(dilation=1, ceil_mode=False), dict(dilation=(1, 1), ceil_mode=kernel == 2)):
+            y2, am2 = _kernels.maxpool2d_forward(x, kernel, stride, padding, **options)
+            np.testing.assert_array_equal(bits(y2), bits(y))
+            np.testing.assert_array_equal(am2, am)
+            dy = rand(rng, *y.shape)
+            np.testing.assert_array_equal(
+                bits(_kernels.maxpool2d_backward(dy, am, x.shape, kernel, stride, padding, **options)),
+                bits(_kernels.maxpool2d_backward(dy, am, x.shape, kernel, stride, padding)))
+
+
+def test_dilated_window_of_neg_inf_points_at_its_first_real_tap():
+    # 3x3 taps 2 apart, padding 1: the top-left window's first real tap is (1, 1), index 4
+    x = np.full((1, 1, 5, 5), -np.inf, np.float32)
+    y, am = _kernels.maxpool2d_forward(x, 3, 1, 1, dilation=2)
+    np.testing.assert_array_equal(am, reference.maxpool2d_forward(x, 3, 1, 1, dilation=2)[1])
+    assert am[0, 0, 0, 0] == 4 and am[0, 0, 1, 1] == 0 and np.all(y == -np.inf)
+    dx = _kernels.maxpool2d_backward(np.ones_like(y), am, x.shape, 3, 1, 1, dilation=2)
+    assert dx.sum() == y.size  # every index lands on the input
+
+
+# ---------------------------------------------------------------------------
 # bad input
 
 F32 = np.zeros((1, 2, 6, 6), dtype=np.float32)
@@ -397,6 +529,17 @@ F32 = np.zeros((1, 2, 6, 6), dtype=np.float32)
     (F32, {"kernel": True}, TypeError, r"`kernel` must be an int or an \(h, w\) pair"),
     (F32, {"stride": (1, 2, 3)}, TypeError, r"`stride` must be an int or an \(h, w\) pair"),
     (F32, {"padding": None}, TypeError, r"`padding` must be an int or an \(h, w\) pair"),
+    (F32, {"dilation": 0}, ValueError, r"`dilation` must be >= 1; got \(0, 0\)"),
+    (F32, {"dilation": (1, -2)}, ValueError, r"`dilation` must be >= 1; got \(1, -2\)"),
+    (F32, {"dilation": 1.5}, TypeError, r"`dilation` must be an int or an \(h, w\) pair"),
+    (F32, {"kernel": 3, "dilation": 3}, ValueError,
+     r"kernel height 3 at dilation 3 \(spanning 7\) is larger than the padded input height 6"),
+    (F32, {"kernel": 9, "stride": 3, "ceil_mode": True}, ValueError,
+     r"kernel height 9 is larger than the padded input height 6 \+ 2\*0 = 6 by more than stride - 1 = 2"),
+    (F32, {"ceil_mode": 1}, TypeError, r"`ceil_mode` must be a bool; got 1"),
+    (F32, {"ceil_mode": None}, TypeError, r"`ceil_mode` must be a bool"),
+    (np.zeros((1, 1, 2, 2), np.float32), {"kernel": 2, "stride": 1, "padding": 1, "dilation": 3}, ValueError,
+     r"window 0 along the height holds only padding \(input height 2, padding 1, stride 1, `dilation` 3\)"),
 ])
 def test_forward_bad_input(x, kwargs, exc, match):
     args = {"kernel": 2, "stride": 2, "padding": 0, **kwargs}
@@ -507,6 +650,22 @@ def test_backward_bad_geometry(pooled):
         _kernels.maxpool2d_backward(dy, am, x.shape, 10, 2, 1)
 
 
+def test_backward_takes_the_forwards_options(pooled):
+    x, dy, am = pooled  # (2, 3, 7, 9) pooled 3/2/1: (4, 5) either way
+    with pytest.raises(ValueError, match=r"`dy` must have shape \(2, 3, 3, 4\); got \(2, 3, 4, 5\)"):
+        _kernels.maxpool2d_backward(dy, am, x.shape, 3, 2, 1, dilation=2)
+    with pytest.raises(ValueError, match=r"`dilation` must be >= 1"):
+        _kernels.maxpool2d_backward(dy, am, x.shape, 3, 2, 1, dilation=0)
+    with pytest.raises(TypeError, match=r"`ceil_mode` must be a bool; got 'yes'"):
+        _kernels.maxpool2d_backward(dy, am, x.shape, 3, 2, 1, ceil_mode="yes")
+    # index 3 is tap (1, 1), 2 rows and columns on at dilation 2: off the input in the windows of
+    # the last row and column (8 of 20 per plane, 6 planes)
+    y, am2 = _kernels.maxpool2d_forward(x, 2, 2, 1, dilation=2)
+    bad = np.full_like(am2, 3)
+    with pytest.raises(ValueError, match=r"`argmax` has 48 indices outside their window or on padding"):
+        _kernels.maxpool2d_backward(rand(np.random.default_rng(0), *y.shape), bad, x.shape, 2, 2, 1, dilation=2)
+
+
 def test_backward_huge_x_shape():
     """An x_shape no machine could hold is refused before allocating dx."""
     one = np.zeros((1, 1, 1, 1), dtype=np.float32)
@@ -525,16 +684,19 @@ def _relu_pool_input(rng, shape):
     return x
 
 
-@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1), ((2, 3), (1, 2), (1, 0))],
-                         ids=str)
-def test_sequential_relu_pool_backward_is_bitwise_the_unfused_one(isa_threads, rng, kernel, stride, padding):
+@pytest.mark.parametrize("kernel, stride, padding, options", [
+    (2, 2, 0, {}), (3, 2, 1, {}), (3, 1, 1, {}), ((2, 3), (1, 2), (1, 0), {}),
+    (2, 2, 0, dict(ceil_mode=True)), (3, 2, 1, dict(dilation=2, ceil_mode=True)), (2, 1, 1, dict(dilation=(1, 3)))],
+    ids=str)
+def test_sequential_relu_pool_backward_is_bitwise_the_unfused_one(isa_threads, rng, kernel, stride, padding, options):
+    """Also with dilation and ceil_mode: the winner's ReLU output is still the pooled output."""
     import fastconv as fc
     x = _relu_pool_input(rng, (3, 4, 9, 7))
-    relu, pool = fc.ReLU(), fc.MaxPool2d(kernel, stride, padding)
+    relu, pool = fc.ReLU(), fc.MaxPool2d(kernel, stride, padding, **options)
     y = pool(relu(x))
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx_apart = relu.backward(pool.backward(dy))
-    model = fc.Sequential(fc.ReLU(), fc.MaxPool2d(kernel, stride, padding))
+    model = fc.Sequential(fc.ReLU(), fc.MaxPool2d(kernel, stride, padding, **options))
     np.testing.assert_array_equal(model(x), y)
 
     def full_size_mask(dy):

@@ -53,18 +53,28 @@ def test_conv2d_matches_torch(n, c, k, h, w, kh, kw, sh, sw, ph, pw, bias, seed)
 
 @given(n=st.integers(1, 3), c=st.integers(1, 3), h=st.integers(1, 10), w=st.integers(1, 10),
        kh=st.integers(1, 4), kw=st.integers(1, 4), sh=st.integers(1, 4), sw=st.integers(1, 4),
-       ph=st.integers(0, 2), pw=st.integers(0, 2), ties=st.booleans(), seed=st.integers(0, 2**31))
-def test_maxpool2d_matches_torch(n, c, h, w, kh, kw, sh, sw, ph, pw, ties, seed):
-    if 2 * ph > kh or 2 * pw > kw or h + 2 * ph < kh or w + 2 * pw < kw:
-        return
+       ph=st.integers(0, 2), pw=st.integers(0, 2), dh=st.integers(1, 3), dw=st.integers(1, 3),
+       ceil_mode=st.booleans(), ties=st.booleans(), seed=st.integers(0, 2**31))
+def test_maxpool2d_matches_torch(n, c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, ties, seed):
+    """Any geometry torch pools; where fastconv refuses, torch refuses too, or (a dilated window
+    of padding alone) gives -inf with an index outside the input."""
     rng = np.random.default_rng(seed)
     x = rng.integers(-2, 3, (n, c, h, w)).astype(np.float32) if ties else rand(rng, n, c, h, w)
-    pool = fc.MaxPool2d((kh, kw), (sh, sw), (ph, pw))
-    y = pool(x)
+    args = dict(kernel_size=(kh, kw), stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw), ceil_mode=ceil_mode)
+    tx = _t(x)
+    try:
+        ty = F.max_pool2d(tx, **args)
+    except RuntimeError:
+        ty = None
+    try:
+        pool = fc.MaxPool2d(**args)
+        y = pool(x)
+    except ValueError as e:
+        assert ty is None or ("holds only padding" in str(e) and (ty == -np.inf).any()), (str(e), ty)
+        return
+    assert ty is not None
     dy = rand(rng, *y.shape)
     dx = pool.backward(dy)
-    tx = _t(x)
-    ty = F.max_pool2d(tx, (kh, kw), (sh, sw), (ph, pw))
     ty.backward(torch.tensor(dy))
     np.testing.assert_array_equal(y, ty.detach().numpy())
     _close(dx, tx.grad, tol=1e-5)

@@ -782,7 +782,8 @@ int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float
     /* The other algorithms' tiles are not pool windows: the conv, then the pool. */
     float *y = malloc(sizeof(float) * (size_t)(s->n * s->k * s->oh * s->ow));
     int rc = y ? run_forward(a, &p, FC_CONV_FORWARD, bias, relu, y) : FC_ENOMEM;
-    const fc_pool_shape ps = {s->n, s->k, s->oh, s->ow, 2, 2, 2, 2, 0, 0, s->oh / 2, s->ow / 2};
+    const fc_pool_shape ps = {.n = s->n, .c = s->k, .h = s->oh, .w = s->ow, .kh = 2, .kw = 2, .sh = 2, .sw = 2,
+                              .oh = s->oh / 2, .ow = s->ow / 2, .dh = 1, .dw = 1};
     if (!rc) rc = fc_maxpool2d_forward(&ps, y, pooled, argmax, 1, nthreads);
     free(y);
     return noted(a, FC_CONV_FORWARD, rc);

@@ -175,15 +175,20 @@ int fc_locally_connected2d_backward(const fc_conv_shape *s, const float *x, cons
                                     const float *dy, float *dx, float *dweight, float *dbias, int nthreads);
 
 /* ---- maxpool2d.c -----------------------------------------------------------
- * x (n, c, h, w) -> y (n, c, oh, ow). Padding counts as -inf (never wins).
- * argmax holds the index of the winner within its kh x kw window, row-major,
- * padded positions counted; its element type is uint8 when argmax_bytes == 1
- * and int32 when argmax_bytes == 4. Ties: the first maximum in scan order; a
- * NaN wins over numbers, the last NaN over earlier ones (PyTorch's rule). */
+ * x (n, c, h, w) -> y (n, c, oh, ow). Window (oy, ox) has the taps (i, j),
+ * 0 <= i < kh, 0 <= j < kw, at input row oy*sh - ph + i*dh and column
+ * ox*sw - pw + j*dw (dh, dw >= 1: the dilation). Taps outside the input are
+ * padding and count as -inf (never win), also where a ceil_mode window runs
+ * past the padded input (oh and ow are the caller's). argmax holds the winner's tap index i*kw + j, its element type
+ * uint8 when argmax_bytes == 1 and int32 when argmax_bytes == 4. Ties: the
+ * first maximum in scan order; a NaN wins over numbers, the last NaN over
+ * earlier ones (PyTorch's rule). A window of -inf points at its first tap
+ * inside the input (the wrappers refuse windows with none inside). */
 typedef struct {
     fc_int n, c, h, w;
     fc_int kh, kw, sh, sw, ph, pw;
     fc_int oh, ow;
+    fc_int dh, dw; /* dilation; avgpool2d.c requires 1 */
 } fc_pool_shape;
 
 int fc_maxpool2d_forward(const fc_pool_shape *s, const float *x, float *y,
@@ -239,13 +244,18 @@ void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, co
                            int nthreads);
 
 /* ---- avgpool2d.c -----------------------------------------------------------
- * x (n, c, h, w) -> y (n, c, oh, ow): the mean of each kh x kw window, zero
- * padding counted in the divisor kh * kw (PyTorch's count_include_pad=True
- * with ceil_mode=False, where no window reaches past the padding). */
-void fc_avgpool2d_forward(const fc_pool_shape *s, const float *x, float *y, int nthreads);
-/* dx (n, c, h, w) is overwritten: each dy / (kh * kw) added to its window's
- * real (unpadded) elements, summed where windows overlap. */
-void fc_avgpool2d_backward(const fc_pool_shape *s, const float *dy, float *dx, int nthreads);
+ * x (n, c, h, w) -> y (n, c, oh, ow): the sum of each kh x kw window's real
+ * (unpadded) elements over its divisor (dh = dw = 1), PyTorch's avg_pool2d:
+ * divisor_override when > 0; else with count_include_pad the window's size
+ * clipped to the padded input [-ph, h + ph) x [-pw, w + pw) (kh * kw unless a
+ * ceil_mode window runs past it), else its count of real elements. A window
+ * with no real element gives 0. */
+void fc_avgpool2d_forward(const fc_pool_shape *s, int count_include_pad, fc_int divisor_override,
+                          const float *x, float *y, int nthreads);
+/* dx (n, c, h, w) is overwritten: each dy over its window's divisor added to
+ * the window's real elements, summed where windows overlap. */
+void fc_avgpool2d_backward(const fc_pool_shape *s, int count_include_pad, fc_int divisor_override,
+                           const float *dy, float *dx, int nthreads);
 
 /* ---- pool/adaptive_pool.c --------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow), any oh, ow >= 1 (larger than h, w too): output

@@ -3,8 +3,8 @@
  * 2x2 windows with stride 2 and no padding (every pool of the workloads) go
  * to the ISA table's row kernels (kernels/pool.h), threads splitting the
  * output rows of all planes: windows do not overlap, so the backward writes
- * each dx element once, with no memset. Any other geometry takes the general
- * path below, whose work is split over (n, c) planes: each plane is read and
+ * each dx element once, with no memset. Any other geometry (padding,
+ * dilation, a ceil_mode window past the input) takes the general path below, whose work is split over (n, c) planes: each plane is read and
  * written by one thread only, so the backward's scatter-add has no race and no
  * atomics. Either way the result does not depend on the thread count. */
 #include <math.h>
@@ -29,6 +29,15 @@ static inline fc_int load_index(const void *argmax, int bytes, fc_int i)
     return bytes == 1 ? ((const uint8_t *)argmax)[i] : ((const int32_t *)argmax)[i];
 }
 
+/* The taps [*i0, *i1) of a window starting at `start` (may be negative:
+ * padding) with k taps `d` apart that land inside [0, size). */
+static inline void taps_inside(fc_int start, fc_int k, fc_int d, fc_int size, fc_int *i0, fc_int *i1)
+{
+    *i0 = start < 0 ? (-start + d - 1) / d : 0;
+    *i1 = start >= size ? 0 : (size - 1 - start) / d + 1;
+    if (*i1 > k) *i1 = k;
+}
+
 /* One output row: for each window tap (i, j) in row-major order, a
  * compare-and-select across all output columns. The loop over columns has no
  * branch, so the compiler vectorizes it, and scanning taps in window order
@@ -36,27 +45,27 @@ static inline fc_int load_index(const void *argmax, int bytes, fc_int i)
  * entries. */
 static void pool_row(const fc_pool_shape *s, const float *plane, fc_int oy, float *best, int32_t *best_i)
 {
-    fc_int ys = oy * s->sh - s->ph;
-    fc_int y0 = ys < 0 ? 0 : ys, y1 = ys + s->kh > s->h ? s->h : ys + s->kh;
+    fc_int ys = oy * s->sh - s->ph, i0, i1;
+    taps_inside(ys, s->kh, s->dh, s->h, &i0, &i1);
     for (fc_int ox = 0; ox < s->ow; ox++) {
-        /* Start from the window's first real (unpadded) element, as PyTorch
-         * does, so a window of -inf still points at a real input. */
+        /* Start from the window's first real (unpadded) tap, as PyTorch does,
+         * so a window of -inf still points at a real input. */
         fc_int xs = ox * s->sw - s->pw;
         best[ox] = -INFINITY;
-        best_i[ox] = (int32_t)((y0 - ys) * s->kw + (xs < 0 ? -xs : 0));
+        best_i[ox] = (int32_t)(i0 * s->kw + (xs < 0 ? (-xs + s->dw - 1) / s->dw : 0));
     }
-    for (fc_int iy = y0; iy < y1; iy++) {
-        const float *row = plane + iy * s->w;
+    for (fc_int i = i0; i < i1; i++) {
+        const float *row = plane + (ys + i * s->dh) * s->w;
         for (fc_int j = 0; j < s->kw; j++) {
-            /* Columns ox whose tap j lands inside the row: 0 <= ox*sw - pw + j < w. */
-            fc_int lo = s->pw - j > 0 ? (s->pw - j + s->sw - 1) / s->sw : 0;
-            fc_int last = s->w - 1 + s->pw - j; /* ox * sw <= last; none when last < 0 */
+            /* Columns ox whose tap j lands inside the row: 0 <= ox*sw + off < w. */
+            fc_int off = j * s->dw - s->pw;
+            fc_int lo = off < 0 ? (-off + s->sw - 1) / s->sw : 0;
+            fc_int last = s->w - 1 - off; /* ox * sw <= last; none when last < 0 */
             fc_int hi = last < 0 ? 0 : last / s->sw + 1;
             if (hi > s->ow) hi = s->ow;
-            int32_t tap = (int32_t)((iy - ys) * s->kw + j);
-            const float *src = row + j - s->pw;
+            int32_t tap = (int32_t)(i * s->kw + j);
             for (fc_int ox = lo; ox < hi; ox++) {
-                float v = src[ox * s->sw];
+                float v = row[ox * s->sw + off];
                 int take = (v > best[ox]) | (v != v);
                 best[ox] = take ? v : best[ox];
                 best_i[ox] = take ? tap : best_i[ox];
@@ -65,9 +74,12 @@ static void pool_row(const fc_pool_shape *s, const float *plane, fc_int oy, floa
     }
 }
 
+/* The row kernels' case: 2x2 windows at stride 2, no padding or dilation,
+ * none past the input (ceil_mode on an odd size makes a last, clipped one). */
 static int is_2x2_stride_2(const fc_pool_shape *s)
 {
-    return s->kh == 2 && s->kw == 2 && s->sh == 2 && s->sw == 2 && s->ph == 0 && s->pw == 0;
+    return s->kh == 2 && s->kw == 2 && s->sh == 2 && s->sw == 2 && s->ph == 0 && s->pw == 0 &&
+           s->dh == 1 && s->dw == 1 && s->oh == s->h / 2 && s->ow == s->w / 2;
 }
 
 static void forward_2x2(const fc_pool_shape *s, const float *x, float *y, uint8_t *argmax, int nthreads)
@@ -155,8 +167,11 @@ fc_int fc_maxpool2d_backward(const fc_pool_shape *s, const float *dy, const void
             for (fc_int ox = 0; ox < s->ow; ox++) {
                 fc_int o = p * out_plane + oy * s->ow + ox;
                 fc_int idx = load_index(argmax, argmax_bytes, o);
-                fc_int iy = ys + idx / s->kw, ix = ox * s->sw - s->pw + idx % s->kw;
-                if (idx < 0 || idx >= s->kh * s->kw || iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) {
+                /* Range first: the tap's offset times a dilation must not overflow. */
+                int ok = idx >= 0 && idx < s->kh * s->kw;
+                fc_int iy = ok ? ys + idx / s->kw * s->dh : -1;
+                fc_int ix = ok ? ox * s->sw - s->pw + idx % s->kw * s->dw : -1;
+                if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) {
                     bad++;
                     continue;
                 }

@@ -80,18 +80,27 @@ cdef inline float *_fptr(cnp.ndarray a):
 
 
 def _out_size(str fn, size, kernel, stride, padding, str what, str kernel_arg="kernel", after=None,
-              dilation=1):
-    """Outputs along one axis: `padding` before, `after` (default the same) after, taps `dilation` apart."""
+              dilation=1, ceil_mode=False):
+    """Outputs along one axis: `padding` before, `after` (default the same) after, taps `dilation` apart.
+
+    ceil_mode (the pools): PyTorch's rounding up, with its rule that the last
+    window must start inside the input or the padding before it.
+    """
     after = padding if after is None else after
     span = dilation * (kernel - 1) + 1
-    if size + padding + after < span:
+    up = stride - 1 if ceil_mode else 0  # how far a ceil_mode window may run past the padded input
+    if size + padding + after + up < span:
         padded = f"{size} + 2*{padding}" if after == padding else f"{size} + {padding} + {after}"
         extent = f"kernel {what} {kernel}" + (f" at dilation {dilation} (spanning {span})" if dilation > 1 else "")
+        slack = f" by more than stride - 1 = {up} (what ceil_mode allows)" if up else ""
         raise ValueError(
             f"{fn}: {extent} is larger than the padded input {what} "
-            f"{padded} = {size + padding + after}: `{kernel_arg}` must fit in `x` padded by `padding`; "
+            f"{padded} = {size + padding + after}{slack}: `{kernel_arg}` must fit in `x` padded by `padding`; "
             f"got {what} {kernel}")
-    return (size + padding + after - span) // stride + 1
+    out = (size + padding + after - span + up) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
 
 
 def _shape4(str fn, str name, shape, str dims="(N, C, H, W)"):

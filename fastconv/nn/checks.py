@@ -35,6 +35,12 @@ def check_int(layer, name, v):
     return int(v)
 
 
+def check_flag(layer, name, v):
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{layer}: `{name}` must be a bool; got {_guard.plain(v)!r}")
+    return bool(v)
+
+
 def check_size(layer, what, shape, bytes_per_element=4):
     """Refuse, before allocating, arrays of `shape` that need more memory than this process can get."""
     nbytes = bytes_per_element

@@ -4,9 +4,9 @@ An ``nn.Sequential`` (nested too) of the layers both libraries have becomes
 a :class:`fastconv.Sequential` with the same weights and buffers, each layer
 in the mode (train or eval) its PyTorch twin is in, so outputs agree. Each
 PyTorch class has one small function in the table of :func:`_converters`;
-a layer without a row, or with an option fastconv lacks (padding_mode !=
-"zeros", ceil_mode=True, ...), raises ValueError naming its position and
-the option.
+a layer without a row, or with an option fastconv lacks (Conv2d's
+padding_mode != "zeros", MaxPool2d's return_indices=True, ...), raises
+ValueError naming its position and the option.
 
 A torch module with its own forward cannot be read, so residual and concat
 blocks are mapped by what their class declares it computes: the attribute
@@ -68,13 +68,14 @@ def _conv2d(m, where, convert):
 
 
 def _maxpool2d(m, where, convert):
-    _require(m, where, dilation=1, ceil_mode=False, return_indices=False)
-    return fc.MaxPool2d(m.kernel_size, stride=m.stride, padding=m.padding)
+    _require(m, where, return_indices=False)  # fastconv keeps the argmax inside the layer
+    return fc.MaxPool2d(m.kernel_size, stride=m.stride, padding=m.padding, dilation=m.dilation,
+                        ceil_mode=m.ceil_mode)
 
 
 def _avgpool2d(m, where, convert):
-    _require(m, where, ceil_mode=False, count_include_pad=True, divisor_override=None)
-    return fc.AvgPool2d(m.kernel_size, stride=m.stride, padding=m.padding)
+    return fc.AvgPool2d(m.kernel_size, stride=m.stride, padding=m.padding, ceil_mode=m.ceil_mode,
+                        count_include_pad=m.count_include_pad, divisor_override=m.divisor_override)
 
 
 def _adaptive_pool(cls):

@@ -13,9 +13,14 @@ graph, the layer, the name of its input and that input's shape without the
 batch axis, and returns (output name, output shape).
 
 Semantics that must agree with fastconv's kernels (fastconv/reference.py):
-MaxPool2d pads with -inf, as ONNX MaxPool ignores its pads; AvgPool2d counts
-the zero padding in its divisor, ONNX AveragePool's count_include_pad=1;
-fastconv pools round the output size down, ceil_mode=0.
+MaxPool2d pads with -inf, as ONNX MaxPool ignores its pads; AvgPool2d's
+count_include_pad is ONNX AveragePool's. ceil_mode=True is written as
+ceil_mode=0 with the end padding that its last windows need: opset 17's
+ceil_mode output size keeps a last window that starts in the end padding,
+which PyTorch (and opset 22) drop, so runtimes differ on it. Where
+count_include_pad counts the padding but not what those windows run past
+it, a Pad node makes the padding real zeros; divisor_override is a
+depthwise convolution with ones (the window sums), then a Div.
 
 Needs the ``onnx`` package: ``pip install "fastconv[onnx]"``.
 """
@@ -86,21 +91,24 @@ def _need_rank(layer, where, shape, ranks, what):
         _refuse(layer, where, f"takes {what}; its input has shape {('N',) + shape}")
 
 
-def _window_size(layer, where, shape, kernel, stride, padding, dilation=(1, 1)):
-    """The (C, OH, OW) of a sliding window over a (C, H, W) input, rounding down (ceil_mode=0)."""
-    _need_rank(layer, where, shape, (3,), "(N, C, H, W) images")
-    out = []
-    for size, k, s, p, d in zip(shape[1:], kernel, stride, padding, dilation):
-        span = d * (k - 1) + 1
-        if size + 2 * p < span:
-            _refuse(layer, where, f"has a window of {tuple(kernel)} larger than its padded input "
-                                  f"{tuple(n + 2 * q for n, q in zip(shape[1:], padding))}")
-        out.append((size + 2 * p - span) // s + 1)
-    return (shape[0],) + tuple(out)
-
-
-def _pads(padding) -> list[int]:
-    return [padding[0], padding[1], padding[0], padding[1]]  # ONNX: all begins, then all ends
+def _pool_window(pool, where, shape):
+    """A pool's (C, OH, OW) on a (C, H, W) input, by fastconv's (PyTorch's) rule,
+    and its ONNX pads: the padding, plus at the end what ceil_mode's last
+    windows run past it (see the module docstring)."""
+    _need_rank(pool, where, shape, (3,), "(N, C, H, W) images")
+    out, extra = [], []
+    dilation = getattr(pool, "dilation", (1, 1))
+    for size, k, s, p, d in zip(shape[1:], pool.kernel_size, pool.stride, pool.padding, dilation):
+        span, up = d * (k - 1) + 1, s - 1 if pool.ceil_mode else 0
+        if size + 2 * p + up < span:
+            _refuse(pool, where, f"has a window of {tuple(pool.kernel_size)} larger than its padded input "
+                                 f"{tuple(n + 2 * q for n, q in zip(shape[1:], pool.padding))}")
+        o = (size + 2 * p - span + up) // s + 1
+        o -= pool.ceil_mode and (o - 1) * s >= size + p
+        out.append(o)
+        extra.append(max(0, (o - 1) * s + span - size - 2 * p))
+    (ph, pw), (eh, ew) = pool.padding, extra
+    return (shape[0],) + tuple(out), [ph, pw, ph + eh, pw + ew]  # ONNX: all begins, then all ends
 
 
 # -- one function per layer class ---------------------------------------------------------------
@@ -135,14 +143,37 @@ def _conv2d(g, conv, x, shape, where):
     return y, (conv.out_channels,) + tuple(out[1:])
 
 
-def _pool(op, **fixed):
-    def export(g, pool, x, shape, where):
-        if getattr(pool, "ceil_mode", False):
-            _refuse(pool, where, "has ceil_mode=True, which the exporter does not write yet")
-        out = _window_size(pool, where, shape, pool.kernel_size, pool.stride, pool.padding)
-        return g.node(op, [x], kernel_shape=list(pool.kernel_size), strides=list(pool.stride),
-                      pads=_pads(pool.padding), ceil_mode=0, **fixed), out
-    return export
+def _pad(g, x, pads, value):
+    """x (N, C, H, W) padded by pads [top, left, bottom, right] of `value`."""
+    sides = np.array([0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]], np.int64)
+    return g.node("Pad", [x, g.const("pads", sides), g.const("pad_value", np.float32(value))])
+
+
+def _maxpool(g, pool, x, shape, where):
+    out, pads = _pool_window(pool, where, shape)
+    if any(p >= k for p, k in zip(pads, pool.kernel_size * 2)):
+        # dilated windows may need pads as long as the kernel, which runtimes refuse: the -inf apart
+        x, pads = _pad(g, x, pads, -np.inf), [0, 0, 0, 0]
+    return g.node("MaxPool", [x], kernel_shape=list(pool.kernel_size), strides=list(pool.stride), pads=pads,
+                  dilations=list(pool.dilation), ceil_mode=0), out
+
+
+def _avgpool(g, pool, x, shape, where):
+    out, pads = _pool_window(pool, where, shape)
+    window = dict(kernel_shape=list(pool.kernel_size), strides=list(pool.stride))
+    if pool.divisor_override is not None:
+        # AveragePool has no divisor of its own: the window sums by a depthwise convolution with
+        # ones (zero padding adds nothing), then the division
+        ones = np.ones((shape[0], 1) + tuple(pool.kernel_size), np.float32)
+        sums = g.node("Conv", [x, g.const("ones", ones)], pads=pads, group=shape[0], **window)
+        return g.node("Div", [sums, g.const("divisor", np.float32(pool.divisor_override))]), out
+    (ph, pw), ends = pool.padding, pads[2:]
+    if pool.count_include_pad and ends != [ph, pw]:
+        # count the padding but not what ceil_mode's windows run past it: the padding as real zeros
+        return g.node("AveragePool", [_pad(g, x, [ph, pw, ph, pw], 0.0)], pads=[0, 0, ends[0] - ph, ends[1] - pw], count_include_pad=0,
+                      ceil_mode=0, **window), out
+    return g.node("AveragePool", [x], pads=pads, count_include_pad=int(pool.count_include_pad), ceil_mode=0,
+                  **window), out
 
 
 def _elementwise(op, **attrs):
@@ -248,8 +279,8 @@ def _identity(g, layer, x, shape, where):
 EXPORTERS = {
     fc.Sequential: _sequential,
     fc.Conv2d: _conv2d,
-    fc.MaxPool2d: _pool("MaxPool"),
-    fc.AvgPool2d: _pool("AveragePool", count_include_pad=1),
+    fc.MaxPool2d: _maxpool,
+    fc.AvgPool2d: _avgpool,
     fc.ReLU: _elementwise("Relu"),
     fc.LeakyReLU: _elementwise("LeakyRelu", alpha="negative_slope"),
     fc.ELU: _elementwise("Elu", alpha="alpha"),
