@@ -363,7 +363,6 @@ def workloads(tiny=False):
 def _net_workloads(torch, tiny, nets=tuple(NETS), inference=(1, 256), precision="float32"):
     """Training steps of `nets` and cifar_small inference at batches `inference`,
     in `precision`; a NumPy side (the twins) in float32 only."""
-    import fastconv as fc
 
     out, suffix = [], PRECISIONS[precision]
     for net in nets:
