@@ -12,6 +12,9 @@ extern const fc_bn_kernel fc_bn_kernel_avx512;
 fc_dw_row_fn fc_dw_row_avx512;
 fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
 fc_peak_fn fc_peak_avx512;
+fc_wg_input_fn fc_wg_input_avx512;
+fc_wg_output_fn fc_wg_output_avx512, fc_wg_output_pool_avx512;
+fc_wg_grad_fn fc_wg_grad_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
 
@@ -24,6 +27,10 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->bn = &fc_bn_kernel_avx512;
     ctx->dw_row = fc_dw_row_avx512;
     ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
+    ctx->wg_input = fc_wg_input_avx512;
+    ctx->wg_output = fc_wg_output_avx512;
+    ctx->wg_output_pool = fc_wg_output_pool_avx512;
+    ctx->wg_grad = fc_wg_grad_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {
