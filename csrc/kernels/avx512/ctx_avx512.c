@@ -15,6 +15,8 @@ fc_peak_fn fc_peak_avx512;
 fc_wg_input_fn fc_wg_input_avx512;
 fc_wg_output_fn fc_wg_output_avx512, fc_wg_output_pool_avx512;
 fc_wg_grad_fn fc_wg_grad_avx512;
+fc_pool_row_forward_fn fc_pool2x2_forward_avx512;
+fc_pool_row_backward_fn fc_pool2x2_backward_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
 
@@ -31,6 +33,8 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->wg_output = fc_wg_output_avx512;
     ctx->wg_output_pool = fc_wg_output_pool_avx512;
     ctx->wg_grad = fc_wg_grad_avx512;
+    ctx->pool2x2_forward = fc_pool2x2_forward_avx512;
+    ctx->pool2x2_backward = fc_pool2x2_backward_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {
