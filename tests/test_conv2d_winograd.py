@@ -454,6 +454,20 @@ def test_inputs_in_range_but_large_still_run_winograd(rng):
             _kernels.conv2d_backward(x * big, weight, dy * big, 1, 1)[1], dw * big * big)
 
 
+def test_non_finite_last_value_of_a_short_input_keeps_winograd_off(isa_threads, rng):
+    """The range pass's tail: x of 3 .. 99 floats (every vector tail at 8 and at
+    16 lanes) whose last value is NaN or inf gives the path without Winograd."""
+    for w in range(1, 34):
+        conv = Conv(1, 1, 3, w, 2, 3, 3, (1, 1), (1, 1))
+        x, weight, _, _ = conv.arrays(rng)
+        x.flat[-1] = (np.nan, np.inf, -np.inf)[w % 3]
+        with conv_algorithm("no-winograd"):
+            plain = _kernels.conv2d_forward(x, weight, None, 1, 1)
+        with conv_algorithm("winograd"):
+            y = _kernels.conv2d_forward(x, weight, None, 1, 1)
+        np.testing.assert_array_equal(y, plain, err_msg=f"width {w}")
+
+
 def test_one_non_finite_value_anywhere_keeps_winograd_off(isa_threads, rng):
     """One NaN or inf in x at any offset (first and last element, either
     side of a vector's or the threads' split of the range pass) gives the
