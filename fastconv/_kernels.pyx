@@ -18,7 +18,7 @@ import numpy as np
 from fastconv import _guard
 
 cimport numpy as cnp
-from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uintptr_t
 
 from fastconv._native.registry import KERNELS
 

@@ -202,6 +202,28 @@ def test_direct_shapes_match_reference(isa_threads, conv, relu, need_dx, seed):
     check_backward(conv, x, weight, dy, need_dx)
 
 
+# Output widths 1 .. 33 through the im2col family's copies (im2col rows, col2im
+# channels, implicit im2col's packer): every vector tail at 8 and at 16 floats,
+# unit stride with "same" padding (a plane's taps as one span) and stride 2
+# (a strided gather per output row); batch 1, odd and even heights.
+WIDTH_CASES = [Conv(1, 3, 3 + ow % 4, ow, 4, 3, 3, (1, 1), (1, 1)) for ow in range(1, 34)]
+WIDTH_CASES += [Conv(1, 2, 4 + ow % 3, 2 * ow + 1, 3, 3, 3, (2, 2), (1, 1)) for ow in range(1, 34)]
+
+
+@pytest.fixture(params=["im2col", "implicit_im2col"])
+def copies_algorithm(request):
+    previous = _kernels.set_conv_algorithm(request.param)
+    yield request.param
+    _kernels.set_conv_algorithm(previous)
+
+
+@pytest.mark.parametrize("conv", WIDTH_CASES, ids=str)
+def test_every_width_through_the_copies(isa_threads, copies_algorithm, rng, conv):
+    x, weight, bias, dy = conv.arrays(rng)
+    check_forward(conv, x, weight, bias)
+    check_backward(conv, x, weight, dy, need_dx=True)
+
+
 @pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])

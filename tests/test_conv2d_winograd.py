@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from conftest import ISAS, assert_bits_equal, on_every_isa, rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK, Conv, assert_close
@@ -162,6 +163,72 @@ def test_images_do_not_depend_on_the_batch(isa_threads, winograd, rng, conv):
     np.testing.assert_array_equal(_kernels.conv2d_forward(x, weight, bias, 1, 1), y)
     for i in (0, conv.n - 1):
         np.testing.assert_array_equal(_kernels.conv2d_forward(x[i:i + 1], weight, bias, 1, 1), y[i:i + 1])
+
+
+# Output widths 1 .. 33, tile rows of 1 .. 17 tiles: every partial vector of
+# the transforms at 8 and at 16 tiles a vector (the masked stores of
+# AVX-512's), the layouts of several whole tile rows a vector (8-wide outputs:
+# 2 rows at 8 lanes, 4 at 16; 16-wide: 2 at 16), with and without a last odd
+# row; batch 1 and 2, odd and even heights.
+def _height(ow):
+    return {8: 8, 16: 16, 9: 8, 17: 16}.get(ow, (7, 3, 9, 1, 17, 5)[ow % 6])
+
+
+WIDTHS = [Conv(1 + ow % 2, 5, _height(ow), ow, 6, 3, 3, (1, 1), (1, 1)) for ow in range(1, 34)]
+WIDTHS += [Conv(1, 4, 7, 8, 3, 3, 3, (1, 1), (1, 1)), Conv(1, 4, 9, 16, 3, 3, 3, (1, 1), (1, 1)),
+           Conv(2, 3, 12, 8, 5, 3, 3, (1, 1), (1, 1)), Conv(1, 3, 6, 18, 4, 3, 3, (1, 1), (0, 0))]
+
+
+def exact(rng, *shape):
+    """Quarters in [-1/2, 1/2]: every sum of these small problems is exact in
+    float32, by any algorithm, so pooled maxima and ties match bit for bit."""
+    return (rng.integers(-2, 3, size=shape) / 4).astype(np.float32)
+
+
+@pytest.mark.parametrize("conv", WIDTHS, ids=str)
+def test_every_width_matches_reference(isa_threads, winograd, rng, conv):
+    x, weight, bias, dy = conv.arrays(rng)
+    check_forward(conv, x, weight, bias, relu=True)
+    check_dx(conv, x, weight, dy)
+    if min(conv.out) < 2:  # no 2x2 window to pool
+        return
+    xq, wq, bq = exact(rng, *x.shape), exact(rng, *weight.shape), exact(rng, conv.k)
+    pooled, argmax = _kernels.conv2d_maxpool_forward(xq, wq, bq, conv.stride, conv.padding)
+    twin_pooled, twin_argmax = reference.conv2d_maxpool_forward(xq, wq, bq, conv.stride, conv.padding)
+    np.testing.assert_array_equal(pooled, twin_pooled)
+    np.testing.assert_array_equal(argmax, twin_argmax)
+
+
+SIMD_ISAS = [isa for isa in ISAS if isa != "generic"]
+
+
+@pytest.mark.skipif(len(SIMD_ISAS) < 2, reason=f"needs AVX2 and AVX-512; this CPU and build have {ISAS}")
+@pytest.mark.parametrize("conv", WIDTHS, ids=str)
+def test_transforms_give_the_same_bits_at_every_vector_width(winograd, rng, conv):
+    """The transforms add and subtract lane by lane (kernels/ref/winograd_impl.h),
+    so 8 and 16 tiles a vector give the same bits; the AVX2 and AVX-512 GEMM
+    micro-kernels between them both sum each element of M over the channels in
+    order with FMAs, so the whole forward, conv + pool and dx agree bit for bit.
+    dW too where its GEMM's sum over the tiles is one K block of either
+    micro-kernel (at most 160 tiles)."""
+    x, weight, bias, dy = conv.arrays(rng)
+    x[0, 0, 0, 0] = -0.0  # a signed zero through the transforms and the ReLU
+    tiles = conv.n * -(-conv.out[0] // 2) * -(-conv.out[1] // 2)
+
+    def run():
+        y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, True)
+        pooled = (_kernels.conv2d_maxpool_forward(x, weight, bias, conv.stride, conv.padding)
+                  if min(conv.out) >= 2 else ())
+        dx, dw, _ = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)
+        return (y, *pooled, dx) + ((dw,) if tiles <= 160 else ())
+
+    results = on_every_isa(run)
+    for isa in SIMD_ISAS[1:]:
+        for got, expected in zip(results[isa], results[SIMD_ISAS[0]]):
+            if got.dtype == np.float32:
+                assert_bits_equal(got, expected)
+            else:  # the argmax
+                np.testing.assert_array_equal(got, expected)
 
 
 def test_auto_takes_winograd_where_it_pays(rng):
@@ -385,6 +452,20 @@ def test_inputs_in_range_but_large_still_run_winograd(rng):
         np.testing.assert_array_equal(_kernels.conv2d_forward(x * big, weight, None, 1, 1), y * big)
         np.testing.assert_array_equal(
             _kernels.conv2d_backward(x * big, weight, dy * big, 1, 1)[1], dw * big * big)
+
+
+def test_non_finite_last_value_of_a_short_input_keeps_winograd_off(isa_threads, rng):
+    """The range pass's tail: x of 3 .. 99 floats (every vector tail at 8 and at
+    16 lanes) whose last value is NaN or inf gives the path without Winograd."""
+    for w in range(1, 34):
+        conv = Conv(1, 1, 3, w, 2, 3, 3, (1, 1), (1, 1))
+        x, weight, _, _ = conv.arrays(rng)
+        x.flat[-1] = (np.nan, np.inf, -np.inf)[w % 3]
+        with conv_algorithm("no-winograd"):
+            plain = _kernels.conv2d_forward(x, weight, None, 1, 1)
+        with conv_algorithm("winograd"):
+            y = _kernels.conv2d_forward(x, weight, None, 1, 1)
+        np.testing.assert_array_equal(y, plain, err_msg=f"width {w}")
 
 
 def test_one_non_finite_value_anywhere_keeps_winograd_off(isa_threads, rng):

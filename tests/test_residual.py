@@ -45,6 +45,17 @@ def test_add_relu_matches_its_twin_and_the_unfused_bits(isa_threads, n, seed):
         np.testing.assert_array_equal(_bits(got), _bits(unfused))
 
 
+def test_add_relu_every_short_length(isa_threads, rng):
+    """Lengths 0 .. 48: every vector tail at 8 and at 16 lanes, with negative, -0 and NaN sums."""
+    for n in range(49):
+        a, b = rand(rng, n), rand(rng, n)
+        a[::5], b[::5] = -0.0, -0.0
+        a[3::7] = np.nan
+        for relu in (False, True):
+            np.testing.assert_array_equal(_bits(_kernels.add_relu(a, b, relu)),
+                                          _bits(reference.add_relu(a, b, relu)))
+
+
 def test_add_relu_arguments():
     a = np.zeros((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"add_relu: `b` must have shape \(2, 3\); got \(3, 2\)"):

@@ -146,10 +146,10 @@ static fc_wg_plan plan_for(const fc_conv_shape *s, int mr, int nr, int nthreads)
     p.slivers = ceil_div(p.tiles, nr);
     p.nks = ceil_div(s->k, mr);
     p.v_stride = odd_lines(p.slivers * s->c * nr);
-    p.m_stride = odd_lines(s->k * p.tiles + WG_TILES_PER_VEC); /* + what 8-lane loads overrun */
+    p.m_stride = odd_lines(s->k * p.tiles + WG_MAX_TILES_PER_VEC); /* + what full-vector loads overrun */
     p.v_floats = WG_XI * p.v_stride;
     p.m_floats = WG_XI * p.m_stride;
-    p.ld = 2 * ceil_div(p.tw, WG_TILES_PER_VEC) * WG_TILES_PER_VEC + 2;
+    p.ld = 2 * ceil_div(p.tw, WG_MAX_TILES_PER_VEC) * WG_MAX_TILES_PER_VEC + 2;
     p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
     p.tmp_floats = 0;
     p.ldv = 0;
@@ -289,12 +289,12 @@ static fc_wg_plan plan_dweight(const fc_conv_shape *s, int nthreads)
     p.nblocks = ceil_div(s->n * p.th, p.rows);
     p.slivers = 1;
     p.nks = 0;
-    p.ldv = round_to_line(p.tiles + WG_TILES_PER_VEC); /* + the lanes full-vector stores spill */
+    p.ldv = round_to_line(p.tiles + WG_MAX_TILES_PER_VEC); /* + the lanes full-vector stores spill */
     p.v_stride = odd_lines(s->c * p.ldv);
     p.m_stride = odd_lines(s->k * p.ldv);
     p.v_floats = WG_XI * p.v_stride;
     p.m_floats = WG_XI * p.m_stride;
-    p.ld = 2 * ceil_div(p.tw, WG_TILES_PER_VEC) * WG_TILES_PER_VEC + 2;
+    p.ld = 2 * ceil_div(p.tw, WG_MAX_TILES_PER_VEC) * WG_MAX_TILES_PER_VEC + 2;
     p.row_floats = round_to_line((2 * min_i(p.rows, p.th) + 2) * p.ld);
     p.tmp_floats = round_to_line(WG_XI * s->c * s->k); /* the thread's Mw */
     p.per_thread = p.v_floats + p.m_floats + p.row_floats + p.tmp_floats;

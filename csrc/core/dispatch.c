@@ -3,6 +3,10 @@
  * calls fc_isa_set after checking support); the current ISA's table
  * (kernels/ctx.h), which the op code reads its kernels from; build facts.
  * Which ISAs exist is kernels/isa.h and kernels/isa.c's business. */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
 #include "fastconv.h"
 #include "kernels/ctx.h"
 
@@ -48,6 +52,29 @@ void fc_isa_blocksizes(int isa, fc_int out[5])
 {
     const fc_gemm_kernel *k = fc_ctx_of(isa)->gemm;
     out[0] = k->mr; out[1] = k->nr; out[2] = k->mc; out[3] = k->kc; out[4] = k->nc;
+}
+
+/* The table's pointer members (all but name and peak_lanes), by name. */
+#define ENTRY(member) {#member, offsetof(fc_ctx, member)}
+static const struct {
+    const char *name;
+    size_t offset;
+} entries[] = {
+    ENTRY(gemm), ENTRY(gemm_bf16), ENTRY(to_bf16), ENTRY(im2col_row), ENTRY(col2im_channel),
+    ENTRY(pack_columns), ENTRY(max_abs_bits), ENTRY(wg_input), ENTRY(wg_output),
+    ENTRY(wg_output_pool), ENTRY(wg_grad), ENTRY(pool2x2_forward), ENTRY(pool2x2_backward),
+    ENTRY(direct_k8.forward), ENTRY(direct_k8.dweight), ENTRY(direct_k16.forward),
+    ENTRY(direct_k16.dweight), ENTRY(eltwise), ENTRY(bn), ENTRY(add_relu), ENTRY(dw_row),
+    ENTRY(dw_dweight_row), ENTRY(peak),
+};
+_Static_assert(sizeof(void (*)(void)) == sizeof(uintptr_t) && sizeof(void *) == sizeof(uintptr_t),
+               "every entry reads as a uintptr_t");
+
+const char *fc_isa_entry(int isa, int i, uintptr_t *address)
+{
+    if (i < 0 || i >= (int)(sizeof entries / sizeof entries[0])) return NULL;
+    memcpy(address, (const char *)fc_ctx_of(isa) + entries[i].offset, sizeof *address);
+    return entries[i].name;
 }
 
 int fc_openmp_enabled(void)

@@ -31,6 +31,11 @@ void fc_isa_set(int isa);        /* caller checked fc_isa_supported(isa) */
 /* MR, NR, MC, KC, NC of the ISA's GEMM block-size table (the generic one's
  * for an ISA this CPU does not support). */
 void fc_isa_blocksizes(int isa, fc_int out[5]);
+/* Entry i of the ISA's kernel table (kernels/ctx.h; the generic one's for an
+ * ISA this CPU does not support), for i in [0, count): its name, and in
+ * *address the code or sub-table it points to, 0 for none; NULL past the
+ * last. Tests tell by the addresses which ISA's code each entry runs. */
+const char *fc_isa_entry(int isa, int i, uintptr_t *address);
 
 int fc_openmp_enabled(void);
 const char *fc_build_compiler(void);

@@ -17,8 +17,10 @@
  * wg_grad: Yhat = A dY A^T of each output channel k, yhat[xi * m_stride +
  *   k * ldv + j]. rows: as wg_input's.
  *
- * Each works on WG_TILES_PER_VEC tiles at a time and may read up to that
- * many floats past the block's tiles in M (m_stride has room for them).
+ * Each works on a vector of tiles at a time, one per lane (8 in the
+ * reference and AVX2 builds, 16 in AVX-512's), and may read up to that many
+ * floats past the block's tiles in M (m_stride has room for them); the
+ * plans pad for the widest, WG_MAX_TILES_PER_VEC.
  */
 #ifndef FC_KERNELS_WINOGRAD_H
 #define FC_KERNELS_WINOGRAD_H
@@ -28,7 +30,7 @@
 #include "fastconv.h"
 
 #define WG_XI 16 /* points of a 4x4 transformed tile */
-#define WG_TILES_PER_VEC 8 /* tiles transformed at once, one per lane */
+#define WG_MAX_TILES_PER_VEC 16 /* the most tiles a table's transforms take at once */
 
 /* Per-thread workspace slices start on their own cache lines. */
 #define WG_LINE_FLOATS 16

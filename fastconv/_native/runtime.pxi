@@ -10,6 +10,7 @@ cdef extern from "fastconv.h" nogil:
     int fc_isa_get()
     void fc_isa_set(int isa)
     void fc_isa_blocksizes(int isa, fc_int out[5])
+    const char *fc_isa_entry(int isa, int i, uintptr_t *address)
     int fc_openmp_enabled()
     const char *fc_build_compiler()
     const char *fc_build_flags()
@@ -251,6 +252,22 @@ def gemm_blocksizes(name=None):
     i = fc_isa_get() if name is None else ISAS.index(name)
     fc_isa_blocksizes(i, out)
     return dict(zip(("mr", "nr", "mc", "kc", "nc"), [out[j] for j in range(5)]))
+
+
+def isa_entries(name=None):
+    """The kernel table of an ISA (csrc/kernels/ctx.h; default: the current one; the generic
+    table for one this CPU does not support) as {entry: address}, 0 for an entry it leaves
+    empty. The addresses only compare: the tests tell by them which ISA's code an entry runs."""
+    cdef uintptr_t address
+    cdef const char *entry
+    i = fc_isa_get() if name is None else ISAS.index(name)
+    table, k = {}, 0
+    while True:
+        entry = fc_isa_entry(i, k, &address)
+        if entry == NULL:
+            return table
+        table[entry.decode()] = int(address)
+        k += 1
 
 
 def build_info():

@@ -1,6 +1,5 @@
 /* AVX2 2x2 stride-2 max-pool row kernels (contract: kernels/pool.h),
- * compiled with this folder's flags. AVX-512 uses them too: the row kernels
- * are bound by memory, not by vector width. */
+ * compiled with this folder's flags (AVX-512's: kernels/avx512/pool_avx512.c). */
 #include <immintrin.h>
 #include <string.h>
 

@@ -1,9 +1,11 @@
 /* The AVX-512 table: AVX2's, with this folder's GEMM, element-wise rows,
- * batch-norm tiles, depthwise rows and peak loop, and on CPUs with
- * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM
- * and conversion; without it, the reference's emulation (the same bits). The
- * other kernels are AVX2's: copies, pool rows and transforms are bound by
- * memory more than by vector width, and have no AVX-512 versions yet. */
+ * batch-norm tiles, depthwise rows, Winograd transforms (16 tiles a vector),
+ * 2x2 max-pool rows, residual add, im2col-family copies, range pass and peak
+ * loop, and on CPUs with AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids
+ * and later) its bf16 GEMM and conversion; without it, the reference's
+ * emulation (the same bits). The direct convolution's tiles are AVX2's (no
+ * AVX-512 version yet). tests/test_isa_tables.py checks which entries are
+ * this folder's. */
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
@@ -12,6 +14,16 @@ extern const fc_bn_kernel fc_bn_kernel_avx512;
 fc_dw_row_fn fc_dw_row_avx512;
 fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
 fc_peak_fn fc_peak_avx512;
+fc_wg_input_fn fc_wg_input_avx512;
+fc_wg_output_fn fc_wg_output_avx512, fc_wg_output_pool_avx512;
+fc_wg_grad_fn fc_wg_grad_avx512;
+fc_pool_row_forward_fn fc_pool2x2_forward_avx512;
+fc_pool_row_backward_fn fc_pool2x2_backward_avx512;
+fc_add_relu_fn fc_add_relu_avx512;
+fc_im2col_row_fn fc_im2col_row_avx512;
+fc_col2im_channel_fn fc_col2im_channel_avx512;
+fc_pack_b_fn fc_pack_columns_avx512;
+fc_max_abs_bits_fn fc_max_abs_bits_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
 
@@ -24,6 +36,17 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->bn = &fc_bn_kernel_avx512;
     ctx->dw_row = fc_dw_row_avx512;
     ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
+    ctx->wg_input = fc_wg_input_avx512;
+    ctx->wg_output = fc_wg_output_avx512;
+    ctx->wg_output_pool = fc_wg_output_pool_avx512;
+    ctx->wg_grad = fc_wg_grad_avx512;
+    ctx->pool2x2_forward = fc_pool2x2_forward_avx512;
+    ctx->pool2x2_backward = fc_pool2x2_backward_avx512;
+    ctx->add_relu = fc_add_relu_avx512;
+    ctx->im2col_row = fc_im2col_row_avx512;
+    ctx->col2im_channel = fc_col2im_channel_avx512;
+    ctx->pack_columns = fc_pack_columns_avx512;
+    ctx->max_abs_bits = fc_max_abs_bits_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {

@@ -1,7 +1,7 @@
 /* The residual add y = a + b, with the ReLU max(y, 0) after it when `relu`,
  * as one source that each ISA folder compiles with its flags (like
- * copies_impl.h): kernels/ref/add_ref.c and kernels/avx2/add_avx2.c, whose
- * loop gcc vectorizes 8 lanes wide. Include it once, with FC_KERNEL_ISA
+ * copies_impl.h): kernels/ref/add_ref.c, kernels/avx2/add_avx2.c and
+ * kernels/avx512/add_avx512.c, whose loop gcc vectorizes 8 and 16 lanes wide. Include it once, with FC_KERNEL_ISA
  * defined (the entry is fc_add_relu_<isa>).
  *
  * The ReLU is relu_forward's select (activations.c) term for term: y < 0

@@ -1,7 +1,8 @@
 /* The copy kernels of the im2col family (contract: kernels/im2col.h) and the
  * range pass, as one source that each ISA folder compiles with its flags:
- * kernels/ref/copies_ref.c (baseline) and kernels/avx2/copies_avx2.c, whose
- * AVX2 loops copy twice as much per instruction as SSE2's. Include it once,
+ * kernels/ref/copies_ref.c (baseline), kernels/avx2/copies_avx2.c and
+ * kernels/avx512/copies_avx512.c, whose loops copy two and four times as much
+ * per instruction as SSE2's. Include it once,
  * with FC_KERNEL_ISA defined as the suffix of the entries it defines
  * (fc_im2col_row_<isa>, fc_col2im_channel_<isa>, fc_pack_columns_<isa>,
  * fc_max_abs_bits_<isa>).

@@ -1,14 +1,18 @@
 /* Winograd F(2x2, 3x3)'s input, output and gradient transforms (contract:
  * kernels/winograd.h; the algebra: conv/winograd.c), as one source that
  * each ISA folder compiles with its flags: kernels/ref/winograd_ref.c and
- * kernels/avx2/winograd_avx2.c. Include it once, with FC_KERNEL_ISA defined.
+ * kernels/avx2/winograd_avx2.c, kernels/avx512/winograd_avx512.c. Include it
+ * once, with FC_KERNEL_ISA defined, and WG_LANES, the tiles per vector: 8
+ * (the default) or 16 (AVX-512 only: its partial vectors are stored with
+ * masks).
  *
- * The transforms work on 8 tiles at a time through GNU C vector types (GCC,
- * clang), compiled to the SIMD of the folder's flags: AVX2 there, pairs of
- * SSE2 operations at the baseline. They add and subtract only (no multiply
- * a compiler could fuse), so every ISA gives the same bits. Their row
- * copies stay inline loops: as memcpy and memset calls (GCC's loop
- * distribution), the short rows of small images cost a call each. */
+ * The transforms work on WG_LANES tiles at a time through GNU C vector types
+ * (GCC, clang), compiled to the SIMD of the folder's flags: AVX2 or AVX-512
+ * there, pairs of SSE2 operations at the baseline. They add and subtract
+ * only (no multiply a compiler could fuse), each lane on its own tile, so
+ * every ISA and every vector width gives the same bits. Their row copies
+ * stay inline loops: as memcpy and memset calls (GCC's loop distribution),
+ * the short rows of small images cost a call each. */
 #include <stdint.h>
 
 #include "kernels/ctx.h"
@@ -16,6 +20,15 @@
 #ifndef FC_KERNEL_ISA
 #error "define FC_KERNEL_ISA before including kernels/ref/winograd_impl.h"
 #endif
+#ifndef WG_LANES
+#define WG_LANES 8
+#endif
+#if WG_LANES == 16
+#include <immintrin.h>
+#elif WG_LANES != 8
+#error "WG_LANES must be 8 or 16"
+#endif
+_Static_assert(WG_LANES <= WG_MAX_TILES_PER_VEC, "the plans pad for WG_MAX_TILES_PER_VEC tiles");
 
 static fc_int min_i(fc_int a, fc_int b) { return a < b ? a : b; }
 static fc_int max_i(fc_int a, fc_int b) { return a > b ? a : b; }
@@ -56,51 +69,134 @@ static inline void prefetch_rows(const fc_conv_shape *s, const float *plane, fc_
     for (fc_int e = y0 * s->w; e < y1 * s->w; e += WG_LINE_FLOATS) __builtin_prefetch(plane + e);
 }
 
-/* Eight floats as one value: GNU C vector extensions (GCC, clang), compiled
- * to the SIMD of each function's target (AVX2 in the avx2 variants below,
- * pairs of SSE2 operations at the baseline). */
-typedef float v8f __attribute__((vector_size(32)));
-typedef int v8i __attribute__((vector_size(32)));
-#ifdef __clang__
-#define EVEN8(a, b) __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
-#define ODD8(a, b) __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15)
-#define ZIP_LO8(a, b) __builtin_shufflevector(a, b, 0, 8, 1, 9, 2, 10, 3, 11)
-#define ZIP_HI8(a, b) __builtin_shufflevector(a, b, 4, 12, 5, 13, 6, 14, 7, 15)
+/* WG_LANES floats as one value: GNU C vector extensions (GCC, clang),
+ * compiled to the SIMD of each function's target. Shuffles of two vectors
+ * a, b (lanes 0 .. L-1 of a, then L .. 2L-1 of b): EVEN and ODD
+ * deinterleave, ZIP_LO and ZIP_HI interleave the low and high halves. */
+#define L WG_LANES
+typedef float vf __attribute__((vector_size(4 * L)));
+typedef int vi __attribute__((vector_size(4 * L)));
+#if L == 8
+#define EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14
+#define ODD_IDX 1, 3, 5, 7, 9, 11, 13, 15
+#define ZIP_LO_IDX 0, 8, 1, 9, 2, 10, 3, 11
+#define ZIP_HI_IDX 4, 12, 5, 13, 6, 14, 7, 15
 #else
-#define EVEN8(a, b) __builtin_shuffle(a, b, (v8i){0, 2, 4, 6, 8, 10, 12, 14})
-#define ODD8(a, b) __builtin_shuffle(a, b, (v8i){1, 3, 5, 7, 9, 11, 13, 15})
-#define ZIP_LO8(a, b) __builtin_shuffle(a, b, (v8i){0, 8, 1, 9, 2, 10, 3, 11})
-#define ZIP_HI8(a, b) __builtin_shuffle(a, b, (v8i){4, 12, 5, 13, 6, 14, 7, 15})
+#define EVEN_IDX 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30
+#define ODD_IDX 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31
+#define ZIP_LO_IDX 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
+#define ZIP_HI_IDX 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
 #endif
+#ifdef __clang__
+#define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (vi){__VA_ARGS__})
+#endif
+#define EVEN(a, b) SHUFFLE(a, b, EVEN_IDX)
+#define ODD(a, b) SHUFFLE(a, b, ODD_IDX)
+#define ZIP_LO(a, b) SHUFFLE(a, b, ZIP_LO_IDX)
+#define ZIP_HI(a, b) SHUFFLE(a, b, ZIP_HI_IDX)
 
 /* Unaligned vector loads and stores, through a type of float alignment
- * (macros: a function passing a v8f by value would change ABI with the
- * target, and GCC warns; through memcpy, GCC moved halves via the stack and
- * stalled on store forwarding). */
-typedef float v8f_u __attribute__((vector_size(32), aligned(4), may_alias));
-#define LOAD8(v, p) ((v) = *(const v8f_u *)(p))
-#define STORE8(p, v) (*(v8f_u *)(p) = (v))
+ * (macros, and pointers to vectors below: a function passing a vector by
+ * value would change ABI with the target, and GCC warns; through memcpy,
+ * GCC moved halves via the stack and stalled on store forwarding). */
+typedef float vf_u __attribute__((vector_size(4 * L), aligned(4), may_alias));
+#define LOADV(v, p) ((v) = *(const vf_u *)(p))
+#define STOREV(p, v) (*(vf_u *)(p) = (v))
 
-/* V = B^T d B of 8 tiles, one per lane: lanes 0-7 read columns 0-17 of lo's
- * 4 padded input rows (ld apart), or, with hi = lo + 8, lanes 0-3 columns
- * 0-9 of lo's rows and lanes 4-7 those of hi's: two tile rows of 4 tiles.
- * A tile's columns 2 tx .. 2 tx + 3 are the even and odd columns from 2 tx
- * and from 2 tx + 2, so deinterleaving two spans gives the 4 columns of all
- * 8 tiles as vectors; the transform is then whole-vector adds. */
-static inline __attribute__((always_inline)) void transform_tiles(const float *lo, const float *hi,
-                                                                  fc_int ld, v8f v[WG_XI])
+/* The partial-vector moves: *out = lanes l0, l0 + 1, ... of *v from lane 0
+ * (the lanes after them unspecified); lanes [0, n) of *v to p[0, n), as
+ * floats or as bytes; a vector from two half vectors at p0 and p1, and half
+ * h of one to p. With AVX-512, masked and permuted vectors; otherwise lane
+ * by lane (the 8-lane builds reach them on partial vectors only, and never
+ * the halves, which only 16-lane vectors of 4-tile rows use). */
+#if L == 16
+static inline __attribute__((always_inline)) void lanes_from(vf *out, const vf *v, fc_int l0)
 {
-    v8f d[4][4], t[4][4];
+    const __m512i at = _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                         3, 2, 1, 0),
+                                        _mm512_set1_epi32((int)l0));
+    *out = (vf)_mm512_permutexvar_ps(at, (__m512)*v);
+}
+static inline __mmask16 first_lanes(fc_int n) { return (__mmask16)((1u << n) - 1u); }
+static inline __attribute__((always_inline)) void store_first(float *p, const vf *v, fc_int n)
+{
+    _mm512_mask_storeu_ps(p, first_lanes(n), (__m512)*v);
+}
+static inline __attribute__((always_inline)) void store_bytes_first(uint8_t *p, const vi *v, fc_int n)
+{
+    _mm512_mask_cvtepi32_storeu_epi8(p, first_lanes(n), (__m512i)*v);
+}
+static inline __attribute__((always_inline)) void load_halves(vf *v, const float *p0, const float *p1)
+{
+    const __m512d lo = _mm512_castpd256_pd512(_mm256_loadu_pd((const double *)p0));
+    *v = (vf)_mm512_insertf64x4(lo, _mm256_loadu_pd((const double *)p1), 1);
+}
+static inline __attribute__((always_inline)) void store_half(float *p, const vf *v, int h)
+{
+    _mm256_storeu_pd((double *)p, _mm512_extractf64x4_pd((__m512d)*v, h));
+}
+#else
+static inline __attribute__((always_inline)) void lanes_from(vf *out, const vf *v, fc_int l0)
+{
+    for (fc_int e = 0; e + l0 < L; e++) (*out)[e] = (*v)[e + l0];
+}
+static inline __attribute__((always_inline)) void store_first(float *p, const vf *v, fc_int n)
+{
+    for (fc_int e = 0; e < n; e++) p[e] = (*v)[e];
+}
+static inline __attribute__((always_inline)) void store_bytes_first(uint8_t *p, const vi *v, fc_int n)
+{
+    for (fc_int e = 0; e < n; e++) p[e] = (uint8_t)(*v)[e];
+}
+static inline __attribute__((always_inline)) void load_halves(vf *v, const float *p0, const float *p1)
+{
+    for (int e = 0; e < L / 2; e++) (*v)[e] = p0[e], (*v)[L / 2 + e] = p1[e];
+}
+static inline __attribute__((always_inline)) void store_half(float *p, const vf *v, int h)
+{
+    for (int e = 0; e < L / 2; e++) p[e] = (*v)[h * L / 2 + e];
+}
+#endif
+
+/* Tile rows per vector for images tw tiles wide: 1 (lanes along one tile
+ * row), or, when the vector holds exactly 2 or 4 whole tile rows (16x16 and
+ * 8x8 outputs at 16 lanes, 8x8 at 8), that many: a narrow image would
+ * otherwise leave most lanes idle. Four rows take half vectors of 2 tw = 8
+ * floats each, so only at 16 lanes. */
+static inline fc_int rows_per_vector(fc_int tw)
+{
+    return tw * 2 == L ? 2 : (L == 16 && tw * 4 == L) ? 4 : 1;
+}
+
+/* V = B^T d B of L tiles, one per lane, read from 4 padded input rows (ld
+ * apart) at each of the spans s_g = p + g * step: with halves, lanes [0,
+ * L/4) from columns 0 .. L/2 + 1 of s_0, the next L/4 of s_1, s_2, s_3
+ * (four tile rows of L/4 tiles: step 2 ld); without, lanes [0, L/2) from
+ * columns 0 .. L + 1 of s_0 and the rest from s_1 (L consecutive tiles of
+ * a row, step L; or two tile rows of L/2, step 2 ld). A tile's columns
+ * 2 tx .. 2 tx + 3 are the even and odd columns from 2 tx and from 2 tx + 2,
+ * so deinterleaving two spans gives the 4 columns of all L tiles as
+ * vectors; the transform is then whole-vector adds. */
+static inline __attribute__((always_inline)) void transform_tiles(const float *p, fc_int step,
+                                                                  int halves, fc_int ld, vf v[WG_XI])
+{
+    vf d[4][4], t[4][4];
     for (int q = 0; q < 4; q++) {
-        v8f a, b, c, e;
-        LOAD8(a, lo + q * ld);
-        LOAD8(b, hi + q * ld);
-        LOAD8(c, lo + q * ld + 2);
-        LOAD8(e, hi + q * ld + 2);
-        d[q][0] = EVEN8(a, b);
-        d[q][1] = ODD8(a, b);
-        d[q][2] = EVEN8(c, e);
-        d[q][3] = ODD8(c, e);
+        for (int off = 0; off < 2; off++) { /* columns from 0, from 2 */
+            const float *r = p + q * ld + 2 * off;
+            vf a, b;
+            if (halves) {
+                load_halves(&a, r, r + step);
+                load_halves(&b, r + 2 * step, r + 3 * step);
+            } else {
+                LOADV(a, r);
+                LOADV(b, r + step);
+            }
+            d[q][2 * off] = EVEN(a, b);
+            d[q][2 * off + 1] = ODD(a, b);
+        }
     }
     for (int j = 0; j < 4; j++) { /* B^T d */
         t[0][j] = d[0][j] - d[2][j];
@@ -117,21 +213,25 @@ static inline __attribute__((always_inline)) void transform_tiles(const float *l
 }
 
 /* Lanes [0, count) of v as the block's tiles jj, jj + 1, ... of channel c
- * (layout: transform_input_body's). */
-static inline __attribute__((always_inline)) void store_v(const v8f v[WG_XI], fc_int count, float *vp,
+ * (layout: transform_input_body's): whole vectors where they fit in one
+ * sliver, else the part in each sliver. */
+static inline __attribute__((always_inline)) void store_v(const vf v[WG_XI], fc_int count, float *vp,
                                                           fc_int xi_stride, int nr, fc_int channels,
                                                           fc_int c, fc_int jj)
 {
-    float *dst = vp + ((jj / nr) * channels + c) * nr + jj % nr;
-    if (count == WG_TILES_PER_VEC && jj % nr + WG_TILES_PER_VEC <= nr) {
-        for (int xi = 0; xi < WG_XI; xi++) STORE8(dst + xi * xi_stride, v[xi]);
-        return;
-    }
-    /* A partial vector, or one across two slivers: tile by tile. */
-    for (fc_int e = 0; e < count; e++) {
-        const fc_int je = jj + e;
-        float *d = vp + ((je / nr) * channels + c) * nr + je % nr;
-        for (int xi = 0; xi < WG_XI; xi++) d[xi * xi_stride] = v[xi][e];
+    for (fc_int e = 0; e < count;) {
+        const fc_int je = jj + e, part = min_i(count - e, nr - je % nr);
+        float *dst = vp + ((je / nr) * channels + c) * nr + je % nr;
+        if (part == L) {
+            for (int xi = 0; xi < WG_XI; xi++) STOREV(dst + xi * xi_stride, v[xi]);
+        } else {
+            for (int xi = 0; xi < WG_XI; xi++) {
+                vf lanes = v[xi];
+                if (e) lanes_from(&lanes, &v[xi], e);
+                store_first(dst + xi * xi_stride, &lanes, part);
+            }
+        }
+        e += part;
     }
 }
 
@@ -145,7 +245,7 @@ static inline __attribute__((always_inline)) void transform_input_body(
     float *vp, float *rows)
 {
     const fc_int tw = p->tw, th = p->th, hw = s->h * s->w, ld = p->ld;
-    const fc_int xi_stride = p->v_stride;
+    const fc_int xi_stride = p->v_stride, rv = rows_per_vector(tw);
     for (fc_int c = 0; c < s->c; c++) {
         fc_int j = 0;
         for (fc_int r = r0; r < r1;) {
@@ -156,16 +256,16 @@ static inline __attribute__((always_inline)) void transform_input_body(
                 prefetch_rows(s, x + (n * s->c + c + 1) * hw, 2 * ty0, 2 * (ty1 - ty0) + 2);
             for (fc_int ty = ty0; ty < ty1;) {
                 const float *row = rows + 2 * (ty - ty0) * ld;
-                v8f v[WG_XI];
-                if (tw == WG_TILES_PER_VEC / 2 && ty + 1 < ty1) { /* 8x8 images: two tile rows */
-                    transform_tiles(row, row + 2 * ld, ld, v);
-                    store_v(v, WG_TILES_PER_VEC, vp, xi_stride, nr, s->c, c, j);
-                    ty += 2, r += 2, j += 2 * tw;
+                vf v[WG_XI];
+                if (rv > 1 && ty + rv <= ty1) { /* rv whole tile rows */
+                    transform_tiles(row, 2 * ld, rv == 4, ld, v);
+                    store_v(v, L, vp, xi_stride, nr, s->c, c, j);
+                    ty += rv, r += rv, j += L;
                     continue;
                 }
-                for (fc_int tx0 = 0; tx0 < tw; tx0 += WG_TILES_PER_VEC) {
-                    transform_tiles(row + 2 * tx0, row + 2 * tx0 + 8, ld, v);
-                    store_v(v, min_i(WG_TILES_PER_VEC, tw - tx0), vp, xi_stride, nr, s->c, c, j + tx0);
+                for (fc_int tx0 = 0; tx0 < tw; tx0 += L) {
+                    transform_tiles(row + 2 * tx0, L, 0, ld, v);
+                    store_v(v, min_i(L, tw - tx0), vp, xi_stride, nr, s->c, c, j + tx0);
                 }
                 ty++, r++, j += tw;
             }
@@ -180,37 +280,37 @@ static inline __attribute__((always_inline)) void transform_input_body(
     }
 }
 
-/* The 2x2 max-pool of 8 tiles' outputs o (o[2 a + b] at (a, b)): each
+/* The 2x2 max-pool of L tiles' outputs o (o[2 a + b] at (a, b)): each
  * window's maximum and its index, by maxpool2d's scan rule (take a later
  * tap when greater or NaN). */
-static inline __attribute__((always_inline)) void pool_vec(const v8f o[4], v8f *best, v8i *idx)
+static inline __attribute__((always_inline)) void pool_vec(const vf o[4], vf *best, vi *idx)
 {
     *best = o[0];
-    *idx = (v8i){0};
+    *idx = (vi){0};
     for (int t = 1; t < 4; t++) {
-        const v8i take = (v8i)(o[t] > *best) | (v8i)(o[t] != o[t]);
-        const v8i tap = {t, t, t, t, t, t, t, t};
-        *best = (v8f)(((v8i)o[t] & take) | ((v8i)*best & ~take));
+        const vi take = (vi)(o[t] > *best) | (vi)(o[t] != o[t]);
+        const vi tap = (vi){0} + t;
+        *best = (vf)(((vi)o[t] & take) | ((vi)*best & ~take));
         *idx = (tap & take) | (*idx & ~take);
     }
 }
 
-/* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the 8 tiles
+/* Y = A^T M A + bias, then ReLU as relu_forward when relu, for the L tiles
  * whose M point xi is mt[xi * ms], one per lane: A^T M sums rows 0 + 1 + 2
  * and 1 - 2 - 3 of each column, A the same of columns. o[2 a + b] holds
  * each tile's output (a, b). */
 static inline __attribute__((always_inline)) void output_tiles(const float *mt, fc_int ms,
-                                                               const fc_wg_out *out, const v8f *vb,
-                                                               v8f o[4])
+                                                               const fc_wg_out *out, const vf *vb,
+                                                               vf o[4])
 {
-    const v8f zero = {0};
-    v8f a[4], c[4];
+    const vf zero = {0};
+    vf a[4], c[4];
     for (int i = 0; i < 4; i++) { /* column i of the 4x4 points */
-        v8f v0, v1, v2, v3;
-        LOAD8(v0, mt + i * ms);
-        LOAD8(v1, mt + (4 + i) * ms);
-        LOAD8(v2, mt + (8 + i) * ms);
-        LOAD8(v3, mt + (12 + i) * ms);
+        vf v0, v1, v2, v3;
+        LOADV(v0, mt + i * ms);
+        LOADV(v1, mt + (4 + i) * ms);
+        LOADV(v2, mt + (8 + i) * ms);
+        LOADV(v3, mt + (12 + i) * ms);
         a[i] = v0 + v1 + v2;
         c[i] = v1 - v2 - v3;
     }
@@ -221,69 +321,85 @@ static inline __attribute__((always_inline)) void output_tiles(const float *mt, 
     for (int e = 0; e < 4; e++) {
         if (out->bias) o[e] += *vb;
         if (out->relu) /* x < 0 ? 0 : x, keeping NaN and -0 */
-            o[e] = (v8f)((v8i)o[e] & ~(v8i)(o[e] < zero));
+            o[e] = (vf)((vi)o[e] & ~(vi)(o[e] < zero));
     }
 }
 
 /* Lanes [l0, l0 + count) of o, tiles tx0, tx0 + 1, ... of tile row ty of
- * plane (n, k), written one by one: y (outputs past an odd edge dropped),
- * or the pool of whole windows. */
+ * plane (n, k): y (outputs past an odd edge dropped), or the pool of whole
+ * windows. */
 static inline __attribute__((always_inline)) void emit_lanes(const fc_conv_shape *s,
-                                                             const fc_wg_out *out, const v8f o[4],
-                                                             int l0, fc_int count, fc_int n,
+                                                             const fc_wg_out *out, const vf o[4],
+                                                             fc_int l0, fc_int count, fc_int n,
                                                              fc_int k, fc_int ty, fc_int tx0,
                                                              const int pool)
 {
     const fc_int ow = s->ow, oy = 2 * ty, plane = n * s->k + k;
+    vf w[4];
+    for (int e = 0; e < 4; e++) {
+        w[e] = o[e];
+        if (l0) lanes_from(&w[e], &o[e], l0);
+    }
     if (pool) {
-        const fc_int pw = ow / 2;
-        if (oy + 1 >= s->oh) return; /* the last row of an odd size: no window */
-        v8f best;
-        v8i idx;
-        pool_vec(o, &best, &idx);
+        const fc_int pw = ow / 2, windows = min_i(count, pw - tx0);
+        if (oy + 1 >= s->oh || windows <= 0) return; /* the last row or column of an odd size */
+        vf best;
+        vi idx;
+        pool_vec(w, &best, &idx);
         const fc_int at = (plane * (s->oh / 2) + ty) * pw + tx0;
-        for (fc_int e = 0; e < count && tx0 + e < pw; e++) {
-            out->pooled[at + e] = best[l0 + e];
-            out->argmax[at + e] = (uint8_t)idx[l0 + e];
-        }
+        store_first(out->pooled + at, &best, windows);
+        store_bytes_first(out->argmax + at, &idx, windows);
         return;
     }
-    float *row = out->y + (plane * s->oh + oy) * ow;
-    for (int q = 0; q < 2 && oy + q < s->oh; q++)
-        for (fc_int e = 0; e < count; e++) {
-            const fc_int ox = 2 * (tx0 + e);
-            row[q * ow + ox] = o[2 * q][l0 + e];
-            if (ox + 1 < ow) row[q * ow + ox + 1] = o[2 * q + 1][l0 + e];
-        }
+    float *row = out->y + (plane * s->oh + oy) * ow + 2 * tx0;
+    const fc_int outputs = min_i(2 * count, ow - 2 * tx0); /* of each row */
+    for (int q = 0; q < 2 && oy + q < s->oh; q++) {
+        const vf lo = ZIP_LO(w[2 * q], w[2 * q + 1]), hi = ZIP_HI(w[2 * q], w[2 * q + 1]);
+        store_first(row + q * ow, &lo, min_i(outputs, L));
+        if (outputs > L) store_first(row + q * ow + L, &hi, outputs - L);
+    }
 }
 
-/* The 8 tiles of o as whole vectors when they are 8 tiles of a row of y
- * (rows 2 ty and 2 ty + 1 complete), or, when pair, tiles 0-3 of tile rows
- * ty and ty + 1 of an 8-wide y; the same for the pool. Returns 0, having
- * written nothing, when the tiles are not laid out so. */
+/* The L tiles of o, rv tile rows of them from tile row ty (tiles tx0 ..
+ * when rv = 1), as whole vectors when their outputs are whole rows of y
+ * (or of the pool): rows 2 ty .. 2 (ty + rv) - 1 complete, and L tiles
+ * within an even width. Returns 0, having written nothing, when they are
+ * not. */
 static inline __attribute__((always_inline)) int emit_vectors(const fc_conv_shape *s,
-                                                              const fc_wg_out *out, const v8f o[4],
-                                                              int pair, fc_int n, fc_int k,
-                                                              fc_int ty, fc_int tx0, const int pool)
+                                                              const fc_wg_out *out, const vf o[4],
+                                                              fc_int rv, fc_int tw, fc_int n,
+                                                              fc_int k, fc_int ty, fc_int tx0,
+                                                              const int pool)
 {
     const fc_int ow = s->ow, oy = 2 * ty, plane = n * s->k + k;
-    const fc_int rows = pair ? 4 : 2; /* output rows the tiles cover */
-    if (oy + rows > s->oh || (pair ? ow != 8 : 2 * tx0 + 16 > ow)) return 0;
+    if (oy + 2 * rv > s->oh || (rv > 1 ? ow != 2 * tw : 2 * tx0 + 2 * L > ow)) return 0;
     if (pool) {
-        v8f best;
-        v8i idx;
+        vf best;
+        vi idx;
         pool_vec(o, &best, &idx);
-        /* pair: pooled rows ty and ty + 1 of width 4 are 8 floats in a row */
+        /* rv > 1: the pooled rows ty .. ty + rv - 1, tw wide, are L floats in a row */
         const fc_int at = (plane * (s->oh / 2) + ty) * (ow / 2) + tx0;
-        STORE8(out->pooled + at, best);
-        for (int e = 0; e < WG_TILES_PER_VEC; e++) out->argmax[at + e] = (uint8_t)idx[e];
+        STOREV(out->pooled + at, best);
+        store_bytes_first(out->argmax + at, &idx, L);
         return 1;
     }
-    float *row = out->y + (plane * s->oh + oy) * ow + 2 * tx0;
+    /* Output (dr, q, col) of the tile in lane l: row oy + 2 dr + q, where
+     * dr = l / tw and col 2 (l % tw) when rv > 1, else dr = 0 and col
+     * 2 (tx0 + l). The interleaved half h of o (ZIP_LO, ZIP_HI) holds lanes
+     * from h L / 2: one span of y, or (rv = 4) two of L / 2 floats. */
+    float *const y = out->y + (plane * s->oh + oy) * ow;
     for (int q = 0; q < 2; q++) {
-        const v8f lo = ZIP_LO8(o[2 * q], o[2 * q + 1]), hi = ZIP_HI8(o[2 * q], o[2 * q + 1]);
-        STORE8(row + q * ow, lo);                      /* tiles 0-3 (row ty) */
-        STORE8(row + (pair ? 2 + q : q) * ow + (pair ? 0 : 8), hi); /* tiles 4-7 */
+        const vf z[2] = {ZIP_LO(o[2 * q], o[2 * q + 1]), ZIP_HI(o[2 * q], o[2 * q + 1])};
+        for (int h = 0; h < 2; h++) {
+            const fc_int l = h * L / 2;
+            float *at = rv > 1 ? y + (2 * (l / tw) + q) * ow : y + q * ow + 2 * (tx0 + l);
+            if (rv == 4) {
+                store_half(at, &z[h], 0);
+                store_half(at + 2 * ow, &z[h], 1); /* lanes l + L / 4: the next tile row */
+            } else {
+                STOREV(at, z[h]);
+            }
+        }
     }
     return 1;
 }
@@ -291,33 +407,31 @@ static inline __attribute__((always_inline)) int emit_vectors(const fc_conv_shap
 /* Y = A^T M A (+ bias, ReLU; when pool, its 2x2 max-pool: see fc_wg_out)
  * for the block of tile rows [r0, r1), whose M is m[xi * m_stride + k * ldm
  * + j] (j: the block's tile; lanes past the block's tiles are read but
- * dropped), 8 tiles at a time: 8 of a tile row, or, for 8x8 outputs (4
- * tiles across), two tile rows. */
+ * dropped), L tiles at a time: L of a tile row, or rows_per_vector whole
+ * tile rows. */
 static inline __attribute__((always_inline)) void transform_output_body(
     const fc_conv_shape *s, const fc_wg_plan *p, const float *m, fc_int ldm, const fc_wg_out *out,
     fc_int r0, fc_int r1, const int pool)
 {
-    const fc_int tw = p->tw, ms = p->m_stride;
+    const fc_int tw = p->tw, ms = p->m_stride, rv = rows_per_vector(tw);
     for (fc_int k = 0; k < s->k; k++) {
-        const float b = out->bias ? out->bias[k] : 0.0f;
-        const v8f vb = {b, b, b, b, b, b, b, b};
+        const vf vb = (vf){0} + (out->bias ? out->bias[k] : 0.0f);
         const float *mk = m + k * ldm;
         for (fc_int r = r0, j = 0; r < r1;) {
             const fc_int n = r / p->th, ty = r % p->th;
-            v8f o[4];
-            if (tw == WG_TILES_PER_VEC / 2 && r + 1 < r1 && ty + 1 < p->th) {
+            vf o[4];
+            if (rv > 1 && r + rv <= r1 && ty + rv <= p->th) {
                 output_tiles(mk + j, ms, out, &vb, o);
-                if (!emit_vectors(s, out, o, 1, n, k, ty, 0, pool)) {
-                    emit_lanes(s, out, o, 0, tw, n, k, ty, 0, pool);
-                    emit_lanes(s, out, o, (int)tw, tw, n, k, ty + 1, 0, pool);
-                }
-                r += 2, j += 2 * tw;
+                if (!emit_vectors(s, out, o, rv, tw, n, k, ty, 0, pool))
+                    for (fc_int g = 0; g < rv; g++)
+                        emit_lanes(s, out, o, g * tw, tw, n, k, ty + g, 0, pool);
+                r += rv, j += L;
                 continue;
             }
-            for (fc_int tx0 = 0; tx0 < tw; tx0 += WG_TILES_PER_VEC) {
+            for (fc_int tx0 = 0; tx0 < tw; tx0 += L) {
                 output_tiles(mk + j + tx0, ms, out, &vb, o);
-                if (tx0 + WG_TILES_PER_VEC > tw || !emit_vectors(s, out, o, 0, n, k, ty, tx0, pool))
-                    emit_lanes(s, out, o, 0, min_i(WG_TILES_PER_VEC, tw - tx0), n, k, ty, tx0, pool);
+                if (tx0 + L > tw || !emit_vectors(s, out, o, 1, tw, n, k, ty, tx0, pool))
+                    emit_lanes(s, out, o, 0, min_i(L, tw - tx0), n, k, ty, tx0, pool);
             }
             r++, j += tw;
         }
@@ -349,13 +463,13 @@ static inline __attribute__((always_inline)) void transform_grad_body(
             }
             /* Full vectors: lanes past the row's tiles land in the next
              * row's slots, rewritten next, or past the block's tiles. */
-            for (fc_int tx0 = 0; tx0 < tw; tx0 += WG_TILES_PER_VEC) {
-                v8f y[2][2], z[2][4], a, b;
+            for (fc_int tx0 = 0; tx0 < tw; tx0 += L) {
+                vf y[2][2], z[2][4], a, b;
                 for (int q = 0; q < 2; q++) {
-                    LOAD8(a, rows + q * lw + 2 * tx0);
-                    LOAD8(b, rows + q * lw + 2 * tx0 + 8);
-                    y[q][0] = EVEN8(a, b);
-                    y[q][1] = ODD8(a, b);
+                    LOADV(a, rows + q * lw + 2 * tx0);
+                    LOADV(b, rows + q * lw + 2 * tx0 + L);
+                    y[q][0] = EVEN(a, b);
+                    y[q][1] = ODD(a, b);
                 }
                 for (int q = 0; q < 2; q++) { /* dY A^T */
                     z[q][0] = y[q][0];
@@ -365,12 +479,12 @@ static inline __attribute__((always_inline)) void transform_grad_body(
                 }
                 float *dst = yhat + k * ldv + j + tx0;
                 for (int c = 0; c < 4; c++) { /* A (dY A^T) */
-                    const v8f v0 = z[0][c], v1 = z[0][c] + z[1][c], v2 = z[0][c] - z[1][c],
-                              v3 = -z[1][c];
-                    STORE8(dst + c * p->m_stride, v0);
-                    STORE8(dst + (4 + c) * p->m_stride, v1);
-                    STORE8(dst + (8 + c) * p->m_stride, v2);
-                    STORE8(dst + (12 + c) * p->m_stride, v3);
+                    const vf v0 = z[0][c], v1 = z[0][c] + z[1][c], v2 = z[0][c] - z[1][c],
+                             v3 = -z[1][c];
+                    STOREV(dst + c * p->m_stride, v0);
+                    STOREV(dst + (4 + c) * p->m_stride, v1);
+                    STOREV(dst + (8 + c) * p->m_stride, v2);
+                    STOREV(dst + (12 + c) * p->m_stride, v3);
                 }
             }
         }

@@ -1,0 +1,44 @@
+"""The ISA tables (csrc/kernels/ctx.h): each SIMD table points the entries its
+folder has code for at that code, so that an entry left out of
+kernels/<isa>/ctx_<isa>.c (the table silently running the ISA below) fails here
+rather than only in a benchmark."""
+
+import pytest
+from conftest import ISAS
+
+from fastconv import _kernels
+
+# The entries each SIMD folder has its own code for, and the table it starts from.
+OWN = {
+    "avx2": ("generic", ["gemm", "im2col_row", "col2im_channel", "pack_columns", "max_abs_bits",
+                         "wg_input", "wg_output", "wg_output_pool", "wg_grad", "pool2x2_forward",
+                         "pool2x2_backward", "direct_k8.forward", "direct_k8.dweight",
+                         "direct_k16.forward", "direct_k16.dweight", "eltwise", "bn", "add_relu",
+                         "dw_row", "dw_dweight_row", "peak"]),
+    "avx512": ("avx2", ["gemm", "im2col_row", "col2im_channel", "pack_columns", "max_abs_bits",
+                        "wg_input", "wg_output", "wg_output_pool", "wg_grad", "pool2x2_forward",
+                        "pool2x2_backward", "eltwise", "bn", "add_relu", "dw_row", "dw_dweight_row",
+                        "peak"]),
+}
+
+
+@pytest.mark.parametrize("isa", sorted(OWN))
+def test_simd_tables_run_their_own_code(isa):
+    if isa not in ISAS:
+        pytest.skip(f"{isa} is not supported by this CPU and build (supported: {ISAS})")
+    below, own = OWN[isa]
+    mine, base = _kernels.isa_entries(isa), _kernels.isa_entries(below)
+    assert set(own) <= set(mine)
+    inherited = [entry for entry in own if mine[entry] == base[entry]]
+    assert not inherited, f"{isa}'s table runs {below}'s code for {inherited}"
+
+
+def test_every_table_fills_its_entries():
+    """Every entry set, on every supported ISA; only the generic table has no
+    direct-convolution tiles (the direct algorithm does not apply there)."""
+    for isa in ISAS:
+        table = _kernels.isa_entries(isa)
+        empty = sorted(entry for entry, address in table.items() if address == 0)
+        expected = [e for e in table if e.startswith("direct_")] if isa == "generic" else []
+        assert empty == sorted(expected), isa
+    assert _kernels.isa_entries() == _kernels.isa_entries(_kernels.get_isa())
