@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import ISAS, assert_bits_equal, on_every_isa, rand
+from conftest import ISAS, assert_bits_equal, on_every_isa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK, Conv, assert_close
