@@ -2,11 +2,12 @@
 (on every ISA x {1, 2} threads) and against PyTorch; independence from
 batch chunking, determinism, and input validation."""
 
+import contextlib
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import ISAS, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,6 +132,48 @@ def direct_convs(draw):
     return Conv(n, c, h, w, k, kh, kw, (1, 1), (ph, pw))
 
 
+@st.composite
+def forced_direct_convs(draw):
+    """Problems for the direct tiles forced (set_conv_algorithm("direct")), so
+    that the ones auto does not take yet (K = 32, strided) run too: K at and
+    around 8, 16 and 32, C = 1..9 (and 16, 32, for dx as a direct
+    convolution), kernels 1..7, strides 1..3 (AVX-512's K = 16 and 32 tiles
+    take any), every padding from 0 to kernel + 1, batch 1 to 3, odd and
+    non-square images from the smallest that fits the kernel."""
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 9) | st.sampled_from([16, 32]))
+    k = draw(st.sampled_from([8, 16, 32]) | st.sampled_from([7, 9, 15, 17, 31, 33]))
+    kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    stride = draw(st.sampled_from([(1, 1), (2, 2), (1, 2), (2, 1), (3, 3), (3, 2)]))
+    ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
+    h_min, w_min = max(1, kh - 2 * ph), max(1, kw - 2 * pw)
+    h, w = draw(st.integers(h_min, h_min + 20)), draw(st.integers(w_min, w_min + 20))
+    return Conv(n, c, h, w, k, kh, kw, stride, (ph, pw))
+
+
+def direct_tiles_take(isa, conv):
+    """Whether the ISA table has direct tiles for conv's K and stride
+    (kernels/direct.h): AVX2 K = 8, 16 at unit stride; AVX-512 also K = 32,
+    and its K = 16, 32 tiles at any stride; generic none."""
+    unit = conv.stride == (1, 1)
+    return {"generic": False, "avx2": unit and conv.k in (8, 16),
+            "avx512": conv.k in (16, 32) or (unit and conv.k == 8)}[isa]
+
+
+@contextlib.contextmanager
+def direct_forced():
+    previous = _kernels.set_conv_algorithm("direct")
+    try:
+        yield
+    finally:
+        _kernels.set_conv_algorithm(previous)
+
+
+def plan_of(conv, mode="auto", need_dx=True):
+    return _kernels.plan_conv2d((conv.n, conv.c, conv.h, conv.w), (conv.k, conv.c, conv.kh, conv.kw),
+                                conv.stride, conv.padding, need_dx=need_dx, mode=mode)
+
+
 # Edge cases named, so that every run covers them whatever hypothesis draws.
 EDGES = {
     "kernel-fills-padded-image": Conv(1, 3, 3, 5, 2, 5, 7, (1, 1), (1, 1)),
@@ -171,6 +214,25 @@ EDGES = {
     "direct-k8-many-taps": Conv(3, 70, 4, 7, 8, 3, 3, (1, 1), (1, 1)),
 }
 
+# The direct tiles forced (AVX-512's K = 32 and strided tiles, which auto
+# does not take yet): issue 18's first layers (3 -> 16 and 3 -> 32, 3x3, at
+# 32x32: 16-pixel tiles within one output row), lenet conv2 (tiles across
+# rows), the 7x7/2 stem (one-row tiles at stride 2), K = 32 with fewer pixels
+# than a tile, strides 3 and unequal, dx as a K = 32 direct convolution, and
+# output rows with partial tiles at both strides.
+DIRECT_FORCED = {
+    "first-layer-k16": Conv(2, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1)),
+    "first-layer-k32": Conv(2, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),
+    "lenet-conv2": Conv(3, 8, 14, 14, 16, 5, 5, (1, 1), (2, 2)),
+    "stem-7x7-s2": Conv(2, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)),
+    "stem-7x7-s2-k32-nonsquare": Conv(1, 3, 37, 29, 32, 7, 7, (2, 2), (3, 3)),
+    "k32-fewer-pixels-than-a-tile": Conv(2, 5, 2, 3, 32, 3, 3, (1, 1), (1, 1)),
+    "stride-3x2-rect": Conv(1, 5, 13, 11, 16, 2, 4, (3, 2), (1, 0)),
+    "dx-as-k32-convolution": Conv(2, 32, 7, 6, 32, 3, 3, (1, 1), (1, 1)),
+    "partial-row-tiles-s2": Conv(1, 2, 9, 70, 16, 3, 3, (2, 2), (1, 1)),
+    "partial-row-tiles-s1": Conv(1, 4, 5, 33, 32, 1, 3, (1, 1), (0, 1)),
+}
+
 
 # ---------------------------------------------------------------------------
 # against the NumPy twins
@@ -200,6 +262,88 @@ def test_direct_shapes_match_reference(isa_threads, conv, relu, need_dx, seed):
     x, weight, bias, dy = conv.arrays(np.random.default_rng(seed))
     check_forward(conv, x, weight, bias, relu)
     check_backward(conv, x, weight, dy, need_dx)
+
+
+@FIXTURE_OK
+@given(conv=forced_direct_convs(), with_bias=st.booleans(), relu=st.booleans(), need_dx=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_forced_direct_matches_reference(isa_threads, conv, with_bias, relu, need_dx, seed):
+    """Direct wherever the ISA's tiles take the shape (plan_conv2d says so),
+    auto's choice elsewhere: forward (bias or none, fused ReLU), dx, dW, db."""
+    isa, _ = isa_threads
+    takes = direct_tiles_take(isa, conv)
+    assert (plan_of(conv, "direct")["forward"][0] == "direct") == takes
+    assert (plan_of(conv, "direct", need_dx=False)["dweight"][0] == "direct") == takes
+    x, weight, bias, dy = conv.arrays(np.random.default_rng(seed))
+    with direct_forced():
+        # The fused ReLU only where direct runs: the explicit im2col GEMM
+        # without bias sums k in blocks, but in one pass with the ReLU fused
+        # (core/sgemm.c, gemm_serial's `fused`), so there its bits differ
+        # from the plain forward's for C*kh*kw > kc (a known bug, not
+        # direct's; 1x16x3x6 -> 8, 3x6 kernel, stride 2).
+        check_forward(conv, x, weight, bias if with_bias else None, relu and takes)
+        check_backward(conv, x, weight, dy, need_dx)
+
+
+@pytest.mark.parametrize("conv", DIRECT_FORCED.values(), ids=DIRECT_FORCED.keys())
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_forced_direct_edges(isa_threads, rng, conv, with_bias):
+    x, weight, bias, dy = conv.arrays(rng)
+    bias = bias if with_bias else None
+    with direct_forced():
+        check_forward(conv, x, weight, bias, relu=False)
+        check_forward(conv, x, weight, bias, relu=True)
+        check_backward(conv, x, weight, dy, need_dx=True)
+        check_backward(conv, x, weight, dy, need_dx=False)
+
+
+@pytest.mark.skipif(not {"avx2", "avx512"} <= set(ISAS), reason="needs the AVX2 and AVX-512 tables")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("conv", [DIRECT_FORCED["first-layer-k16"], DIRECT_FORCED["lenet-conv2"],
+                                  EDGES["direct-fewer-pixels-than-a-tile"], EDGES["direct-dx-16-to-8"],
+                                  EDGES["direct-many-taps"]],
+                         ids=["first-layer", "lenet-conv2", "fewer-pixels-than-a-tile", "dx-16-to-8",
+                              "many-taps"])
+def test_direct_k16_avx512_has_avx2_bits(rng, conv, threads):
+    """AVX-512's K = 16 tiles do AVX2's operations lane by lane (each output
+    one FMA chain over the taps in order, then the bias and the ReLU; each
+    dW partial one chain over the pixels in raster order): the same bits, at
+    a given thread count, forward, dx, dW and db."""
+    x, weight, bias, dy = conv.arrays(rng)
+    old_isa, old_threads = _kernels.get_isa(), _kernels.get_num_threads()
+    got = {}
+    try:
+        _kernels.set_num_threads(threads)
+        for isa in ("avx2", "avx512"):
+            _kernels.set_isa(isa)
+            assert plan_of(conv)["forward"][0] == "direct"
+            got[isa] = (_kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, True),
+                        *_kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding))
+    finally:
+        _kernels.set_isa(old_isa)
+        _kernels.set_num_threads(old_threads)
+    for name, a, b in zip(("y", "dx", "dW", "db"), got["avx2"], got["avx512"]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.parametrize("conv", [DIRECT_FORCED["first-layer-k32"]._replace(n=7),
+                                  DIRECT_FORCED["stem-7x7-s2"]._replace(n=7, h=21, w=19)],
+                         ids=["k32", "strided"])
+def test_forced_direct_is_deterministic(isa_threads, rng, conv):
+    """Forced direct (K = 32, strided on AVX-512): an image's output does not
+    depend on the batch split, and dW and db repeat bit for bit at a thread
+    count."""
+    x, weight, bias, dy = conv.arrays(rng)
+    with direct_forced():
+        y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+        first = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding, need_dx=False)
+        for lo, hi in [(0, 1), (1, 3), (3, 7)]:
+            part = _kernels.conv2d_forward(x[lo:hi], weight, bias, conv.stride, conv.padding)
+            np.testing.assert_array_equal(part, y[lo:hi])
+        for _ in range(2):
+            again = _kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding, need_dx=False)
+            for got, want in zip(again[1:], first[1:]):
+                np.testing.assert_array_equal(got, want)
 
 
 # Output widths 1 .. 33 through the im2col family's copies (im2col rows, col2im

@@ -26,6 +26,9 @@ from fastconv.tools.info import CONV_CASES, self_test
 SHAPES = {
     "direct-k8": Conv(3, 4, 9, 11, 8, 5, 5, (1, 1), (2, 2)),
     "direct-k16": Conv(2, 6, 8, 7, 16, 3, 3, (1, 1), (1, 1)),
+    # direct when forced only (AVX-512): K = 32, and a strided K = 16
+    "direct-k32": Conv(2, 3, 9, 8, 32, 3, 3, (1, 1), (1, 1)),
+    "direct-strided": Conv(2, 3, 15, 13, 16, 7, 7, (2, 2), (3, 3)),
     "winograd": Conv(4, 16, 16, 16, 16, 3, 3, (1, 1), (1, 1)),
     "pointwise": Conv(2, 12, 7, 9, 20, 1, 1, (1, 1), (0, 0)),
     "implicit": Conv(2, 3, 10, 9, 5, 3, 3, (1, 1), (1, 1)),
@@ -153,12 +156,26 @@ def test_auto_picks_by_the_documented_rules():
             assert plan_of(Conv(128, 32, 8, 8, 64, 1, 1, (1, 1), (0, 0)))["dx"][0] == "im2col"  # C < K
             strided = plan_of(Conv(16, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)))
             assert [strided[d][0] for d in ("forward", "dx", "dweight")] == ["im2col"] * 3
+            # The first layers: K = 16 direct where the ISA has the tiles; AVX-512's
+            # K = 32 and strided tiles are not timed yet, so forced only (APPLIES)
+            first16 = plan_of(Conv(128, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1)))
+            assert first16["forward"][0] == ("direct" if isa != "generic" else "implicit_im2col")
+            forced = [plan_of(conv, "direct") for conv in (Conv(128, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),
+                                                            Conv(16, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)))]
+            for plan, auto in zip(forced, (first, strided)):
+                if isa == "avx512":
+                    assert [plan[d][0] for d in ("forward", "dx", "dweight")] == ["direct", "im2col", "direct"]
+                    assert "not measured against the GEMM path" in plan["forward"][1]
+                else:
+                    assert plan == {d: (auto[d][0], plan[d][1]) for d in auto}
             # dx through col2im keeps dW off Winograd: a padding of 3 gives dx's
             # convolution a negative one, which Winograd does not take, and C < K
             padded = Conv(4, 16, 16, 16, 32, 3, 3, (1, 1), (3, 3))
             assert plan_of(padded)["forward"][0] == "winograd"
             assert plan_of(padded)["dx"][0] == "im2col"
-            assert plan_of(padded)["dweight"] == ("im2col", "dy times the column matrix (im2col), db with it")
+            algorithm, why = plan_of(padded)["dweight"]
+            assert algorithm == "im2col" and "winograd" not in why  # (AVX-512: "over direct", K = 32)
+            assert why.startswith("dy times the column matrix (im2col), db with it")
             assert plan_of(padded, need_dx=False)["dweight"][0] == "winograd"
             assert plan_of(padded, need_dx=False)["dx"] is None
             assert "dx runs by col2im" in plan_of(padded, "winograd")["dweight"][1]

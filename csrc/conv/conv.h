@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "fastconv.h"
+#include "kernels/ctx.h" /* fc_ctx, for fc_direct_tiles */
 
 /* ---- im2col.c: im2col + GEMM, in either precision (fc_gemm's) ---------- */
 enum {
@@ -42,8 +43,10 @@ int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const flo
 int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
                                float *dweight, int nthreads);
 
-/* ---- direct.c: K = 8 or 16 output channels at unit stride, where the ISA
- * table has the tiles ---------------------------------------------------- */
+/* ---- direct.c: K = 8, 16 or 32 output channels, where the ISA table has
+ * the tiles (kernels/direct.h: unit stride, or any where `strided`) ----- */
+/* The table's tiles for K output channels, or NULL. */
+const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k);
 int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads);
 /* dweight and dbias (may be NULL), overwritten; for x that is finite

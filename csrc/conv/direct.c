@@ -1,9 +1,10 @@
-/* Direct convolution for layers with 8 or 16 output channels: the forward
- * (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract of
- * fc_conv2d_backward's); dx of a unit-stride layer is itself a convolution
- * (conv/plan.c, dx_by_convolution), which comes here when it has 8 or 16
- * outputs. When it runs is conv/plan.c's rule (with the measurements
- * behind it).
+/* Direct convolution for layers with 8, 16 or 32 output channels: the
+ * forward (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract
+ * of fc_conv2d_backward's); dx of a unit-stride layer is itself a
+ * convolution (conv/plan.c, dx_by_convolution), which comes here when it
+ * has 8, 16 or 32 outputs. Strides other than 1 where the tiles take them
+ * (kernels/direct.h, `strided`). When it runs is conv/plan.c's rule (with
+ * the measurements behind it).
  *
  * Why: with K = 8 or 16 output channels, im2col + GEMM uses each packed B
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed
@@ -13,8 +14,9 @@
  * buffer, so that no tap needs a bounds test, and a tap (c, i, j) is one
  * offset into it; weights are transposed once per call to (C, kh, kw, K).
  * The register tiles are the ISA table's (kernels/direct.h; AVX2's in
- * kernels/avx2/direct_avx2.c): with K = 16 output channels as the vector
- * lanes, with K = 8 output positions at the padded row pitch. Bias and ReLU
+ * kernels/avx2/direct_avx2.c, AVX-512's in kernels/avx512/direct_avx512.c):
+ * with K = 16 or 32 output channels as the vector lanes, with K = 8 output
+ * positions at the padded row pitch. Bias and ReLU
  * are applied as a tile is stored.
  *
  * Every output sums its taps in the same order (c, i, j), then adds the
@@ -39,10 +41,12 @@
 #include "kernels/ctx.h"
 #include "conv/conv.h"
 
-/* The table's tiles for K output channels, or NULL. */
-static const fc_direct_kernel *kernel_for(const fc_ctx *ctx, fc_int k)
+const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
 {
-    const fc_direct_kernel *kr = k == 16 ? &ctx->direct_k16 : k == 8 ? &ctx->direct_k8 : NULL;
+    const fc_direct_kernel *kr = k == 8    ? &ctx->direct_k8
+                                 : k == 16 ? &ctx->direct_k16
+                                 : k == 32 ? &ctx->direct_k32
+                                           : NULL;
     return kr && kr->forward ? kr : NULL;
 }
 
@@ -75,11 +79,11 @@ static void tap_offsets(const fc_conv_shape *s, const fc_direct_geom *g, fc_int 
             for (fc_int j = 0; j < s->kw; j++) off[t++] = c * g->plane + i * g->wp + j;
 }
 
-/* Forward tiles of one padded image: for K = 16 they cover its output
- * pixels, for K = 8 its positions at the padded pitch. */
+/* Forward tiles of one padded image: for K = 16 and 32 they cover its
+ * output pixels, for K = 8 its positions at the padded pitch. */
 static fc_int tile_count(const fc_conv_shape *s, const fc_direct_geom *g, const fc_direct_kernel *kr)
 {
-    const fc_int positions = s->k == 16 ? s->oh * s->ow : s->oh * g->wp;
+    const fc_int positions = s->k == 8 ? s->oh * g->wp : s->oh * s->ow;
     return (positions + kr->tile - 1) / kr->tile;
 }
 
@@ -88,7 +92,7 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
 {
     const fc_int kk = s->kh * s->kw, taps = s->c * kk, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
-    const fc_direct_kernel *kr = kernel_for(fc_ctx_current(), s->k);
+    const fc_direct_kernel *kr = fc_direct_tiles(fc_ctx_current(), s->k);
     const fc_direct_geom g = geom_of(s, kr);
     const fc_int tiles = tile_count(s, &g, kr);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
@@ -141,7 +145,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
 {
     const fc_int taps = s->c * s->kh * s->kw, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
-    const fc_direct_kernel *kr = kernel_for(fc_ctx_current(), s->k);
+    const fc_direct_kernel *kr = fc_direct_tiles(fc_ctx_current(), s->k);
     const fc_direct_geom g = geom_of(s, kr);
     const fc_int lanes = kr->lanes;
     /* K = 8: positions at the padded pitch, whole vectors (the tiles'
@@ -151,7 +155,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
     /* Per thread, whole cache lines: padded image, staged dy, the (taps, K,
      * lanes) dW partial and the (K, lanes) db partial. */
-    const fc_int dy_floats = (s->k == 16 ? ohow * s->k : span * s->k + 15) / 16 * 16;
+    const fc_int dy_floats = (s->k == 8 ? span * s->k + 15 : ohow * s->k) / 16 * 16;
     const fc_int part_floats = ((taps + 1) * s->k * lanes + 15) / 16 * 16;
     const fc_int per_thread = g.floats + dy_floats + part_floats;
     const size_t bytes = sizeof(float) * (size_t)(team * per_thread) + sizeof(fc_int) * (size_t)taps;

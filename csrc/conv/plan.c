@@ -3,8 +3,9 @@
  *
  * The algorithms, in the order auto tries them (the table `algorithms`):
  *   direct           conv/direct.c: each image zero-padded, then convolved
- *                    directly, for K = 8 or 16 output channels at unit
- *                    stride, where the ISA table has the tiles (AVX2 and up)
+ *                    directly, for K = 8, 16 or 32 output channels, where
+ *                    the ISA table has the tiles (AVX2: K = 8, 16 at unit
+ *                    stride; AVX-512: also K = 32, and K = 16, 32 strided)
  *   winograd         conv/winograd.c: F(2x2, 3x3) for 3x3 kernels at unit
  *                    stride, 2.25x fewer multiply-adds, on inputs in range
  *   pointwise        conv/im2col.c: 1x1, unit stride, no padding: x is the
@@ -221,8 +222,9 @@ static fc_int tiles_2x2(const fc_conv_shape *s) { return s->n * ((s->oh + 1) / 2
 typedef int rule_fn(const problem *p, reason *r);
 typedef int guard_fn(problem *p, reason *r);
 
-/* direct: unit strides (a tile's pixels are consecutive), K = 8 or 16 (the
- * register tiles) and the ISA table's tiles. Measured at 1 thread (AVX2,
+/* direct: K = 8, 16 or 32 (the register tiles) where the ISA table has
+ * them; unit strides, or any where the tiles take them (kernels/direct.h,
+ * `strided`: AVX-512's K = 16 and 32). Measured at 1 thread (AVX2,
  * 2-core EPYC, shared and noisy) against the GEMM path, each in its own
  * process, 3 alternating rounds of 0.6 s per case, medians; fwd, bwd (dx,
  * dW, db) and dW (need_dx=False):
@@ -236,7 +238,12 @@ typedef int guard_fn(problem *p, reason *r);
  * packing. The one near-tie: K = 16 with a handful of taps (4x3x64x64 ->
  * 16 3x3, 64x1x28x28 -> 16 5x5), where the K = 16 tile's transposing store
  * weighs as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from
- * run to run, within this machine's noise, so no separate rule. */
+ * run to run, within this machine's noise, so no separate rule.
+ * AVX-512's K = 16 tiles pay where AVX2's do (the same shapes, one zmm per
+ * pixel instead of two ymm). Not measured yet, so APPLIES only (forced,
+ * never auto): K = 32 (128x3x32x32 -> 32 3x3, cifar_small's first layer)
+ * and strides other than 1 (16x3x64x64 -> 16 7x7/2). TO CONFIRM BY TIMING
+ * against implicit_im2col / im2col before they become PAYS. */
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
@@ -244,18 +251,28 @@ static int direct_forward(const problem *p, reason *r)
         say(r, "float32 tiles only");
         return NO;
     }
-    if (!unit_stride(s) || s->ph < 0 || s->pw < 0) {
-        say(r, "needs unit stride and padding >= 0");
+    if (s->ph < 0 || s->pw < 0) {
+        say(r, "needs padding >= 0");
         return NO;
     }
     if (!plain_only(s, r)) return NO;
-    if (s->k != 8 && s->k != 16) {
-        say(r, "needs K = 8 or 16 output channels (K = %lld)", (long long)s->k);
+    if (s->k != 8 && s->k != 16 && s->k != 32) {
+        say(r, "needs K = 8, 16 or 32 output channels (K = %lld)", (long long)s->k);
         return NO;
     }
-    if (!(s->k == 8 ? p->ctx->direct_k8 : p->ctx->direct_k16).forward) {
+    const fc_direct_kernel *kr = fc_direct_tiles(p->ctx, s->k);
+    if (!kr) {
         say(r, "no direct tiles for K = %lld on %s", (long long)s->k, p->ctx->name);
         return NO;
+    }
+    if (!unit_stride(s) && !kr->strided) {
+        say(r, "needs unit stride (K = %lld on %s)", (long long)s->k, p->ctx->name);
+        return NO;
+    }
+    if (s->k == 32 || !unit_stride(s)) { /* TO CONFIRM BY TIMING: PAYS? */
+        say(r, "K = %lld output channels%s: nothing packed (not measured against the GEMM path)",
+            (long long)s->k, unit_stride(s) ? "" : ", strided");
+        return APPLIES;
     }
     say(r, "K = %lld output channels at unit stride: nothing packed", (long long)s->k);
     return PAYS;
@@ -267,7 +284,7 @@ static int direct_forward(const problem *p, reason *r)
  * x takes the next algorithm (one pass over x, for these small layers). */
 static int direct_dweight_guard(problem *p, reason *r)
 {
-    if (p->s.k == 16) return 1;
+    if (p->s.k != 8) return 1;
     if (!p->x) {
         add(r, ", if x is finite");
         return 1;

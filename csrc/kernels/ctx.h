@@ -84,10 +84,10 @@ typedef struct {
     fc_pool_row_forward_fn *pool2x2_forward;
     fc_pool_row_backward_fn *pool2x2_backward;
 
-    /* conv/direct.c: the direct convolution's tiles for K = 8 and K = 16
+    /* conv/direct.c: the direct convolution's tiles for K = 8, 16 and 32
      * output channels (direct.h). A NULL forward: the direct algorithm does
-     * not apply on this ISA. */
-    fc_direct_kernel direct_k8, direct_k16;
+     * not apply to that K on this ISA. */
+    fc_direct_kernel direct_k8, direct_k16, direct_k32;
 
     /* activations.c, bias_add.c: the element-wise rows (eltwise.h). */
     const fc_eltwise_kernel *eltwise;

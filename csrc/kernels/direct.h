@@ -1,6 +1,8 @@
 /* The direct convolution's tiles (called by conv/direct.c, which pads each
- * image, transposes the weights and does the threading), for unit-stride
- * convolutions with K = 8 or K = 16 output channels.
+ * image, transposes the weights and does the threading), for convolutions
+ * with K = 8, 16 or 32 output channels: at unit stride, or at any stride
+ * where the entry says `strided` (output (oy, ox) then reads from the
+ * padded image's (oy * sh, ox * sw) corner).
  *
  * Inputs shared by both directions: xp, one image zero-padded to (C, hp,
  * wp) planes (fc_direct_geom), readable `overread` floats past the planes;
@@ -8,12 +10,12 @@
  *
  * forward: tiles [t0, t1) of one image: y (K, OH, OW) = the sum over taps
  *   in order t, then + bias (NULL: none), then ReLU when relu (v < 0 ? 0 :
- *   v, NaN kept). wt: the weights as (taps, K). K = 16: tile t is output
- *   pixels [t * tile, (t + 1) * tile) of the OH*OW; K = 8: output positions
+ *   v, NaN kept). wt: the weights as (taps, K). K = 16 or 32: tile t is
+ *   output pixels [t * tile, (t + 1) * tile) of the OH*OW; K = 8: output positions
  *   at the padded pitch, P = oy * wp + ox, [t * tile, (t + 1) * tile), the
  *   columns ox >= OW computed and dropped.
- * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K = 16:
- *   (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
+ * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K = 16
+ *   or 32: (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
  *   dropped columns and tail the caller zeroed once), then for every (tap,
  *   k) the products dy * xp summed into part[(tap * K + k) * lanes + l]
  *   (lanes partial sums each), and dy's sums into db[k * lanes + l]. span
@@ -40,9 +42,10 @@ typedef void fc_direct_dweight_fn(const fc_conv_shape *s, const fc_direct_geom *
 typedef struct {
     fc_direct_forward_fn *forward; /* NULL: no direct kernel for this K on this ISA */
     fc_direct_dweight_fn *dweight;
-    fc_int tile;     /* output pixels (K = 16) or positions (K = 8) per forward tile */
+    fc_int tile;     /* output pixels (K = 16, 32) or positions (K = 8) per forward tile */
     fc_int lanes;    /* partial sums per (tap, k) of dweight */
     fc_int overread; /* floats a tile may read past the padded planes, besides kw */
+    int strided;     /* 1: any stride (K = 16, 32 only); 0: unit stride only */
 } fc_direct_kernel;
 
 #endif

@@ -278,6 +278,7 @@ static void dweight(const fc_conv_shape *s, const fc_direct_geom *g, const float
     dw_image(s, g, xp, dyk, span, off, part);
 }
 
-const fc_direct_kernel fc_direct_k16_avx2 = {forward_k16, dweight, FC_DIRECT_NP, 1, 0};
+/* Unit stride only: tile() and row_tile() take consecutive pixels. */
+const fc_direct_kernel fc_direct_k16_avx2 = {forward_k16, dweight, FC_DIRECT_NP, 1, 0, 0};
 /* row_tile's last tile reads up to 2 tiles past the planes. */
-const fc_direct_kernel fc_direct_k8_avx2 = {forward_k8, dweight, FC_ROW_TILE, 8, 2 * FC_ROW_TILE};
+const fc_direct_kernel fc_direct_k8_avx2 = {forward_k8, dweight, FC_ROW_TILE, 8, 2 * FC_ROW_TILE, 0};

@@ -3,9 +3,10 @@
  * 2x2 max-pool rows, residual add, im2col-family copies, range pass and peak
  * loop, and on CPUs with AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids
  * and later) its bf16 GEMM and conversion; without it, the reference's
- * emulation (the same bits). The direct convolution's tiles are AVX2's (no
- * AVX-512 version yet). tests/test_isa_tables.py checks which entries are
- * this folder's. */
+ * emulation (the same bits). The direct convolution's tiles for K = 16 and
+ * 32 are this folder's (any stride); K = 8's are AVX2's (its lanes are
+ * output positions, 8 a vector: no AVX-512 version yet).
+ * tests/test_isa_tables.py checks which entries are this folder's. */
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
@@ -26,6 +27,7 @@ fc_pack_b_fn fc_pack_columns_avx512;
 fc_max_abs_bits_fn fc_max_abs_bits_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
+extern const fc_direct_kernel fc_direct_k16_avx512, fc_direct_k32_avx512;
 
 void fc_ctx_init_avx512(fc_ctx *ctx)
 {
@@ -47,6 +49,8 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->col2im_channel = fc_col2im_channel_avx512;
     ctx->pack_columns = fc_pack_columns_avx512;
     ctx->max_abs_bits = fc_max_abs_bits_avx512;
+    ctx->direct_k16 = fc_direct_k16_avx512;
+    ctx->direct_k32 = fc_direct_k32_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {
