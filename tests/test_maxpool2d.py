@@ -162,9 +162,8 @@ SHAPES_2X2 = [(1, 1, 2, 2), (1, 1, 3, 3), (2, 3, 2, 33), (1, 2, 17, 16), (1, 1, 
               (3, 4, 9, 48), (1, 5, 64, 65), (2, 64, 30, 34), (1, 1, 255, 2),
               (1, 1, 2, 8), (1, 3, 7, 9), (1, 2, 5, 11), (3, 1, 4, 13), (2, 16, 14, 14),
               (1, 1, 3, 15)]
-# Pooled widths 1 .. 33 from even and odd input widths: every overlapping last step of
-# AVX-512's 16-window rows, its hand-off to AVX2's kernels below 16 windows, and every tail
-# of AVX2's 8- and 4-window steps.
+# Pooled widths 1 .. 33 from even and odd input widths: every tail of the 8- and 4-window
+# steps (of AVX2's kernels, which the AVX-512 table uses too).
 SHAPES_2X2 += [(1 + (pw % 3 == 0), 2, 3 + 2 * (pw % 2), 2 * pw + pw % 2) for pw in range(1, 34)]
 
 

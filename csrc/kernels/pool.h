@@ -8,8 +8,8 @@
 /* The 2x2 stride-2 max-pool row kernels (maxpool2d.c's common case: every
  * pool of the workloads), the ISA table's pool2x2_forward and
  * pool2x2_backward (kernels/ctx.h): the reference pair in
- * kernels/ref/pool_ref.c, SIMD pairs in kernels/avx2/pool_avx2.c and
- * kernels/avx512/pool_avx512.c. The callers do the geometry and the
+ * kernels/ref/pool_ref.c, the SIMD pair in kernels/avx2/pool_avx2.c (which
+ * the AVX-512 table keeps: kernels/avx512/ctx_avx512.c). The callers do the geometry and the
  * threading.
  *
  * Forward, one output row of `ow` windows: window ox covers r0[2ox], r0[2ox+1],

@@ -1,5 +1,5 @@
 /* AVX2 2x2 stride-2 max-pool row kernels (contract: kernels/pool.h),
- * compiled with this folder's flags (AVX-512's: kernels/avx512/pool_avx512.c). */
+ * compiled with this folder's flags; the AVX-512 table's too. */
 #include <immintrin.h>
 #include <string.h>
 

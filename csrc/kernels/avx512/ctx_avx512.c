@@ -1,16 +1,24 @@
-/* The AVX-512 table: AVX2's, with this folder's GEMM, element-wise rows,
- * batch-norm tiles, depthwise rows, Winograd transforms (16 tiles a vector),
- * 2x2 max-pool rows, residual add, im2col-family copies, range pass and peak
- * loop, and on CPUs with AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids
- * and later) its bf16 GEMM and conversion; without it, the reference's
- * emulation (the same bits). The direct convolution's tiles for K = 16 and
- * 32 are this folder's (any stride); K = 8's are AVX2's (its lanes are
- * output positions, 8 a vector: no AVX-512 version yet).
- * tests/test_isa_tables.py checks which entries are this folder's. */
+/* The AVX-512 table: AVX2's, with this folder's GEMM, batch-norm tiles,
+ * depthwise rows, Winograd transforms (16 tiles a vector), residual add,
+ * im2col-family copies, range pass and peak loop, and on CPUs with
+ * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM
+ * and conversion; without it, the reference's emulation (the same bits).
+ * The direct convolution's tiles for K = 16 and 32 are this folder's (any
+ * stride); K = 8's are AVX2's (its lanes are output positions, 8 a vector:
+ * no AVX-512 version yet).
+ *
+ * The element-wise rows and the 2x2 max-pool rows are AVX2's: their
+ * AVX-512 versions measured slower than AVX2's on a Zen 4 host
+ * (bench/ab_builds.py, one build under FASTCONV_ISA=avx2 and avx512,
+ * 2026-12-02, 1 thread: relu 128x32x32x32 1.52x AVX2's time, maxpool
+ * 2x2/2 128x32x32x32 forward 1.51x; 2 threads 1.19x and 1.08x). Both are
+ * memory-bound, where wider vectors add no bandwidth; a likely cost is
+ * that every unaligned 64-byte access of a 16-byte-aligned array spans two
+ * cache lines. tests/test_isa_tables.py checks which entries are this
+ * folder's. */
 #include "kernels/ctx.h"
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
-extern const fc_eltwise_kernel fc_eltwise_kernel_avx512;
 extern const fc_bn_kernel fc_bn_kernel_avx512;
 fc_dw_row_fn fc_dw_row_avx512;
 fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
@@ -18,8 +26,6 @@ fc_peak_fn fc_peak_avx512;
 fc_wg_input_fn fc_wg_input_avx512;
 fc_wg_output_fn fc_wg_output_avx512, fc_wg_output_pool_avx512;
 fc_wg_grad_fn fc_wg_grad_avx512;
-fc_pool_row_forward_fn fc_pool2x2_forward_avx512;
-fc_pool_row_backward_fn fc_pool2x2_backward_avx512;
 fc_add_relu_fn fc_add_relu_avx512;
 fc_im2col_row_fn fc_im2col_row_avx512;
 fc_col2im_channel_fn fc_col2im_channel_avx512;
@@ -34,7 +40,6 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     fc_ctx_init_avx2(ctx);
     ctx->name = "avx512";
     ctx->gemm = &fc_gemm_kernel_avx512;
-    ctx->eltwise = &fc_eltwise_kernel_avx512;
     ctx->bn = &fc_bn_kernel_avx512;
     ctx->dw_row = fc_dw_row_avx512;
     ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
@@ -42,8 +47,6 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->wg_output = fc_wg_output_avx512;
     ctx->wg_output_pool = fc_wg_output_pool_avx512;
     ctx->wg_grad = fc_wg_grad_avx512;
-    ctx->pool2x2_forward = fc_pool2x2_forward_avx512;
-    ctx->pool2x2_backward = fc_pool2x2_backward_avx512;
     ctx->add_relu = fc_add_relu_avx512;
     ctx->im2col_row = fc_im2col_row_avx512;
     ctx->col2im_channel = fc_col2im_channel_avx512;

@@ -1,4 +1,0 @@
-/* The element-wise rows (kernels/ref/eltwise_impl.h) with this folder's flags:
- * 16 floats per instruction. */
-#define FC_KERNEL_ISA avx512
-#include "kernels/ref/eltwise_impl.h"
