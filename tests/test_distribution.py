@@ -217,6 +217,9 @@ def test_runs_on_a_cpu_without_avx(tmp_path):
     The per-ISA runs of the kernel tests are the `isa_threads` fixture's job."""
     # "picks by itself": an FASTCONV_ISA of the host's run (e.g. avx2) would be refused there
     env = {k: v for k, v in os.environ.items() if k != "FASTCONV_ISA"}
+    # NumPy's OpenBLAS (0.3.31) picks an AVX kernel on QEMU's Westmere model by itself, and
+    # `import numpy` dies of SIGILL before fastconv is reached; its core type is pinned.
+    env["OPENBLAS_CORETYPE"] = "Nehalem"
     out = run_python("import sys\nimport fastconv as fc\n" + textwrap.dedent(CHECK_RESULTS), tmp_path,
                      prefix=(QEMU, "-cpu", "Westmere"), env=env, inherit=False)
     assert out["isa"] == "generic" and out["shape"] == [3, 4]
