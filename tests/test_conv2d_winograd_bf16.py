@@ -211,8 +211,7 @@ def check_all(shape, seed, relu, threads):
         np.testing.assert_allclose(db, dy.sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-5 * dy.size)
 
 
-@FIXTURE_OK
-@settings(max_examples=15)
+@settings(max_examples=15, deadline=None, suppress_health_check=FIXTURE_OK.suppress_health_check)
 @given(shape=shapes(), relu=st.booleans(), seed=st.integers(0, 2**16))
 def test_same_bits_as_the_twin(isa_threads, shape, relu, seed):
     check_all(shape, seed, relu, isa_threads[1])
