@@ -270,7 +270,7 @@ def rms(a):
 
 
 # bf16 Winograd's RMS error against the float64 direct sum, at most this
-# many times bf16 im2col's on the same inputs (measured: 1.1-1.6x; dW 1.1-1.3x)
+# many times bf16 im2col's on the same inputs (measured: 1.65-1.75x, y and dW)
 WINOGRAD_BF16_ERROR_FACTOR = 3.0
 
 
@@ -371,16 +371,18 @@ PLAN_SHAPES = [  # x shape, weight shape, padding
 
 @pytest.mark.parametrize("shape", PLAN_SHAPES, ids=str)
 def test_bf16_auto_takes_winograd_where_float32_auto_does(shape):
+    """Where float32 auto takes Winograd, and where it takes direct (K = 8 or
+    16, which bf16 lacks) but Winograd's rule pays: float32 auto without direct."""
     x_shape, w_shape, padding = shape
     for need_dx in (True, False):
-        f32 = _kernels.plan_conv2d(x_shape, w_shape, 1, padding, need_dx=need_dx)
+        f32 = _kernels.plan_conv2d(x_shape, w_shape, 1, padding, need_dx=need_dx, mode="no-direct")
         b16 = _kernels.plan_conv2d(x_shape, w_shape, 1, padding, need_dx=need_dx, precision="bfloat16")
         for d in ("forward", "dx", "dweight"):
             if f32[d] is None:
                 continue
             assert (f32[d][0] == "winograd") == (b16[d][0] == "winograd"), (d, f32[d], b16[d])
             assert b16[d][0] not in ("direct", "depthwise")
-    if _kernels.plan_conv2d(x_shape, w_shape, 1, padding)["forward"][0] == "winograd":
+    if _kernels.plan_conv2d(x_shape, w_shape, 1, padding, mode="no-direct")["forward"][0] == "winograd":
         assert "bf16" in _kernels.plan_conv2d(x_shape, w_shape, 1, padding,
                                               precision="bfloat16")["forward"][1]
 
@@ -397,7 +399,7 @@ def test_auto_runs_bf16_winograd_on_a_shape_where_it_pays():
 
 
 def test_conv_plan_under_autocast_shows_bf16_winograd():
-    model = fc.Sequential(fc.Conv2d(3, 16, 3, padding=1), fc.ReLU(), fc.Conv2d(16, 16, 3, padding=1))
+    model = fc.Sequential(fc.Conv2d(3, 16, 3, padding=1), fc.ReLU(), fc.Conv2d(16, 32, 3, padding=1))
     plain = [row["forward"][0] for row in fc.conv_plan(model, (128, 3, 32, 32))]
     with fc.autocast("bfloat16"):
         b16 = [row["forward"][0] for row in fc.conv_plan(model, (128, 3, 32, 32))]

@@ -60,9 +60,9 @@
  * them, the 16 GEMMs summing in float32. So its rounding is not the GEMM
  * algorithms': a rounded V carries the error of a sum of up to 4 pixels,
  * a rounded U of up to 9 taps, on top of the transforms' cancellation; on
- * inputs of unit scale its error measured 1-2x bf16 im2col's against a
- * float64 direct sum (tests/test_conv2d_winograd_bf16.py bounds it at
- * 3x). Its outputs are its own bits, the same on every ISA (and, but dW,
+ * inputs of unit scale its RMS error against a float64 direct sum measured
+ * 1.65-1.75x bf16 im2col's, forward, dx and dW (relative RMS 4e-3 against
+ * 2.3e-3; tests/test_conv2d_winograd_bf16.py bounds the ratio at 3x). Its outputs are its own bits, the same on every ISA (and, but dW,
  * every thread count), not those of the GEMM algorithms. Its range guards
  * hold unchanged: rounding to bf16 grows a value by at most 1 + 2^-8,
  * within their margin (winograd.c). Direct and depthwise have float32
@@ -299,8 +299,9 @@ static int direct_dweight_guard(problem *p, reason *r)
 #define WG_MIN_K 16
 #define WG_MIN_TILES 256
 
-/* UNMEASURED (issue 19): in bf16, auto takes Winograd where it takes the
- * float32 one, over bf16 implicit im2col, by its 2.25x fewer multiply-adds
+/* UNMEASURED (issue 19): in bf16, auto takes Winograd wherever its float32
+ * rule pays (so also at K = 8 and 16, where float32 auto takes direct
+ * first, which bf16 lacks), over bf16 implicit im2col, by its 2.25x fewer multiply-adds
  * alone; no timing yet. To be confirmed by measurement: set to APPLIES if
  * bf16 implicit im2col turns out faster on those shapes. */
 #define WG_BF16_PAYS PAYS
