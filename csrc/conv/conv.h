@@ -32,16 +32,18 @@ int fc_conv_bias_gradient(const fc_conv_shape *s, const float *dy, float *dbias,
  * overflow, and the results are finite as the direct sum's. */
 int fc_winograd_forward_in_range(const fc_conv_shape *s, float max_x, float max_w);
 int fc_winograd_dweight_in_range(const fc_conv_shape *s, float max_x, float max_dy, int nthreads);
-int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+/* precision: FC_FLOAT32, or FC_BFLOAT16 (the 16 GEMMs in bf16; winograd.c). */
+int fc_conv2d_winograd(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads);
 /* The 2x2 stride-2 max-pool of fc_conv2d_winograd's y, and its argmax, as
  * fc_maxpool2d_forward gives them: each tile of the transform is one
  * window, so y is never stored. */
-int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, int precision, const float *x,
+                               const float *weight,
                                const float *bias, int relu, float *pooled, uint8_t *argmax,
                                int nthreads);
-int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
-                               float *dweight, int nthreads);
+int fc_conv2d_winograd_dweight(const fc_conv_shape *s, int precision, const float *x,
+                               const float *dy, float *dweight, int nthreads);
 
 /* ---- direct.c: K = 8, 16 or 32 output channels, where the ISA table has
  * the tiles (kernels/direct.h: unit stride, or any where `strided`) ----- */

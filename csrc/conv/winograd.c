@@ -38,6 +38,9 @@
  * The transforms themselves are the ISA table's (kernels/winograd.h, whose
  * layouts this file's plans fill in); this file holds the algebra, the
  * plans, the weight transforms and the threading.
+ *
+ * bf16 (FC_BFLOAT16): the same transforms, the GEMMs in bf16 (the end of
+ * this file).
  */
 #include <float.h>
 #include <math.h>
@@ -103,7 +106,11 @@ static fc_int odd_lines(fc_int n)
  * exp(d u) of its bound; d is at most the terms of the longest sum, plus
  * the threads' parts, plus 16 for the transforms. The other half of
  * FLT_MAX is a margin. The bias is added to the finished sum by every
- * path, so it has the same effects whichever runs. */
+ * path, so it has the same effects whichever runs. In bf16 the same bounds
+ * serve: rounding V, U (or Yhat) to nearest bf16 grows each by at most a
+ * factor 1 + 2^-8, every product by (1 + 2^-8)^2 < 1.01, which the margin
+ * covers; a value below half of FLT_MAX never rounds to a bf16 Inf (the
+ * largest bf16 is 0.996 FLT_MAX), and the sums stay float32 sums. */
 static int within_range(double a, double b, double coef_a, double coef_b, double coef_ab,
                         fc_int depth)
 {
@@ -244,18 +251,23 @@ static int winograd_forward(const fc_conv_shape *s, const float *x, const float 
     return 0;
 }
 
-int fc_conv2d_winograd(const fc_conv_shape *s, const float *x, const float *weight,
+static int winograd_forward_bf16(const fc_conv_shape *s, const float *x, const float *weight,
+                                 const fc_wg_out *out, int nthreads);
+
+int fc_conv2d_winograd(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                        const float *bias, int relu, float *y, int nthreads)
 {
     const fc_wg_out out = {bias, relu, y, NULL, NULL};
+    if (precision == FC_BFLOAT16) return winograd_forward_bf16(s, x, weight, &out, nthreads);
     return winograd_forward(s, x, weight, &out, nthreads);
 }
 
-int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, const float *x, const float *weight,
-                               const float *bias, int relu, float *pooled, uint8_t *argmax,
-                               int nthreads)
+int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, int precision, const float *x,
+                               const float *weight, const float *bias, int relu, float *pooled,
+                               uint8_t *argmax, int nthreads)
 {
     const fc_wg_out out = {bias, relu, NULL, pooled, argmax};
+    if (precision == FC_BFLOAT16) return winograd_forward_bf16(s, x, weight, &out, nthreads);
     return winograd_forward(s, x, weight, &out, nthreads);
 }
 
@@ -330,8 +342,8 @@ static void finish_dweight(const fc_conv_shape *s, const float *mw, fc_int strid
     }
 }
 
-int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const float *dy,
-                               float *dweight, int nthreads)
+int fc_conv2d_winograd_dweight(const fc_conv_shape *s, int precision, const float *x,
+                               const float *dy, float *dweight, int nthreads)
 {
     const fc_wg_plan p = plan_dweight(s, nthreads);
     const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
@@ -355,13 +367,64 @@ int fc_conv2d_winograd_dweight(const fc_conv_shape *s, const float *x, const flo
             ctx->wg_input(s, &p, (int)ldv, x, r0, r1, v, rows);
             ctx->wg_grad(s, &p, dy, r0, r1, ldv, yhat, rows);
             for (int xi = 0; xi < WG_XI && !failed; xi++)
-                failed |= fc_sgemm_ex(0, 1, s->c, s->k, (r1 - r0) * p.tw, 1.0f,
-                                      v + xi * p.v_stride, ldv, yhat + xi * p.m_stride, ldv,
-                                      blk == lo ? 0.0f : 1.0f, mw + xi * s->c * s->k, s->k, 1,
-                                      0) != 0;
+                failed |= fc_gemm(precision, 0, 1, s->c, s->k, (r1 - r0) * p.tw, 1.0f,
+                                  v + xi * p.v_stride, ldv, yhat + xi * p.m_stride, ldv,
+                                  blk == lo ? 0.0f : 1.0f, mw + xi * s->c * s->k, s->k, 1,
+                                  0) != 0;
         }
 #pragma omp barrier
         finish_dweight(s, work + mw_offset, p.per_thread, fc_team_size(), dweight);
+    }
+    free(work);
+    return failed ? FC_ENOMEM : 0;
+}
+
+/* ---- bf16: the 16 GEMMs with the bf16 GEMM ------------------------------
+ * The same transforms, in float32, and the same algebra; only M_xi = U_xi
+ * @ V_xi runs as fc_gemm(FC_BFLOAT16), whose packers round U and V to bf16
+ * (nearest even) as they pack them, and whose micro-kernel sums the exact
+ * products in float32 in the order of kernels/bf16.h. So U and V are each
+ * rounded once, after their transforms; nothing else is. Every ISA's
+ * transforms and bf16 GEMM give the same bits, so the outputs are the same
+ * bits on every ISA, and (as M_xi's sums run over C alone, per tile) for
+ * every thread count and blocking. dW is fc_conv2d_winograd_dweight in
+ * bf16: there the sums run over tiles, cut by blocks and threads, so its
+ * bits depend on the thread count as float32's do.
+ *
+ * The layouts are dW's (plan_dweight): V and M plain row-major (tiles ldv
+ * apart per channel), U_xi row-major K x C (transform_weights with MR = 1),
+ * which fc_gemm packs; the float32 path's writing V straight into packed
+ * slivers would need bf16 transforms in the ISA tables. */
+static int winograd_forward_bf16(const fc_conv_shape *s, const float *x, const float *weight,
+                                 const fc_wg_out *out, int nthreads)
+{
+    const fc_ctx *ctx = fc_ctx_current();
+    fc_wg_output_fn *tout = out->pooled ? ctx->wg_output_pool : ctx->wg_output;
+    fc_wg_plan p = plan_dweight(s, nthreads);
+    p.per_thread -= p.tmp_floats; /* no sums over tiles */
+    p.tmp_floats = 0;
+    const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
+    const fc_int ck = s->c * s->k, u_floats = round_to_line(WG_XI * ck), ldv = p.ldv;
+    float *work = alloc_lines(u_floats + team * p.per_thread);
+    if (!work) return FC_ENOMEM;
+    float *u = work;
+    int failed = 0;
+#pragma omp parallel num_threads(team) if (team > 1) reduction(| : failed)
+    {
+        transform_weights(s, weight, 1, s->k, u); /* u[(xi * K + k) * C + c]; ends with a barrier */
+        float *v = work + u_floats + fc_thread_id() * p.per_thread;
+        float *m = v + p.v_floats, *rows = m + p.m_floats;
+        const fc_int all_rows = s->n * p.th;
+#pragma omp for schedule(dynamic, 1)
+        for (fc_int blk = 0; blk < p.nblocks; blk++) {
+            const fc_int r0 = blk * p.rows, r1 = min_i(all_rows, r0 + p.rows);
+            ctx->wg_input(s, &p, (int)ldv, x, r0, r1, v, rows);
+            for (int xi = 0; xi < WG_XI && !failed; xi++)
+                failed |= fc_gemm(FC_BFLOAT16, 0, 0, s->k, (r1 - r0) * p.tw, s->c, 1.0f,
+                                  u + xi * ck, s->c, v + xi * p.v_stride, ldv, 0.0f,
+                                  m + xi * p.m_stride, ldv, 1, 0) != 0;
+            if (!failed) tout(s, &p, m, ldv, out, r0, r1);
+        }
     }
     free(work);
     return failed ? FC_ENOMEM : 0;

@@ -110,8 +110,9 @@ int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, 
  * next one runs). `precision` (fc_gemm's): FC_BFLOAT16 runs the GEMM
  * algorithms (pointwise, implicit im2col, im2col) with the bf16 GEMM, x, the
  * weights and dy rounded to bf16 as they are packed, sums and outputs in
- * float32; direct, Winograd and depthwise have float32 kernels only and
- * decline. */
+ * float32; Winograd with float32 transforms and bf16 GEMMs, its transformed
+ * operands rounded to bf16 (csrc/conv/plan.c, Precision); direct and
+ * depthwise have float32 kernels only and decline. */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */

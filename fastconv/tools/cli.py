@@ -643,12 +643,13 @@ def _info(args) -> int:
     for key, value in info().items():
         if value != "":
             print(f"{key:16s} {value}")
-    print(f"{'conv plan':16s} cifar_small at batch 128 (forward / dx / dW):")
     model = build_model("cifar_small", (3, 32, 32), 10)
     model[0].needs_input_grad = False  # as fastconv train runs it: nobody reads the images' gradient
-    for row in conv_plan(model, (128, 3, 32, 32)):
-        chosen = " / ".join(row[d][0] if row[d] else "-" for d in ("forward", "dx", "dweight"))
-        print(f"{'':16s}   {row['layer']}: {row['x_shape']} -> {row['weight_shape'][0]}, {chosen}")
+    for precision, label in (("float32", ""), ("bfloat16", ", bf16 (--precision bf16)")):
+        print(f"{'conv plan':16s} cifar_small at batch 128{label} (forward / dx / dW):")
+        for row in conv_plan(model, (128, 3, 32, 32), precision=precision):
+            chosen = " / ".join(row[d][0] if row[d] else "-" for d in ("forward", "dx", "dweight"))
+            print(f"{'':16s}   {row['layer']}: {row['x_shape']} -> {row['weight_shape'][0]}, {chosen}")
     errors = self_test()
     worst = max(errors.values())
     status = "ok" if worst < 1e-3 else "FAILED"

@@ -88,9 +88,12 @@ def _openmp_report() -> dict:
     }
 
 
-def conv_plan(model, input_shape) -> list[dict]:
+def conv_plan(model, input_shape, precision=None) -> list[dict]:
     """Which convolution algorithm ``auto`` picks, and why, for each Conv2d of
-    ``model`` on an input of ``input_shape`` (N, C, H, W), on the current ISA.
+    ``model`` on an input of ``input_shape`` (N, C, H, W), on the current ISA,
+    in ``precision`` ("float32" or "bfloat16"; default: the autocast dtype,
+    ``fc.get_autocast_dtype()``, so that under ``fc.autocast("bfloat16")``
+    it is the plan of the bf16 step).
 
     One dict per Conv2d, in the order the forward runs them: ``layer`` (its
     name in the model), ``x_shape``, ``weight_shape``, ``stride``,
@@ -108,6 +111,9 @@ def conv_plan(model, input_shape) -> list[dict]:
     """
     from fastconv.nn.conv import Conv2d
 
+    from fastconv.precision import _dtype_of, get_autocast_dtype
+
+    precision = get_autocast_dtype() if precision is None else _dtype_of("conv_plan", precision)
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 4 or min(shape) < 1:
         raise ValueError(f"conv_plan: `input_shape` must be 4 positive ints (N, C, H, W); got {input_shape!r}")
@@ -138,7 +144,7 @@ def conv_plan(model, input_shape) -> list[dict]:
         x_shape = (shape[0],) + tuple(seen[id(conv)][-3:])
         plan = _kernels.plan_conv2d(x_shape, conv.weight.shape, conv.stride, conv.padding,
                                     need_dx=conv.needs_input_grad, dilation=conv.dilation,
-                                    groups=conv.groups)
+                                    groups=conv.groups, precision=precision)
         rows.append({"layer": name, "x_shape": x_shape, "weight_shape": conv.weight.shape,
                      "stride": conv.stride, "padding": conv.padding, **plan})
     return rows
