@@ -422,6 +422,26 @@ def test_conv_net_under_autocast_within_bf16_of_float32(backend):
     assert any(np.abs(a - b).max() > 0 for a, b in zip(f32, b16))  # bf16 did run
 
 
+@pytest.mark.parametrize("shape,cout", [((8, 32, 16, 16), 64), ((2, 16, 32, 32), 16), ((4, 64, 8, 8), 128)])
+def test_check_backend_accepts_bf16_winograd(shape, cout):
+    """Where auto takes bf16 Winograd (it rounds its transformed tiles, the reference x
+    and w), the check backend compares within bf16's tolerance, not float32's; a wrong
+    answer is still caught."""
+    rng = np.random.default_rng(3)
+    layer = fc.Conv2d(shape[1], cout, 3, padding=1)
+    x = rand(rng, *shape)
+    previous = fc.get_backend()
+    fc.set_backend("check")
+    try:
+        with fc.autocast("bfloat16"):
+            y = layer(x)
+            layer.backward(rand(rng, *y.shape))
+    finally:
+        fc.set_backend(previous)
+    assert backend._mismatch(y, y * (1 + 2.0**-4), loose=True) is not None
+    assert backend._mismatch(y, y * (1 + 2.0**-9), loose=True) is None
+
+
 # ---------------------------------------------------------------------------
 # training
 
