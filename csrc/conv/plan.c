@@ -66,8 +66,9 @@
  * 2.3e-3; tests/test_conv2d_winograd_bf16.py bounds the ratio at 3x). Its outputs are its own bits, the same on every ISA (and, but dW,
  * every thread count), not those of the GEMM algorithms. Its range guards
  * hold unchanged: rounding to bf16 grows a value by at most 1 + 2^-8,
- * within their margin (winograd.c). Direct and depthwise have float32
- * kernels only and say NO.
+ * within their margin (winograd.c). Auto does not take it in bf16
+ * (WG_BF16_PAYS, measured). Direct and depthwise have float32 kernels only
+ * and say NO.
  *
  * A new algorithm is one file with its entry points (declared in
  * conv/conv.h) and one row of the table, with its rules.
@@ -316,12 +317,13 @@ static int direct_dweight_guard(problem *p, reason *r)
 #define WG_MIN_K 16
 #define WG_MIN_TILES 256
 
-/* UNMEASURED (issue 19): in bf16, auto takes Winograd wherever its float32
- * rule pays (so also at K = 8 and 16, where float32 auto takes direct
- * first, which bf16 lacks), over bf16 implicit im2col, by its 2.25x fewer multiply-adds
- * alone; no timing yet. To be confirmed by measurement: set to APPLIES if
- * bf16 implicit im2col turns out faster on those shapes. */
-#define WG_BF16_PAYS PAYS
+/* In bf16, Winograd runs only when forced: auto's bf16 plans with it measured
+ * slower than with bf16 implicit im2col on a Zen 4 host with AVX512_BF16
+ * (bench/ab_builds.py, 2026-12-02, 2 threads: resnet20 step b128 1.21x,
+ * cifar_small inference b256 1.19x, cifar_small step 1.04x the time; it
+ * repacks the transformed tiles per GEMM block, where float32 Winograd packs
+ * them once). PAYS here would make auto take it where its float32 rule pays. */
+#define WG_BF16_PAYS APPLIES
 
 static int winograd_forward(const problem *p, reason *r)
 {
@@ -341,7 +343,7 @@ static int winograd_forward(const problem *p, reason *r)
         return APPLIES;
     }
     say(r, "3x3 stride 1, C = %lld, K = %lld >= %d, %lld tiles >= %d%s", c, k, WG_MIN_C, tiles,
-        WG_MIN_TILES, bf16 ? ", bf16 GEMMs (unmeasured)" : "");
+        WG_MIN_TILES, bf16 ? ", bf16 GEMMs (forced only)" : "");
     return bf16 ? WG_BF16_PAYS : PAYS;
 }
 
