@@ -44,7 +44,7 @@ def to_bfloat16(x):
     """x rounded to bf16, as uint16 bit patterns: nearest even, zero and denormals to the
     zero of their sign, NaN quieted, overflow to Inf (vcvtneps2bf16's rule), by uint32
     arithmetic."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = np.array(x, dtype=np.float32, order="C").view(np.uint32)  # ascontiguousarray makes 0-d 1-d
     with np.errstate(over="ignore"):  # NaN patterns wrap; np.where drops them
         rounded = (u + np.uint32(0x7FFF) + ((u >> 16) & 1)) >> 16
     nan = (u & 0x7FFFFFFF) > 0x7F800000

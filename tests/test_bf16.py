@@ -524,3 +524,9 @@ def test_cli_train_precision_bf16(tmp_path, monkeypatch):
     used.clear()
     assert cli.main(args + ["--out", "run32"]) == 0
     assert used and "bfloat16" not in used
+
+
+def test_to_bfloat16_keeps_a_zero_dimensional_shape():
+    x = np.array(1.5, dtype=np.float32)
+    assert reference.to_bfloat16(x).shape == _kernels.to_bfloat16(x).shape == ()
+    assert reference.to_bfloat16(x) == _kernels.to_bfloat16(x)
