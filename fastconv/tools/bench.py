@@ -196,7 +196,9 @@ CONVS = [(64, 1, 28, 8, 5, 1, 2), (64, 8, 14, 16, 5, 1, 2), (128, 3, 32, 32, 3, 
          # ResNet-20's layers at batch 128: its first layer, a stride-2 3x3 and the 1x1 stride-2
          # projection shortcut where a stage halves the image, and 3x3s at 8x8.
          (128, 3, 32, 16, 3, 1, 1), (128, 16, 32, 32, 3, 2, 1), (128, 16, 32, 32, 1, 2, 0),
-         (128, 64, 8, 64, 3, 1, 1), (128, 128, 8, 128, 3, 1, 1)]
+         (128, 64, 8, 64, 3, 1, 1), (128, 128, 8, 128, 3, 1, 1),
+         # The 3x3s that take most of ResNet-20's step: its first and second stages' convs.
+         (128, 16, 32, 16, 3, 1, 1), (128, 32, 16, 32, 3, 1, 1)]
 # Depthwise 3x3 (groups = C), in CONVS's layout: as in a MobileNet block at 32x32 and 16x16.
 DEPTHWISE = [(128, 32, 32, 32, 3, 1, 1), (128, 64, 16, 64, 3, 1, 1)]
 # (M, N, K): C (M x N) = A (M x K) @ B (K x N); the im2col shapes, a dW shape, squares.

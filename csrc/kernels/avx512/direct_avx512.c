@@ -116,32 +116,54 @@ tile16(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const f
  * xpad[c][oy * sh + i][ox * sw + j]. */
 
 /* Taps [t0, t0 + T) x channels [16h, 16h + 16) into part (taps, K), over all
- * pixels of one image: xp padded, dyt (OH*OW, K). */
+ * pixels of one image: xp padded, dyt (OH*OW, K). A row's pixels go four at
+ * a time, each broadcast at a constant displacement from the group's corner
+ * (step = sw, a constant; 0: sw read at run time), so that the loop's
+ * bookkeeping and the offsets GCC keeps on the stack are paid once per 48
+ * multiply-adds instead of 12. */
 static inline __attribute__((always_inline)) void
 dw_tile16(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const float *dyt,
-          const fc_int *off, fc_int t0, int h, float *part, const int T)
+          const fc_int *off, fc_int t0, int h, float *part, const int T, const int step)
 {
-    const fc_int K = s->k;
+    const fc_int K = s->k, sw = step ? step : s->sw;
     fc_int o[FC_DW_T];
     for (int t = 0; t < T; t++) o[t] = off[t0 + t];
     __m512 acc[FC_DW_T];
     for (int t = 0; t < T; t++) acc[t] = _mm512_loadu_ps(part + (t0 + t) * K + 16 * h);
     for (fc_int oy = 0; oy < s->oh; oy++) {
         const float *d = dyt + oy * s->ow * K + 16 * h;
-        for (fc_int ox = 0; ox < s->ow; ox++, d += K) {
-            const float *p = xp + oy * s->sh * g->wp + ox * s->sw;
-            __asm__("" : "+r"(p)); /* a base register, as in tile16() */
+        const float *p = xp + oy * s->sh * g->wp;
+        fc_int ox = 0;
+        for (; ox + 4 <= s->ow; ox += 4, d += 4 * K, p += 4 * sw) {
+            const float *b = p;
+            __asm__("" : "+r"(b)); /* a base register, as in tile16() */
+            __m512 dv[4];
+            for (int q = 0; q < 4; q++) dv[q] = _mm512_loadu_ps(d + q * K);
+            for (int t = 0; t < T; t++) {
+                const float *bt = b + o[t];
+                __asm__("" : "+r"(bt)); /* one register, the 4 pixels as displacements */
+                for (int q = 0; q < 4; q++) acc[t] = _mm512_fmadd_ps(dv[q], _mm512_set1_ps(bt[q * sw]), acc[t]);
+            }
+        }
+        for (; ox < s->ow; ox++, d += K, p += sw) {
+            const float *b = p;
+            __asm__("" : "+r"(b));
             const __m512 dv = _mm512_loadu_ps(d);
-            for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(dv, _mm512_set1_ps(p[o[t]]), acc[t]);
+            for (int t = 0; t < T; t++) acc[t] = _mm512_fmadd_ps(dv, _mm512_set1_ps(b[o[t]]), acc[t]);
         }
     }
     for (int t = 0; t < T; t++) _mm512_storeu_ps(part + (t0 + t) * K + 16 * h, acc[t]);
 }
 
 /* All taps of one image into part: tiles of FC_DW_T taps, the rest in a
- * last, narrower tile (T a compile-time constant in each case). */
-#define FC_DW_CASE(T) \
-    case T: dw_tile16(s, g, xp, dyt, off, t0, h, part, T); break;
+ * last, narrower tile (T and the step compile-time constants in each case). */
+#define FC_DW_CASE(T)                                                      \
+    case T:                                                                \
+        if (s->sw == 1)                                                    \
+            dw_tile16(s, g, xp, dyt, off, t0, h, part, T, 1);              \
+        else                                                               \
+            dw_tile16(s, g, xp, dyt, off, t0, h, part, T, 0);              \
+        break;
 static void dw_image(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp,
                      const float *dyt, const fc_int *off, float *part)
 {
@@ -155,17 +177,27 @@ static void dw_image(const fc_conv_shape *s, const fc_direct_geom *g, const floa
         }
 }
 
-/* One image's dy (K, OH*OW) transposed to dyt (OH*OW, K), and db's partial
- * (K) += its pixels' values, in raster order. */
+/* One image's dy (K, OH*OW) transposed to dyt (OH*OW, K), 16 channels x 16
+ * pixels a register transpose (masked at the image's end), and db's
+ * partial (K) += its pixels' values in raster order, each pixel's row added
+ * as the transpose gives it. */
 static void stage_dy(const fc_conv_shape *s, const float *dy, float *dyt, float *db)
 {
     const fc_int ohow = s->oh * s->ow, K = s->k;
-    for (fc_int k = 0; k < K; k++)
-        for (fc_int p = 0; p < ohow; p++) dyt[p * K + k] = dy[k * ohow + p];
-    for (fc_int k = 0; k < K; k += 16) {
-        __m512 acc = _mm512_loadu_ps(db + k);
-        for (fc_int p = 0; p < ohow; p++) acc = _mm512_add_ps(acc, _mm512_loadu_ps(dyt + p * K + k));
-        _mm512_storeu_ps(db + k, acc);
+    for (fc_int k0 = 0; k0 < K; k0 += 16) {
+        __m512 acc = _mm512_loadu_ps(db + k0);
+        for (fc_int p0 = 0; p0 < ohow; p0 += 16) {
+            const fc_int n = ohow - p0 < 16 ? ohow - p0 : 16;
+            const __mmask16 m = first(n);
+            __m512 r[16];
+            for (int k = 0; k < 16; k++) r[k] = _mm512_maskz_loadu_ps(m, dy + (k0 + k) * ohow + p0);
+            transpose16(r);
+            for (int q = 0; q < n; q++) {
+                _mm512_storeu_ps(dyt + (p0 + q) * K + k0, r[q]);
+                acc = _mm512_add_ps(acc, r[q]);
+            }
+        }
+        _mm512_storeu_ps(db + k0, acc);
     }
 }
 
