@@ -135,7 +135,7 @@ def direct_convs(draw):
 @st.composite
 def forced_direct_convs(draw):
     """Problems for the direct tiles forced (set_conv_algorithm("direct")), so
-    that the ones auto does not take yet (K = 32, strided) run too: K at and
+    that the ones auto does not take (K = 32 with C >= 16) run too: K at and
     around 8, 16 and 32, C = 1..9 (and 16, 32, for dx as a direct
     convolution), kernels 1..7, strides 1..3 (AVX-512's K = 16 and 32 tiles
     take any), every padding from 0 to kernel + 1, batch 1 to 3, odd and
@@ -214,8 +214,8 @@ EDGES = {
     "direct-k8-many-taps": Conv(3, 70, 4, 7, 8, 3, 3, (1, 1), (1, 1)),
 }
 
-# The direct tiles forced (AVX-512's K = 32 and strided tiles, which auto
-# does not take yet): issue 18's first layers (3 -> 16 and 3 -> 32, 3x3, at
+# The direct tiles forced (AVX-512's K = 32 and strided tiles; auto takes
+# some of them): issue 18's first layers (3 -> 16 and 3 -> 32, 3x3, at
 # 32x32: 16-pixel tiles within one output row), lenet conv2 (tiles across
 # rows), the 7x7/2 stem (one-row tiles at stride 2), K = 32 with fewer pixels
 # than a tile, strides 3 and unequal, dx as a K = 32 direct convolution, and

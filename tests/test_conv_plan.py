@@ -26,7 +26,7 @@ from fastconv.tools.info import CONV_CASES, self_test
 SHAPES = {
     "direct-k8": Conv(3, 4, 9, 11, 8, 5, 5, (1, 1), (2, 2)),
     "direct-k16": Conv(2, 6, 8, 7, 16, 3, 3, (1, 1), (1, 1)),
-    # direct when forced only (AVX-512): K = 32, and a strided K = 16
+    # AVX-512's K = 32 and strided tiles
     "direct-k32": Conv(2, 3, 9, 8, 32, 3, 3, (1, 1), (1, 1)),
     "direct-strided": Conv(2, 3, 15, 13, 16, 7, 7, (2, 2), (3, 3)),
     "winograd": Conv(4, 16, 16, 16, 16, 3, 3, (1, 1), (1, 1)),
@@ -132,7 +132,8 @@ def test_auto_picks_by_the_documented_rules():
     """The measured rules: direct for K = 8 or 16 at unit stride (where the
     ISA has its tiles: not the reference table of 'generic'), Winograd for
     3x3 with C, K >= 16 and 256 tiles, x as the columns of a 1x1, implicit
-    im2col at unit stride, im2col when strided; dx as a convolution when
+    im2col at unit stride, im2col when strided (direct, on AVX-512, for strided
+    layers and K = 32 with C < 16); dx as a convolution when
     C >= K; dW by Winograd only when dx needs no col2im."""
     previous = _kernels.get_isa()
     try:
@@ -148,26 +149,35 @@ def test_auto_picks_by_the_documented_rules():
             assert plan_of(Conv(4, 32, 16, 16, 64, 3, 3, (1, 1), (1, 1)))["forward"][0] == "winograd"
             small = plan_of(Conv(1, 32, 16, 16, 64, 3, 3, (1, 1), (1, 1)))
             assert small["forward"][0] == "implicit_im2col" and "64 tiles < 256" in small["forward"][1]
+            # The first layers and strided convs: direct where the ISA has the tiles
+            # (K = 16 at unit stride: AVX2 and AVX-512; AVX-512 also K = 32 with
+            # C < 16 and strides other than 1), else the GEMM path.
+            wide_tiles = isa == "avx512"
             first = plan_of(Conv(128, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)))
-            assert [first[d][0] for d in ("forward", "dx", "dweight")] == ["implicit_im2col", "im2col", "im2col"]
-            assert "C = 3 < 16" in first["forward"][1]
+            if wide_tiles:
+                assert [first[d][0] for d in ("forward", "dx", "dweight")] == ["direct", "im2col", "direct"]
+                assert "K = 32 output channels at unit stride, C < 16" in first["forward"][1]
+            else:
+                assert [first[d][0] for d in ("forward", "dx", "dweight")] == ["implicit_im2col", "im2col", "im2col"]
+                assert "C = 3 < 16" in first["forward"][1]
             one = plan_of(Conv(128, 64, 8, 8, 32, 1, 1, (1, 1), (0, 0)))
             assert [one[d][0] for d in ("forward", "dx", "dweight")] == ["pointwise"] * 3
             assert plan_of(Conv(128, 32, 8, 8, 64, 1, 1, (1, 1), (0, 0)))["dx"][0] == "im2col"  # C < K
             strided = plan_of(Conv(16, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)))
-            assert [strided[d][0] for d in ("forward", "dx", "dweight")] == ["im2col"] * 3
-            # The first layers: K = 16 direct where the ISA has the tiles; AVX-512's
-            # K = 32 and strided tiles are not timed yet, so forced only (APPLIES)
+            want = ["direct", "im2col", "direct"] if wide_tiles else ["im2col"] * 3
+            assert [strided[d][0] for d in ("forward", "dx", "dweight")] == want
             first16 = plan_of(Conv(128, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1)))
             assert first16["forward"][0] == ("direct" if isa != "generic" else "implicit_im2col")
-            forced = [plan_of(conv, "direct") for conv in (Conv(128, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)),
-                                                            Conv(16, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)))]
-            for plan, auto in zip(forced, (first, strided)):
-                if isa == "avx512":
-                    assert [plan[d][0] for d in ("forward", "dx", "dweight")] == ["direct", "im2col", "direct"]
-                    assert "not measured against the GEMM path" in plan["forward"][1]
-                else:
-                    assert plan == {d: (auto[d][0], plan[d][1]) for d in auto}
+            # K = 32 at unit stride with C >= 16 is Winograd's (3x3) and the GEMM
+            # path's: direct there is forced only (APPLIES)
+            k32 = Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2))
+            assert plan_of(k32)["forward"][0] != "direct"
+            forced = plan_of(k32, "direct")
+            if wide_tiles:
+                assert forced["forward"][0] == "direct"
+                assert "not measured against Winograd and the GEMM path" in forced["forward"][1]
+            else:
+                assert forced["forward"][0] == plan_of(k32)["forward"][0]
             # dx through col2im keeps dW off Winograd: a padding of 3 gives dx's
             # convolution a negative one, which Winograd does not take, and C < K
             padded = Conv(4, 16, 16, 16, 32, 3, 3, (1, 1), (3, 3))
