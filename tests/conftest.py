@@ -1,6 +1,7 @@
 """Shared fixtures: run kernel tests on every ISA path this CPU supports and
 with 1 and 2 threads, restoring the previous settings afterwards."""
 
+import contextlib
 import itertools
 
 import numpy as np
@@ -28,6 +29,16 @@ def isa_threads(request):
     yield isa, threads
     _kernels.set_isa(old_isa)
     _kernels.set_num_threads(old_threads)
+
+
+@contextlib.contextmanager
+def conv_algorithm(mode):
+    """set_conv_algorithm(mode) within the block, then the previous mode."""
+    previous = _kernels.set_conv_algorithm(mode)
+    try:
+        yield
+    finally:
+        _kernels.set_conv_algorithm(previous)
 
 
 @pytest.fixture

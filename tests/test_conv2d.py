@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import ISAS, rand
+from conftest import ISAS, conv_algorithm, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -374,6 +374,23 @@ def test_every_width_through_the_copies(isa_threads, copies_algorithm, rng, conv
 def test_forward_edges(isa_threads, rng, conv, with_bias, relu):
     x, weight, bias, _ = conv.arrays(rng)
     check_forward(conv, x, weight, bias if with_bias else None, relu)
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "implicit_im2col", "pointwise", "auto"])
+@pytest.mark.parametrize("conv", [Conv(1, 16, 3, 6, 8, 3, 6, (2, 2), (0, 0)),   # k = 288: two k blocks
+                                  Conv(2, 40, 5, 4, 12, 2, 3, (1, 1), (1, 1)),  # k = 240
+                                  Conv(3, 200, 4, 5, 6, 1, 1, (1, 1), (0, 0)),  # 1x1, k = 200
+                                  Conv(1, 64, 6, 7, 10, 3, 3, (1, 2), (1, 1))], ids=str)
+def test_fused_relu_without_bias_is_relu_of_the_plain_forward(isa_threads, rng, algorithm, conv):
+    """Between one k block and one pass (k over the GEMM's block, at most
+    FC_GEMM_ONE_PASS_K), a ReLU alone must not change the GEMM's k blocks:
+    the fused output is relu(plain output) bit for bit, with and without a bias."""
+    x, weight = rand(rng, conv.n, conv.c, conv.h, conv.w), rand(rng, conv.k, conv.c, conv.kh, conv.kw)
+    for bias in (None, rand(rng, conv.k)):
+        with conv_algorithm(algorithm):
+            y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, True)
+            plain = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding)
+        np.testing.assert_array_equal(y, _kernels.relu_forward(plain))
 
 
 def test_fused_relu_keeps_nan_and_zeroes_negatives(isa_threads, rng):

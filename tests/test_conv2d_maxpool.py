@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK
-from test_conv2d_winograd import (MODES, NONFINITE_KINDS, NONFINITE_SHAPES, nonfinite_arrays,
-                                  nonfinite_expected, conv_algorithm)
+from conftest import conv_algorithm
+from test_conv2d_winograd import MODES, NONFINITE_KINDS, NONFINITE_SHAPES, nonfinite_arrays, nonfinite_expected
 
 import fastconv as fc
 from fastconv import _kernels, reference

@@ -5,13 +5,12 @@ threads: forced on for every 3x3 unit-stride problem with
 infinities and values near FLT_MAX, on every convolution algorithm: they give
 the direct sum's NaN and infinities."""
 
-import contextlib
 import functools
 from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import ISAS, assert_bits_equal, on_every_isa
+from conftest import ISAS, assert_bits_equal, conv_algorithm, on_every_isa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_conv2d import FIXTURE_OK, Conv, assert_close
@@ -92,16 +91,6 @@ def check_dx(conv, x, weight, dy):
     assert_close(db, ex_db, reference.conv2d_backward(x, weight, np.abs(dy), conv.stride,
                                                       conv.padding)[2],
                  conv.n * conv.out[0] * conv.out[1], "dbias")
-
-
-@contextlib.contextmanager
-def conv_algorithm(mode):
-    """set_conv_algorithm(mode) within the block."""
-    previous = _kernels.set_conv_algorithm(mode)
-    try:
-        yield
-    finally:
-        _kernels.set_conv_algorithm(previous)
 
 
 @pytest.fixture

@@ -14,11 +14,10 @@ its bits are the same at any thread count; dW's run over tiles, cut into
 the blocks and threads of winograd.c's plan_dweight, which the twin
 follows."""
 
-import contextlib
 
 import numpy as np
 import pytest
-from conftest import ISAS, assert_bits_equal, rand
+from conftest import ISAS, assert_bits_equal, conv_algorithm, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,15 +27,6 @@ from fastconv import _kernels, reference
 F32 = np.float32
 HALF = F32(0.5)
 FIXTURE_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
-
-
-@contextlib.contextmanager
-def conv_algorithm(mode):
-    previous = _kernels.set_conv_algorithm(mode)
-    try:
-        yield
-    finally:
-        _kernels.set_conv_algorithm(previous)
 
 
 # ---------------------------------------------------------------------------

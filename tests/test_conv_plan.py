@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from test_conv2d import Conv, check_backward, check_forward
-from test_conv2d_winograd import conv_algorithm
+from conftest import conv_algorithm
 
 import fastconv as fc
 from fastconv import _kernels

@@ -335,12 +335,15 @@ static int gemm_serial(const gemm_kernel *kr, const gemm_problem *g)
 {
     const fc_int MR = kr->mr, NR = kr->nr;
     const int fused = g->bsrc || g->bias || g->relu;
-    /* Fused: C finished in one pass when k allows, so the epilogue runs once
-     * per tile, on a tile the micro-kernel just stored (still in L1). In
-     * bf16 the blocks are the contract's (kernels/bf16.h). */
+    /* With a B source or a bias: C finished in one pass when k allows, so
+     * the epilogue runs once per tile, on a tile the micro-kernel just
+     * stored (still in L1). Not for a ReLU alone: its k blocks must be the
+     * plain GEMM's, so that a fused ReLU gives relu(plain C) bit for bit
+     * (the blocks set the order of the k sums). In bf16 the blocks are the
+     * contract's (kernels/bf16.h). */
     const fc_int KC = kr->bf16 ? kr->kc
-                      : fused && g->k <= FC_GEMM_ONE_PASS_K ? g->k
-                                                            : even_block(g->k, kr->kc, 1);
+                      : (g->bsrc || g->bias) && g->k <= FC_GEMM_ONE_PASS_K ? g->k
+                                                                           : even_block(g->k, kr->kc, 1);
     const fc_int MC = even_block(g->m, kr->mc, MR);
     const fc_int NC = even_block(g->n, kr->nc, NR);
     /* The B block is packed during the first ic pass, a sub-block of NB

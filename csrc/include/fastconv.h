@@ -88,7 +88,9 @@ typedef struct {
  * finished, in `precision` (fc_gemm's). B is the matrix (b, ldb) when bsrc
  * is NULL, else packed by bsrc (float32 slivers of the precision's NR).
  * No k split: each column of C gets the same arithmetic whatever n is, and
- * k <= FC_GEMM_ONE_PASS_K is done in one pass, so C is written once. */
+ * k <= FC_GEMM_ONE_PASS_K is done in one pass, so C is written once, when
+ * there is a bsrc or a bias (a ReLU alone keeps fc_sgemm's k blocks, so that
+ * it gives relu of the unfused product, bit for bit). */
 #define FC_GEMM_ONE_PASS_K 576
 int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, fc_int lda,
                    const float *b, fc_int ldb, const fc_b_source *bsrc, const float *bias, int relu,
