@@ -289,3 +289,34 @@ def test_bf16_rows_run_both_sides_in_bf16(torch, monkeypatch):
             ours.clear(), theirs.clear()
             w.make["fastconv"]()(), w.make["torch_cl"]()()
             assert ours and set(ours) == {None} and set(theirs) == {"float32"}
+
+
+def _bench_script(name):
+    """bench/<name>.py as a module (a script of the repository, not of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (an installed copy without the repository)")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layers_profile_finds_each_conv_of_the_step(capsys):
+    """bench/layers.py on lenet: the step's two convs by shape with one forward
+    call each, every kernel kind accounted, and one table row per conv."""
+    layers = _bench_script("layers")
+    total, by_kernel, convs = layers.step_profile("lenet", 1, 1)
+    assert set(convs) == {((64, 1, 28, 28), (8, 1, 5, 5), (1, 1), (2, 2), 1),
+                          ((64, 8, 14, 14), (16, 8, 5, 5), (1, 1), (2, 2), 1)}
+    assert all(calls == 1 and spent > 0 for calls, spent in convs.values())
+    assert {"conv2d_maxpool_forward", "conv2d_backward", "maxpool2d_backward", "sgemm"} <= set(by_kernel)
+    assert 0 < sum(by_kernel.values()) <= total
+    assert layers.kind_of("add_relu") == "add" and layers.kind_of("maxpool2d_forward") == "pool"
+    layers.main(["--net", "lenet", "--threads", "1", "--steps", "1", "--reps", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 64x")]
+    assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)

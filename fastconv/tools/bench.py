@@ -257,6 +257,40 @@ def _reference_backend(fn):
     return call
 
 
+def conv_workloads(name, x_shape, w_shape, s, p, g, rand):
+    """The forward and backward rows ("<name> fwd", "<name> bwd") of one conv
+    layer: x of x_shape, weights of w_shape (K, C / g, kh, kw), stride s and
+    padding p (ints), g groups; arrays from rand(*shape)."""
+    from fastconv import _kernels as K
+    from fastconv import reference as R
+
+    torch = _torch()
+    nb, kout, (kh, kw) = x_shape[0], w_shape[0], w_shape[2:]
+    x, w, bias = rand(*x_shape), rand(*w_shape), rand(kout)
+    oh, ow = (x_shape[2] + 2 * p - kh) // s + 1, (x_shape[3] + 2 * p - kw) // s + 1
+    dy = rand(nb, kout, oh, ow)
+    flop = 2.0 * nb * kout * oh * ow * w_shape[1] * kh * kw
+    # The grouped kernels take dilation and groups; the plain ones are what Conv2d runs otherwise.
+    fwd_kernel, bwd_kernel, more = ("conv2d_forward", "conv2d_backward", ()) if g == 1 else \
+        ("conv2d_ex_forward", "conv2d_ex_backward", ((1, 1), g))
+    fwd = {side: lambda x=x, w=w, b=bias, s=s, p=p, f=getattr(lib, fwd_kernel), more=more:
+           lambda: f(x, w, b, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
+    bwd = {side: lambda x=x, w=w, dy=dy, s=s, p=p, f=getattr(lib, bwd_kernel), more=more:
+           lambda: f(x, w, dy, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
+    if torch is not None:
+        for side in ("torch_cl", "torch_nchw"):
+            def f(side=side, x=x, w=w, b=bias, s=s, p=p, g=g):
+                tx, tw, tb = _tensor(torch, x, side), _tensor(torch, w, side), torch.from_numpy(b)
+                return _no_grad(torch, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g))
+
+            def g_(side=side, x=x, w=w, dy=dy, s=s, p=p, g=g):
+                tx, tw, tdy = _tensor(torch, x, side), _tensor(torch, w, side), _tensor(torch, dy, side)
+                return lambda: torch.ops.aten.convolution_backward(
+                    tdy, tx, tw, [tw.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True])
+            fwd[side], bwd[side] = f, g_
+    return [Workload(f"{name} fwd", fwd, flop=flop), Workload(f"{name} bwd", bwd, flop=2 * flop)]
+
+
 def workloads(tiny=False):
     """The benchmark workloads (shrunk to a few KB each when `tiny`)."""
     import numpy as np
@@ -280,31 +314,8 @@ def workloads(tiny=False):
     layers = [conv + (1,) for conv in CONVS] + [conv + (conv[1],) for conv in DEPTHWISE]
     for nb, c, hw, kout, ks, s, p, g in layers[2:4] + layers[-1:] if tiny else layers:
         nb, hw = (2, min(hw, 8)) if tiny else (nb, hw)
-        x, w, bias = r(nb, c, hw, hw), r(kout, c // g, ks, ks), r(kout)
-        oh = (hw + 2 * p - ks) // s + 1
-        dy = r(nb, kout, oh, oh)
-        flop = 2.0 * nb * kout * oh * oh * c // g * ks * ks
         name = f"conv {nb}x{c}x{hw}x{hw} -> {kout}, {ks}x{ks} s{s} p{p}" + (" depthwise" if g > 1 else "")
-        # The grouped kernels take dilation and groups; the plain ones are what Conv2d runs otherwise.
-        fwd_kernel, bwd_kernel, more = ("conv2d_forward", "conv2d_backward", ()) if g == 1 else \
-            ("conv2d_ex_forward", "conv2d_ex_backward", ((1, 1), g))
-        fwd = {side: lambda x=x, w=w, b=bias, s=s, p=p, f=getattr(lib, fwd_kernel), more=more:
-               lambda: f(x, w, b, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
-        bwd = {side: lambda x=x, w=w, dy=dy, s=s, p=p, f=getattr(lib, bwd_kernel), more=more:
-               lambda: f(x, w, dy, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
-        if torch is not None:
-            for side in ("torch_cl", "torch_nchw"):
-                def f(side=side, x=x, w=w, b=bias, s=s, p=p, g=g):
-                    tx, tw, tb = _tensor(torch, x, side), _tensor(torch, w, side), torch.from_numpy(b)
-                    return _no_grad(torch, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g))
-
-                def g_(side=side, x=x, w=w, dy=dy, s=s, p=p, g=g):
-                    tx, tw, tdy = _tensor(torch, x, side), _tensor(torch, w, side), _tensor(torch, dy, side)
-                    return lambda: torch.ops.aten.convolution_backward(
-                        tdy, tx, tw, [tw.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True])
-                fwd[side], bwd[side] = f, g_
-        out.append(Workload(f"{name} fwd", fwd, flop=flop))
-        out.append(Workload(f"{name} bwd", bwd, flop=2 * flop))
+        out += conv_workloads(name, (nb, c, hw, hw), (kout, c // g, ks, ks), s, p, g, r)
     # Conv, ReLU and 2x2 max-pool with indices, as a net runs them: one kernel
     # in fastconv (the pool in Winograd's output transform where it applies).
     for nb, c, hw, kout, ks, s, p in CONVS[3:4] if tiny else CONVS[2:4]:
