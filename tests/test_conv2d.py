@@ -142,7 +142,7 @@ def forced_direct_convs(draw):
     non-square images from the smallest that fits the kernel."""
     n = draw(st.integers(1, 3))
     c = draw(st.integers(1, 9) | st.sampled_from([16, 32]))
-    k = draw(st.sampled_from([8, 16, 32]) | st.sampled_from([7, 9, 15, 17, 31, 33]))
+    k = draw(st.sampled_from([8, 16, 32, 48, 64]) | st.sampled_from([7, 9, 15, 17, 31, 33, 63, 144]))
     kh, kw = draw(st.integers(1, 7)), draw(st.integers(1, 7))
     stride = draw(st.sampled_from([(1, 1), (2, 2), (1, 2), (2, 1), (3, 3), (3, 2)]))
     ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
@@ -153,11 +153,11 @@ def forced_direct_convs(draw):
 
 def direct_tiles_take(isa, conv):
     """Whether the ISA table has direct tiles for conv's K and stride
-    (kernels/direct.h): AVX2 K = 8, 16 at unit stride; AVX-512 also K = 32,
-    and its K = 16, 32 tiles at any stride; generic none."""
+    (kernels/direct.h): AVX2 K = 8, 16 at unit stride; AVX-512 also the
+    multiples of 16 up to 128, and those at any stride; generic none."""
     unit = conv.stride == (1, 1)
     return {"generic": False, "avx2": unit and conv.k in (8, 16),
-            "avx512": conv.k in (16, 32) or (unit and conv.k == 8)}[isa]
+            "avx512": (conv.k % 16 == 0 and conv.k <= 128) or (unit and conv.k == 8)}[isa]
 
 
 @contextlib.contextmanager
@@ -231,6 +231,11 @@ DIRECT_FORCED = {
     "dx-as-k32-convolution": Conv(2, 32, 7, 6, 32, 3, 3, (1, 1), (1, 1)),
     "partial-row-tiles-s2": Conv(1, 2, 9, 70, 16, 3, 3, (2, 2), (1, 1)),
     "partial-row-tiles-s1": Conv(1, 4, 5, 33, 32, 1, 3, (1, 1), (0, 1)),
+    # ResNet's stage-entry 3x3/2s at K = 64 and 128 (four and eight parts of 16), and K = 48
+    "resnet-down-k64": Conv(2, 32, 16, 16, 64, 3, 3, (2, 2), (1, 1)),
+    "resnet-down-k128-odd": Conv(1, 64, 9, 7, 128, 3, 3, (2, 2), (1, 1)),
+    "k48-first-layer": Conv(2, 3, 11, 20, 48, 3, 3, (1, 1), (1, 1)),
+    "dx-as-k64-convolution": Conv(1, 64, 6, 5, 64, 3, 3, (1, 1), (1, 1)),
 }
 
 

@@ -168,16 +168,24 @@ def test_auto_picks_by_the_documented_rules():
             assert [strided[d][0] for d in ("forward", "dx", "dweight")] == want
             first16 = plan_of(Conv(128, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1)))
             assert first16["forward"][0] == ("direct" if isa != "generic" else "implicit_im2col")
-            # K = 32 at unit stride with C >= 16 is Winograd's (3x3) and the GEMM
-            # path's: direct there is forced only (APPLIES)
-            k32 = Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2))
-            assert plan_of(k32)["forward"][0] != "direct"
-            forced = plan_of(k32, "direct")
-            if wide_tiles:
-                assert forced["forward"][0] == "direct"
-                assert "not measured against Winograd and the GEMM path" in forced["forward"][1]
-            else:
-                assert forced["forward"][0] == plan_of(k32)["forward"][0]
+            # Unit stride K = 32 with C >= 16, and K > 32, are Winograd's (3x3) and
+            # the GEMM path's: direct there is forced only (APPLIES); so is a 1x1
+            # strided beyond K = 32. Strided 3x3s up to K = 128 are direct's.
+            for conv in (Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2)), Conv(8, 3, 12, 12, 64, 3, 3, (1, 1), (1, 1)),
+                         Conv(8, 32, 12, 12, 64, 1, 1, (2, 2), (0, 0))):
+                assert plan_of(conv)["forward"][0] != "direct"
+                forced = plan_of(conv, "direct")
+                if wide_tiles:
+                    assert forced["forward"][0] == "direct"
+                    assert "the GEMM path" in forced["forward"][1]
+                else:
+                    assert forced["forward"][0] == plan_of(conv)["forward"][0]
+            for k in (48, 64, 128):
+                down = plan_of(Conv(8, 32, 16, 16, k, 3, 3, (2, 2), (1, 1)))
+                assert [down[d][0] for d in ("forward", "dweight")] == ["direct" if wide_tiles else "im2col"] * 2
+            for k in (80 + 64, 256, 24):  # not a multiple of 16 up to 128: never direct
+                assert "needs K = 8 or a multiple of 16" in plan_of(Conv(2, 3, 9, 9, k, 3, 3, (2, 2), (1, 1)),
+                                                                    "direct")["forward"][1]
             # dx through col2im keeps dW off Winograd: a padding of 3 gives dx's
             # convolution a negative one, which Winograd does not take, and C < K
             padded = Conv(4, 16, 16, 16, 32, 3, 3, (1, 1), (3, 3))

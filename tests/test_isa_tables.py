@@ -19,7 +19,7 @@ OWN = {
     "avx512": ("avx2", ["gemm", "im2col_row", "col2im_channel", "pack_columns", "max_abs_bits",
                         "wg_input", "wg_output", "wg_output_pool", "wg_grad",
                         "direct_k16.forward", "direct_k16.dweight",
-                        "direct_k32.forward", "direct_k32.dweight", "bn", "add_relu",
+                        "direct_wide.forward", "direct_wide.dweight", "bn", "add_relu",
                         "dw_row", "dw_dweight_row", "peak"]),
 }
 
@@ -38,7 +38,7 @@ def test_simd_tables_run_their_own_code(isa):
 # The direct-convolution tiles a table has none of (the direct algorithm does
 # not apply to those K there): the generic table has none at all, AVX2 none
 # for K = 32.
-NO_DIRECT = {"generic": ("direct_",), "avx2": ("direct_k32.",), "avx512": ()}
+NO_DIRECT = {"generic": ("direct_",), "avx2": ("direct_wide.",), "avx512": ()}
 
 
 def test_every_table_fills_its_entries():

@@ -1,8 +1,8 @@
-/* Direct convolution for layers with 8, 16 or 32 output channels: the
+/* Direct convolution for layers with 8, 16 or 32..128 (multiples of 16) output channels: the
  * forward (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract
  * of fc_conv2d_backward's); dx of a unit-stride layer is itself a
  * convolution (conv/plan.c, dx_by_convolution), which comes here when it
- * has 8, 16 or 32 outputs. Strides other than 1 where the tiles take them
+ * has such K outputs. Strides other than 1 where the tiles take them
  * (kernels/direct.h, `strided`). When it runs is conv/plan.c's rule (with
  * the measurements behind it).
  *
@@ -15,7 +15,7 @@
  * offset into it; weights are transposed once per call to (C, kh, kw, K).
  * The register tiles are the ISA table's (kernels/direct.h; AVX2's in
  * kernels/avx2/direct_avx2.c, AVX-512's in kernels/avx512/direct_avx512.c):
- * with K = 16 or 32 output channels as the vector lanes, with K = 8 output
+ * with K = 16 (and its multiples) output channels as the vector lanes, with K = 8 output
  * positions at the padded row pitch. Bias and ReLU
  * are applied as a tile is stored.
  *
@@ -45,7 +45,7 @@ const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
 {
     const fc_direct_kernel *kr = k == 8    ? &ctx->direct_k8
                                  : k == 16 ? &ctx->direct_k16
-                                 : k == 32 ? &ctx->direct_k32
+                                 : k % 16 == 0 && k <= FC_DIRECT_MAX_K ? &ctx->direct_wide
                                            : NULL;
     return kr && kr->forward ? kr : NULL;
 }

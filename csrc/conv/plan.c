@@ -3,9 +3,10 @@
  *
  * The algorithms, in the order auto tries them (the table `algorithms`):
  *   direct           conv/direct.c: each image zero-padded, then convolved
- *                    directly, for K = 8, 16 or 32 output channels, where
- *                    the ISA table has the tiles (AVX2: K = 8, 16 at unit
- *                    stride; AVX-512: also K = 32, and K = 16, 32 strided)
+ *                    directly, for K = 8, 16 or a multiple of 16 up to
+ *                    128 output channels, where the ISA table has the tiles
+ *                    (AVX2: K = 8, 16 at unit stride; AVX-512: also the
+ *                    multiples of 16, and those strided)
  *   winograd         conv/winograd.c: F(2x2, 3x3) for 3x3 kernels at unit
  *                    stride, 2.25x fewer multiply-adds, on inputs in range
  *   pointwise        conv/im2col.c: 1x1, unit stride, no padding: x is the
@@ -234,9 +235,9 @@ static fc_int tiles_2x2(const fc_conv_shape *s) { return s->n * ((s->oh + 1) / 2
 typedef int rule_fn(const problem *p, reason *r);
 typedef int guard_fn(problem *p, reason *r);
 
-/* direct: K = 8, 16 or 32 (the register tiles) where the ISA table has
- * them; unit strides, or any where the tiles take them (kernels/direct.h,
- * `strided`: AVX-512's K = 16 and 32). Measured at 1 thread (AVX2,
+/* direct: K = 8, 16 or a multiple of 16 up to FC_DIRECT_MAX_K (the
+ * register tiles) where the ISA table has them; unit strides, or any where
+ * the tiles take them (kernels/direct.h, `strided`: AVX-512's). Measured at 1 thread (AVX2,
  * 2-core EPYC, shared and noisy) against the GEMM path, each in its own
  * process, 3 alternating rounds of 0.6 s per case, medians; fwd, bwd (dx,
  * dW, db) and dW (need_dx=False):
@@ -259,9 +260,17 @@ typedef int guard_fn(problem *p, reason *r);
  *   128x16x32x32 -> 32, 3x3/2 p1:  fwd 2.34 / 1.68 vs 3.89 / 2.68;    dW 2.41 / 2.43 vs 3.75 / 3.14
  *   16x3x64x64 -> 16, 7x7/2 p3:    fwd 0.62 / 0.32 vs 1.34 / 0.69;    dW 0.54 / 0.50 vs 1.16 / 1.14
  *   128x16x32x32 -> 32, 1x1/2:     fwd 0.77 / 0.55 vs 0.88 / 0.51;    dW 0.66 / 0.62 vs 0.79 / 0.68
- * so they pay when strided, and at K = 32 with C < 16 input channels (the
- * first layers). K = 32 at unit stride with more channels is Winograd's
- * ground (3x3) and untimed against it: APPLIES (forced only). */
+ * and K = 64, 128 (the same tiles, 16 channels at a time), against the
+ * same build with direct off, 11 interleaved calls:
+ *   128x32x16x16 -> 64, 3x3/2 p1:  fwd 3.30 / 1.73 vs 4.61 / 2.43;    dW 3.56 / 1.81 vs 4.63 / 2.46
+ *   128x64x8x8 -> 128, 3x3/2 p1:   fwd 2.86 / 1.53 vs 5.20 / 2.77;    dW 4.20 / 2.29 vs 4.97 / 2.56
+ *   16x3x64x64 -> 64, 7x7/2 p3:    fwd 2.48 / 1.18 vs 3.06 / 1.38;    dW 2.55 / 1.27 vs 3.53 / 1.57
+ *   128x32x16x16 -> 64, 1x1/2:     fwd 0.88 / 0.36 vs 0.85 / 0.39;    dW 1.06 / 0.41 vs 0.90 / 0.42
+ *   128x64x16x16 -> 64, 3x3 p1:    fwd 18.5 / 9.57 vs 9.85 / 5.21 (Winograd's ground)
+ * so they pay when strided (but 1x1 beyond K = 32, where the GEMM path's
+ * strided columns cost little), and at K = 32 with C < 16 input channels
+ * (the first layers). Other unit-stride K from 32 up are Winograd's and the
+ * GEMM path's: APPLIES (forced only). */
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
@@ -274,8 +283,9 @@ static int direct_forward(const problem *p, reason *r)
         return NO;
     }
     if (!plain_only(s, r)) return NO;
-    if (s->k != 8 && s->k != 16 && s->k != 32) {
-        say(r, "needs K = 8, 16 or 32 output channels (K = %lld)", (long long)s->k);
+    if (s->k != 8 && (s->k % 16 || s->k > FC_DIRECT_MAX_K)) {
+        say(r, "needs K = 8 or a multiple of 16 up to %d output channels (K = %lld)", FC_DIRECT_MAX_K,
+            (long long)s->k);
         return NO;
     }
     const fc_direct_kernel *kr = fc_direct_tiles(p->ctx, s->k);
@@ -287,13 +297,18 @@ static int direct_forward(const problem *p, reason *r)
         say(r, "needs unit stride (K = %lld on %s)", (long long)s->k, p->ctx->name);
         return NO;
     }
-    if (!unit_stride(s)) {
+    if (!unit_stride(s) && (s->k <= 32 || s->kh * s->kw > 1)) {
         say(r, "K = %lld output channels, strided: nothing packed", (long long)s->k);
         return PAYS;
     }
-    if (s->k == 32 && s->c >= 16) {
-        say(r, "K = 32 output channels at unit stride, but C = %lld >= 16 (not measured against "
-            "Winograd and the GEMM path)", (long long)s->c);
+    if (!unit_stride(s)) {
+        say(r, "K = %lld output channels, 1x1 strided: the GEMM path gathers its columns for less",
+            (long long)s->k);
+        return APPLIES;
+    }
+    if (s->k > 32 || (s->k == 32 && s->c >= 16)) {
+        say(r, "K = %lld output channels at unit stride, C = %lld (Winograd's and the GEMM path's)",
+            (long long)s->k, (long long)s->c);
         return APPLIES;
     }
     say(r, "K = %lld output channels at unit stride%s: nothing packed", (long long)s->k,

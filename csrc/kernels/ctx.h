@@ -84,10 +84,11 @@ typedef struct {
     fc_pool_row_forward_fn *pool2x2_forward;
     fc_pool_row_backward_fn *pool2x2_backward;
 
-    /* conv/direct.c: the direct convolution's tiles for K = 8, 16 and 32
-     * output channels (direct.h). A NULL forward: the direct algorithm does
-     * not apply to that K on this ISA. */
-    fc_direct_kernel direct_k8, direct_k16, direct_k32;
+    /* conv/direct.c: the direct convolution's tiles for K = 8 and 16 output
+     * channels, and `wide` for K = 32, 48, ... up to FC_DIRECT_MAX_K, in
+     * 16-channel parts (direct.h). A NULL forward: the direct algorithm
+     * does not apply to that K on this ISA. */
+    fc_direct_kernel direct_k8, direct_k16, direct_wide;
 
     /* activations.c, bias_add.c: the element-wise rows (eltwise.h). */
     const fc_eltwise_kernel *eltwise;

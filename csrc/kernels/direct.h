@@ -1,6 +1,7 @@
 /* The direct convolution's tiles (called by conv/direct.c, which pads each
  * image, transposes the weights and does the threading), for convolutions
- * with K = 8, 16 or 32 output channels: at unit stride, or at any stride
+ * with K = 8, 16 or a multiple of 16 up to FC_DIRECT_MAX_K output
+ * channels (the `wide` entry, K = 32 and up): at unit stride, or at any stride
  * where the entry says `strided` (output (oy, ox) then reads from the
  * padded image's (oy * sh, ox * sw) corner).
  *
@@ -10,12 +11,12 @@
  *
  * forward: tiles [t0, t1) of one image: y (K, OH, OW) = the sum over taps
  *   in order t, then + bias (NULL: none), then ReLU when relu (v < 0 ? 0 :
- *   v, NaN kept). wt: the weights as (taps, K). K = 16 or 32: tile t is
+ *   v, NaN kept). wt: the weights as (taps, K). K >= 16: tile t is
  *   output pixels [t * tile, (t + 1) * tile) of the OH*OW; K = 8: output positions
  *   at the padded pitch, P = oy * wp + ox, [t * tile, (t + 1) * tile), the
  *   columns ox >= OW computed and dropped.
- * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K = 16
- *   or 32: (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
+ * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K >= 16:
+ *   (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
  *   dropped columns and tail the caller zeroed once), then for every (tap,
  *   k) the products dy * xp summed into part[(tap * K + k) * lanes + l]
  *   (lanes partial sums each), and dy's sums into db[k * lanes + l]. span
@@ -25,6 +26,10 @@
 #define FC_KERNELS_DIRECT_H
 
 #include "fastconv.h"
+
+/* The widest K of the `wide` tiles: each 16 channels more re-reads the
+ * padded image (from cache), measured to pay up to here (conv/plan.c). */
+#define FC_DIRECT_MAX_K 128
 
 /* The padded image's geometry. */
 typedef struct {

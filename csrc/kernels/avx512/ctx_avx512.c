@@ -33,7 +33,7 @@ fc_pack_b_fn fc_pack_columns_avx512;
 fc_max_abs_bits_fn fc_max_abs_bits_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
-extern const fc_direct_kernel fc_direct_k16_avx512, fc_direct_k32_avx512;
+extern const fc_direct_kernel fc_direct_k16_avx512, fc_direct_wide_avx512;
 
 void fc_ctx_init_avx512(fc_ctx *ctx)
 {
@@ -53,7 +53,7 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->pack_columns = fc_pack_columns_avx512;
     ctx->max_abs_bits = fc_max_abs_bits_avx512;
     ctx->direct_k16 = fc_direct_k16_avx512;
-    ctx->direct_k32 = fc_direct_k32_avx512;
+    ctx->direct_wide = fc_direct_wide_avx512;
     ctx->peak_lanes = 16;
     ctx->peak = fc_peak_avx512;
     if (__builtin_cpu_supports("avx512bf16")) {

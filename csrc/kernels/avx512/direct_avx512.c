@@ -1,9 +1,10 @@
-/* Direct convolution tiles for 16 and 32 output channels, AVX-512F
- * (contract: kernels/direct.h; the driver, its threading and the rule for
- * when it runs: conv/direct.c, conv/plan.c). The output channels are the
- * lanes: 16 channels are one zmm per output pixel, and K = 32 runs as its
- * two halves of 16, one after the other over the same pixels (the second
- * half's reads of the padded image hit the cache the first filled).
+/* Direct convolution tiles for 16 output channels and their multiples up
+ * to FC_DIRECT_MAX_K, AVX-512F (contract: kernels/direct.h; the driver, its
+ * threading and the rule for when it runs: conv/direct.c, conv/plan.c). The
+ * output channels are the lanes: 16 channels are one zmm per output pixel,
+ * and K = 32, 48, ... runs as its parts of 16, one after the other over the
+ * same pixels (the later parts' reads of the padded image hit the cache the
+ * first filled).
  *
  * - forward (tile16): 16 output pixels x 16 channels, 16 accumulators; per
  *   tap, one weight load and 16 multiply-adds each with a broadcast pixel.
@@ -237,4 +238,5 @@ static void dweight(const fc_conv_shape *s, const fc_direct_geom *g, const float
 /* {forward, dweight, tile, lanes, overread, strided}: nothing read past the
  * planes, any stride. */
 const fc_direct_kernel fc_direct_k16_avx512 = {forward, dweight, FC_NP, 1, 0, 1};
-const fc_direct_kernel fc_direct_k32_avx512 = {forward, dweight, FC_NP, 1, 0, 1};
+/* K = 32, 48, ..., FC_DIRECT_MAX_K: the same code, 16 channels at a time. */
+const fc_direct_kernel fc_direct_wide_avx512 = {forward, dweight, FC_NP, 1, 0, 1};
