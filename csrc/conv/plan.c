@@ -251,11 +251,16 @@ typedef int guard_fn(problem *p, reason *r);
  * 16 3x3, 64x1x28x28 -> 16 5x5), where the K = 16 tile's transposing store
  * weighs as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from
  * run to run, within this machine's noise, so no separate rule.
- * AVX-512's K = 16 tiles pay where AVX2's do (the same shapes, one zmm per
- * pixel instead of two ymm). Not measured yet, so APPLIES only (forced,
- * never auto): K = 32 (128x3x32x32 -> 32 3x3, cifar_small's first layer)
- * and strides other than 1 (16x3x64x64 -> 16 7x7/2). TO CONFIRM BY TIMING
- * against implicit_im2col / im2col before they become PAYS. */
+ * AVX-512's K = 16 tiles take AVX2's rule (the same shapes, one zmm per
+ * pixel instead of two ymm), not timed against the GEMM path themselves.
+ * Against AVX2's tiles (1 thread, 128x3x32x32 -> 16 3x3 and lenet conv2,
+ * AVX-512's time over AVX2's): forward 0.98 and 1.06, backward 1.14 and
+ * 1.19, measured before both ISAs' dW tiles were rewritten (dy staged by
+ * register transposes, pixels four at a time) and not since. K = 32
+ * (128x3x32x32 -> 32 3x3, cifar_small's first layer) and strides other
+ * than 1 (16x3x64x64 -> 16 7x7/2) are not measured yet, so APPLIES only
+ * (forced, never auto). TO CONFIRM BY TIMING against implicit_im2col /
+ * im2col before they become PAYS. */
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
