@@ -203,7 +203,9 @@ EDGES = {
     # The direct kernel (csrc/conv/direct.c: unit strides, K in {8, 16},
     # on AVX2): the lenet layers, batch 1, non-square odd sizes, fewer output
     # pixels than a register tile, many taps, and dx convolving 16 -> 8
-    # channels (direct too), or 8 -> 1 (col2im).
+    # channels (direct too), or 8 -> 1 (col2im); K = 16 with rows of 4 + 3
+    # pixels, 7 x 8 + 7 of them, 4 x 6 + 3 taps (dW's groups, the staging's
+    # transposes, the dW tiles, each with a partial last).
     "direct-lenet-conv2": Conv(3, 8, 14, 14, 16, 5, 5, (1, 1), (2, 2)),
     "direct-lenet-conv1": Conv(2, 1, 28, 28, 8, 5, 5, (1, 1), (2, 2)),
     "direct-batch1-nonsquare": Conv(1, 3, 7, 9, 8, 3, 5, (1, 1), (0, 2)),
@@ -212,6 +214,7 @@ EDGES = {
     "direct-padding-beyond-kernel": Conv(2, 4, 5, 6, 16, 3, 3, (1, 1), (3, 4)),
     "direct-many-taps": Conv(2, 40, 6, 5, 16, 5, 5, (1, 1), (2, 2)),
     "direct-k8-many-taps": Conv(3, 70, 4, 7, 8, 3, 3, (1, 1), (1, 1)),
+    "direct-k16-partial-groups": Conv(2, 3, 9, 7, 16, 3, 3, (1, 1), (1, 1)),
 }
 
 # The direct tiles forced (AVX-512's K = 32 and strided tiles; auto takes
@@ -306,9 +309,9 @@ def test_forced_direct_edges(isa_threads, rng, conv, with_bias):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("conv", [DIRECT_FORCED["first-layer-k16"], DIRECT_FORCED["lenet-conv2"],
                                   EDGES["direct-fewer-pixels-than-a-tile"], EDGES["direct-dx-16-to-8"],
-                                  EDGES["direct-many-taps"]],
+                                  EDGES["direct-many-taps"], EDGES["direct-k16-partial-groups"]],
                          ids=["first-layer", "lenet-conv2", "fewer-pixels-than-a-tile", "dx-16-to-8",
-                              "many-taps"])
+                              "many-taps", "partial-groups"])
 def test_direct_k16_avx512_has_avx2_bits(rng, conv, threads):
     """AVX-512's K = 16 tiles do AVX2's operations lane by lane (each output
     one FMA chain over the taps in order, then the bias and the ReLU; each

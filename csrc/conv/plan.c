@@ -252,8 +252,14 @@ typedef int guard_fn(problem *p, reason *r);
  * 16 3x3, 64x1x28x28 -> 16 5x5), where the K = 16 tile's transposing store
  * weighs as much as its multiply-adds: 0.8x to 1.3x of the GEMM path from
  * run to run, within this machine's noise, so no separate rule.
- * AVX-512's K = 16 tiles pay where AVX2's do (the same shapes, one zmm per
- * pixel instead of two ymm). AVX-512's K = 32 and strided tiles, timed on a
+ * AVX-512's K = 16 tiles take AVX2's rule (the same shapes, one zmm per
+ * pixel instead of two ymm), not timed against the GEMM path themselves.
+ * Against AVX2's tiles (1 thread, 128x3x32x32 -> 16 3x3 and lenet conv2,
+ * AVX-512's time over AVX2's): forward 0.98 and 1.06, backward 1.14 and
+ * 1.19, measured before both ISAs' dW tiles were rewritten (dy staged by
+ * register transposes, pixels four at a time) and not since (on Zen 5, the
+ * AVX-512 rewrite took the 128x16x32x32 -> 16 backward from 12.2 to about
+ * 8.5 ms). AVX-512's K = 32 and strided tiles, timed on a
  * 2-core Zen 5 EPYC against auto's GEMM path, one process, 15 interleaved
  * calls each, medians at 1 / 2 threads (fwd; dW alone):
  *   128x3x32x32 -> 32, 3x3 p1:     fwd 2.27 / 1.30 ms vs 3.36 / 1.70; dW 2.50 / 2.24 vs 3.66 / 3.00

@@ -148,30 +148,53 @@ row_tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const
 /* Accumulators per dW tile: 2 vectors x FC_DW_T taps. */
 #define FC_DW_T 6
 
+/* K = 16: n pixels (a constant) of one output row, from column ox, into
+ * acc: xt[t], tap t's input for the row's first pixel; d, pixel ox's dyt
+ * row. 12 accumulators, 2 dy vectors and a broadcast fill the 16 ymm
+ * registers, so the pixels go one after the other, each of its broadcasts
+ * at xt[t] + ox plus a constant. */
+static inline __attribute__((always_inline)) void
+dw_pixels(__m256 acc[2][FC_DW_T], const float *const *xt, fc_int ox, const float *d, const int T,
+          const int n)
+{
+    /* ox opaque, one index register for all T taps: else GCC steps a
+     * pointer per tap, T adds per 4 pixels, and at T = 6 keeps some of them
+     * on the stack. */
+    __asm__("" : "+r"(ox));
+    for (int q = 0; q < n; q++) {
+        const __m256 d0 = _mm256_loadu_ps(d + 16 * q), d1 = _mm256_loadu_ps(d + 16 * q + 8);
+        for (int t = 0; t < T; t++) {
+            const __m256 xv = _mm256_broadcast_ss(xt[t] + ox + q);
+            acc[0][t] = _mm256_fmadd_ps(d0, xv, acc[0][t]);
+            acc[1][t] = _mm256_fmadd_ps(d1, xv, acc[1][t]);
+        }
+        /* d0 and d1 live to the pixel's end: else GCC writes the last
+         * taps' sums into their registers (an FMA may overwrite any of its
+         * operands), the accumulators wander between registers over the 4
+         * pixels, and the loop pays moves and a spill to bring them back. */
+        __asm__("" ::"x"(d0), "x"(d1));
+    }
+}
+
 /* K = 16: taps [t0, t0 + T) into part (taps, K), over all pixels of one
- * image: xp padded, dyt (OH*OW, K). */
+ * image in raster order: xp padded, dyt (OH*OW, K). A row's pixels go four
+ * at a time from one pointer per tap (dw_pixels): 7 instructions of
+ * bookkeeping per 48 multiply-adds, where each pixel's corner computed anew
+ * (through an opaque base) cost 8 per 12. */
 static inline __attribute__((always_inline)) void
 dw_tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const float *dyt,
         const fc_int *off, fc_int t0, float *part, const int T)
 {
     enum { KV = 2, K = 16 };
-    fc_int o[FC_DW_T];
-    for (int t = 0; t < T; t++) o[t] = off[t0 + t];
     __m256 acc[KV][FC_DW_T];
     for (int v = 0; v < KV; v++)
         for (int t = 0; t < T; t++) acc[v][t] = _mm256_loadu_ps(part + (t0 + t) * K + 8 * v);
     for (fc_int oy = 0; oy < s->oh; oy++) {
-        const float *d = dyt + oy * s->ow * K;
-        for (fc_int ox = 0; ox < s->ow; ox++, d += K) {
-            const float *p = xp + oy * g->wp + ox;
-            __asm__("" : "+r"(p)); /* a base register, as in tile() */
-            __m256 dv[KV];
-            for (int v = 0; v < KV; v++) dv[v] = _mm256_loadu_ps(d + 8 * v);
-            for (int t = 0; t < T; t++) {
-                const __m256 xv = _mm256_broadcast_ss(p + o[t]);
-                for (int v = 0; v < KV; v++) acc[v][t] = _mm256_fmadd_ps(dv[v], xv, acc[v][t]);
-            }
-        }
+        const float *d = dyt + oy * s->ow * K, *xt[FC_DW_T];
+        for (int t = 0; t < T; t++) xt[t] = xp + oy * g->wp + off[t0 + t];
+        fc_int ox = 0;
+        for (; ox + 4 <= s->ow; ox += 4, d += 4 * K) dw_pixels(acc, xt, ox, d, T, 4);
+        for (; ox < s->ow; ox++, d += K) dw_pixels(acc, xt, ox, d, T, 1);
     }
     for (int v = 0; v < KV; v++)
         for (int t = 0; t < T; t++) _mm256_storeu_ps(part + (t0 + t) * K + 8 * v, acc[v][t]);
@@ -228,20 +251,70 @@ static void dw_image(const fc_conv_shape *s, const fc_direct_geom *g, const floa
         }
 }
 
+/* r[q][k] := r[k][q] (8 x 8 floats): pairs of rows interleaved by 32 bits,
+ * then 64 bits, then the 128-bit halves. */
+static inline __attribute__((always_inline)) void transpose8(__m256 r[8])
+{
+    __m256 t[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+
+/* K = 16: 8 channels x pixels [0, n), n <= 8, of dy (rows ohow apart, the
+ * loads masked when n < 8) transposed to dyt (pixel rows 16 apart); returns
+ * acc + the pixels' rows, in pixel order. */
+static inline __attribute__((always_inline)) __m256
+stage8(const float *dy, fc_int ohow, float *dyt, int n, __m256 acc)
+{
+    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 r[8];
+    for (int k = 0; k < 8; k++)
+        r[k] = n == 8 ? _mm256_loadu_ps(dy + k * ohow) : _mm256_maskload_ps(dy + k * ohow, m);
+    transpose8(r);
+    for (int q = 0; q < 8; q++)
+        if (q < n) {
+            _mm256_storeu_ps(dyt + 16 * q, r[q]);
+            acc = _mm256_add_ps(acc, r[q]);
+        }
+    return acc;
+}
+
 /* One image's dy (K, OH*OW) in the layout dw_image reads, and db's partial
- * (K, L) += its sums in a fixed order. K = 16: dyk = dyt (OH*OW, K), summed
- * pixel by pixel. K = 8: dyk = dyp (K, span), rows at the padded pitch (its
- * dropped columns and tail stay zero from the first call), summed in 8
- * lanes. */
+ * (K, L) += its sums in a fixed order. K = 16: dyk = dyt (OH*OW, K), by
+ * register transposes of 8 pixels x each half of the channels, db summed
+ * pixel by pixel as they give the pixels' rows. K = 8: dyk = dyp (K, span),
+ * rows at the padded pitch (its dropped columns and tail stay zero from the
+ * first call), summed in 8 lanes. */
 static void stage_dy(const fc_conv_shape *s, const fc_direct_geom *g, const float *dy,
                      float *dyk, fc_int span, float *db)
 {
     const fc_int ohow = s->oh * s->ow, K = s->k;
     if (K == 16) {
-        for (fc_int k = 0; k < K; k++)
-            for (fc_int p = 0; p < ohow; p++) dyk[p * K + k] = dy[k * ohow + p];
-        for (fc_int p = 0; p < ohow; p++)
-            for (fc_int k = 0; k < K; k++) db[k] += dyk[p * K + k];
+        __m256 lo = _mm256_loadu_ps(db), hi = _mm256_loadu_ps(db + 8);
+        fc_int p = 0;
+        for (; p + 8 <= ohow; p += 8) {
+            lo = stage8(dy + p, ohow, dyk + p * K, 8, lo);
+            hi = stage8(dy + 8 * ohow + p, ohow, dyk + p * K + 8, 8, hi);
+        }
+        if (p < ohow) {
+            lo = stage8(dy + p, ohow, dyk + p * K, (int)(ohow - p), lo);
+            hi = stage8(dy + 8 * ohow + p, ohow, dyk + p * K + 8, (int)(ohow - p), hi);
+        }
+        _mm256_storeu_ps(db, lo);
+        _mm256_storeu_ps(db + 8, hi);
         return;
     }
     for (fc_int k = 0; k < K; k++) {
