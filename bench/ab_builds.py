@@ -16,6 +16,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 
 ROW = re.compile(r"^\| (?P<name>[^|]+?) \| (?P<threads>\d+) \| (?P<median>[0-9.e+-]+) \(")
 
@@ -26,7 +27,9 @@ def one_turn(python: str, threads: str, reps: int, only: list[str]) -> dict:
            "--reps", str(reps)]
     for text in only:
         cmd += ["--only", text]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    # From a neutral folder: `python -m` puts the working directory first on
+    # sys.path, so run from a source tree both builds would import its package.
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tempfile.gettempdir()).stdout
     return {(m["name"], int(m["threads"])): float(m["median"]) for m in map(ROW.match, out.splitlines()) if m}
 
 

@@ -320,3 +320,24 @@ def test_layers_profile_finds_each_conv_of_the_step(capsys):
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| 64x")]
     assert len(rows) == 2 and all(line.count("|") == 7 for line in rows)
+
+
+def test_ab_builds_runs_each_build_outside_the_source_tree(monkeypatch):
+    """bench/ab_builds.py's turns run from a neutral folder: from a source tree,
+    `python -m fastconv` would import that tree's package for both builds."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    ab = _bench_script("ab_builds")
+    seen = {}
+
+    def run(cmd, **kwargs):
+        seen.update(kwargs, cmd=cmd)
+        return SimpleNamespace(stdout="| relu 4x4 | 1 | 0.25 (0.2) | - |\n| relu 4x4 | 2 | 0.125 (0.1) | - |\n")
+
+    monkeypatch.setattr(ab.subprocess, "run", run)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    assert ab.one_turn("/some/python", "1,2", 3, ["relu"]) == {("relu 4x4", 1): 0.25, ("relu 4x4", 2): 0.125}
+    repo = Path(__file__).resolve().parents[1]
+    assert seen["cwd"] and repo not in Path(seen["cwd"]).resolve().parents and Path(seen["cwd"]).resolve() != repo
+    assert seen["cmd"][:3] == ["/some/python", "-m", "fastconv"] and "--only" in seen["cmd"]
