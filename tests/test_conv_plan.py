@@ -170,9 +170,9 @@ def test_auto_picks_by_the_documented_rules():
             assert first16["forward"][0] == ("direct" if isa != "generic" else "implicit_im2col")
             # Unit stride K = 32 with C >= 16, and K > 32, are Winograd's (3x3) and
             # the GEMM path's: direct there is forced only (APPLIES); so is a 1x1
-            # strided beyond K = 32. Strided 3x3s up to K = 128 are direct's.
+            # strided. Strided 3x3s up to K = 128 are direct's.
             for conv in (Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2)), Conv(8, 3, 12, 12, 64, 3, 3, (1, 1), (1, 1)),
-                         Conv(8, 32, 12, 12, 64, 1, 1, (2, 2), (0, 0))):
+                         Conv(8, 32, 12, 12, 64, 1, 1, (2, 2), (0, 0)), Conv(8, 16, 12, 12, 32, 1, 1, (2, 2), (0, 0))):
                 assert plan_of(conv)["forward"][0] != "direct"
                 forced = plan_of(conv, "direct")
                 if wide_tiles:

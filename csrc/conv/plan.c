@@ -273,9 +273,11 @@ typedef int guard_fn(problem *p, reason *r);
  *   16x3x64x64 -> 64, 7x7/2 p3:    fwd 2.48 / 1.18 vs 3.06 / 1.38;    dW 2.55 / 1.27 vs 3.53 / 1.57
  *   128x32x16x16 -> 64, 1x1/2:     fwd 0.88 / 0.36 vs 0.85 / 0.39;    dW 1.06 / 0.41 vs 0.90 / 0.42
  *   128x64x16x16 -> 64, 3x3 p1:    fwd 18.5 / 9.57 vs 9.85 / 5.21 (Winograd's ground)
- * so they pay when strided (but 1x1 beyond K = 32, where the GEMM path's
- * strided columns cost little), and at K = 32 with C < 16 input channels
- * (the first layers). Other unit-stride K from 32 up are Winograd's and the
+ * and an A/B of two builds (bench/ab_builds.py, 3 rounds) put the 1x1/2 at
+ * K = 32 at 1.16 / 1.03 of the GEMM path's time forward, 1.07 / 0.90
+ * backward: so they pay when strided with a kernel larger than 1x1 (a 1x1
+ * strided has no taps to share, and the GEMM path's gathered columns cost
+ * little), and at K = 32 with C < 16 input channels (the first layers). Other unit-stride K from 32 up are Winograd's and the
  * GEMM path's: APPLIES (forced only). */
 static int direct_forward(const problem *p, reason *r)
 {
@@ -303,13 +305,13 @@ static int direct_forward(const problem *p, reason *r)
         say(r, "needs unit stride (K = %lld on %s)", (long long)s->k, p->ctx->name);
         return NO;
     }
-    if (!unit_stride(s) && (s->k <= 32 || s->kh * s->kw > 1)) {
+    if (!unit_stride(s) && s->kh * s->kw > 1) {
         say(r, "K = %lld output channels, strided: nothing packed", (long long)s->k);
         return PAYS;
     }
     if (!unit_stride(s)) {
-        say(r, "K = %lld output channels, 1x1 strided: the GEMM path gathers its columns for less",
-            (long long)s->k);
+        say(r, "K = %lld output channels, 1x1 strided: no faster than the GEMM path's gathered "
+            "columns", (long long)s->k);
         return APPLIES;
     }
     if (s->k > 32 || (s->k == 32 && s->c >= 16)) {
