@@ -209,6 +209,76 @@ def test_depthwise_is_the_same_bits_at_any_thread_count(rng):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("conv", [
+    GConv(2, 3, 11, 13, 3, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 3),
+    GConv(1, 2, 7, 40, 4, 5, 5, (1, 1), ((2, 2), (2, 2)), (1, 1), 2),
+    GConv(2, 2, 12, 17, 2, 3, 3, (1, 1), ((2, 2), (2, 2)), (2, 2), 2),
+    GConv(1, 3, 9, 16, 3, 4, 4, (1, 1), ((1, 2), (1, 2)), (1, 1), 3),
+    GConv(2, 2, 6, 5, 2, 3, 1, (1, 1), ((1, 1), (0, 0)), (1, 1), 2),
+], ids=["3x3", "5x5-multiplier-2", "3x3-d2", "4x4-same", "3x1"])
+def test_depthwise_flat_pass_gives_the_row_path_bits(isa_threads, rng, conv):
+    """At unit stride with OW == W the interior rows run as one flat pass (kernels/ref/
+    depthwise_impl.h); one more padding column on the right (OW = W + 1) takes the
+    row-by-row path, whose first W columns add the same terms in the same order."""
+    x, weight, bias, dy = conv.arrays(rng)
+    assert conv.out[1] == conv.w
+    (top, bottom), (left, right) = conv.padding
+    wide = conv._replace(padding=((top, bottom), (left, right + 1)))
+    y = _kernels.conv2d_ex_forward(x, weight, bias, *conv.args)
+    np.testing.assert_array_equal(_kernels.conv2d_ex_forward(x, weight, bias, *wide.args)[..., :conv.w], y)
+    # dy's extra column zero: its terms are +-0, which leave the (non-zero) sums' bits as they
+    # are; dx and dW (not db, whose lanes run over the plane's elements as they fall)
+    dy_wide = np.concatenate([dy, np.zeros(dy.shape[:3] + (1,), np.float32)], axis=3)
+    for got, want in zip(_kernels.conv2d_ex_backward(x, weight, dy_wide, *wide.args)[:2],
+                         _kernels.conv2d_ex_backward(x, weight, dy, *conv.args)[:2]):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("conv", [GConv(8, 2, 48, 48, 2, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 2),
+                                  GConv(5, 3, 40, 44, 6, 3, 3, (2, 1), ((1, 0), (1, 1)), (1, 1), 3)],
+                         ids=["2-channels", "3-channels-multiplier-2"])
+def test_depthwise_dweight_with_few_channels_is_the_same_bits_at_any_thread_count(rng, conv):
+    """dW splits a channel's images into blocks by the shape alone (conv/depthwise.c), so that
+    two threads share a layer of few channels, with the same bits at any thread count."""
+    x, weight, _, dy = conv.arrays(rng)
+    threads = _kernels.get_num_threads()
+    try:
+        results = []
+        for t in (1, 2, 3):
+            _kernels.set_num_threads(t)
+            results.append(_kernels.conv2d_ex_backward(x, weight, dy, *conv.args))
+    finally:
+        _kernels.set_num_threads(threads)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            np.testing.assert_array_equal(got, want)
+    check_reference(conv, 5)
+
+
+@st.composite
+def depthwise_convs(draw):
+    """Depthwise only, planes up to 40 wide (whole vectors and their ends), the flat
+    pass's unit stride and "same" padding often."""
+    c, mult = draw(st.integers(1, 4)), draw(st.sampled_from([1, 2]))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    h, w = draw(st.integers(1, 24)), draw(st.integers(1, 40))
+    if draw(st.booleans()):
+        stride, padding = (1, 1), same_padding((kh, kw), dilation)
+    else:
+        stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+        padding = tuple((draw(st.integers(0, 2)), draw(st.integers(0, 2))) for _ in range(2))
+    conv = GConv(draw(st.integers(1, 3)), c, h, w, mult * c, kh, kw, stride, padding, dilation, c)
+    assume(min(conv.out) >= 1)
+    return conv
+
+
+@settings(FIXTURE_OK, max_examples=40)
+@given(conv=depthwise_convs(), seed=st.integers(0, 2**32 - 1))
+def test_depthwise_planes_match_reference(isa_threads, conv, seed):
+    check_reference(conv, seed)
+
+
 def test_plain_arguments_give_the_conv2d_kernels_bits(isa_threads, rng):
     x, weight, bias, dy = rand(rng, 3, 4, 9, 8), rand(rng, 8, 4, 3, 3), rand(rng, 8), rand(rng, 3, 8, 9, 8)
     np.testing.assert_array_equal(_kernels.conv2d_ex_forward(x, weight, bias, 1, 1, 1, 1),

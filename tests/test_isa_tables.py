@@ -14,13 +14,13 @@ OWN = {
                          "wg_input", "wg_output", "wg_output_pool", "wg_grad", "pool2x2_forward",
                          "pool2x2_backward", "direct_k8.forward", "direct_k8.dweight",
                          "direct_k16.forward", "direct_k16.dweight", "eltwise", "bn", "add_relu",
-                         "dw_row", "dw_dweight_row", "peak"]),
+                         "dw_plane", "dw_dweight_plane", "peak"]),
     # Not eltwise or pool2x2_*: AVX2's measured faster (kernels/avx512/ctx_avx512.c).
     "avx512": ("avx2", ["gemm", "im2col_row", "col2im_channel", "pack_columns", "max_abs_bits",
                         "wg_input", "wg_output", "wg_output_pool", "wg_grad",
                         "direct_k16.forward", "direct_k16.dweight",
                         "direct_wide.forward", "direct_wide.dweight", "bn", "add_relu",
-                        "dw_row", "dw_dweight_row", "peak"]),
+                        "dw_plane", "dw_dweight_plane", "peak"]),
 }
 
 

@@ -15,7 +15,7 @@
  *                    the column matrix never stored
  *   im2col           conv/im2col.c: the column matrix built, then the GEMM
  *   depthwise        conv/depthwise.c: groups == C (each output channel
- *                    reads one input channel of its own), row by row, any
+ *                    reads one input channel of its own), plane by plane, any
  *                    kernel, stride, padding and dilation. The only one
  *                    that takes grouped problems, which the others never
  *                    see (below), so its place in the order decides
@@ -448,7 +448,7 @@ static int depthwise_rule(const problem *p, reason *r)
         say(r, "one input channel, no groups: auto leaves it to the GEMM paths");
         return APPLIES;
     }
-    say(r, "groups == C = %lld, multiplier %lld: row by row, no GEMM", (long long)s->c,
+    say(r, "groups == C = %lld, multiplier %lld: plane by plane, no GEMM", (long long)s->c,
         (long long)(s->k / s->c));
     return PAYS;
 }

@@ -65,8 +65,8 @@ static const struct {
     ENTRY(wg_output_pool), ENTRY(wg_grad), ENTRY(pool2x2_forward), ENTRY(pool2x2_backward),
     ENTRY(direct_k8.forward), ENTRY(direct_k8.dweight), ENTRY(direct_k16.forward),
     ENTRY(direct_k16.dweight), ENTRY(direct_wide.forward), ENTRY(direct_wide.dweight), ENTRY(eltwise),
-    ENTRY(bn), ENTRY(add_relu), ENTRY(dw_row),
-    ENTRY(dw_dweight_row), ENTRY(peak),
+    ENTRY(bn), ENTRY(add_relu), ENTRY(dw_plane),
+    ENTRY(dw_dweight_plane), ENTRY(peak),
 };
 _Static_assert(sizeof(void (*)(void)) == sizeof(uintptr_t) && sizeof(void *) == sizeof(uintptr_t),
                "every entry reads as a uintptr_t");

@@ -98,10 +98,10 @@ typedef struct {
     /* add_relu.c: the residual add's loop. */
     fc_add_relu_fn *add_relu;
 
-    /* conv/depthwise.c: one output row of one channel, and its dW terms
+    /* conv/depthwise.c: one plane of one channel, and its dW terms
      * (depthwise.h). */
-    fc_dw_row_fn *dw_row;
-    fc_dw_dweight_row_fn *dw_dweight_row;
+    fc_dw_plane_fn *dw_plane;
+    fc_dw_dweight_plane_fn *dw_dweight_plane;
 
     /* peak.c */
     int peak_lanes;

@@ -1,18 +1,20 @@
-/* The depthwise convolution's row kernels (called by conv/depthwise.c; one
+/* The depthwise convolution's plane kernels (called by conv/depthwise.c; one
  * source, kernels/ref/depthwise_impl.h, compiled per ISA folder).
  *
- * One output row of one channel from the input rows its taps read. Output
- * column ox, tap column j reads input column ix = ox*sw + j*dw - pw of a
- * row of w floats; a tap outside [0, w) is padding and adds no term. The
- * tap rows are `rows` consecutive kernel rows, the first at `row`, each
- * `pitch` floats after the previous (dilation times the image pitch), with
- * their weights kw apart from `wt`: the caller passes only the rows inside
- * the image, so no kernel row is ever padding.
+ * One plane of one channel: input h x w, output oh x ow. Output (oy, ox),
+ * tap (i, j) reads input row iy = oy*sh + i*dh - ph, column
+ * ix = ox*sw + j*dw - pw; a tap outside the image is padding and adds no
+ * term (so no 0 * Inf). x0, x1 in the geometry are the output columns whose
+ * kw taps all fall inside [0, w) (x1 >= x0), filled by the caller.
  *
- * dw_row: out[ox] += the terms wt[i*kw + j] * row_i[ix], added one by one
- *   in (i, j) order onto out[ox], for ox in [0, ow).
- * dw_dweight_row: acc[i*kw + j] += the sum over ox of dy[ox] * row_i[ix],
- *   each sum taken in a fixed order (the same bits on every call).
+ * dw_plane: out[oy*ow + ox] += the terms wt[i*kw + j] * in[iy*w + ix],
+ *   added one by one in (i, j) order onto out, for every output: so the
+ *   bits do not depend on which loop computes an output.
+ * dw_dweight_plane: cols[(i*kw + j)*ow + ox] += dy[oy*ow + ox] * in[iy*w + ix]
+ *   for oy = 0, 1, ... in turn (one running sum per tap and output column,
+ *   the taps inside the image only). The caller reduces the columns once,
+ *   after all the planes of a channel, in a fixed order: no horizontal
+ *   reduction per row.
  */
 #ifndef FC_KERNELS_DEPTHWISE_H
 #define FC_KERNELS_DEPTHWISE_H
@@ -25,9 +27,14 @@ typedef struct {
     fc_int x0, x1;      /* the outputs whose kw taps all fall inside [0, w) */
 } fc_dw_geom;
 
-typedef void fc_dw_row_fn(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                          const float *wt, float *out);
-typedef void fc_dw_dweight_row_fn(const fc_dw_geom *g, const float *row, fc_int pitch,
-                                  fc_int rows, const float *dy, float *acc);
+typedef struct {
+    fc_dw_geom g;       /* along a row */
+    fc_int h, oh;       /* input and output rows */
+    fc_int kh, sh, dh, ph;
+} fc_dw_plane;
+
+typedef void fc_dw_plane_fn(const fc_dw_plane *p, const float *in, const float *wt, float *out);
+typedef void fc_dw_dweight_plane_fn(const fc_dw_plane *p, const float *in, const float *dy,
+                                    float *cols);
 
 #endif

@@ -14,8 +14,8 @@ fc_wg_output_fn fc_wg_output_avx2, fc_wg_output_pool_avx2;
 fc_wg_grad_fn fc_wg_grad_avx2;
 fc_pool_row_forward_fn fc_pool2x2_forward_avx2;
 fc_pool_row_backward_fn fc_pool2x2_backward_avx2;
-fc_dw_row_fn fc_dw_row_avx2;
-fc_dw_dweight_row_fn fc_dw_dweight_row_avx2;
+fc_dw_plane_fn fc_dw_plane_avx2;
+fc_dw_dweight_plane_fn fc_dw_dweight_plane_avx2;
 fc_peak_fn fc_peak_avx2;
 fc_add_relu_fn fc_add_relu_avx2;
 
@@ -39,8 +39,8 @@ void fc_ctx_init_avx2(fc_ctx *ctx)
     ctx->eltwise = &fc_eltwise_kernel_avx2;
     ctx->bn = &fc_bn_kernel_avx2;
     ctx->add_relu = fc_add_relu_avx2;
-    ctx->dw_row = fc_dw_row_avx2;
-    ctx->dw_dweight_row = fc_dw_dweight_row_avx2;
+    ctx->dw_plane = fc_dw_plane_avx2;
+    ctx->dw_dweight_plane = fc_dw_dweight_plane_avx2;
     ctx->peak_lanes = 8;
     ctx->peak = fc_peak_avx2;
 }

@@ -20,8 +20,8 @@
 
 extern const fc_gemm_kernel fc_gemm_kernel_avx512;
 extern const fc_bn_kernel fc_bn_kernel_avx512;
-fc_dw_row_fn fc_dw_row_avx512;
-fc_dw_dweight_row_fn fc_dw_dweight_row_avx512;
+fc_dw_plane_fn fc_dw_plane_avx512;
+fc_dw_dweight_plane_fn fc_dw_dweight_plane_avx512;
 fc_peak_fn fc_peak_avx512;
 fc_wg_input_fn fc_wg_input_avx512;
 fc_wg_output_fn fc_wg_output_avx512, fc_wg_output_pool_avx512;
@@ -41,8 +41,8 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     ctx->name = "avx512";
     ctx->gemm = &fc_gemm_kernel_avx512;
     ctx->bn = &fc_bn_kernel_avx512;
-    ctx->dw_row = fc_dw_row_avx512;
-    ctx->dw_dweight_row = fc_dw_dweight_row_avx512;
+    ctx->dw_plane = fc_dw_plane_avx512;
+    ctx->dw_dweight_plane = fc_dw_dweight_plane_avx512;
     ctx->wg_input = fc_wg_input_avx512;
     ctx->wg_output = fc_wg_output_avx512;
     ctx->wg_output_pool = fc_wg_output_pool_avx512;

@@ -20,8 +20,8 @@ fc_wg_output_fn fc_wg_output_ref, fc_wg_output_pool_ref;
 fc_wg_grad_fn fc_wg_grad_ref;
 fc_pool_row_forward_fn fc_pool2x2_forward_ref;
 fc_pool_row_backward_fn fc_pool2x2_backward_ref;
-fc_dw_row_fn fc_dw_row_ref;
-fc_dw_dweight_row_fn fc_dw_dweight_row_ref;
+fc_dw_plane_fn fc_dw_plane_ref;
+fc_dw_dweight_plane_fn fc_dw_dweight_plane_ref;
 fc_peak_fn fc_peak_ref;
 fc_add_relu_fn fc_add_relu_ref;
 
@@ -45,8 +45,8 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->eltwise = &fc_eltwise_kernel_ref;
     ctx->bn = &fc_bn_kernel_ref;
     ctx->add_relu = fc_add_relu_ref;
-    ctx->dw_row = fc_dw_row_ref;
-    ctx->dw_dweight_row = fc_dw_dweight_row_ref;
+    ctx->dw_plane = fc_dw_plane_ref;
+    ctx->dw_dweight_plane = fc_dw_dweight_plane_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }
