@@ -1,7 +1,8 @@
 """Batch norm on (128, 32, 32, 32): the training forward (batch statistics),
 the evaluation forward (running statistics) and the training backward (dx,
 dweight, dbias), fastconv against its NumPy twin and PyTorch (NCHW and
-channels_last), at each thread count of the ``threads`` fixture.
+channels_last), at each thread count of the ``threads`` fixture; and the
+training step of BatchNorm2d -> ReLU with the ReLU fused in or apart.
 
 GB/s counts the least traffic the op needs, for every implementation: a
 forward reads x and writes y (8 bytes per element), a backward reads dy and x
@@ -69,3 +70,24 @@ def test_batchnorm_backward(benchmark, threads, record, impl):
         benchmark(torch.ops.aten.native_batch_norm_backward, tdy, tx, tw, tm, tv, save_mean, save_invstd,
                   True, EPS, [True, True, True])
     record(impl, nbytes=3 * x.nbytes, shape=SHAPE)
+
+
+def _bn_relu_step(x, weight, bias, dy, fused):
+    """fastconv's training forward and backward of BatchNorm2d -> ReLU (the
+    layers' kernel calls): the ReLU in the batch norm's passes, or apart."""
+    if fused:
+        y, mean, var = _kernels.batchnorm_forward(x, weight, bias, None, None, EPS, True)
+        return _kernels.batchnorm_backward(dy, x, weight, mean, var, EPS, True, y)
+    z, mean, var = _kernels.batchnorm_forward(x, weight, bias, None, None, EPS)
+    y = _kernels.relu_forward(z)
+    return _kernels.batchnorm_backward(_kernels.relu_backward(dy, y), x, weight, mean, var, EPS, True)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "apart"])
+def test_batchnorm_relu_train_step(benchmark, threads, record, fused):
+    """GB/s as the fused pair's least traffic: x read and y written forward;
+    dy, y and x read and dx written backward (24 bytes per element)."""
+    x, weight, bias, _, dy = _data()
+    benchmark.group = f"batchnorm_relu train forward+backward {NAME} {threads}t"
+    benchmark(_bn_relu_step, x, weight, bias, dy, fused)
+    record("fastconv_fused" if fused else "fastconv_apart", nbytes=6 * x.nbytes, shape=SHAPE)

@@ -409,9 +409,12 @@ def _scale(weight, var, eps, dtype):
 
 
 @_ieee
-def batchnorm_forward(x, weight, bias, mean, var, eps):
-    """(y, mean, var): y = (x - mean) / sqrt(var + eps) * weight + bias per channel;
-    mean/var None: the batch mean and biased variance over N and the trailing axes."""
+def batchnorm_forward(x, weight, bias, mean, var, eps, relu=False):
+    """(y, mean, var): y = (x - mean) / sqrt(var + eps) * weight + bias per channel,
+    then relu_forward(y) when relu; mean/var None: the batch mean and biased
+    variance over N and the trailing axes."""
+    if not isinstance(relu, (bool, np.bool_)):
+        raise TypeError(f"batchnorm_forward: `relu` must be a bool; got {relu!r}")
     axes, shape = _per_channel(x)
     if mean is None:
         x64 = x.astype(np.float64)
@@ -420,14 +423,20 @@ def batchnorm_forward(x, weight, bias, mean, var, eps):
         var = np.square(x64 - m.reshape(shape)).mean(axis=axes).astype(x.dtype)
     _, scale = _scale(weight, var, eps, x.dtype)
     shift = np.zeros_like(scale) if bias is None else bias
-    y = (x - mean.reshape(shape)) * scale.reshape(shape) + shift.reshape(shape)
-    return y.astype(x.dtype, copy=False), mean, var
+    y = ((x - mean.reshape(shape)) * scale.reshape(shape) + shift.reshape(shape)).astype(x.dtype, copy=False)
+    return relu_forward(y) if relu else y, mean, var
 
 
 @_ieee
-def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats):
+def batchnorm_backward(dy, x, weight, mean, var, eps, batch_stats, relu_y=None):
     """(dx, dweight, dbias) of batchnorm_forward; through the batch statistics
-    too when batch_stats."""
+    too when batch_stats. With relu_y (the forward's output with relu), dy is
+    first relu_backward(dy, relu_y)."""
+    if relu_y is not None:
+        if getattr(relu_y, "shape", None) != x.shape:
+            raise ValueError(f"batchnorm_backward: `relu_y` must have shape {x.shape}; "
+                             f"got {getattr(relu_y, 'shape', type(relu_y).__name__)}")
+        dy = relu_backward(dy, relu_y)
     axes, shape = _per_channel(x)
     count = max(x.size // max(x.shape[1], 1), 1)
     xc = x - mean.reshape(shape)

@@ -162,6 +162,87 @@ def test_thread_count_agnostic(rng, shape):
 
 
 # ---------------------------------------------------------------------------
+# a ReLU fused in: relu of the forward, relu_y of the backward
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+
+
+def sprinkle(rng, a, fraction):
+    """a with about `fraction` of its entries replaced by NaN, +-inf and +-0."""
+    a = a.copy()
+    hit = rng.random(a.shape) < fraction
+    a[hit] = rng.choice(SPECIALS, size=int(hit.sum()))
+    return a
+
+
+def check_fused(x, weight, bias, mean=None, var=None, eps=1e-5, dy=None):
+    """The fused calls give the bits of batchnorm then relu_forward, and of
+    relu_backward then batchnorm_backward, and agree with their twins."""
+    dy = rand(np.random.default_rng(2), *x.shape) if dy is None else dy
+    y, m, v = _kernels.batchnorm_forward(x, weight, bias, mean, var, eps)
+    fused = _kernels.batchnorm_forward(x, weight, bias, mean, var, eps, relu=True)
+    ry = _kernels.relu_forward(y)
+    for got, want in zip(fused, (ry, m, v)):
+        np.testing.assert_array_equal(bits(got), bits(want))
+    batch_stats = mean is None
+    want = _kernels.batchnorm_backward(_kernels.relu_backward(dy, ry), x, weight, m, v, eps, batch_stats)
+    grads = _kernels.batchnorm_backward(dy, x, weight, m, v, eps, batch_stats, relu_y=ry)
+    for got, w in zip(grads, want):
+        np.testing.assert_array_equal(bits(got), bits(w))
+    twin = reference.batchnorm_forward(x, weight, bias, mean, var, eps, relu=True)
+    twin_grads = reference.batchnorm_backward(dy, x, weight, m, v, eps, batch_stats, relu_y=ry)
+    for g, e in zip(fused, twin):
+        close(g, e, scale=max(1.0, float(np.abs(e[np.isfinite(e)]).max(initial=0))))
+    count = max(x.size // max(x.shape[1], 1), 1)
+    for g, e, scale in zip(grads, twin_grads, (1.0, np.sqrt(count), np.sqrt(count))):
+        close(g, e, scale=3 * scale * max(1.0, float(np.abs(e[np.isfinite(e)]).max(initial=0))))
+    return fused, grads
+
+
+@settings(FIXTURE_OK, max_examples=40)
+@given(n=st.integers(1, 6), c=st.integers(1, 9), inner=st.lists(st.integers(1, 9), max_size=3),
+       affine=st.booleans(), training=st.booleans(), special=st.sampled_from([0.0, 0.05]),
+       seed=st.integers(0, 2**31))
+def test_fused_relu_has_the_unfused_bits_any_shape(isa_threads, n, c, inner, affine, training, special, seed):
+    """Batch 1, odd and 1-element rows (inner = 1 is the (N, C) path); NaN, inf
+    and signed zeros in x (in training they spoil their channel's statistics,
+    with running ones only their element, whose NaN output passes dy) and in dy."""
+    rng = np.random.default_rng(seed)
+    shape = (n, c, *inner)
+    if training and n * int(np.prod(inner)) < 2:
+        return
+    x = sprinkle(rng, rand(rng, *shape, scale=2.0) + 0.5, special)
+    dy = sprinkle(rng, rand(rng, *shape), special)
+    weight, bias = params(rng, c, affine)
+    running = () if training else (rand(rng, c), np.abs(rand(rng, c)) + 0.1)
+    check_fused(x, weight, bias, *running, dy=dy)
+
+
+@pytest.mark.parametrize("shape", TAIL_SHAPES + [(16, 8, 16, 16), (3, 5, 37, 59), (64, 513), (1, 70, 33, 1)],
+                         ids=str)
+def test_fused_relu_has_the_unfused_bits(isa_threads, rng, shape):
+    """Every tail of the row sums and of the vector loops, tiles of 64 channels,
+    and sizes over the threshold, split over threads; both modes."""
+    x, dy = rand(rng, *shape, scale=2.0) + 0.25, rand(rng, *shape)
+    weight, bias = params(rng, shape[1], True)
+    check_fused(x, weight, bias, dy=dy)
+    check_fused(x, weight, None, rand(rng, shape[1]), np.abs(rand(rng, shape[1])) + 0.1, dy=dy)
+
+
+def test_fused_relu_keeps_nan_and_minus_zero_and_masks_dy():
+    """relu_forward's rules (v < 0 ? 0 : v: NaN and -0 kept) and relu_backward's
+    (dy passes where the output is NaN, +0 elsewhere it is masked), by hand."""
+    x = np.array([[-1.0, -0.0, 0.0, 2.0, np.nan, np.inf, -np.inf]], np.float32).reshape(1, 1, 7)
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    y, _, _ = _kernels.batchnorm_forward(x, None, -zero, zero, one, 0.0, relu=True)  # bias -0: y = x
+    np.testing.assert_array_equal(bits(y.ravel()), bits(np.array([0.0, -0.0, 0.0, 2.0, np.nan, np.inf, 0.0], np.float32)))
+    dy = np.full_like(x, -3.0)
+    dx, dweight, dbias = _kernels.batchnorm_backward(dy, x, None, zero, one, 0.0, False, relu_y=y)
+    np.testing.assert_array_equal(bits(dx.ravel()), bits(np.array([0, 0, 0, -3, -3, -3, 0], np.float32)))
+    assert dbias.tolist() == [-9.0]
+
+
+# ---------------------------------------------------------------------------
 # layers: gradients by central differences
 
 LAYER_CASES = [  # (class, input shape, constructor kwargs)
@@ -341,10 +422,14 @@ C3 = np.zeros(3, np.float32)
     ((X, None, None, None, None, "1e-5"), TypeError, r"batchnorm_forward: `eps` must be a real number; got str"),
     ((X[:0], None, None, None, None, 1e-5), ValueError,
      r"batchnorm_forward: batch statistics need at least one value per channel; got `x` with shape \(0, 3, 2\)"),
+    ((X, None, None, None, None, 1e-5, 1), TypeError, r"batchnorm_forward: `relu` must be a bool; got 1"),
 ])
 def test_forward_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         _kernels.batchnorm_forward(*args)
+    if len(args) > 6:  # the twin checks what it adds too
+        with pytest.raises(exc, match=match):
+            reference.batchnorm_forward(*args)
 
 
 @pytest.mark.parametrize("args,exc,match", [
@@ -354,10 +439,19 @@ def test_forward_bad_input(args, exc, match):
     ((X, X, None, C3, None, 1e-5, False), TypeError, r"batchnorm_backward: `var` must be a float32 numpy array"),
     ((X, X, C3.T.copy()[:2], C3, C3, 1e-5, True), ValueError, r"`weight` must have shape \(3,\); got \(2,\)"),
     ((X, X, None, C3, C3, float("inf"), True), ValueError, r"batchnorm_backward: `eps` must be a finite number"),
+    ((X, X, None, C3, C3, 1e-5, True, X[:, :2].copy()), ValueError,
+     r"batchnorm_backward: `relu_y` must have shape \(4, 3, 2\); got \(4, 2, 2\)"),
+    ((X, X, None, C3, C3, 1e-5, True, X.astype(np.float64)), TypeError,
+     r"batchnorm_backward: `relu_y` must be a float32 array"),
+    ((X, X, None, C3, C3, 1e-5, True, X.reshape(4, 6)), ValueError, r"batchnorm_backward: `relu_y` must have shape"),
+    ((X, X, None, C3, C3, 1e-5, True, X.T), ValueError, r"batchnorm_backward: `relu_y` must be C-contiguous"),
 ])
 def test_backward_bad_input(args, exc, match):
     with pytest.raises(exc, match=match):
         _kernels.batchnorm_backward(*args)
+    if len(args) > 7 and "must have shape" in match:  # the twin checks the shape of what it adds
+        with pytest.raises(exc, match=match):
+            reference.batchnorm_backward(*args)
 
 
 @pytest.mark.parametrize("make,x,exc,match", [

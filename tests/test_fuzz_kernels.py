@@ -238,10 +238,12 @@ def _batchnorm(draw, rng, backward):
     if not batch or backward:
         mean, var = values(rng, (c,)), (np.abs(values(rng, (c,))) + 0.5).astype(np.float32)
     if backward:
+        relu_y = values(rng, shape) if draw(st.booleans()) else None
         return {"dy": values(rng, shape), "x": x, "weight": weight, "mean": mean, "var": var, "eps": eps,
-                "batch_stats": batch}
+                "batch_stats": batch, "relu_y": relu_y}
     bias = values(rng, (c,)) if draw(st.booleans()) else None
-    return {"x": x, "weight": weight, "bias": bias, "mean": mean, "var": var, "eps": eps}
+    return {"x": x, "weight": weight, "bias": bias, "mean": mean, "var": var, "eps": eps,
+            "relu": draw(st.booleans())}
 
 
 VALID = {

@@ -16,6 +16,8 @@ LAYERS = {
     "seq": (lambda: fc.Sequential(fc.Conv2d(2, 8, 3, padding=1), fc.ReLU(), fc.MaxPool2d(2), fc.Flatten(),
                                   fc.Linear(8 * 9, 4)), (2, 2, 6, 6)),
     "tanh": (fc.Tanh, (3, 7)),
+    "conv_bn_relu": (lambda: fc.Sequential(fc.Conv2d(2, 3, 3, padding=1, bias=False), fc.BatchNorm2d(3), fc.ReLU(),
+                                          fc.Flatten(), fc.Linear(3 * 4 * 4, 2)), (3, 2, 4, 4)),  # fused bn -> relu
 }
 
 

@@ -238,18 +238,22 @@ void fc_activation_backward(int op, fc_int count, const float *dy, const float *
  * order, so results do not depend on the thread count.
  * batch_stats != 0 (training): mean and var are OUTPUTS, the batch mean and
  * biased variance (n * inner >= 1); otherwise they are INPUTS (running
- * statistics). */
+ * statistics). relu != 0: y is then rectified in the same pass (a ReLU after
+ * the batch norm: v < 0 ? 0 : v, NaN kept, as fc_activation_forward). */
 void fc_batchnorm_forward(fc_int n, fc_int c, fc_int inner, const float *x, const float *weight,
                           const float *bias, float *mean, float *var, double eps,
-                          int batch_stats, float *y, int nthreads);
+                          int batch_stats, int relu, float *y, int nthreads);
 /* Inputs as the forward's (mean, var: the statistics it used). Outputs, all
  * overwritten: dx (n, c, inner); dweight[j] = sum dy * xhat and dbias[j] =
  * sum dy, with xhat = (x - mean) * invstd. With batch_stats the gradient also
- * flows through the batch mean and variance. */
-void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *x,
-                           const float *weight, const float *mean, const float *var, double eps,
-                           int batch_stats, float *dx, float *dweight, float *dbias,
-                           int nthreads);
+ * flows through the batch mean and variance. relu_y, when not NULL, is the
+ * output (n, c, inner) of a ReLU after the batch norm and dy the gradient at
+ * that output: dy is masked as the ReLU's backward does (0 where relu_y <= 0)
+ * as it is read, with the bits of the two backwards run one after the other. */
+void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *relu_y,
+                           const float *x, const float *weight, const float *mean,
+                           const float *var, double eps, int batch_stats, float *dx,
+                           float *dweight, float *dbias, int nthreads);
 
 /* ---- avgpool2d.c -----------------------------------------------------------
  * x (n, c, h, w) -> y (n, c, oh, ow): the sum of each kh x kw window's real

@@ -28,17 +28,24 @@
  * n * inner values. */
 typedef void fc_bn_stats_fn(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *x,
                             const double *shift, double *s1, double *s2);
-/* y = (x - m[j]) * scale[j] + shift[j]. */
+/* y = (x - m[j]) * scale[j] + shift[j]; then, if relu, v < 0 ? 0 : v (NaN
+ * and -0 kept: the bits of the ReLU row run on y). */
 typedef void fc_bn_normalize_fn(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *x,
-                                const float *m, const float *scale, const float *shift, float *y);
-/* sdy[j] += sum of dy, sdyx[j] += sum of dy * (x - mean[j]). */
+                                const float *m, const float *scale, const float *shift, int relu,
+                                float *y);
+/* The backward entries read dy masked by a ReLU after the batch norm when
+ * ry (that ReLU's output, laid out as dy) is not NULL: g = ry <= 0 ? 0 : dy
+ * (dy passes where ry is NaN), the bits of the ReLU's backward row, in
+ * registers; with ry NULL, g = dy. */
+/* sdy[j] += sum of g, sdyx[j] += sum of g * (x - mean[j]). */
 typedef void fc_bn_grad_sums_fn(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *dy,
-                                const float *x, const float *mean, double *sdy, double *sdyx);
-/* dx = (dy - gm[j] - (x - m[j]) * k[j]) * scale[j] if batch_stats, else
- * dy * scale[j] (x, m, gm and k unread: an infinite x does not enter). */
+                                const float *ry, const float *x, const float *mean, double *sdy,
+                                double *sdyx);
+/* dx = (g - gm[j] - (x - m[j]) * k[j]) * scale[j] if batch_stats, else
+ * g * scale[j] (x, m, gm and k unread: an infinite x does not enter). */
 typedef void fc_bn_grad_input_fn(fc_int n, fc_int stride, fc_int inner, fc_int w, const float *dy,
-                                 const float *x, const float *m, const float *gm, const float *k,
-                                 const float *scale, int batch_stats, float *dx);
+                                 const float *ry, const float *x, const float *m, const float *gm,
+                                 const float *k, const float *scale, int batch_stats, float *dx);
 
 typedef struct {
     fc_bn_stats_fn *stats;

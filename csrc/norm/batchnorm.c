@@ -9,7 +9,12 @@
  *
  * Each channel is reduced by one thread in a fixed order (batchnorm.h), so
  * results depend neither on the thread count nor on the ISA. Reductions are
- * in double: a float accumulator over 10^6 values loses about 3 digits. */
+ * in double: a float accumulator over 10^6 values loses about 3 digits.
+ *
+ * A ReLU after the batch norm (conv -> bn -> relu) can run inside these
+ * passes: the forward rectifies y as it writes it, the backward masks dy by
+ * the ReLU's output as it reads it; the bits are those of the two layers
+ * run apart, and the activations are walked once less each way. */
 #include <math.h>
 #include "fastconv.h"
 #include "core/fc_omp.h"
@@ -47,24 +52,25 @@ static void tile_stats(const fc_bn_kernel *kern, fc_int n, fc_int c, fc_int inne
     }
 }
 
-/* y = (x - mean) * scale + shift on channels [j0, j1), scale = invstd * weight. */
+/* y = (x - mean) * scale + shift on channels [j0, j1), scale = invstd * weight;
+ * rectified if relu. */
 static void tile_normalize(const fc_bn_kernel *kern, fc_int n, fc_int c, fc_int inner,
                            const float *x, const float *weight, const float *bias,
-                           const float *mean, const float *var, double eps, fc_int j0, fc_int j1,
-                           float *y)
+                           const float *mean, const float *var, double eps, int relu, fc_int j0,
+                           fc_int j1, float *y)
 {
     float scale[FC_BN_TILE], shift[FC_BN_TILE];
     for (fc_int j = j0; j < j1; j++) {
         scale[j - j0] = (float)(inv_std(var[j], eps) * (weight ? weight[j] : 1.0f));
         shift[j - j0] = bias ? bias[j] : 0.0f;
     }
-    kern->normalize(n, c * inner, inner, j1 - j0, x + j0 * inner, mean + j0, scale, shift,
+    kern->normalize(n, c * inner, inner, j1 - j0, x + j0 * inner, mean + j0, scale, shift, relu,
                     y + j0 * inner);
 }
 
 void fc_batchnorm_forward(fc_int n, fc_int c, fc_int inner, const float *x, const float *weight,
                           const float *bias, float *mean, float *var, double eps,
-                          int batch_stats, float *y, int nthreads)
+                          int batch_stats, int relu, float *y, int nthreads)
 {
     const fc_bn_kernel *const kern = fc_ctx_current()->bn;
 #pragma omp parallel num_threads(nthreads) if (n * c * inner >= FC_BN_PAR_MIN)
@@ -74,20 +80,23 @@ void fc_batchnorm_forward(fc_int n, fc_int c, fc_int inner, const float *x, cons
         for (fc_int j0 = c0; j0 < c1; j0 += FC_BN_TILE) {
             fc_int j1 = j0 + FC_BN_TILE < c1 ? j0 + FC_BN_TILE : c1;
             if (batch_stats) tile_stats(kern, n, c, inner, x, j0, j1, mean, var);
-            tile_normalize(kern, n, c, inner, x, weight, bias, mean, var, eps, j0, j1, y);
+            tile_normalize(kern, n, c, inner, x, weight, bias, mean, var, eps, relu, j0, j1, y);
         }
     }
 }
 
-/* The backward of channels [j0, j1): sums, then dx. */
+/* The backward of channels [j0, j1): sums, then dx; dy masked by relu_y
+ * (the ReLU's output) in both passes when it is not NULL. */
 static void tile_backward(const fc_bn_kernel *kern, fc_int n, fc_int c, fc_int inner,
-                          const float *dy, const float *x, const float *weight, const float *mean,
-                          const float *var, double eps, int batch_stats, fc_int j0, fc_int j1,
-                          float *dx, float *dweight, float *dbias)
+                          const float *dy, const float *relu_y, const float *x,
+                          const float *weight, const float *mean, const float *var, double eps,
+                          int batch_stats, fc_int j0, fc_int j1, float *dx, float *dweight,
+                          float *dbias)
 {
     double sdy[FC_BN_TILE] = {0}, sdyx[FC_BN_TILE] = {0}; /* sum dy, sum dy * (x - mean) */
     const fc_int stride = c * inner, w = j1 - j0, at = j0 * inner;
-    kern->grad_sums(n, stride, inner, w, dy + at, x + at, mean + j0, sdy, sdyx);
+    const float *ry = relu_y ? relu_y + at : NULL;
+    kern->grad_sums(n, stride, inner, w, dy + at, ry, x + at, mean + j0, sdy, sdyx);
     /* dx = (dy - gm - (x - mean) * k) * scale. With batch statistics, PyTorch's
      * form: gm = mean(dy) and k = sum(dy * (x - mean)) * invstd^2 / count are
      * the terms through the batch mean and variance. With constant statistics
@@ -102,14 +111,14 @@ static void tile_backward(const fc_bn_kernel *kern, fc_int n, fc_int c, fc_int i
         gm[j - j0] = batch_stats ? (float)(sdy[j - j0] / count) : 0.0f;
         k[j - j0] = batch_stats ? (float)(sdyx[j - j0] * invstd * invstd / count) : 0.0f;
     }
-    kern->grad_input(n, stride, inner, w, dy + at, x + at, mean + j0, gm, k, scale, batch_stats,
+    kern->grad_input(n, stride, inner, w, dy + at, ry, x + at, mean + j0, gm, k, scale, batch_stats,
                      dx + at);
 }
 
-void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *x,
-                           const float *weight, const float *mean, const float *var, double eps,
-                           int batch_stats, float *dx, float *dweight, float *dbias,
-                           int nthreads)
+void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, const float *relu_y,
+                           const float *x, const float *weight, const float *mean,
+                           const float *var, double eps, int batch_stats, float *dx,
+                           float *dweight, float *dbias, int nthreads)
 {
     const fc_bn_kernel *const kern = fc_ctx_current()->bn;
 #pragma omp parallel num_threads(nthreads) if (n * c * inner >= FC_BN_PAR_MIN)
@@ -118,8 +127,8 @@ void fc_batchnorm_backward(fc_int n, fc_int c, fc_int inner, const float *dy, co
         fc_split_range(c, fc_team_size(), fc_thread_id(), &c0, &c1);
         for (fc_int j0 = c0; j0 < c1; j0 += FC_BN_TILE) {
             fc_int j1 = j0 + FC_BN_TILE < c1 ? j0 + FC_BN_TILE : c1;
-            tile_backward(kern, n, c, inner, dy, x, weight, mean, var, eps, batch_stats, j0, j1,
-                          dx, dweight, dbias);
+            tile_backward(kern, n, c, inner, dy, relu_y, x, weight, mean, var, eps, batch_stats,
+                          j0, j1, dx, dweight, dbias);
         }
     }
 }

@@ -46,6 +46,13 @@ class ReLU(Module):
         self._y = y
         return y
 
+    @property
+    def output(self):
+        """The forward's output, kept for the backward (None before a forward,
+        or after one fused with a max-pool); a fused BatchNorm backward masks
+        with it."""
+        return self._y
+
     def backward(self, dy):
         return self.mask(dy, self._y)
 

@@ -24,6 +24,7 @@ from fastconv.backend import get_backend
 from fastconv.nn.activations import ReLU
 from fastconv.nn.containers import Residual
 from fastconv.nn.conv import Conv2d
+from fastconv.nn.normalization import BatchNorm1d, BatchNorm2d
 from fastconv.nn.pooling import MaxPool2d
 from fastconv.nn.module import Module
 
@@ -78,6 +79,14 @@ def _residual_relu(mods, x):
     return relu.adopt_output(residual.forward(x, relu=True))
 
 
+def _batchnorm_relu(mods, x):
+    """The ReLU in the batch norm's normalize pass (conv -> bn -> relu: one pass
+    over the activations instead of two); the ReLU adopts the rectified output.
+    The same in eval mode (running statistics)."""
+    bn, relu = mods
+    return relu.adopt_output(bn.forward(x, relu=True))
+
+
 def _always(mods, array) -> bool:
     return True
 
@@ -95,14 +104,30 @@ def _relu_pool_backward(mods, dy):
     return pool.backward(relu.mask(dy, pool.output))
 
 
+def _relu_kept_output(mods, dy) -> bool:
+    return mods[1].output is not None
+
+
+def _batchnorm_relu_backward(mods, dy):
+    """The ReLU's mask applied to dy as the batch norm's backward reads it (no
+    masked copy of dy written and read back); its output, however the forward
+    ran (fused or not), is the mask. The same bits as the two backwards."""
+    bn, relu = mods
+    return bn.backward(dy, relu_y=relu.output)
+
+
 # Tried in order at each child; the first that matches and applies runs.
 FORWARD = (
     Pattern("conv2d_relu_maxpool2d", (Conv2d, ReLU, MaxPool2d), _pool_fits, _conv_relu_pool),
     Pattern("conv2d_relu", (Conv2d, ReLU), _always, _conv_relu),
     Pattern("residual_relu", (Residual, ReLU), _always, _residual_relu),
+    Pattern("batchnorm2d_relu", (BatchNorm2d, ReLU), _always, _batchnorm_relu),
+    Pattern("batchnorm1d_relu", (BatchNorm1d, ReLU), _always, _batchnorm_relu),
 )
 BACKWARD = (
     Pattern("relu_maxpool2d_backward", (ReLU, MaxPool2d), _pool_ran, _relu_pool_backward),
+    Pattern("batchnorm2d_relu_backward", (BatchNorm2d, ReLU), _relu_kept_output, _batchnorm_relu_backward),
+    Pattern("batchnorm1d_relu_backward", (BatchNorm1d, ReLU), _relu_kept_output, _batchnorm_relu_backward),
 )
 
 

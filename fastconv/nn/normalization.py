@@ -3,6 +3,8 @@ names and state_dict keys.
 
 Each direction is one kernel call (``batchnorm_forward``/``batchnorm_backward``,
 which see the input as (N, C, *)); the running statistics are updated here.
+A ReLU after the layer can run inside those calls (``relu`` of ``forward``,
+``relu_y`` of ``backward``: the fusion rows of fastconv.nn.fusion).
 """
 
 from __future__ import annotations
@@ -62,7 +64,9 @@ class _BatchNorm(Module):
             self.running_mean = self.running_var = self.num_batches_tracked = None
         self._cache = None
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """The normalized x; max(., 0) in the same pass when ``relu`` (a ReLU
+        after this layer, fused: the bits of the two layers run apart)."""
         name = type(self).__name__
         x = check_input(name, x, self.ranks)
         c = self.num_features
@@ -75,17 +79,22 @@ class _BatchNorm(Module):
                              f"got input shape {x.shape}")
         w, b = (None if p is None else p.data.astype(x.dtype, copy=False) for p in (self.weight, self.bias))
         given = (None, None) if batch_stats else (self.running_mean, self.running_var)
-        y, mean, var = kernel("batchnorm_forward")(x, w, b, *given, self.eps)
+        y, mean, var = kernel("batchnorm_forward")(x, w, b, *given, self.eps, bool(relu))
         if self.training and self.track_running_stats:
             self._update_running_stats(mean, var, count)
         self._cache = (x, mean, var, batch_stats)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, relu_y=None):
+        """dx from dy at this layer's output; with ``relu_y``, the output of a
+        ReLU after this layer, dy is the gradient at the ReLU's output and
+        its mask is applied in the same passes (the bits of ReLU.backward
+        then this)."""
         x, mean, var, batch_stats = self._cache
         dy = check_grad(type(self).__name__, dy, x.shape)
         w = None if self.weight is None else self.weight.data.astype(x.dtype, copy=False)
-        dx, dweight, dbias = kernel("batchnorm_backward")(dy, x, w, mean, var, self.eps, batch_stats)
+        dx, dweight, dbias = kernel("batchnorm_backward")(dy, x, w, mean, var, self.eps, batch_stats,
+                                                          relu_y)
         if self.weight is not None:
             self.weight.grad += dweight
         if self.bias is not None:
