@@ -8,8 +8,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import assert_isas_agree, rand
-from hypothesis import HealthCheck, given, settings
+from conftest import assert_bits_equal, assert_isas_agree, rand
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import fastconv as fc
@@ -177,18 +177,20 @@ def sprinkle(rng, a, fraction):
 
 def check_fused(x, weight, bias, mean=None, var=None, eps=1e-5, dy=None):
     """The fused calls give the bits of batchnorm then relu_forward, and of
-    relu_backward then batchnorm_backward, and agree with their twins."""
+    relu_backward then batchnorm_backward (a NaN's sign and payload free: the
+    sanitizers' build gave dbias +NaN fused and -NaN apart), and agree with
+    their twins."""
     dy = rand(np.random.default_rng(2), *x.shape) if dy is None else dy
     y, m, v = _kernels.batchnorm_forward(x, weight, bias, mean, var, eps)
     fused = _kernels.batchnorm_forward(x, weight, bias, mean, var, eps, relu=True)
     ry = _kernels.relu_forward(y)
     for got, want in zip(fused, (ry, m, v)):
-        np.testing.assert_array_equal(bits(got), bits(want))
+        assert_bits_equal(got, want)
     batch_stats = mean is None
     want = _kernels.batchnorm_backward(_kernels.relu_backward(dy, ry), x, weight, m, v, eps, batch_stats)
     grads = _kernels.batchnorm_backward(dy, x, weight, m, v, eps, batch_stats, relu_y=ry)
     for got, w in zip(grads, want):
-        np.testing.assert_array_equal(bits(got), bits(w))
+        assert_bits_equal(got, w)
     twin = reference.batchnorm_forward(x, weight, bias, mean, var, eps, relu=True)
     twin_grads = reference.batchnorm_backward(dy, x, weight, m, v, eps, batch_stats, relu_y=ry)
     for g, e in zip(fused, twin):
@@ -203,6 +205,7 @@ def check_fused(x, weight, bias, mean=None, var=None, eps=1e-5, dy=None):
 @given(n=st.integers(1, 6), c=st.integers(1, 9), inner=st.lists(st.integers(1, 9), max_size=3),
        affine=st.booleans(), training=st.booleans(), special=st.sampled_from([0.0, 0.05]),
        seed=st.integers(0, 2**31))
+@example(n=5, c=6, inner=[2, 9], affine=False, training=False, special=0.05, seed=0)  # NaN signs differed
 def test_fused_relu_has_the_unfused_bits_any_shape(isa_threads, n, c, inner, affine, training, special, seed):
     """Batch 1, odd and 1-element rows (inner = 1 is the (N, C) path); NaN, inf
     and signed zeros in x (in training they spoil their channel's statistics,
