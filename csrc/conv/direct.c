@@ -45,7 +45,7 @@ const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
 {
     const fc_direct_kernel *kr = k == 8    ? &ctx->direct_k8
                                  : k == 16 ? &ctx->direct_k16
-                                 : k % 16 == 0 && k <= FC_DIRECT_MAX_K ? &ctx->direct_wide
+                                 : k > 16 && k % 16 == 0 && k <= FC_DIRECT_MAX_K ? &ctx->direct_wide
                                            : NULL;
     return kr && kr->forward ? kr : NULL;
 }
@@ -79,7 +79,7 @@ static void tap_offsets(const fc_conv_shape *s, const fc_direct_geom *g, fc_int 
             for (fc_int j = 0; j < s->kw; j++) off[t++] = c * g->plane + i * g->wp + j;
 }
 
-/* Forward tiles of one padded image: for K = 16 and 32 they cover its
+/* Forward tiles of one padded image: for K = 16 and up they cover its
  * output pixels, for K = 8 its positions at the padded pitch. */
 static fc_int tile_count(const fc_conv_shape *s, const fc_direct_geom *g, const fc_direct_kernel *kr)
 {
