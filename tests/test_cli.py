@@ -6,6 +6,7 @@ Subprocesses run in tmp_path, so they import the installed package, not ./fastco
 import gzip
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import fastconv as fc
+from fastconv.models import ARCHS, RESNETS
 from fastconv.tools import cli
 
 SCRIPT = shutil.which("fastconv", path=os.path.dirname(sys.executable)) or shutil.which("fastconv")
@@ -58,6 +60,9 @@ def test_help_everywhere(tmp_path, capsys):
         out = capsys.readouterr().out
         for w in words:
             assert w in out, (command, w)
+        if command == "train":
+            for name in (*ARCHS, *RESNETS):
+                assert re.search(rf"\b{name}\b", out), name
     module = subprocess.run([sys.executable, "-m", "fastconv", "--help"], cwd=tmp_path, capture_output=True,
                             text=True, check=False)
     assert module.returncode == 0 and "train" in module.stdout

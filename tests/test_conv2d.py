@@ -153,11 +153,10 @@ def forced_direct_convs(draw):
 
 def direct_tiles_take(isa, conv):
     """Whether the ISA table has direct tiles for conv's K and stride
-    (kernels/direct.h): AVX2 K = 8, 16 at unit stride; AVX-512 also the
-    multiples of 16 up to 128, and those at any stride; generic none."""
+    (kernels/direct.h): on AVX2 and AVX-512, K = 8 at unit stride and the
+    multiples of 16 up to 128 at any stride; generic none."""
     unit = conv.stride == (1, 1)
-    return {"generic": False, "avx2": unit and conv.k in (8, 16),
-            "avx512": (conv.k % 16 == 0 and conv.k <= 128) or (unit and conv.k == 8)}[isa]
+    return isa != "generic" and ((conv.k % 16 == 0 and conv.k <= 128) or (unit and conv.k == 8))
 
 
 @contextlib.contextmanager
@@ -217,7 +216,7 @@ EDGES = {
     "direct-k16-partial-groups": Conv(2, 3, 9, 7, 16, 3, 3, (1, 1), (1, 1)),
 }
 
-# The direct tiles forced (AVX-512's K = 32 and strided tiles; auto takes
+# The direct tiles forced (the K >= 32 and strided tiles; auto takes
 # some of them): issue 18's first layers (3 -> 16 and 3 -> 32, 3x3, at
 # 32x32: 16-pixel tiles within one output row), lenet conv2 (tiles across
 # rows), the 7x7/2 stem (one-row tiles at stride 2), K = 32 with fewer pixels
@@ -338,7 +337,7 @@ def test_direct_k16_avx512_has_avx2_bits(rng, conv, threads):
                                   DIRECT_FORCED["stem-7x7-s2"]._replace(n=7, h=21, w=19)],
                          ids=["k32", "strided"])
 def test_forced_direct_is_deterministic(isa_threads, rng, conv):
-    """Forced direct (K = 32, strided on AVX-512): an image's output does not
+    """Forced direct (K = 32, strided): an image's output does not
     depend on the batch split, and dW and db repeat bit for bit at a thread
     count."""
     x, weight, bias, dy = conv.arrays(rng)

@@ -132,8 +132,8 @@ def test_auto_picks_by_the_documented_rules():
     """The measured rules: direct for K = 8 or 16 at unit stride (where the
     ISA has its tiles: not the reference table of 'generic'), Winograd for
     3x3 with C, K >= 16 and 256 tiles, x as the columns of a 1x1, implicit
-    im2col at unit stride, im2col when strided (direct, on AVX-512, for strided
-    layers and K = 32 with C < 16); dx as a convolution when
+    im2col at unit stride, im2col when strided (direct, where the ISA has the
+    tiles, for strided layers and K = 32 with C < 16); dx as a convolution when
     C >= K; dW by Winograd only when dx needs no col2im."""
     previous = _kernels.get_isa()
     try:
@@ -150,9 +150,9 @@ def test_auto_picks_by_the_documented_rules():
             small = plan_of(Conv(1, 32, 16, 16, 64, 3, 3, (1, 1), (1, 1)))
             assert small["forward"][0] == "implicit_im2col" and "64 tiles < 256" in small["forward"][1]
             # The first layers and strided convs: direct where the ISA has the tiles
-            # (K = 16 at unit stride: AVX2 and AVX-512; AVX-512 also K = 32 with
-            # C < 16 and strides other than 1), else the GEMM path.
-            wide_tiles = isa == "avx512"
+            # (AVX2 and AVX-512: K = 16 at unit stride, K = 32 with C < 16, and
+            # strides other than 1), else the GEMM path.
+            wide_tiles = isa != "generic"
             first = plan_of(Conv(128, 3, 32, 32, 32, 3, 3, (1, 1), (1, 1)))
             if wide_tiles:
                 assert [first[d][0] for d in ("forward", "dx", "dweight")] == ["direct", "im2col", "direct"]

@@ -154,7 +154,9 @@ def test_outputs_match_the_recorded_bits():
     got = run_all()
     recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
     if RECORD:
-        recorded = {k: v for k, v in recorded.items() if not k.startswith(f"{MACHINE}/")} | got
+        # Keep the records of the ISAs this CPU lacks (an AVX2 host keeps AVX-512's).
+        ran = {"/".join(k.split("/")[:2]) for k in got}
+        recorded = {k: v for k, v in recorded.items() if "/".join(k.split("/")[:2]) not in ran} | got
         GOLDEN.write_text(json.dumps(dict(sorted(recorded.items())), indent=0) + "\n")
         return
     mine = {k: v for k, v in recorded.items() if k.startswith(f"{MACHINE}/")}

@@ -237,7 +237,7 @@ typedef int guard_fn(problem *p, reason *r);
 
 /* direct: K = 8, 16 or a multiple of 16 up to FC_DIRECT_MAX_K (the
  * register tiles) where the ISA table has them; unit strides, or any where
- * the tiles take them (kernels/direct.h, `strided`: AVX-512's). Measured at 1 thread (AVX2,
+ * the tiles take them (kernels/direct.h, `strided`: the K >= 16 tiles). Measured at 1 thread (AVX2,
  * 2-core EPYC, shared and noisy) against the GEMM path, each in its own
  * process, 3 alternating rounds of 0.6 s per case, medians; fwd, bwd (dx,
  * dW, db) and dW (need_dx=False):
@@ -273,7 +273,22 @@ typedef int guard_fn(problem *p, reason *r);
  *   16x3x64x64 -> 64, 7x7/2 p3:    fwd 2.48 / 1.18 vs 3.06 / 1.38;    dW 2.55 / 1.27 vs 3.53 / 1.57
  *   128x32x16x16 -> 64, 1x1/2:     fwd 0.88 / 0.36 vs 0.85 / 0.39;    dW 1.06 / 0.41 vs 0.90 / 0.42
  *   128x64x16x16 -> 64, 3x3 p1:    fwd 18.5 / 9.57 vs 9.85 / 5.21 (Winograd's ground)
- * and an A/B of two builds (bench/ab_builds.py, 3 rounds) put the 1x1/2 at
+ * AVX2's tiles for the same K (16 channels at a time, 2 ymm x 6 pixels),
+ * timed on a 2-core Zen 3 EPYC against the same build with direct off, one
+ * process, 11 or 21 interleaved calls, medians at 1 / 2 threads, the unit
+ * strides twice (fwd; dW alone; ratios of direct's time):
+ *   128x3x32x32 -> 32, 3x3 p1:     fwd 0.99-1.03 / 0.59-0.62;  dW 0.62 / 0.61
+ *   128x16x32x32 -> 32, 3x3/2 p1:  fwd 0.79 / 0.79;            dW 0.66 / 0.65
+ *   16x3x64x64 -> 16, 7x7/2 p3:    fwd 0.54 / 0.52;            dW 0.41 / 0.43
+ *   128x16x32x32 -> 32, 1x1/2:     fwd 1.22 / 1.32;            dW 0.87 / 0.86
+ *   128x32x16x16 -> 64, 3x3/2 p1:  fwd 0.74 / 0.75;            dW 0.78 / 0.76
+ *   128x64x8x8 -> 128, 3x3/2 p1:   fwd 0.71 / 0.77;            dW 0.96 / 1.03
+ *   16x3x64x64 -> 64, 7x7/2 p3:    fwd 0.85 / 0.86;            dW 0.68 / 0.67
+ *   128x32x16x16 -> 64, 1x1/2:     fwd 1.16 / 1.15;            dW 1.08 / 0.90
+ *   128x3x32x32 -> 64, 3x3 p1:     fwd 1.05-1.07 / 0.75-0.84;  dW 0.66 (K > 32: forced only)
+ * so AVX2 takes the same rule (the forward's 1 / 2-thread gap at C = 3 is
+ * the GEMM path's: its implicit im2col scales 1.3x to 2 threads there).
+ * An A/B of two builds (bench/ab_builds.py, 3 rounds) put the 1x1/2 at
  * K = 32 at 1.16 / 1.03 of the GEMM path's time forward, 1.07 / 0.90
  * backward: so they pay when strided with a kernel larger than 1x1 (a 1x1
  * strided has no taps to share, and the GEMM path's gathered columns cost

@@ -16,7 +16,7 @@
  *   at the padded pitch, P = oy * wp + ox, [t * tile, (t + 1) * tile), the
  *   columns ox >= OW computed and dropped.
  * dweight: one image's dy (K, OH*OW): staged into the workspace dyk (K >= 16:
- *   (OH*OW, K), all written; K = 8: (K, span) at the padded pitch, whose
+ *   K*OH*OW floats in the tiles' own layout, all written; K = 8: (K, span) at the padded pitch, whose
  *   dropped columns and tail the caller zeroed once), then for every (tap,
  *   k) the products dy * xp summed into part[(tap * K + k) * lanes + l]
  *   (lanes partial sums each), and dy's sums into db[k * lanes + l]. span
@@ -50,7 +50,7 @@ typedef struct {
     fc_int tile;     /* output pixels (K = 16, 32) or positions (K = 8) per forward tile */
     fc_int lanes;    /* partial sums per (tap, k) of dweight */
     fc_int overread; /* floats a tile may read past the padded planes, besides kw */
-    int strided;     /* 1: any stride (K = 16, 32 only); 0: unit stride only */
+    int strided;     /* 1: any stride (K >= 16 only); 0: unit stride only */
 } fc_direct_kernel;
 
 #endif

@@ -261,8 +261,8 @@ def _add_data_options(p, val=True):
 
 def _add_training_options(p):
     p.add_argument("--arch", default="auto", metavar="NAME|SPEC",
-                   help="built-in name (digits, lenet, cifar_small, mlp) or a spec string such as "
-                        "conv8x5p2-relu-pool2-fc10 (see below); auto picks by data set (default: %(default)s)")
+                   help="a built-in name (listed below: lenet, cifar_small, resnet20, vgg11, ...) or a spec "
+                        "string such as conv8x5p2-relu-pool2-fc10; auto picks by data set (default: %(default)s)")
     p.add_argument("--optimizer", default="adam", choices=sorted(LR_DEFAULTS), help="(default: %(default)s)")
     p.add_argument("--lr", type=positive_float, metavar="LR",
                    help="learning rate (default: " + ", ".join(f"{k} {v:g}" for k, v in LR_DEFAULTS.items()) + ")")

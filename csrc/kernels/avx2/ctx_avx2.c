@@ -4,7 +4,7 @@
 extern const fc_gemm_kernel fc_gemm_kernel_avx2;
 extern const fc_eltwise_kernel fc_eltwise_kernel_avx2;
 extern const fc_bn_kernel fc_bn_kernel_avx2;
-extern const fc_direct_kernel fc_direct_k8_avx2, fc_direct_k16_avx2;
+extern const fc_direct_kernel fc_direct_k8_avx2, fc_direct_k16_avx2, fc_direct_wide_avx2;
 fc_im2col_row_fn fc_im2col_row_avx2;
 fc_col2im_channel_fn fc_col2im_channel_avx2;
 fc_pack_b_fn fc_pack_columns_avx2;
@@ -36,6 +36,7 @@ void fc_ctx_init_avx2(fc_ctx *ctx)
     ctx->pool2x2_backward = fc_pool2x2_backward_avx2;
     ctx->direct_k8 = fc_direct_k8_avx2;
     ctx->direct_k16 = fc_direct_k16_avx2;
+    ctx->direct_wide = fc_direct_wide_avx2;
     ctx->eltwise = &fc_eltwise_kernel_avx2;
     ctx->bn = &fc_bn_kernel_avx2;
     ctx->add_relu = fc_add_relu_avx2;

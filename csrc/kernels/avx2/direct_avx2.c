@@ -1,13 +1,22 @@
-/* Direct convolution tiles for 8 and 16 output channels, AVX2 + FMA
- * (contract: kernels/direct.h; the driver, its threading and the measured
- * rule for when it runs: conv/direct.c, conv/plan.c). Register tiles of 12
- * accumulators:
+/* Direct convolution tiles for 8, 16 and multiples of 16 up to
+ * FC_DIRECT_MAX_K output channels, AVX2 + FMA (contract: kernels/direct.h;
+ * the driver, its threading and the measured rule for when it runs:
+ * conv/direct.c, conv/plan.c). Register tiles of 12 accumulators:
  * - K = 16 (tile): the output channels are the lanes, 2 vectors x 6 output
- *   pixels; per tap, 2 weight loads and 6 broadcast pixels;
+ *   pixels; per tap, 2 weight loads and 6 broadcast pixels; stored by 8 x 8
+ *   register transposes where the next tile overwrites the 2 extra pixels.
+ *   K = 32, 48, ... runs as its parts of 16, one after the other over the
+ *   same pixels.
+ *   A pixel's corner is a free function of its output position, so any
+ *   stride: output (oy, ox) reads from the padded image's (oy * sh, ox * sw).
  * - K = 8 (row_tile): the lanes are output positions at the padded row
- *   pitch, 4 channels x 3 vectors; per tap, 3 loads and 4 broadcast weights.
+ *   pitch, 4 channels x 3 vectors; per tap, 3 loads and 4 broadcast weights
+ *   (unit stride only).
  * Bias and ReLU are applied as a tile is stored. Every output sums its taps
- * in the order (c, i, j), then adds the bias. */
+ * in the order (c, i, j) in one FMA chain, then adds the bias; every (tap,
+ * k) of dW sums an image's pixels in raster order onto its partial: the
+ * operations of AVX-512's tiles lane by lane, so the two give the same bits
+ * (tests/test_conv2d.py checks K = 16). */
 #include <immintrin.h>
 #include <string.h>
 
@@ -21,28 +30,52 @@
 /* Output positions per row_tile: 3 vectors. */
 #define FC_ROW_TILE 24
 
-/* K = 16: output pixels [p0, p0 + NP) of one image (the tile's last pixels
- * repeat pixel `last` when the image ends inside the tile; they are not
- * stored), KV = 2 vectors of 8 output channels each. Inputs: xp, the padded
- * image; off, tap_offsets; wt, the weights as (C, kh, kw, K); bias (K) or
- * NULL. Output: y (K, OH, OW). */
+/* r[q][k] := r[k][q] (8 x 8 floats): pairs of rows interleaved by 32 bits,
+ * then 64 bits, then the 128-bit halves. */
+static inline __attribute__((always_inline)) void transpose8(__m256 r[8])
+{
+    __m256 t[8];
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
+        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
+    }
+    for (int i = 0; i < 8; i++) r[i] = t[i];
+}
+
+/* Channels [16h, 16h + 16) of output pixels [p0, p0 + NP) of one image (the
+ * tile's last pixels repeat pixel `last` when the image ends inside the
+ * tile; they are not stored), KV = 2 vectors of 8 output channels each.
+ * Inputs: xp, the padded image; off, tap_offsets; wt, the weights as (C, kh,
+ * kw, K); bias (K) or NULL. Output: y (K, OH, OW). */
 static inline __attribute__((always_inline)) void
 tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const fc_int *off,
-     const float *wt, const float *bias, int relu, float *y, fc_int p0, fc_int last)
+     const float *wt, const float *bias, int relu, float *y, fc_int p0, fc_int last, fc_int h,
+     int spill)
 {
-    enum { KV = 2, K = 16, NP = FC_DIRECT_NP };
-    const fc_int ohow = s->oh * s->ow, taps = s->c * s->kh * s->kw;
+    enum { KV = 2, NP = FC_DIRECT_NP };
+    const fc_int ohow = s->oh * s->ow, taps = s->c * s->kh * s->kw, K = s->k;
     fc_int at[NP]; /* the pixels' corners in the padded image */
     for (int q = 0; q < NP; q++) {
         const fc_int p = p0 + q <= last ? p0 + q : last;
-        at[q] = p / s->ow * g->wp + p % s->ow;
+        at[q] = p / s->ow * s->sh * g->wp + p % s->ow * s->sw;
     }
     __m256 acc[KV][NP];
     for (int v = 0; v < KV; v++)
         for (int q = 0; q < NP; q++) acc[v][q] = _mm256_setzero_ps();
-    for (fc_int t = 0; t < taps; t++) {
+    const float *w = wt + 16 * h;
+    for (fc_int t = 0; t < taps; t++, w += K) {
         __m256 wv[KV];
-        for (int v = 0; v < KV; v++) wv[v] = _mm256_loadu_ps(wt + t * K + 8 * v);
+        for (int v = 0; v < KV; v++) wv[v] = _mm256_loadu_ps(w + 8 * v);
         const float *xt = xp + off[t];
         /* An opaque base: else GCC folds off[t] into every pixel's index,
          * an extra add per broadcast instead of one addressing mode. */
@@ -53,19 +86,34 @@ tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const fc_
         }
     }
     /* Bias, ReLU (v < 0 ? 0 : v, NaN kept: maxps returns its second operand
-     * on NaN), then the (pixel, channel) tile stored channel-major. */
-    float out[NP][K] __attribute__((aligned(32)));
+     * on NaN), then the (pixel, channel) tile stored channel-major: by
+     * register transposes to one 8-pixel store per channel when `spill`
+     * (pixels p0 + NP .. p0 + 7 are in the image and a later tile of this
+     * call stores them again), else float by float (the transposing store
+     * cost a first layer with 27 taps a fifth of its time). */
     for (int v = 0; v < KV; v++) {
-        const __m256 b = bias ? _mm256_loadu_ps(bias + 8 * v) : _mm256_setzero_ps();
+        const __m256 b = bias ? _mm256_loadu_ps(bias + 16 * h + 8 * v) : _mm256_setzero_ps();
         for (int q = 0; q < NP; q++) {
-            __m256 r = _mm256_add_ps(acc[v][q], b);
-            if (relu) r = _mm256_max_ps(_mm256_setzero_ps(), r);
-            _mm256_store_ps(out[q] + 8 * v, r);
+            acc[v][q] = _mm256_add_ps(acc[v][q], b);
+            if (relu) acc[v][q] = _mm256_max_ps(_mm256_setzero_ps(), acc[v][q]);
         }
     }
+    float *yk = y + 16 * h * ohow + p0;
+    if (spill) {
+        for (int v = 0; v < KV; v++) {
+            __m256 r[8];
+            for (int q = 0; q < 8; q++) r[q] = q < NP ? acc[v][q] : _mm256_setzero_ps();
+            transpose8(r);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(yk + (8 * v + k) * ohow, r[k]);
+        }
+        return;
+    }
+    float out[NP][16] __attribute__((aligned(32)));
+    for (int v = 0; v < KV; v++)
+        for (int q = 0; q < NP; q++) _mm256_store_ps(out[q] + 8 * v, acc[v][q]);
     const int count = last - p0 + 1 < NP ? (int)(last - p0 + 1) : NP;
-    for (fc_int k = 0; k < K; k++)
-        for (int q = 0; q < count; q++) y[k * ohow + p0 + q] = out[q][k];
+    for (fc_int k = 0; k < 16; k++)
+        for (int q = 0; q < count; q++) yk[k * ohow + q] = out[q][k];
 }
 
 /* K = 8: with one vector of channels, tile() would broadcast one input
@@ -129,10 +177,10 @@ row_tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const
  * dW[k][c][i][j] = sum over images and output pixels p of
  * dy[k][p] * xpad[c][p + (i, j)], both forward tiles turned around:
  *
- * K = 16 (dw_tile): the output channels as lanes of dy transposed to
- * (pixel, K), T taps of the padded image broadcast, 2T accumulators that run
- * over all the pixels of an image in raster order: partials of one float per
- * (tap, k).
+ * K = 16 and up (dw_tile): the output channels as lanes of dy transposed,
+ * per 16 channels, to (pixel, 16), T taps of the padded image broadcast, 2T
+ * accumulators that run over all the pixels of an image in raster order:
+ * partials of one float per (tap, k).
  * K = 8 (dw_row_tile): lanes over output positions at the padded row pitch,
  * as row_tile(), from dy copied to that pitch with zeros in the dropped
  * columns (so they add nothing); 4 channels x 3 taps of accumulators, each a
@@ -148,23 +196,26 @@ row_tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const
 /* Accumulators per dW tile: 2 vectors x FC_DW_T taps. */
 #define FC_DW_T 6
 
-/* K = 16: n pixels (a constant) of one output row, from column ox, into
+/* n pixels (a constant) of one output row, the first at column ox, into
  * acc: xt[t], tap t's input for the row's first pixel; d, pixel ox's dyt
- * row. 12 accumulators, 2 dy vectors and a broadcast fill the 16 ymm
- * registers, so the pixels go one after the other, each of its broadcasts
- * at xt[t] + ox plus a constant. */
+ * row (16 channels). 12 accumulators, 2 dy vectors and a broadcast fill the
+ * 16 ymm registers, so the pixels go one after the other, each of its
+ * broadcasts at xt[t] + ox * sw plus a constant (step = sw, a constant; 0:
+ * sw read at run time, the pixels' indices one add each). */
 static inline __attribute__((always_inline)) void
-dw_pixels(__m256 acc[2][FC_DW_T], const float *const *xt, fc_int ox, const float *d, const int T,
-          const int n)
+dw_pixels(__m256 acc[2][FC_DW_T], const float *const *xt, fc_int ox, fc_int sw, const float *d,
+          const int T, const int n, const int step)
 {
-    /* ox opaque, one index register for all T taps: else GCC steps a
+    /* The index opaque, one register for all T taps: else GCC steps a
      * pointer per tap, T adds per 4 pixels, and at T = 6 keeps some of them
      * on the stack. */
-    __asm__("" : "+r"(ox));
+    fc_int i = ox * (step ? step : sw);
+    __asm__("" : "+r"(i));
     for (int q = 0; q < n; q++) {
         const __m256 d0 = _mm256_loadu_ps(d + 16 * q), d1 = _mm256_loadu_ps(d + 16 * q + 8);
+        const fc_int iq = i + q * (step ? step : sw);
         for (int t = 0; t < T; t++) {
-            const __m256 xv = _mm256_broadcast_ss(xt[t] + ox + q);
+            const __m256 xv = _mm256_broadcast_ss(xt[t] + iq);
             acc[0][t] = _mm256_fmadd_ps(d0, xv, acc[0][t]);
             acc[1][t] = _mm256_fmadd_ps(d1, xv, acc[1][t]);
         }
@@ -176,28 +227,30 @@ dw_pixels(__m256 acc[2][FC_DW_T], const float *const *xt, fc_int ox, const float
     }
 }
 
-/* K = 16: taps [t0, t0 + T) into part (taps, K), over all pixels of one
- * image in raster order: xp padded, dyt (OH*OW, K). A row's pixels go four
- * at a time from one pointer per tap (dw_pixels): 7 instructions of
- * bookkeeping per 48 multiply-adds, where each pixel's corner computed anew
- * (through an opaque base) cost 8 per 12. */
+/* Taps [t0, t0 + T) x channels [16h, 16h + 16) into part (taps, K), over
+ * all pixels of one image in raster order: xp padded, dyt (K / 16, OH*OW,
+ * 16). A row's pixels go four at a time from one pointer per tap
+ * (dw_pixels): 7 instructions of bookkeeping per 48 multiply-adds at unit
+ * stride, where each pixel's corner computed anew (through an opaque base)
+ * cost 8 per 12. */
 static inline __attribute__((always_inline)) void
 dw_tile(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp, const float *dyt,
-        const fc_int *off, fc_int t0, float *part, const int T)
+        const fc_int *off, fc_int t0, fc_int h, float *part, const int T, const int step)
 {
-    enum { KV = 2, K = 16 };
+    enum { KV = 2 };
+    const fc_int K = s->k;
     __m256 acc[KV][FC_DW_T];
     for (int v = 0; v < KV; v++)
-        for (int t = 0; t < T; t++) acc[v][t] = _mm256_loadu_ps(part + (t0 + t) * K + 8 * v);
+        for (int t = 0; t < T; t++) acc[v][t] = _mm256_loadu_ps(part + (t0 + t) * K + 16 * h + 8 * v);
     for (fc_int oy = 0; oy < s->oh; oy++) {
-        const float *d = dyt + oy * s->ow * K, *xt[FC_DW_T];
-        for (int t = 0; t < T; t++) xt[t] = xp + oy * g->wp + off[t0 + t];
+        const float *d = dyt + (h * s->oh + oy) * s->ow * 16, *xt[FC_DW_T];
+        for (int t = 0; t < T; t++) xt[t] = xp + oy * s->sh * g->wp + off[t0 + t];
         fc_int ox = 0;
-        for (; ox + 4 <= s->ow; ox += 4, d += 4 * K) dw_pixels(acc, xt, ox, d, T, 4);
-        for (; ox < s->ow; ox++, d += K) dw_pixels(acc, xt, ox, d, T, 1);
+        for (; ox + 4 <= s->ow; ox += 4, d += 4 * 16) dw_pixels(acc, xt, ox, s->sw, d, T, 4, step);
+        for (; ox < s->ow; ox++, d += 16) dw_pixels(acc, xt, ox, s->sw, d, T, 1, step);
     }
     for (int v = 0; v < KV; v++)
-        for (int t = 0; t < T; t++) _mm256_storeu_ps(part + (t0 + t) * K + 8 * v, acc[v][t]);
+        for (int t = 0; t < T; t++) _mm256_storeu_ps(part + (t0 + t) * K + 16 * h + 8 * v, acc[v][t]);
 }
 
 /* K = 8: taps [t0, t0 + T) x channels [4h, 4h + 4) into part (taps, 8, 8
@@ -225,22 +278,28 @@ dw_row_tile(const float *xp, const float *dyp, fc_int span, const fc_int *off, f
 }
 
 /* All taps of one image into part: tiles of the widest T, and the rest in a
- * last, narrower tile (T is a compile-time constant in each case). dyk is
- * dyt (K = 16) or dyp (K = 8, whose positions run to span). */
-#define FC_DW_CASE(T) \
-    case T: dw_tile(s, g, xp, dyk, off, t0, part, T); break;
+ * last, narrower tile (T and the step compile-time constants in each case).
+ * dyk is dyt (K >= 16) or dyp (K = 8, whose positions run to span). */
+#define FC_DW_CASE(T)                                                      \
+    case T:                                                                \
+        if (s->sw == 1)                                                    \
+            dw_tile(s, g, xp, dyk, off, t0, h, part, T, 1);                \
+        else                                                               \
+            dw_tile(s, g, xp, dyk, off, t0, h, part, T, 0);                \
+        break;
 #define FC_DW_ROW_CASE(T) \
     case T: dw_row_tile(xp, dyk, span, off, t0, h, part, T); break;
 static void dw_image(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp,
                      const float *dyk, fc_int span, const fc_int *off, float *part)
 {
     const fc_int taps = s->c * s->kh * s->kw;
-    if (s->k == 16) {
-        for (fc_int t0 = 0; t0 < taps; t0 += FC_DW_T) {
-            switch (taps - t0 < FC_DW_T ? taps - t0 : FC_DW_T) {
-            FC_DW_CASE(1) FC_DW_CASE(2) FC_DW_CASE(3) FC_DW_CASE(4) FC_DW_CASE(5) FC_DW_CASE(6)
+    if (s->k >= 16) {
+        for (fc_int h = 0; h < s->k / 16; h++)
+            for (fc_int t0 = 0; t0 < taps; t0 += FC_DW_T) {
+                switch (taps - t0 < FC_DW_T ? taps - t0 : FC_DW_T) {
+                FC_DW_CASE(1) FC_DW_CASE(2) FC_DW_CASE(3) FC_DW_CASE(4) FC_DW_CASE(5) FC_DW_CASE(6)
+                }
             }
-        }
         return;
     }
     for (int h = 0; h < 2; h++)
@@ -251,29 +310,7 @@ static void dw_image(const fc_conv_shape *s, const fc_direct_geom *g, const floa
         }
 }
 
-/* r[q][k] := r[k][q] (8 x 8 floats): pairs of rows interleaved by 32 bits,
- * then 64 bits, then the 128-bit halves. */
-static inline __attribute__((always_inline)) void transpose8(__m256 r[8])
-{
-    __m256 t[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int i = 0; i < 4; i++) {
-        t[i] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x20);
-        t[i + 4] = _mm256_permute2f128_ps(r[i], r[i + 4], 0x31);
-    }
-    for (int i = 0; i < 8; i++) r[i] = t[i];
-}
-
-/* K = 16: 8 channels x pixels [0, n), n <= 8, of dy (rows ohow apart, the
+/* 8 channels x pixels [0, n), n <= 8, of dy (rows ohow apart, the
  * loads masked when n < 8) transposed to dyt (pixel rows 16 apart); returns
  * acc + the pixels' rows, in pixel order. */
 static inline __attribute__((always_inline)) __m256
@@ -293,28 +330,32 @@ stage8(const float *dy, fc_int ohow, float *dyt, int n, __m256 acc)
 }
 
 /* One image's dy (K, OH*OW) in the layout dw_image reads, and db's partial
- * (K, L) += its sums in a fixed order. K = 16: dyk = dyt (OH*OW, K), by
- * register transposes of 8 pixels x each half of the channels, db summed
- * pixel by pixel as they give the pixels' rows. K = 8: dyk = dyp (K, span),
+ * (K, L) += its sums in a fixed order. K >= 16: dyk = dyt (K / 16, OH*OW,
+ * 16), by register transposes of 8 pixels x each half of 16 channels, db
+ * summed pixel by pixel as they give the pixels' rows. K = 8: dyk = dyp (K, span),
  * rows at the padded pitch (its dropped columns and tail stay zero from the
  * first call), summed in 8 lanes. */
 static void stage_dy(const fc_conv_shape *s, const fc_direct_geom *g, const float *dy,
                      float *dyk, fc_int span, float *db)
 {
     const fc_int ohow = s->oh * s->ow, K = s->k;
-    if (K == 16) {
-        __m256 lo = _mm256_loadu_ps(db), hi = _mm256_loadu_ps(db + 8);
-        fc_int p = 0;
-        for (; p + 8 <= ohow; p += 8) {
-            lo = stage8(dy + p, ohow, dyk + p * K, 8, lo);
-            hi = stage8(dy + 8 * ohow + p, ohow, dyk + p * K + 8, 8, hi);
+    if (K >= 16) {
+        for (fc_int k0 = 0; k0 < K; k0 += 16) {
+            const float *d = dy + k0 * ohow;
+            float *dt = dyk + k0 * ohow;
+            __m256 lo = _mm256_loadu_ps(db + k0), hi = _mm256_loadu_ps(db + k0 + 8);
+            fc_int p = 0;
+            for (; p + 8 <= ohow; p += 8) {
+                lo = stage8(d + p, ohow, dt + p * 16, 8, lo);
+                hi = stage8(d + 8 * ohow + p, ohow, dt + p * 16 + 8, 8, hi);
+            }
+            if (p < ohow) {
+                lo = stage8(d + p, ohow, dt + p * 16, (int)(ohow - p), lo);
+                hi = stage8(d + 8 * ohow + p, ohow, dt + p * 16 + 8, (int)(ohow - p), hi);
+            }
+            _mm256_storeu_ps(db + k0, lo);
+            _mm256_storeu_ps(db + k0 + 8, hi);
         }
-        if (p < ohow) {
-            lo = stage8(dy + p, ohow, dyk + p * K, (int)(ohow - p), lo);
-            hi = stage8(dy + 8 * ohow + p, ohow, dyk + p * K + 8, (int)(ohow - p), hi);
-        }
-        _mm256_storeu_ps(db, lo);
-        _mm256_storeu_ps(db + 8, hi);
         return;
     }
     for (fc_int k = 0; k < K; k++) {
@@ -333,7 +374,16 @@ static void forward_k16(const fc_conv_shape *s, const fc_direct_geom *g, const f
                         fc_int t0, fc_int t1)
 {
     const fc_int last = s->oh * s->ow - 1;
-    for (fc_int t = t0; t < t1; t++) tile(s, g, xp, off, wt, bias, relu, y, t * FC_DIRECT_NP, last);
+    for (fc_int t = t0; t < t1; t++) {
+        const fc_int p0 = t * FC_DIRECT_NP;
+        const int spill = t + 1 < t1 && p0 + 8 <= last + 1;
+        for (fc_int h = 0; h < s->k / 16; h++) {
+            if (spill)
+                tile(s, g, xp, off, wt, bias, relu, y, p0, last, h, 1);
+            else
+                tile(s, g, xp, off, wt, bias, relu, y, p0, last, h, 0);
+        }
+    }
 }
 
 static void forward_k8(const fc_conv_shape *s, const fc_direct_geom *g, const float *xp,
@@ -351,7 +401,11 @@ static void dweight(const fc_conv_shape *s, const fc_direct_geom *g, const float
     dw_image(s, g, xp, dyk, span, off, part);
 }
 
-/* Unit stride only: tile() and row_tile() take consecutive pixels. */
-const fc_direct_kernel fc_direct_k16_avx2 = {forward_k16, dweight, FC_DIRECT_NP, 1, 0, 0};
-/* row_tile's last tile reads up to 2 tiles past the planes. */
+/* {forward, dweight, tile, lanes, overread, strided}: nothing read past the
+ * planes, any stride. */
+const fc_direct_kernel fc_direct_k16_avx2 = {forward_k16, dweight, FC_DIRECT_NP, 1, 0, 1};
+/* K = 32, 48, ..., FC_DIRECT_MAX_K: the same code, 16 channels at a time. */
+const fc_direct_kernel fc_direct_wide_avx2 = {forward_k16, dweight, FC_DIRECT_NP, 1, 0, 1};
+/* Unit stride only: row_tile() takes consecutive positions; its last tile
+ * reads up to 2 tiles past the planes. */
 const fc_direct_kernel fc_direct_k8_avx2 = {forward_k8, dweight, FC_ROW_TILE, 8, 2 * FC_ROW_TILE, 0};

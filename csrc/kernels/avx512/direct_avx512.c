@@ -9,7 +9,7 @@
  * - forward (tile16): 16 output pixels x 16 channels, 16 accumulators; per
  *   tap, one weight load and 16 multiply-adds each with a broadcast pixel.
  *   The (pixel, channel) tile is transposed in registers and stored as 16
- *   channel rows of 16 consecutive pixels, masked at the image's end: AVX2's
+ *   channel rows of 16 consecutive pixels, masked at the image's end: a
  *   scalar transposing store (16 x 16 loads and stores) would weigh as much
  *   as the multiply-adds of a first layer's 27 taps.
  * - dW (dw_tile16): dy transposed to (pixel, K), T taps broadcast from the
