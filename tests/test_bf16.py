@@ -217,7 +217,8 @@ CONVS = [  # x shape, weight shape, stride, padding
 
 def test_bf16_never_plans_direct_and_winograd_only_where_it_runs():
     """Direct has float32 tiles only; bf16 Winograd (tests/test_conv2d_winograd_bf16.py)
-    takes the 3x3 stride-1 shapes, here only where forced (auto: too few tiles)."""
+    takes the 3x3 stride-1 shapes where forced, and under auto where float32's rule
+    pays, which these shapes are too small for (too few tiles or channels)."""
     for x_shape, w_shape, stride, padding in CONVS:
         for mode in ("auto", "direct", "winograd"):
             plan = _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=mode, precision="bfloat16")

@@ -67,9 +67,9 @@
  * 2.3e-3; tests/test_conv2d_winograd_bf16.py bounds the ratio at 3x). Its outputs are its own bits, the same on every ISA (and, but dW,
  * every thread count), not those of the GEMM algorithms. Its range guards
  * hold unchanged: rounding to bf16 grows a value by at most 1 + 2^-8,
- * within their margin (winograd.c). Auto does not take it in bf16
- * (WG_BF16_PAYS, measured). Direct and depthwise have float32 kernels only
- * and say NO.
+ * within their margin (winograd.c). Auto takes it in bf16 where it takes
+ * it in float32 (measured below winograd_forward). Direct and depthwise
+ * have float32 kernels only and say NO.
  *
  * A new algorithm is one file with its entry points (declared in
  * conv/conv.h) and one row of the table, with its rules.
@@ -366,18 +366,18 @@ static int direct_dweight_guard(problem *p, reason *r)
 #define WG_MIN_K 16
 #define WG_MIN_TILES 256
 
-/* In bf16, Winograd runs only when forced: auto's bf16 plans with it measured
- * slower than with bf16 implicit im2col on a Zen 4 host with AVX512_BF16
- * (bench/ab_builds.py, 2026-12-02, 2 threads: resnet20 step b128 1.21x,
- * cifar_small inference b256 1.19x, cifar_small step 1.04x the time; it
- * repacks the transformed tiles per GEMM block, where float32 Winograd packs
- * them once). PAYS here would make auto take it where its float32 rule pays. */
-#define WG_BF16_PAYS APPLIES
+/* In bf16 the same rule: with U packed once and V rounded into the bf16
+ * micro-kernel's slivers per block (winograd.c), bf16 Winograd took 0.48-0.66x
+ * bf16 implicit im2col's forward time and 0.64-0.97x bf16 im2col's dx + dW
+ * on the 3x3 layers of ResNet-20 and cifar_small at batch 128 (C, K = 16 to
+ * 128, 8x8 to 32x32; 1 and 2 threads; a 2-core Zen 4 EPYC with AVX512_BF16,
+ * bench/bf16_winograd.py, 2026-12-03). dW alone, whose
+ * GEMMs still pack through fc_gemm, ranged 0.74-1.06x: the one shape above
+ * 1 (64 -> 128 at 8x8, 2 threads) is not worth a rule of its own. */
 
 static int winograd_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
-    const int bf16 = p->precision == FC_BFLOAT16;
     if (s->kh != 3 || s->kw != 3 || !unit_stride(s) || s->ph < 0 || s->pw < 0) {
         say(r, "needs a 3x3 kernel at unit stride, padding >= 0");
         return NO;
@@ -392,8 +392,8 @@ static int winograd_forward(const problem *p, reason *r)
         return APPLIES;
     }
     say(r, "3x3 stride 1, C = %lld, K = %lld >= %d, %lld tiles >= %d%s", c, k, WG_MIN_C, tiles,
-        WG_MIN_TILES, bf16 ? ", bf16 GEMMs (forced only)" : "");
-    return bf16 ? WG_BF16_PAYS : PAYS;
+        WG_MIN_TILES, p->precision == FC_BFLOAT16 ? ", bf16 GEMMs" : "");
+    return PAYS;
 }
 
 /* The transforms cancel exactly only within the float range (winograd.c). */

@@ -39,8 +39,8 @@
  * layouts this file's plans fill in); this file holds the algebra, the
  * plans, the weight transforms and the threading.
  *
- * bf16 (FC_BFLOAT16): the same transforms, the GEMMs in bf16 (the end of
- * this file).
+ * bf16 (FC_BFLOAT16): the same transforms and blocks, the GEMMs in bf16
+ * (the end of this file).
  */
 #include <float.h>
 #include <math.h>
@@ -379,53 +379,96 @@ int fc_conv2d_winograd_dweight(const fc_conv_shape *s, int precision, const floa
     return failed ? FC_ENOMEM : 0;
 }
 
-/* ---- bf16: the 16 GEMMs with the bf16 GEMM ------------------------------
- * The same transforms, in float32, and the same algebra; only M_xi = U_xi
- * @ V_xi runs as fc_gemm(FC_BFLOAT16), whose packers round U and V to bf16
- * (nearest even) as they pack them, and whose micro-kernel sums the exact
- * products in float32 in the order of kernels/bf16.h. So U and V are each
- * rounded once, after their transforms; nothing else is. Every ISA's
- * transforms and bf16 GEMM give the same bits, so the outputs are the same
- * bits on every ISA, and (as M_xi's sums run over C alone, per tile) for
- * every thread count and blocking. dW is fc_conv2d_winograd_dweight in
+/* ---- bf16: the 16 GEMMs with the bf16 micro-kernel ----------------------
+ * The same transforms, in float32, and the same algebra and blocks as the
+ * float32 forward (plan_for, with the bf16 kernel's MR and NR); only M_xi
+ * = U_xi @ V_xi runs in bf16. U is packed once per call into the bf16
+ * kernel's A panels, and each block's V, written by the table's wg_input
+ * as float32 slivers, is rounded into bf16 slivers one point xi at a time,
+ * while it is in L2; the bf16 micro-kernel is then called directly, as the
+ * float32 forward calls its own. Rounding once to nearest even (the
+ * packers of kernels/bf16.h) and summing C in the contract's k blocks of
+ * FC_BF16_KC, this gives the bits of fc_gemm(FC_BFLOAT16) on U and V: U and
+ * V are each rounded once, after their transforms; nothing else is. Every
+ * ISA's transforms and bf16 GEMM give the same bits, so the outputs are the
+ * same bits on every ISA, and (as M_xi's sums run over C alone, per tile)
+ * for every thread count and blocking. dW is fc_conv2d_winograd_dweight in
  * bf16: there the sums run over tiles, cut by blocks and threads, so its
  * bits depend on the thread count as float32's do.
  *
- * The layouts are dW's (plan_dweight): V and M plain row-major (tiles ldv
- * apart per channel), U_xi row-major K x C (transform_weights with MR = 1),
- * which fc_gemm packs; the float32 path's writing V straight into packed
- * slivers would need bf16 transforms in the ISA tables. */
+ * Layouts: a bf16 panel or sliver of R rows holds C rounded up to even
+ * rows of pairs (kernels/bf16.h), k block b from row b * FC_BF16_KC (an even
+ * number, so every block but the last is whole pairs); B slivers are
+ * bf16_sliver() values apart, a whole number of cache lines, as the
+ * micro-kernel loads them aligned. */
+static fc_int bf16_rows(fc_int c) { return (c + 1) & ~(fc_int)1; }
+static fc_int bf16_sliver(fc_int c, int nr) { return ceil_div(nr * bf16_rows(c), 32) * 32; }
+
+/* One block's M (as run_blocks), the bf16 way: vp the block's float32 V,
+ * vb room for one point's bf16 slivers, ub the bf16 U panels. */
+static void run_block_bf16(const fc_conv_shape *s, const fc_wg_plan *p, const fc_gemm_bf16_kernel *bk,
+                           const fc_bf16 *ub, const float *vp, fc_bf16 *vb, float *m, fc_int tiles)
+{
+    const int mr = bk->mr, nr = bk->nr;
+    const fc_int panel = mr * bf16_rows(s->c), sliver = bf16_sliver(s->c, nr), ldm = p->tiles;
+    const fc_int slivers = ceil_div(tiles, nr);
+    for (int xi = 0; xi < WG_XI; xi++) {
+        const float *v = vp + xi * p->v_stride;
+        for (fc_int sl = 0; sl < slivers; sl++)
+            for (fc_int c0 = 0; c0 < s->c; c0 += FC_BF16_KC)
+                bk->pack_nr(nr, min_i(FC_BF16_KC, s->c - c0), v + (sl * s->c + c0) * nr, 1, nr,
+                            vb + sl * sliver + c0 * nr);
+        for (fc_int ks = 0; ks < p->nks; ks++) {
+            const fc_bf16 *a = ub + (xi * p->nks + ks) * panel;
+            float *mt = m + xi * p->m_stride + ks * mr * ldm;
+            const fc_int rows_k = min_i(mr, s->k - ks * mr);
+            for (fc_int sl = 0; sl < slivers; sl++)
+                for (fc_int c0 = 0; c0 < s->c; c0 += FC_BF16_KC)
+                    bk->ukr(min_i(FC_BF16_KC, s->c - c0), 1.0f, a + c0 * mr, vb + sl * sliver + c0 * nr,
+                            c0 ? 1.0f : 0.0f, mt + sl * nr, ldm, rows_k, min_i(nr, tiles - sl * nr));
+        }
+    }
+}
+
 static int winograd_forward_bf16(const fc_conv_shape *s, const float *x, const float *weight,
                                  const fc_wg_out *out, int nthreads)
 {
     const fc_ctx *ctx = fc_ctx_current();
+    const fc_gemm_bf16_kernel *bk = ctx->gemm_bf16;
     fc_wg_output_fn *tout = out->pooled ? ctx->wg_output_pool : ctx->wg_output;
-    fc_wg_plan p = plan_dweight(s, nthreads);
-    p.per_thread -= p.tmp_floats; /* no sums over tiles */
-    p.tmp_floats = 0;
+    const int mr = bk->mr, nr = bk->nr;
+    fc_wg_plan p = plan_for(s, mr, nr, nthreads);
+    /* + one point's bf16 V slivers, two values a float */
+    p.tmp_floats = round_to_line(ceil_div(p.slivers * bf16_sliver(s->c, nr), 2));
+    p.per_thread += p.tmp_floats;
     const int team = (int)min_i(nthreads > 1 ? nthreads : 1, p.nblocks);
-    const fc_int ck = s->c * s->k, u_floats = round_to_line(WG_XI * ck), ldv = p.ldv;
-    float *work = alloc_lines(u_floats + team * p.per_thread);
+    const fc_int panel = mr * bf16_rows(s->c), panels = WG_XI * p.nks;
+    const fc_int ua_floats = round_to_line(panels * mr * s->c);
+    const fc_int ub_floats = round_to_line(ceil_div(panels * panel, 2));
+    float *work = alloc_lines(ua_floats + ub_floats + team * p.per_thread);
     if (!work) return FC_ENOMEM;
-    float *u = work;
-    int failed = 0;
-#pragma omp parallel num_threads(team) if (team > 1) reduction(| : failed)
+    float *ua = work;
+    fc_bf16 *ub = (fc_bf16 *)(work + ua_floats);
+#pragma omp parallel num_threads(team) if (team > 1)
     {
-        transform_weights(s, weight, 1, s->k, u); /* u[(xi * K + k) * C + c]; ends with a barrier */
-        float *v = work + u_floats + fc_thread_id() * p.per_thread;
-        float *m = v + p.v_floats, *rows = m + p.m_floats;
+        transform_weights(s, weight, mr, p.nks, ua); /* ends with a barrier */
+#pragma omp for schedule(static)
+        for (fc_int q = 0; q < panels; q++)
+            for (fc_int c0 = 0; c0 < s->c; c0 += FC_BF16_KC)
+                bk->pack_mr(mr, min_i(FC_BF16_KC, s->c - c0), ua + (q * s->c + c0) * mr, 1, mr,
+                            ub + q * panel + c0 * mr);
+        float *vp = work + ua_floats + ub_floats + fc_thread_id() * p.per_thread;
+        float *m = vp + p.v_floats, *rows = m + p.m_floats;
+        fc_bf16 *vb = (fc_bf16 *)(rows + p.row_floats);
         const fc_int all_rows = s->n * p.th;
 #pragma omp for schedule(dynamic, 1)
         for (fc_int blk = 0; blk < p.nblocks; blk++) {
             const fc_int r0 = blk * p.rows, r1 = min_i(all_rows, r0 + p.rows);
-            ctx->wg_input(s, &p, (int)ldv, x, r0, r1, v, rows);
-            for (int xi = 0; xi < WG_XI && !failed; xi++)
-                failed |= fc_gemm(FC_BFLOAT16, 0, 0, s->k, (r1 - r0) * p.tw, s->c, 1.0f,
-                                  u + xi * ck, s->c, v + xi * p.v_stride, ldv, 0.0f,
-                                  m + xi * p.m_stride, ldv, 1, 0) != 0;
-            if (!failed) tout(s, &p, m, ldv, out, r0, r1);
+            ctx->wg_input(s, &p, nr, x, r0, r1, vp, rows);
+            run_block_bf16(s, &p, bk, ub, vp, vb, m, (r1 - r0) * p.tw);
+            tout(s, &p, m, p.tiles, out, r0, r1);
         }
     }
     free(work);
-    return failed ? FC_ENOMEM : 0;
+    return 0;
 }
