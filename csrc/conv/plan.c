@@ -371,7 +371,8 @@ static int direct_dweight_guard(problem *p, reason *r)
  * bf16 implicit im2col's forward time and 0.64-0.97x bf16 im2col's dx + dW
  * on the 3x3 layers of ResNet-20 and cifar_small at batch 128 (C, K = 16 to
  * 128, 8x8 to 32x32; 1 and 2 threads; a 2-core Zen 4 EPYC with AVX512_BF16,
- * bench/bf16_winograd.py, 2026-12-03). dW alone, whose
+ * interleaved medians as bench/bf16_winograd.py takes them, 2026-12-03).
+ * dW alone, whose
  * GEMMs still pack through fc_gemm, ranged 0.74-1.06x: the one shape above
  * 1 (64 -> 128 at 8x8, 2 threads) is not worth a rule of its own. */
 
