@@ -367,14 +367,14 @@ static int direct_dweight_guard(problem *p, reason *r)
 #define WG_MIN_TILES 256
 
 /* In bf16 the same rule: with U packed once and V rounded into the bf16
- * micro-kernel's slivers per block (winograd.c), bf16 Winograd took 0.48-0.66x
- * bf16 implicit im2col's forward time and 0.64-0.97x bf16 im2col's dx + dW
+ * micro-kernel's slivers per block (winograd.c), bf16 Winograd took 0.48-0.67x
+ * bf16 implicit im2col's forward time and 0.59-0.97x bf16 im2col's dx + dW
  * on the 3x3 layers of ResNet-20 and cifar_small at batch 128 (C, K = 16 to
  * 128, 8x8 to 32x32; 1 and 2 threads; a 2-core Zen 4 EPYC with AVX512_BF16,
- * interleaved medians as bench/bf16_winograd.py takes them, 2026-12-03).
- * dW alone, whose
- * GEMMs still pack through fc_gemm, ranged 0.74-1.06x: the one shape above
- * 1 (64 -> 128 at 8x8, 2 threads) is not worth a rule of its own. */
+ * two runs of bench/bf16_winograd.py's method, 2026-12-03). dW alone, whose
+ * GEMMs still pack through fc_gemm, ranged 0.74-1.13x, above 1 only at
+ * K >= 64 (32 -> 64 at 16x16, 64 -> 128 at 8x8): a rule for dW alone is
+ * left for when its GEMMs take slivers too, as a step runs dx and dW together. */
 
 static int winograd_forward(const problem *p, reason *r)
 {
