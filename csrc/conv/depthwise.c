@@ -7,16 +7,16 @@
  * inputs that no other output channel shares (but the multiplier's), so a
  * GEMM per group would be 1 x kh*kw times kh*kw x OH*OW, all packing and no
  * reuse. It is bound by memory: each plane is computed in one call of the
- * ISA table's plane kernel (kernels/depthwise.h), which keeps a 3x3 filter
- * in registers and vectorizes along the rows (across them where the
- * geometry allows).
+ * ISA table's plane kernel (kernels/depthwise.h), which copies it into a
+ * per-thread padded buffer and runs every tap as one pass over the plane.
  *
- * Any kernel size, stride, padding (each side) and dilation: the plane
- * kernels add only the taps inside the image, so padding adds no terms
- * (no 0 * Inf). dx at unit stride is the depthwise convolution of dy with
- * the flipped filters (padding dh*(kh-1) - ph before, the rest implied by
- * the output size), summed over the multiplier's channels in order; at
- * other strides each dy is scattered to its taps instead, plainly.
+ * Any kernel size, stride, padding (each side) and dilation. The padding
+ * is the buffer's zeros, multiplied like the other terms (the planner
+ * guards against infinite weights and dy, conv/plan.c). dx is the
+ * depthwise convolution of dy with the flipped filters at unit stride
+ * (padding dh*(kh-1) - ph before, the rest implied by the output size),
+ * dy spread out by the forward's strides with zeros between, summed over
+ * the multiplier's channels in order.
  *
  * dW's summation order: for each tap, one running sum per output column
  * over the rows of the images of a block (in order: images, then rows),
@@ -50,19 +50,56 @@ static void inside(fc_int off, fc_int step, fc_int size, fc_int count, fc_int *l
     *hi = b > a ? b : a;
 }
 
-static fc_dw_plane plane_of(fc_int h, fc_int w, fc_int oh, fc_int ow, fc_int kh, fc_int kw,
-                            fc_int sh, fc_int sw, fc_int dh, fc_int dw, fc_int ph, fc_int pw)
+/* A plane's buffer (kernels/depthwise.h) and the accumulator of its outputs,
+ * one per thread, with the geometry they serve. */
+typedef struct {
+    fc_dw_geom g;
+    fc_int buf_size, acc_size;
+    fc_int *off;
+    float *scratch; /* team * (buf_size + acc_size), zeroed: the padding */
+} planes;
+
+/* The outputs oh x ow of a source h x w spread out by (uh, uw) and padded
+ * by (top, left) before, read at stride (sh, sw) and dilation (dh, dw) of a
+ * kh x kw kernel; scratch for `team` threads, each accumulator `acc_size`
+ * floats (0: the outputs' rows at the buffer's pitch). */
+static int planes_init(planes *p, fc_int h, fc_int w, fc_int uh, fc_int uw, fc_int top,
+                       fc_int left, fc_int oh, fc_int ow, fc_int kh, fc_int kw, fc_int sh,
+                       fc_int sw, fc_int dh, fc_int dw, fc_int acc_size, int team)
 {
-    fc_dw_plane p = {{w, ow, kw, sw, dw, pw, 0, 0}, h, oh, kh, sh, dh, ph};
-    /* Interior: the first tap at or after column 0, the last before w. */
-    fc_int a, b, lo, hi;
-    inside(-pw, sw, w, ow, &a, &b);
-    inside((kw - 1) * dw - pw, sw, w, ow, &lo, &hi);
-    p.g.x0 = a > lo ? a : lo;
-    p.g.x1 = b < hi ? b : hi;
-    if (p.g.x1 < p.g.x0) p.g.x1 = p.g.x0;
-    return p;
+    fc_dw_geom *g = &p->g;
+    *g = (fc_dw_geom){.h = h, .w = w, .oh = oh, .ow = ow, .sh = sh, .sw = sw, .uh = uh,
+                      .uw = uw, .top = top, .left = left, .taps = kh * kw};
+    /* the padded rows and columns the taps read, in phases of the strides */
+    g->hq = ((oh - 1) * sh + (kh - 1) * dh + sh) / sh;
+    g->wq = ((ow - 1) * sw + (kw - 1) * dw + sw) / sw;
+    inside(top, uh, sh * g->hq, h, &g->y0, &g->y1);
+    inside(left, uw, sw * g->wq, w, &g->x0, &g->x1);
+    p->buf_size = sh * sw * g->hq * g->wq + FC_DW_SLACK;
+    p->acc_size = (acc_size ? acc_size : oh * g->wq) + FC_DW_SLACK;
+    p->off = malloc(sizeof(fc_int) * (size_t)g->taps);
+    p->scratch = calloc((size_t)team * (size_t)(p->buf_size + p->acc_size), sizeof(float));
+    if (!p->off || !p->scratch) {
+        free(p->off);
+        free(p->scratch);
+        return FC_ENOMEM;
+    }
+    for (fc_int i = 0; i < kh; i++)
+        for (fc_int j = 0; j < kw; j++) {
+            const fc_int a = i * dh, b = j * dw;
+            p->off[i * kw + j] = ((a % sh) * sw + b % sw) * g->hq * g->wq + (a / sh) * g->wq + b / sw;
+        }
+    g->off = p->off;
+    return 0;
 }
+
+static void planes_free(planes *p)
+{
+    free(p->off);
+    free(p->scratch);
+}
+
+static float *buffer_of(const planes *p) { return p->scratch + fc_thread_id() * (p->buf_size + p->acc_size); }
 
 static int parallel(int nthreads, fc_int units, fc_int elements)
 {
@@ -73,48 +110,23 @@ int fc_conv2d_depthwise_forward(const fc_conv_shape *s, const float *x, const fl
                                 const float *bias, int relu, float *y, int nthreads)
 {
     const fc_ctx *ctx = fc_ctx_current();
-    const fc_dw_plane p = plane_of(s->h, s->w, s->oh, s->ow, s->kh, s->kw, s->sh, s->sw, s->dh, s->dw,
-                                s->ph, s->pw);
     const fc_int m = s->k / s->c, hw = s->h * s->w, ohow = s->oh * s->ow, kk = s->kh * s->kw;
-    const fc_int planes = s->n * s->k;
-#pragma omp parallel for num_threads(nthreads) schedule(static) \
-    if (parallel(nthreads, planes, planes * ohow))
-    for (fc_int e = 0; e < planes; e++) {
+    const fc_int planes_n = s->n * s->k;
+    const int par = parallel(nthreads, planes_n, planes_n * ohow);
+    planes p;
+    if (planes_init(&p, s->h, s->w, 1, 1, s->ph, s->pw, s->oh, s->ow, s->kh, s->kw, s->sh, s->sw,
+                    s->dh, s->dw, 0, par ? nthreads : 1))
+        return FC_ENOMEM;
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (par)
+    for (fc_int e = 0; e < planes_n; e++) {
         const fc_int n = e / s->k, k = e % s->k;
-        float *out = y + e * ohow;
-        const float b = bias ? bias[k] : 0.0f;
-        for (fc_int o = 0; o < ohow; o++) out[o] = b;
-        ctx->dw_plane(&p, x + (n * s->c + k / m) * hw, weight + k * kk, out);
-        if (relu)
-            for (fc_int o = 0; o < ohow; o++) out[o] = out[o] < 0.0f ? 0.0f : out[o]; /* NaN kept */
+        float *buf = buffer_of(&p);
+        const fc_dw_sum job = {x + (n * s->c + k / m) * hw, weight + k * kk, 1, 0, 0,
+                               bias ? bias[k] : 0.0f, relu, y + e * ohow};
+        ctx->dw_plane(&p.g, &job, buf, buf + p.buf_size);
     }
+    planes_free(&p);
     return 0;
-}
-
-/* dx plane of channel c, image n, at any stride: each dy scattered to the
- * pixels its taps read. */
-static void scatter_plane(const fc_conv_shape *s, const float *weight, const float *dy, fc_int n,
-                          fc_int c, float *dx)
-{
-    const fc_int m = s->k / s->c, ohow = s->oh * s->ow, kk = s->kh * s->kw;
-    for (fc_int q = 0; q < m; q++) {
-        const fc_int k = c * m + q;
-        const float *d = dy + (n * s->k + k) * ohow, *wt = weight + k * kk;
-        for (fc_int oy = 0; oy < s->oh; oy++) {
-            fc_int i0, i1;
-            inside(oy * s->sh - s->ph, s->dh, s->h, s->kh, &i0, &i1);
-            for (fc_int i = i0; i < i1; i++) {
-                float *row = dx + (oy * s->sh + i * s->dh - s->ph) * s->w;
-                for (fc_int j = 0; j < s->kw; j++) {
-                    const fc_int off = j * s->dw - s->pw;
-                    const float wv = wt[i * s->kw + j];
-                    fc_int lo, hi;
-                    inside(off, s->sw, s->w, s->ow, &lo, &hi);
-                    for (fc_int ox = lo; ox < hi; ox++) row[ox * s->sw + off] += wv * d[oy * s->ow + ox];
-                }
-            }
-        }
-    }
 }
 
 int fc_conv2d_depthwise_dx(const fc_conv_shape *s, const float *weight, const float *dy, float *dx,
@@ -122,32 +134,29 @@ int fc_conv2d_depthwise_dx(const fc_conv_shape *s, const float *weight, const fl
 {
     const fc_ctx *ctx = fc_ctx_current();
     const fc_int m = s->k / s->c, hw = s->h * s->w, ohow = s->oh * s->ow, kk = s->kh * s->kw;
-    const fc_int planes = s->n * s->c;
-    const int unit = s->sh == 1 && s->sw == 1;
-    float *flipped = NULL;
-    if (unit) {
-        if (!(flipped = malloc(sizeof(float) * (size_t)(s->k * kk)))) return FC_ENOMEM;
-        for (fc_int k = 0; k < s->k; k++)
-            for (fc_int e = 0; e < kk; e++) flipped[k * kk + kk - 1 - e] = weight[k * kk + e];
+    const fc_int planes_n = s->n * s->c;
+    const int par = parallel(nthreads, planes_n, planes_n * hw * m);
+    float *flipped = malloc(sizeof(float) * (size_t)(s->k * kk));
+    if (!flipped) return FC_ENOMEM;
+    for (fc_int k = 0; k < s->k; k++)
+        for (fc_int e = 0; e < kk; e++) flipped[k * kk + kk - 1 - e] = weight[k * kk + e];
+    /* dx: dy (oh x ow, spread out by the strides) convolved into h x w */
+    planes p;
+    if (planes_init(&p, s->oh, s->ow, s->sh, s->sw, s->dh * (s->kh - 1) - s->ph,
+                    s->dw * (s->kw - 1) - s->pw, s->h, s->w, s->kh, s->kw, 1, 1, s->dh, s->dw,
+                    0, par ? nthreads : 1)) {
+        free(flipped);
+        return FC_ENOMEM;
     }
-    /* At unit stride, dx is the convolution of dy (oh x ow) into h x w. */
-    const fc_dw_plane p = plane_of(s->oh, s->ow, s->h, s->w, s->kh, s->kw, 1, 1, s->dh, s->dw,
-                                s->dh * (s->kh - 1) - s->ph, s->dw * (s->kw - 1) - s->pw);
-#pragma omp parallel for num_threads(nthreads) schedule(static) \
-    if (parallel(nthreads, planes, planes * hw * m))
-    for (fc_int e = 0; e < planes; e++) {
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (par)
+    for (fc_int e = 0; e < planes_n; e++) {
         const fc_int n = e / s->c, c = e % s->c;
-        float *out = dx + e * hw;
-        memset(out, 0, sizeof(float) * (size_t)hw);
-        if (!unit) {
-            scatter_plane(s, weight, dy, n, c, out);
-            continue;
-        }
-        for (fc_int q = 0; q < m; q++) {
-            const fc_int k = c * m + q;
-            ctx->dw_plane(&p, dy + (n * s->k + k) * ohow, flipped + k * kk, out);
-        }
+        float *buf = buffer_of(&p);
+        const fc_dw_sum job = {dy + (n * s->k + c * m) * ohow, flipped + c * m * kk, m, ohow, kk,
+                               0.0f, 0, dx + e * hw};
+        ctx->dw_plane(&p.g, &job, buf, buf + p.buf_size);
     }
+    planes_free(&p);
     free(flipped);
     return 0;
 }
@@ -162,34 +171,32 @@ int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const fl
                                 float *dweight, float *dbias, int nthreads)
 {
     const fc_ctx *ctx = fc_ctx_current();
-    const fc_dw_plane p = plane_of(s->h, s->w, s->oh, s->ow, s->kh, s->kw, s->sh, s->sw, s->dh,
-                                   s->dw, s->ph, s->pw);
     const fc_int m = s->k / s->c, hw = s->h * s->w, ohow = s->oh * s->ow, kk = s->kh * s->kw;
     const fc_int per = (FC_DW_UNITS + s->k - 1) / s->k;
     const fc_int blocks = per < s->n ? per : s->n, units = s->k * blocks;
-    const fc_int ncols = kk * s->ow;
+    const fc_int cp = FC_DW_COLS_PITCH(s->ow), ncols = kk * cp;
     const int par = parallel(nthreads, units, s->n * s->k * ohow);
-    const int team = par ? nthreads : 1;
     float *partial = malloc(sizeof(float) * (size_t)(units * kk));
-    float *cols = malloc(sizeof(float) * (size_t)(team * ncols));
-    if (!partial || !cols) {
+    planes p;
+    if (!partial || planes_init(&p, s->h, s->w, 1, 1, s->ph, s->pw, s->oh, s->ow, s->kh, s->kw,
+                                s->sh, s->sw, s->dh, s->dw, ncols, par ? nthreads : 1)) {
         free(partial);
-        free(cols);
         return FC_ENOMEM;
     }
-#pragma omp parallel for num_threads(team) schedule(static) if (par)
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (par)
     for (fc_int u = 0; u < units; u++) {
         const fc_int k = u / blocks;
         long long n0, n1;
         fc_split_range(s->n, (int)blocks, (int)(u % blocks), &n0, &n1);
-        float *c = cols + fc_thread_id() * ncols;
+        float *buf = buffer_of(&p), *c = buf + p.buf_size;
         memset(c, 0, sizeof(float) * (size_t)ncols);
         for (fc_int n = n0; n < n1; n++)
-            ctx->dw_dweight_plane(&p, x + (n * s->c + k / m) * hw, dy + (n * s->k + k) * ohow, c);
+            ctx->dw_dweight_plane(&p.g, x + (n * s->c + k / m) * hw, dy + (n * s->k + k) * ohow,
+                                  buf, c);
         /* each tap's columns in order */
         for (fc_int t = 0; t < kk; t++) {
             float sum = 0.0f;
-            for (fc_int ox = 0; ox < s->ow; ox++) sum += c[t * s->ow + ox];
+            for (fc_int ox = 0; ox < s->ow; ox++) sum += c[t * cp + ox];
             partial[u * kk + t] = sum;
         }
     }
@@ -200,6 +207,6 @@ int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const fl
             dweight[k * kk + t] = sum;
         }
     free(partial);
-    free(cols);
+    planes_free(&p);
     return dbias ? fc_conv_bias_gradient(s, dy, dbias, nthreads) : 0;
 }

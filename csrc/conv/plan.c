@@ -551,22 +551,6 @@ static int by_convolution_guard(problem *p, reason *r)
     return max_w(p) <= FLT_MAX;
 }
 
-/* The depthwise rows add only the taps inside the image, where the other
- * algorithms (and the NumPy twin) also multiply the zero padding: by the
- * weights in the forward, by dy in dW. An infinite or NaN weight, or dy,
- * makes NaN (0 * Inf) there; such input takes the per-group path. */
-static int finite_guard(problem *p, reason *r, float (*max_abs)(problem *), const char *what)
-{
-    if (!p->x) {
-        add(r, ", if %s is finite", what);
-        return 1;
-    }
-    return max_abs(p) <= FLT_MAX;
-}
-
-static int depthwise_forward_guard(problem *p, reason *r) { return finite_guard(p, r, max_w, "w"); }
-static int depthwise_dweight_guard(problem *p, reason *r) { return finite_guard(p, r, max_dy, "dy"); }
-
 /* ---- the runs --------------------------------------------------------------- */
 
 static int depthwise_run(const problem *p, const float *bias, int relu, float *y)
@@ -663,7 +647,7 @@ static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
     [FC_CONV_IM2COL] = {"im2col", {im2col_forward, im2col_dx, im2col_dweight}, {NULL, NULL, NULL},
                         im2col_run, NULL, NULL, 1, NULL, 0},
     [FC_CONV_DEPTHWISE] = {"depthwise", {depthwise_rule, depthwise_rule, depthwise_rule},
-                           {depthwise_forward_guard, NULL, depthwise_dweight_guard}, depthwise_run, NULL, depthwise_dweight_run, 0,
+                           {NULL, by_convolution_guard, NULL}, depthwise_run, NULL, depthwise_dweight_run, 0,
                            depthwise_dx_run, 1},
 };
 

@@ -5,28 +5,20 @@
  * defined as the suffix of the entries it defines (fc_dw_plane_<isa>,
  * fc_dw_dweight_plane_<isa>).
  *
- * A depthwise 3x3 output reads 9 inputs for 9 multiply-adds: the loops are
- * bound by memory, not arithmetic, so they read each input row once per
- * output row with the 9 weights in registers, vectorized along the row;
- * strides 1 and 2 reach the loops as constants, so the compiler vectorizes
- * each (a run-time stride leaves scalar code). Other kernels run tap by
- * tap, one vector pass over the output row per tap, which the row's staying
- * in L1 keeps cheap. The outputs at the row's ends, whose taps are partly
- * padding, run one by one: a vector pass per tap over one or two outputs
- * cost more in its set-up than the arithmetic. Every output adds its terms
- * in (i, j) order whichever loop computes it.
- *
- * Whole planes per call, not rows: a 16-wide row is one AVX-512 vector, so
- * per-row set-up (and, in dW, a horizontal sum per tap and row) cost as
- * much as the arithmetic. At unit stride with ow == w (padding "same"
- * along the row) the output rows whose kernel rows all lie in the image
- * run as one flat pass: output o = oy*w + ox reads input o + a constant per
- * tap, so the interior loop runs over rows and their ends at once; the end
- * columns it computes wrongly (their taps wrap into the neighbouring row)
- * are saved before and computed again after, one by one. dW keeps one
- * running sum per tap and output column for the whole plane (the caller
- * carries them over the images), so its loops are the forward's, with a
- * store per tap. */
+ * A depthwise 3x3 output reads 9 inputs for 9 multiply-adds: the work is
+ * bound by memory, not arithmetic, and by the set-up of short rows (a 16x16
+ * plane's row is one AVX-512 vector). So each plane is first copied into
+ * the padded, polyphase buffer of depthwise.h (in L1 for the planes of
+ * CNNs), where every tap of every output, at the edges too, is the same
+ * contiguous offset: the forward is then one flat loop over the whole
+ * plane, which the compiler vectorizes, its taps nine at a time with the
+ * weights in registers and the sum in a register between them. The
+ * garbage columns between rows (wq - ow of each, about 2 of 18 at 16x16)
+ * cost less than the row ends a row-by-row loop would run one by one. dW
+ * keeps one running sum per tap and output column, so it runs row by row,
+ * the 3x3 case nine columns at a time. */
+#include <string.h>
+
 #include "kernels/ctx.h"
 
 #ifndef FC_KERNEL_ISA
@@ -35,265 +27,235 @@
 
 #define FC_DW_INLINE static inline __attribute__((always_inline))
 
-/* The outputs ox in [0, ow) whose tap ox*sw + off falls inside [0, w),
- * as [*lo, *hi). */
-FC_DW_INLINE void tap_outputs(fc_int off, fc_int sw, fc_int w, fc_int ow, fc_int *lo, fc_int *hi)
+/* The flat passes run in blocks of this many outputs, whole vectors on
+ * every ISA, so that no scalar remainder follows the vector loop (its 14
+ * outputs at 16x16 cost as much as the plane's 17 vectors): the outputs
+ * past (oh - 1) * wq + ow are garbage, read from the buffer's slack. */
+#define FC_DW_BLOCK 16
+#define FC_DW_PASS 64
+
+/* A plane's rows are short (16 floats at 16x16): GCC would turn each row's
+ * copy into a call of memcpy, whose set-up costs more than the copy. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
+
+/* dst[e * dstep] = src[e * sstep] for e < n. */
+FC_DW_INLINE void copy(float *restrict dst, fc_int dstep, const float *restrict src, fc_int sstep,
+                       fc_int n)
 {
-    fc_int a = off >= 0 ? 0 : (-off + sw - 1) / sw;
-    fc_int b = w - 1 - off < 0 ? 0 : (w - 1 - off) / sw + 1;
-    a = a < ow ? a : ow;
-    b = b < ow ? b : ow;
-    *lo = a;
-    *hi = b > a ? b : a;
+    for (fc_int e = 0; e < n; e++) dst[e * dstep] = src[e * sstep];
 }
 
-/* out[e] += wv * src[e * sw] for e < n. */
-FC_DW_INLINE void axpy_loop(float *restrict out, float wv, const float *restrict src, fc_int sw,
-                            fc_int n)
+/* A constant-size memcpy: the compiler's widest moves, inline. */
+FC_DW_INLINE void copy_block(float *restrict d, const float *restrict s)
 {
-    for (fc_int e = 0; e < n; e++) out[e] += wv * src[e * sw];
+    memcpy(d, s, sizeof(float) * FC_DW_BLOCK);
 }
 
-/* The forward terms of the outputs [oa, ob) of one row, output by output,
- * each tap tested against the row's ends: for the few outputs at the edges. */
-FC_DW_INLINE void edge_taps(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                            const float *wt, float *out, fc_int oa, fc_int ob)
+/* The source's elements into the buffer; its padding is left alone. Either
+ * the buffer has phases (sw > 1) or the source is spread out (uw > 1), never
+ * both; each case gets its steps as constants, so that it vectorizes. The
+ * rows' phases are stepped, not divided: a division per row cost as much
+ * as a 16-wide row's taps. */
+FC_DW_INLINE void fill(const fc_dw_geom *g, const float *src, float *buf)
 {
-    for (fc_int ox = oa; ox < ob; ox++) {
-        float acc = out[ox];
-        for (fc_int i = 0; i < rows; i++)
-            for (fc_int j = 0; j < g->kw; j++) {
-                const fc_int ix = ox * g->sw + j * g->dw - g->pw;
-                if (ix >= 0 && ix < g->w) acc += wt[i * g->kw + j] * row[i * pitch + ix];
-            }
-        out[ox] = acc;
-    }
-}
-
-/* The forward terms of the outputs [x0, x1), whose taps all fall inside the
- * row, tap by tap: one vector pass over them per tap. */
-FC_DW_INLINE void inner_taps(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                             const float *wt, float *out)
-{
-    const fc_int n = g->x1 - g->x0;
-    for (fc_int i = 0; i < rows; i++)
-        for (fc_int j = 0; j < g->kw; j++) {
-            const float wv = wt[i * g->kw + j];
-            const float *src = row + i * pitch + g->x0 * g->sw + j * g->dw - g->pw;
-            if (g->sw == 1)
-                axpy_loop(out + g->x0, wv, src, 1, n);
-            else if (g->sw == 2)
-                axpy_loop(out + g->x0, wv, src, 2, n);
-            else
-                axpy_loop(out + g->x0, wv, src, g->sw, n);
-        }
-}
-
-/* The same for `rows` (1 to 3) rows of a 3-wide kernel at column dilation
- * 1, both constants: the weights in registers, each input read where its
- * output is. */
-FC_DW_INLINE void inner_3(const float *restrict row, fc_int pitch, const float *restrict wt,
-                          float *restrict out, fc_int xa, fc_int xb, fc_int pw, const int rows,
-                          const fc_int sw)
-{
-    for (fc_int ox = xa; ox < xb; ox++) {
-        const fc_int ix = ox * sw - pw;
-        float acc = out[ox];
-        for (int i = 0; i < rows; i++) {
-            const float *restrict r = row + i * pitch + ix;
-            acc += wt[3 * i] * r[0];
-            acc += wt[3 * i + 1] * r[1];
-            acc += wt[3 * i + 2] * r[2];
-        }
-        out[ox] = acc;
-    }
-}
-
-/* cols[e] += dy[e] * src[e * sw] for e < n: one tap's column sums. */
-FC_DW_INLINE void cols_loop(float *restrict cols, const float *restrict dy,
-                            const float *restrict src, fc_int sw, fc_int n)
-{
-    for (fc_int e = 0; e < n; e++) cols[e] += dy[e] * src[e * sw];
-}
-
-/* The dW column sums of one row of a 3-wide kernel at column dilation 1
- * for the outputs [xa, xb): the three taps' columns c0, c1, c2 (apart, so
- * that the compiler sees they do not overlap and vectorizes). */
-FC_DW_INLINE void cols_3(float *restrict c0, float *restrict c1, float *restrict c2,
-                         const float *restrict dy, const float *restrict row, fc_int xa,
-                         fc_int xb, fc_int pw, const fc_int sw)
-{
-    for (fc_int ox = xa; ox < xb; ox++) {
-        const float *restrict r = row + ox * sw - pw;
-        const float d = dy[ox];
-        c0[ox] += d * r[0];
-        c1[ox] += d * r[1];
-        c2[ox] += d * r[2];
-    }
-}
-
-/* dW's column sums of the outputs [oa, ob) of one row, output by output,
- * each tap tested against the row's ends: for the few outputs at the
- * edges. */
-FC_DW_INLINE void edge_cols(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                            const float *dy, float *cols, fc_int oa, fc_int ob)
-{
-    for (fc_int ox = oa; ox < ob; ox++)
-        for (fc_int i = 0; i < rows; i++)
-            for (fc_int j = 0; j < g->kw; j++) {
-                const fc_int ix = ox * g->sw + j * g->dw - g->pw;
-                if (ix >= 0 && ix < g->w) cols[(i * g->kw + j) * g->ow + ox] += dy[ox] * row[i * pitch + ix];
-            }
-}
-
-/* ---- one row -------------------------------------------------------------- */
-
-/* 3-wide kernels at stride 1 or 2, one case per (rows, stride) so that each
- * is unrolled; -1 for the others. */
-FC_DW_INLINE int case_3(const fc_dw_geom *g, fc_int rows)
-{
-    return g->kw == 3 && g->dw == 1 && rows <= 3 && (g->sw == 1 || g->sw == 2)
-               ? (int)rows * 2 + (int)g->sw - 3 : -1;
-}
-
-/* The forward terms of the outputs [g->x0, g->x1), whose taps all fall
- * inside the row: the run-time geometry turned into constants. */
-FC_DW_INLINE void inner_terms(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                              const float *wt, float *out)
-{
-    const fc_int xa = g->x0, xb = g->x1, pw = g->pw;
-    switch (case_3(g, rows)) {
-    case 0: inner_3(row, pitch, wt, out, xa, xb, pw, 1, 1); break;
-    case 1: inner_3(row, pitch, wt, out, xa, xb, pw, 1, 2); break;
-    case 2: inner_3(row, pitch, wt, out, xa, xb, pw, 2, 1); break;
-    case 3: inner_3(row, pitch, wt, out, xa, xb, pw, 2, 2); break;
-    case 4: inner_3(row, pitch, wt, out, xa, xb, pw, 3, 1); break;
-    case 5: inner_3(row, pitch, wt, out, xa, xb, pw, 3, 2); break;
-    default: inner_taps(g, row, pitch, rows, wt, out);
-    }
-}
-
-/* One output row from its `rows` kernel rows inside the image, the first
- * at `row`, each `pitch` floats after the previous, weights from wt. */
-FC_DW_INLINE void row_terms(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                            const float *wt, float *out)
-{
-    edge_taps(g, row, pitch, rows, wt, out, 0, g->x0);
-    inner_terms(g, row, pitch, rows, wt, out);
-    edge_taps(g, row, pitch, rows, wt, out, g->x1, g->ow);
-}
-
-/* dW's column sums of one output row, the same rows as row_terms. */
-FC_DW_INLINE void row_cols(const fc_dw_geom *g, const float *row, fc_int pitch, fc_int rows,
-                           const float *dy, float *cols)
-{
-    const fc_int ow = g->ow, kw = g->kw, xa = g->x0, xb = g->x1, pw = g->pw;
-    edge_cols(g, row, pitch, rows, dy, cols, 0, xa);
-    edge_cols(g, row, pitch, rows, dy, cols, xb, ow);
-    if (kw == 3 && g->dw == 1 && (g->sw == 1 || g->sw == 2)) {
-        for (fc_int i = 0; i < rows; i++) {
-            float *c = cols + 3 * i * ow;
-            if (g->sw == 1)
-                cols_3(c, c + ow, c + 2 * ow, dy, row + i * pitch, xa, xb, pw, 1);
-            else
-                cols_3(c, c + ow, c + 2 * ow, dy, row + i * pitch, xa, xb, pw, 2);
+    const fc_int sh = g->sh, sw = g->sw, uw = g->uw, phase = g->hq * g->wq;
+    if (sh == 1 && sw == 1 && g->uh == 1 && uw == 1) { /* the usual case: plain rows */
+        const fc_int n = g->x1 - g->x0, whole = n / FC_DW_BLOCK * FC_DW_BLOCK;
+        const float *s = src + g->y0 * g->w + g->x0;
+        float *d = buf + (g->y0 + g->top) * g->wq + g->x0 + g->left;
+        for (fc_int y = g->y0; y < g->y1; y++, s += g->w, d += g->wq) {
+            for (fc_int x = 0; x < whole; x += FC_DW_BLOCK) copy_block(d + x, s + x);
+            for (fc_int x = whole; x < n; x++) d[x] = s[x];
         }
         return;
     }
-    for (fc_int i = 0; i < rows; i++)
-        for (fc_int j = 0; j < kw; j++) {
-            const float *src = row + i * pitch + xa * g->sw + j * g->dw - pw;
-            float *c = cols + (i * kw + j) * ow + xa;
-            if (g->sw == 1)
-                cols_loop(c, dy + xa, src, 1, xb - xa);
-            else if (g->sw == 2)
-                cols_loop(c, dy + xa, src, 2, xb - xa);
+    for (fc_int b = 0; b < sw; b++) {
+        /* the columns c = x * uw + left (>= 0 here) with c % sw == b (uw == 1 if sw > 1) */
+        const fc_int x = sw == 1 ? g->x0 : g->x0 + ((b - (g->x0 + g->left) % sw) + sw) % sw;
+        if (x >= g->x1) continue;
+        const fc_int n = (g->x1 - 1 - x) / sw + 1, c = x * uw + g->left;
+        const float *s = src + g->y0 * g->w + x;
+        float *d = buf + b * phase + c / sw;
+        const fc_int r = g->y0 * g->uh + g->top;
+        fc_int pr = r % sh, rq = r / sh; /* padded row r's phase and row in it */
+        for (fc_int y = g->y0; y < g->y1; y++, s += g->w) {
+            float *row = d + pr * sw * phase + rq * g->wq;
+            if (sw == 2)
+                copy(row, 1, s, 2, n);
+            else if (sw > 2)
+                copy(row, 1, s, sw, n);
+            else if (uw == 2)
+                copy(row, 2, s, 1, n);
             else
-                cols_loop(c, dy + xa, src, g->sw, xb - xa);
-        }
-}
-
-/* ---- the plane ------------------------------------------------------------ */
-
-/* The kernel rows of output row oy that lie in the image, as [*i0, *i1),
- * and the input row of kernel row 0 (maybe outside). */
-FC_DW_INLINE fc_int kernel_rows(const fc_dw_plane *p, fc_int oy, fc_int *i0, fc_int *i1)
-{
-    const fc_int base = oy * p->sh - p->ph;
-    tap_outputs(base, p->dh, p->h, p->kh, i0, i1);
-    return base;
-}
-
-/* The end columns the flat pass saves, per chunk of rows (a stack buffer). */
-#define FC_DW_SAVED 512
-
-/* Output rows [a, b), all kernel rows inside the image, at unit stride with
- * ow == w: the flat pass, then the end columns (saved, restored, computed). */
-FC_DW_INLINE void flat_rows(const fc_dw_plane *p, const float *in, const float *wt, float *out,
-                            fc_int a, fc_int b)
-{
-    const fc_int w = p->g.w, x0 = p->g.x0, x1 = p->g.x1, ends = w - (x1 - x0);
-    const fc_int chunk = ends ? FC_DW_SAVED / ends : b - a;
-    float saved[FC_DW_SAVED];
-    for (fc_int r0 = a; r0 < b; r0 += chunk) {
-        const fc_int r1 = r0 + chunk < b ? r0 + chunk : b;
-        float *s = saved;
-        for (fc_int oy = r0; oy < r1; oy++) {
-            for (fc_int ox = 0; ox < x0; ox++) *s++ = out[oy * w + ox];
-            for (fc_int ox = x1; ox < w; ox++) *s++ = out[oy * w + ox];
-        }
-        fc_dw_geom flat = p->g;
-        flat.x1 = (r1 - 1 - r0) * w + x1;
-        const float *row = in + (r0 - p->ph) * w;
-        inner_terms(&flat, row, p->dh * w, p->kh, wt, out + r0 * w);
-        s = saved;
-        for (fc_int oy = r0; oy < r1; oy++) {
-            float *o = out + oy * w;
-            for (fc_int ox = 0; ox < x0; ox++) o[ox] = *s++;
-            for (fc_int ox = x1; ox < w; ox++) o[ox] = *s++;
-            const float *r = in + (oy - p->ph) * w;
-            edge_taps(&p->g, r, p->dh * w, p->kh, wt, o, 0, x0);
-            edge_taps(&p->g, r, p->dh * w, p->kh, wt, o, x1, w);
+                copy(row, uw, s, 1, n);
+            for (pr += g->uh; pr >= sh; pr -= sh) rq++;
         }
     }
+}
+
+/* One block of outputs: d[e] = (first ? init : a[e]) plus the cnt (1, 3 or
+ * 9) taps o[0..cnt) of weights w[0..cnt), in order; a may be d. cnt and
+ * first are constants at each call, so the taps unroll with their weights
+ * in registers and the sum in one. */
+FC_DW_INLINE void block(float *d, const float *a, float init, const float *restrict b,
+                        const fc_int *o, const float *w, const int cnt, const int first)
+{
+    const fc_int o0 = o[0], o1 = cnt > 1 ? o[1] : 0, o2 = cnt > 1 ? o[2] : 0;
+    const fc_int o3 = cnt > 3 ? o[3] : 0, o4 = cnt > 3 ? o[4] : 0, o5 = cnt > 3 ? o[5] : 0;
+    const fc_int o6 = cnt > 3 ? o[6] : 0, o7 = cnt > 3 ? o[7] : 0, o8 = cnt > 3 ? o[8] : 0;
+    const float w0 = w[0], w1 = cnt > 1 ? w[1] : 0.0f, w2 = cnt > 1 ? w[2] : 0.0f;
+    const float w3 = cnt > 3 ? w[3] : 0.0f, w4 = cnt > 3 ? w[4] : 0.0f, w5 = cnt > 3 ? w[5] : 0.0f;
+    const float w6 = cnt > 3 ? w[6] : 0.0f, w7 = cnt > 3 ? w[7] : 0.0f, w8 = cnt > 3 ? w[8] : 0.0f;
+#pragma GCC ivdep
+    for (int e = 0; e < FC_DW_PASS; e++) {
+        float v = first ? init : a[e];
+        v += w0 * b[e + o0];
+        if (cnt > 1) {
+            v += w1 * b[e + o1];
+            v += w2 * b[e + o2];
+        }
+        if (cnt > 3) {
+            v += w3 * b[e + o3];
+            v += w4 * b[e + o4];
+            v += w5 * b[e + o5];
+            v += w6 * b[e + o6];
+            v += w7 * b[e + o7];
+            v += w8 * b[e + o8];
+        }
+        d[e] = v;
+    }
+}
+
+/* One pass of cnt taps over the plane onto acc, from init (first): one flat
+ * loop over the rows and the garbage columns between them, in blocks. */
+FC_DW_INLINE void pass(const fc_dw_geom *g, float init, const float *buf, const fc_int *o,
+                       const float *w, const int cnt, int first, float *acc)
+{
+    const fc_int n = (g->oh - 1) * g->wq + g->ow;
+    if (first)
+        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, acc + f, init, buf + f, o, w, cnt, 1);
+    else
+        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, acc + f, init, buf + f, o, w, cnt, 0);
+}
+
+FC_DW_INLINE void out_block(float *restrict d, const float *restrict a, const int relu)
+{
+    if (relu)
+        for (int e = 0; e < FC_DW_BLOCK; e++) d[e] = a[e] < 0.0f ? 0.0f : a[e];
+    else
+        copy_block(d, a);
+}
+
+/* out's rows out of acc, max(., 0) with relu (NaN kept), in blocks: a row's
+ * last block runs on into the next row, which is written after it; a block
+ * that would run past the plane goes through tmp. */
+FC_DW_INLINE void store(const fc_dw_geom *g, const float *acc, const int relu, float *out)
+{
+    const fc_int oh = g->oh, ow = g->ow;
+    for (fc_int oy = 0; oy < oh; oy++)
+        for (fc_int x = 0; x < ow; x += FC_DW_BLOCK) {
+            const fc_int at = oy * ow + x;
+            const float *a = acc + oy * g->wq + x;
+            if (at + FC_DW_BLOCK <= oh * ow) {
+                out_block(out + at, a, relu);
+                continue;
+            }
+            float tmp[FC_DW_BLOCK];
+            out_block(tmp, a, relu);
+            for (fc_int e = 0; e < ow - x && e < FC_DW_BLOCK; e++) out[at + e] = tmp[e];
+        }
+}
+
+/* The running sums of the nine taps o[0..8], columns c0..c8, of one block
+ * of `rows` rows of dy (d, pitch dp) and of the buffer (b, pitch bp), the
+ * rows in order; rows is a constant at each call, so that the sums stay in
+ * registers over them. */
+FC_DW_INLINE void cols_9(float *restrict c0, float *restrict c1, float *restrict c2,
+                         float *restrict c3, float *restrict c4, float *restrict c5,
+                         float *restrict c6, float *restrict c7, float *restrict c8,
+                         const float *restrict d, fc_int dp, const float *restrict b, fc_int bp,
+                         const fc_int *o, const int rows)
+{
+    const fc_int o0 = o[0], o1 = o[1], o2 = o[2], o3 = o[3], o4 = o[4], o5 = o[5], o6 = o[6],
+                 o7 = o[7], o8 = o[8];
+    for (int x = 0; x < FC_DW_BLOCK; x++) {
+        float s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x], s4 = c4[x], s5 = c5[x], s6 = c6[x],
+              s7 = c7[x], s8 = c8[x];
+        for (int r = 0; r < rows; r++) {
+            const float v = d[r * dp + x], *restrict br = b + r * bp + x;
+            s0 += v * br[o0];
+            s1 += v * br[o1];
+            s2 += v * br[o2];
+            s3 += v * br[o3];
+            s4 += v * br[o4];
+            s5 += v * br[o5];
+            s6 += v * br[o6];
+            s7 += v * br[o7];
+            s8 += v * br[o8];
+        }
+        c0[x] = s0, c1[x] = s1, c2[x] = s2, c3[x] = s3, c4[x] = s4, c5[x] = s5, c6[x] = s6;
+        c7[x] = s7, c8[x] = s8;
+    }
+}
+
+FC_DW_INLINE void cols_1(float *restrict c, const float *restrict d, const float *restrict b)
+{
+    for (int x = 0; x < FC_DW_BLOCK; x++) c[x] += d[x] * b[x];
+}
+
+/* dW's rows of one block of columns from output row oy: four rows at once
+ * where they lie inside dy's plane, else one, through tmp if the block runs
+ * past the plane (its columns past ow are never summed). Returns the rows. */
+FC_DW_INLINE fc_int cols_rows(const fc_dw_geom *g, const float *buf, const float *dy,
+                              float *cols, fc_int oy, fc_int x)
+{
+    const fc_int oh = g->oh, ow = g->ow, cp = FC_DW_COLS_PITCH(ow), wq = g->wq;
+    const fc_int at = oy * ow + x;
+    const float *d = dy + at, *b = buf + oy * wq + x;
+    float *c = cols + x;
+    if (g->taps == 9 && oy + 4 <= oh && at + 3 * ow + FC_DW_BLOCK <= oh * ow) {
+        cols_9(c, c + cp, c + 2 * cp, c + 3 * cp, c + 4 * cp, c + 5 * cp, c + 6 * cp, c + 7 * cp,
+               c + 8 * cp, d, ow, b, wq, g->off, 4);
+        return 4;
+    }
+    float tmp[FC_DW_BLOCK];
+    if (at + FC_DW_BLOCK > oh * ow) {
+        for (fc_int e = 0; e < FC_DW_BLOCK; e++) tmp[e] = e < ow - x ? d[e] : 0.0f;
+        d = tmp;
+    }
+    if (g->taps == 9)
+        cols_9(c, c + cp, c + 2 * cp, c + 3 * cp, c + 4 * cp, c + 5 * cp, c + 6 * cp, c + 7 * cp,
+               c + 8 * cp, d, ow, b, wq, g->off, 1);
+    else
+        for (fc_int t = 0; t < g->taps; t++) cols_1(c + t * cp, d, b + g->off[t]);
+    return 1;
 }
 
 /* ---- the entries ---------------------------------------------------------- */
 
-void FC_KERNEL(dw_plane)(const fc_dw_plane *p, const float *in, const float *wt, float *out)
+void FC_KERNEL(dw_plane)(const fc_dw_geom *g, const fc_dw_sum *job, float *buf, float *acc)
 {
-    const fc_int w = p->g.w, ow = p->g.ow, kw = p->g.kw;
-    /* the output rows with every kernel row inside the image: [a, b) */
-    fc_int a, b, lo, hi;
-    tap_outputs(-p->ph, p->sh, p->h, p->oh, &a, &b);
-    tap_outputs((p->kh - 1) * p->dh - p->ph, p->sh, p->h, p->oh, &lo, &hi);
-    a = a > lo ? a : lo;
-    b = b < hi ? b : hi;
-    const int flat = p->sh == 1 && p->g.sw == 1 && ow == w && p->g.x1 > p->g.x0 && b - a > 1 &&
-                     w - (p->g.x1 - p->g.x0) <= FC_DW_SAVED;
-    for (fc_int oy = 0; oy < p->oh; oy++) {
-        if (flat && oy == a) {
-            flat_rows(p, in, wt, out, a, b);
-            oy = b - 1;
-            continue;
-        }
-        fc_int i0, i1;
-        const fc_int base = kernel_rows(p, oy, &i0, &i1);
-        if (i0 < i1)
-            row_terms(&p->g, in + (base + i0 * p->dh) * w, p->dh * w, i1 - i0, wt + i0 * kw,
-                      out + oy * ow);
+    const fc_int taps = g->taps, *off = g->off;
+    for (fc_int q = 0; q < job->planes; q++) {
+        const float *wt = job->wt + q * job->wt_step;
+        fill(g, job->src + q * job->src_step, buf);
+        fc_int t = 0;
+        for (; t + 9 <= taps; t += 9) pass(g, job->init, buf, off + t, wt + t, 9, q + t == 0, acc);
+        for (; t + 3 <= taps; t += 3) pass(g, job->init, buf, off + t, wt + t, 3, q + t == 0, acc);
+        for (; t < taps; t++) pass(g, job->init, buf, off + t, wt + t, 1, q + t == 0, acc);
     }
+    if (job->relu)
+        store(g, acc, 1, job->out);
+    else
+        store(g, acc, 0, job->out);
 }
 
-void FC_KERNEL(dw_dweight_plane)(const fc_dw_plane *p, const float *in, const float *dy,
-                                 float *cols)
+void FC_KERNEL(dw_dweight_plane)(const fc_dw_geom *g, const float *src, const float *dy,
+                                 float *buf, float *cols)
 {
-    const fc_int w = p->g.w, ow = p->g.ow, kw = p->g.kw;
-    for (fc_int oy = 0; oy < p->oh; oy++) {
-        fc_int i0, i1;
-        const fc_int base = kernel_rows(p, oy, &i0, &i1);
-        if (i0 < i1)
-            row_cols(&p->g, in + (base + i0 * p->dh) * w, p->dh * w, i1 - i0, dy + oy * ow,
-                     cols + i0 * kw * ow);
-    }
+    fill(g, src, buf);
+    for (fc_int x = 0; x < g->ow; x += FC_DW_BLOCK)
+        for (fc_int oy = 0; oy < g->oh;) oy += cols_rows(g, buf, dy, cols, oy, x);
 }
