@@ -216,10 +216,10 @@ def test_depthwise_is_the_same_bits_at_any_thread_count(rng):
     GConv(1, 3, 9, 16, 3, 4, 4, (1, 1), ((1, 2), (1, 2)), (1, 1), 3),
     GConv(2, 2, 6, 5, 2, 3, 1, (1, 1), ((1, 1), (0, 0)), (1, 1), 2),
 ], ids=["3x3", "5x5-multiplier-2", "3x3-d2", "4x4-same", "3x1"])
-def test_depthwise_flat_pass_gives_the_row_path_bits(isa_threads, rng, conv):
-    """At unit stride with OW == W the interior rows run as one flat pass (kernels/ref/
-    depthwise_impl.h); one more padding column on the right (OW = W + 1) takes the
-    row-by-row path, whose first W columns add the same terms in the same order."""
+def test_depthwise_buffer_pitch_leaves_the_bits(isa_threads, rng, conv):
+    """One more padding column on the right (OW = W + 1) changes the plane buffer's pitch and
+    the flat passes' garbage columns (kernels/depthwise.h), not the terms of the first W
+    columns or their order: the same bits."""
     x, weight, bias, dy = conv.arrays(rng)
     assert conv.out[1] == conv.w
     (top, bottom), (left, right) = conv.padding
@@ -457,8 +457,10 @@ def test_spec_errors(spec, match):
                                   GConv(1, 3, 5, 4, 6, 3, 3, (2, 3), ((0, 2), (1, 1)), (1, 1), 3)],
                          ids=["3x3-s1", "3x5-s3-d3", "uneven-multiplier-2"])
 def test_depthwise_with_nonfinite_input_matches_reference(isa_threads, rng, conv, spoiled):
-    """The depthwise rows skip the zero padding that the twin multiplies: an infinite weight
-    (forward) or dy (dW) there must still give the twin's NaN (the planner's guards)."""
+    """The depthwise planes multiply their buffer's zero padding as the twin does (an infinite
+    weight gives NaN there in the forward, an infinite dy in dW); dx as a convolution would
+    multiply padding and the spread-out dy's zeros where the twin's dx has no terms, so an
+    infinite weight sends dx to the per-group path (the planner's guard)."""
     x, weight, bias, dy = conv.arrays(rng)
     a = {"x": x, "weight": weight, "dy": dy}[spoiled].reshape(-1)
     a[rng.integers(0, a.size, max(1, a.size // 4))] = rng.choice([np.nan, np.inf, -np.inf], max(1, a.size // 4))

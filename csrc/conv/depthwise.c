@@ -161,10 +161,12 @@ int fc_conv2d_depthwise_dx(const fc_conv_shape *s, const float *weight, const fl
     return 0;
 }
 
-/* dW's work units: channel k's images split into `blocks` contiguous blocks
- * (their column sums reduced apart, then added in block order), so that a
- * layer with few channels still gives every thread work. The split depends
- * on the shape alone, never on the thread count, so neither do the bits. */
+/* dW's work units: the images split into `blocks` contiguous blocks (their
+ * column sums reduced apart, then added in block order), so that the
+ * threads share any layer; each block walks its planes in memory order (an
+ * image's channels in turn), which keeps the hardware prefetch running, with
+ * every channel's column sums at hand. The split depends on the shape alone,
+ * never on the thread count, so neither do the bits. */
 #define FC_DW_UNITS 16
 
 int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const float *dy,
@@ -172,40 +174,40 @@ int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const fl
 {
     const fc_ctx *ctx = fc_ctx_current();
     const fc_int m = s->k / s->c, hw = s->h * s->w, ohow = s->oh * s->ow, kk = s->kh * s->kw;
-    const fc_int per = (FC_DW_UNITS + s->k - 1) / s->k;
-    const fc_int blocks = per < s->n ? per : s->n, units = s->k * blocks;
+    const fc_int blocks = s->n < FC_DW_UNITS ? s->n : FC_DW_UNITS;
     const fc_int cp = FC_DW_COLS_PITCH(s->ow), ncols = kk * cp;
-    const int par = parallel(nthreads, units, s->n * s->k * ohow);
-    float *partial = malloc(sizeof(float) * (size_t)(units * kk));
+    const int par = parallel(nthreads, blocks, s->n * s->k * ohow);
+    float *partial = malloc(sizeof(float) * (size_t)(blocks * s->k * kk));
     planes p;
     if (!partial || planes_init(&p, s->h, s->w, 1, 1, s->ph, s->pw, s->oh, s->ow, s->kh, s->kw,
-                                s->sh, s->sw, s->dh, s->dw, ncols, par ? nthreads : 1)) {
+                                s->sh, s->sw, s->dh, s->dw, s->k * ncols, par ? nthreads : 1)) {
         free(partial);
         return FC_ENOMEM;
     }
 #pragma omp parallel for num_threads(nthreads) schedule(static) if (par)
-    for (fc_int u = 0; u < units; u++) {
-        const fc_int k = u / blocks;
+    for (fc_int u = 0; u < blocks; u++) {
         long long n0, n1;
-        fc_split_range(s->n, (int)blocks, (int)(u % blocks), &n0, &n1);
-        float *buf = buffer_of(&p), *c = buf + p.buf_size;
-        memset(c, 0, sizeof(float) * (size_t)ncols);
+        fc_split_range(s->n, (int)blocks, (int)u, &n0, &n1);
+        float *buf = buffer_of(&p), *cols = buf + p.buf_size;
+        memset(cols, 0, sizeof(float) * (size_t)(s->k * ncols));
         for (fc_int n = n0; n < n1; n++)
-            ctx->dw_dweight_plane(&p.g, x + (n * s->c + k / m) * hw, dy + (n * s->k + k) * ohow,
-                                  buf, c);
+            for (fc_int k = 0; k < s->k; k++)
+                ctx->dw_dweight_plane(&p.g, x + (n * s->c + k / m) * hw,
+                                      dy + (n * s->k + k) * ohow, buf, cols + k * ncols);
         /* each tap's columns in order */
-        for (fc_int t = 0; t < kk; t++) {
-            float sum = 0.0f;
-            for (fc_int ox = 0; ox < s->ow; ox++) sum += c[t * cp + ox];
-            partial[u * kk + t] = sum;
-        }
+        for (fc_int k = 0; k < s->k; k++)
+            for (fc_int t = 0; t < kk; t++) {
+                const float *c = cols + k * ncols + t * cp;
+                float sum = 0.0f;
+                for (fc_int ox = 0; ox < s->ow; ox++) sum += c[ox];
+                partial[(u * s->k + k) * kk + t] = sum;
+            }
     }
-    for (fc_int k = 0; k < s->k; k++)
-        for (fc_int t = 0; t < kk; t++) {
-            float sum = partial[k * blocks * kk + t];
-            for (fc_int b = 1; b < blocks; b++) sum += partial[(k * blocks + b) * kk + t];
-            dweight[k * kk + t] = sum;
-        }
+    for (fc_int e = 0; e < s->k * kk; e++) {
+        float sum = partial[e];
+        for (fc_int b = 1; b < blocks; b++) sum += partial[b * s->k * kk + e];
+        dweight[e] = sum;
+    }
     free(partial);
     planes_free(&p);
     return dbias ? fc_conv_bias_gradient(s, dy, dbias, nthreads) : 0;

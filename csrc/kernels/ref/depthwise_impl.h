@@ -6,17 +6,23 @@
  * fc_dw_dweight_plane_<isa>).
  *
  * A depthwise 3x3 output reads 9 inputs for 9 multiply-adds: the work is
- * bound by memory, not arithmetic, and by the set-up of short rows (a 16x16
- * plane's row is one AVX-512 vector). So each plane is first copied into
- * the padded, polyphase buffer of depthwise.h (in L1 for the planes of
+ * bound by memory and by the set-up of short rows (a 16x16 plane's row is
+ * one AVX-512 vector), not by arithmetic. So each plane is first copied
+ * into the padded, polyphase buffer of depthwise.h (in L1 for the planes of
  * CNNs), where every tap of every output, at the edges too, is the same
  * contiguous offset: the forward is then one flat loop over the whole
  * plane, which the compiler vectorizes, its taps nine at a time with the
  * weights in registers and the sum in a register between them. The
- * garbage columns between rows (wq - ow of each, about 2 of 18 at 16x16)
- * cost less than the row ends a row-by-row loop would run one by one. dW
- * keeps one running sum per tap and output column, so it runs row by row,
- * the 3x3 case nine columns at a time. */
+ * garbage columns between rows (wq - ow of each, 2 of 18 at 16x16) cost
+ * less than the row ends a row-by-row loop would run one by one. dW keeps
+ * one running sum per tap and output column, so it runs over the rows,
+ * four at a time for 3x3 with the nine taps' sums in registers.
+ *
+ * Everything runs in fixed-size blocks, whole vectors on every ISA, so
+ * that no scalar remainder follows a vector loop (at 16x16 a remainder of
+ * 14 outputs cost as much as the plane's 17 vectors): the flat passes
+ * compute garbage past (oh - 1) * wq + ow from the buffer's slack, and an
+ * output row's last block runs on into the next row, written after it. */
 #include <string.h>
 
 #include "kernels/ctx.h"
@@ -27,15 +33,14 @@
 
 #define FC_DW_INLINE static inline __attribute__((always_inline))
 
-/* The flat passes run in blocks of this many outputs, whole vectors on
- * every ISA, so that no scalar remainder follows the vector loop (its 14
- * outputs at 16x16 cost as much as the plane's 17 vectors): the outputs
- * past (oh - 1) * wq + ow are garbage, read from the buffer's slack. */
+/* The blocks: of the copies and dW's columns, and of the flat passes (four
+ * AVX-512 vectors, so that four sums' latencies overlap). */
 #define FC_DW_BLOCK 16
 #define FC_DW_PASS 64
+_Static_assert(FC_DW_PASS <= FC_DW_SLACK, "a pass's garbage stays in the slack");
 
-/* A plane's rows are short (16 floats at 16x16): GCC would turn each row's
- * copy into a call of memcpy, whose set-up costs more than the copy. */
+/* GCC would turn a short copy loop (the rows' remainders, the strided
+ * cases) into a call of memcpy, whose set-up costs more than the copy. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("no-tree-loop-distribute-patterns")
 #endif
