@@ -1,5 +1,5 @@
 /* The AVX-512 table: AVX2's, with this folder's GEMM, batch-norm tiles,
- * depthwise rows, Winograd transforms (16 tiles a vector), residual add,
+ * depthwise planes, Winograd transforms (16 tiles a vector), residual add,
  * im2col-family copies, range pass and peak loop, and on CPUs with
  * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM
  * and conversion; without it, the reference's emulation (the same bits).
