@@ -20,7 +20,8 @@
  *
  * dW's summation order: for each tap, one running sum per output column
  * over the rows of the images of a block (in order: images, then rows),
- * then the columns summed left to right, then the blocks in order. A block
+ * then the columns summed left to right, then the blocks in order. db is
+ * summed the same way, in the same pass over dy. A block
  * is a channel's images split by the shape alone (FC_DW_UNITS), so that few
  * channels still share out over the threads.
  *
@@ -175,9 +176,10 @@ int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const fl
     const fc_ctx *ctx = fc_ctx_current();
     const fc_int m = s->k / s->c, hw = s->h * s->w, ohow = s->oh * s->ow, kk = s->kh * s->kw;
     const fc_int blocks = s->n < FC_DW_UNITS ? s->n : FC_DW_UNITS;
-    const fc_int cp = FC_DW_COLS_PITCH(s->ow), ncols = kk * cp;
+    /* per channel: a row of column sums per tap, and db's */
+    const fc_int cp = FC_DW_COLS_PITCH(s->ow), sums = kk + 1, ncols = sums * cp;
     const int par = parallel(nthreads, blocks, s->n * s->k * ohow);
-    float *partial = malloc(sizeof(float) * (size_t)(blocks * s->k * kk));
+    float *partial = malloc(sizeof(float) * (size_t)(blocks * s->k * sums));
     planes p;
     if (!partial || planes_init(&p, s->h, s->w, 1, 1, s->ph, s->pw, s->oh, s->ow, s->kh, s->kw,
                                 s->sh, s->sw, s->dh, s->dw, s->k * ncols, par ? nthreads : 1)) {
@@ -194,21 +196,23 @@ int fc_conv2d_depthwise_dweight(const fc_conv_shape *s, const float *x, const fl
             for (fc_int k = 0; k < s->k; k++)
                 ctx->dw_dweight_plane(&p.g, x + (n * s->c + k / m) * hw,
                                       dy + (n * s->k + k) * ohow, buf, cols + k * ncols);
-        /* each tap's columns in order */
-        for (fc_int k = 0; k < s->k; k++)
-            for (fc_int t = 0; t < kk; t++) {
-                const float *c = cols + k * ncols + t * cp;
-                float sum = 0.0f;
-                for (fc_int ox = 0; ox < s->ow; ox++) sum += c[ox];
-                partial[(u * s->k + k) * kk + t] = sum;
-            }
+        /* each sum's columns in order */
+        for (fc_int e = 0; e < s->k * sums; e++) {
+            const float *c = cols + e * cp;
+            float sum = 0.0f;
+            for (fc_int ox = 0; ox < s->ow; ox++) sum += c[ox];
+            partial[u * s->k * sums + e] = sum;
+        }
     }
-    for (fc_int e = 0; e < s->k * kk; e++) {
+    for (fc_int e = 0; e < s->k * sums; e++) {
         float sum = partial[e];
-        for (fc_int b = 1; b < blocks; b++) sum += partial[b * s->k * kk + e];
-        dweight[e] = sum;
+        for (fc_int b = 1; b < blocks; b++) sum += partial[b * s->k * sums + e];
+        if (e % sums < kk)
+            dweight[e / sums * kk + e % sums] = sum;
+        else if (dbias)
+            dbias[e / sums] = sum;
     }
     free(partial);
     planes_free(&p);
-    return dbias ? fc_conv_bias_gradient(s, dy, dbias, nthreads) : 0;
+    return 0;
 }

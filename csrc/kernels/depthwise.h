@@ -25,10 +25,11 @@
  *   over the taps; buf has FC_DW_SLACK floats past its phases, zero: the
  *   passes run in whole blocks.
  * dw_dweight_plane: copies src into buf, then for oy = 0, 1, ... in turn
- *   cols[t * cp + ox] += dy[oy * ow + ox] * buf[oy * wq + ox + off[t]]
- *   (cp = FC_DW_COLS_PITCH(ow)): one running sum per tap and output column,
- *   which the caller reduces once, after all the planes of a channel, in a
- *   fixed order; the columns ox >= ow are garbage.
+ *   cols[t * cp + ox] += dy[oy * ow + ox] * buf[oy * wq + ox + off[t]] for
+ *   each tap t, and cols[taps * cp + ox] += dy[oy * ow + ox] (db's), with
+ *   cp = FC_DW_COLS_PITCH(ow): one running sum per tap (and db) and output
+ *   column, which the caller reduces once, after all the planes of a
+ *   channel, in a fixed order; the columns ox >= ow are garbage.
  */
 #ifndef FC_KERNELS_DEPTHWISE_H
 #define FC_KERNELS_DEPTHWISE_H

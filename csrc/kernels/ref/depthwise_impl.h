@@ -173,21 +173,21 @@ FC_DW_INLINE void store(const fc_dw_geom *g, const float *acc, const int relu, f
         }
 }
 
-/* The running sums of the nine taps o[0..8], columns c0..c8, of one block
- * of `rows` rows of dy (d, pitch dp) and of the buffer (b, pitch bp), the
- * rows in order; rows is a constant at each call, so that the sums stay in
- * registers over them. */
+/* The running sums of the nine taps o[0..8], columns c0..c8, and of dy
+ * itself, column cb (db), of one block of `rows` rows of dy (d, pitch dp)
+ * and of the buffer (b, pitch bp), the rows in order; rows is a constant at
+ * each call, so that the sums stay in registers over them. */
 FC_DW_INLINE void cols_9(float *restrict c0, float *restrict c1, float *restrict c2,
                          float *restrict c3, float *restrict c4, float *restrict c5,
                          float *restrict c6, float *restrict c7, float *restrict c8,
-                         const float *restrict d, fc_int dp, const float *restrict b, fc_int bp,
-                         const fc_int *o, const int rows)
+                         float *restrict cb, const float *restrict d, fc_int dp,
+                         const float *restrict b, fc_int bp, const fc_int *o, const int rows)
 {
     const fc_int o0 = o[0], o1 = o[1], o2 = o[2], o3 = o[3], o4 = o[4], o5 = o[5], o6 = o[6],
                  o7 = o[7], o8 = o[8];
     for (int x = 0; x < FC_DW_BLOCK; x++) {
         float s0 = c0[x], s1 = c1[x], s2 = c2[x], s3 = c3[x], s4 = c4[x], s5 = c5[x], s6 = c6[x],
-              s7 = c7[x], s8 = c8[x];
+              s7 = c7[x], s8 = c8[x], sb = cb[x];
         for (int r = 0; r < rows; r++) {
             const float v = d[r * dp + x], *restrict br = b + r * bp + x;
             s0 += v * br[o0];
@@ -199,15 +199,21 @@ FC_DW_INLINE void cols_9(float *restrict c0, float *restrict c1, float *restrict
             s6 += v * br[o6];
             s7 += v * br[o7];
             s8 += v * br[o8];
+            sb += v;
         }
         c0[x] = s0, c1[x] = s1, c2[x] = s2, c3[x] = s3, c4[x] = s4, c5[x] = s5, c6[x] = s6;
-        c7[x] = s7, c8[x] = s8;
+        c7[x] = s7, c8[x] = s8, cb[x] = sb;
     }
 }
 
 FC_DW_INLINE void cols_1(float *restrict c, const float *restrict d, const float *restrict b)
 {
     for (int x = 0; x < FC_DW_BLOCK; x++) c[x] += d[x] * b[x];
+}
+
+FC_DW_INLINE void cols_sum(float *restrict c, const float *restrict d)
+{
+    for (int x = 0; x < FC_DW_BLOCK; x++) c[x] += d[x];
 }
 
 /* dW's rows of one block of columns from output row oy: four rows at once
@@ -222,7 +228,7 @@ FC_DW_INLINE fc_int cols_rows(const fc_dw_geom *g, const float *buf, const float
     float *c = cols + x;
     if (g->taps == 9 && oy + 4 <= oh && at + 3 * ow + FC_DW_BLOCK <= oh * ow) {
         cols_9(c, c + cp, c + 2 * cp, c + 3 * cp, c + 4 * cp, c + 5 * cp, c + 6 * cp, c + 7 * cp,
-               c + 8 * cp, d, ow, b, wq, g->off, 4);
+               c + 8 * cp, c + 9 * cp, d, ow, b, wq, g->off, 4);
         return 4;
     }
     float tmp[FC_DW_BLOCK];
@@ -230,11 +236,13 @@ FC_DW_INLINE fc_int cols_rows(const fc_dw_geom *g, const float *buf, const float
         for (fc_int e = 0; e < FC_DW_BLOCK; e++) tmp[e] = e < ow - x ? d[e] : 0.0f;
         d = tmp;
     }
-    if (g->taps == 9)
+    if (g->taps == 9) {
         cols_9(c, c + cp, c + 2 * cp, c + 3 * cp, c + 4 * cp, c + 5 * cp, c + 6 * cp, c + 7 * cp,
-               c + 8 * cp, d, ow, b, wq, g->off, 1);
-    else
+               c + 8 * cp, c + 9 * cp, d, ow, b, wq, g->off, 1);
+    } else {
         for (fc_int t = 0; t < g->taps; t++) cols_1(c + t * cp, d, b + g->off[t]);
+        cols_sum(c + g->taps * cp, d);
+    }
     return 1;
 }
 
