@@ -46,7 +46,7 @@ def _data(layer):
     return x, weight, bias, dy, flop
 
 
-def _torch(arrays, impl):
+def torch_tensors(arrays, impl):
     if torch is None:
         pytest.skip("PyTorch is not installed")
     ts = [torch.from_numpy(a) for a in arrays]
@@ -55,15 +55,20 @@ def _torch(arrays, impl):
     return ts
 
 
-def _im2col(run):
-    """run with Winograd off."""
+def with_mode(run, mode):
+    """run under the conv algorithm mode (``set_conv_algorithm``)."""
     def call():
-        previous = _kernels.set_conv_algorithm("no-winograd")
+        previous = _kernels.set_conv_algorithm(mode)
         try:
             return run()
         finally:
             _kernels.set_conv_algorithm(previous)
     return call
+
+
+def _im2col(run):
+    """run with Winograd off."""
+    return with_mode(run, "no-winograd")
 
 
 def _forward(impl, layer):
@@ -75,7 +80,7 @@ def _forward(impl, layer):
         return (_im2col(run) if impl == "fastconv_im2col" else run), flop
     if impl == "numpy":
         return (lambda: reference.conv2d_forward(x, weight, bias, stride, padding)), flop
-    tx, tw, tb = _torch((x, weight, bias), impl)
+    tx, tw, tb = torch_tensors((x, weight, bias), impl)
 
     def run():
         with torch.no_grad():
@@ -93,7 +98,7 @@ def _backward(impl, layer):
         return (_im2col(run) if impl == "fastconv_im2col" else run), 2 * flop
     if impl == "numpy":
         return (lambda: reference.conv2d_backward(x, weight, dy, stride, padding)), 2 * flop
-    tx, tw, tdy = _torch((x, weight, dy), impl)
+    tx, tw, tdy = torch_tensors((x, weight, dy), impl)
     # The kernel autograd calls, without the graph bookkeeping around it.
     return (lambda: torch.ops.aten.convolution_backward(
         tdy, tx, tw, [weight.shape[0]], [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
