@@ -100,11 +100,11 @@ FC_DW_INLINE void fill(const fc_dw_geom *g, const float *src, float *buf)
     }
 }
 
-/* One block of outputs: d[e] = (first ? init : a[e]) plus the cnt (1, 3 or
- * 9) taps o[0..cnt) of weights w[0..cnt), in order; a may be d. cnt and
- * first are constants at each call, so the taps unroll with their weights
- * in registers and the sum in one. */
-FC_DW_INLINE void block(float *d, const float *a, float init, const float *restrict b,
+/* One block of outputs: acc[e] = (first ? init : acc[e]) plus the cnt (1,
+ * 3 or 9) taps o[0..cnt) of weights w[0..cnt), in order. cnt and first are
+ * constants at each call, so the taps unroll with their weights in
+ * registers and the sum in one. */
+FC_DW_INLINE void block(float *restrict acc, float init, const float *restrict b,
                         const fc_int *o, const float *w, const int cnt, const int first)
 {
     const fc_int o0 = o[0], o1 = cnt > 1 ? o[1] : 0, o2 = cnt > 1 ? o[2] : 0;
@@ -113,9 +113,8 @@ FC_DW_INLINE void block(float *d, const float *a, float init, const float *restr
     const float w0 = w[0], w1 = cnt > 1 ? w[1] : 0.0f, w2 = cnt > 1 ? w[2] : 0.0f;
     const float w3 = cnt > 3 ? w[3] : 0.0f, w4 = cnt > 3 ? w[4] : 0.0f, w5 = cnt > 3 ? w[5] : 0.0f;
     const float w6 = cnt > 3 ? w[6] : 0.0f, w7 = cnt > 3 ? w[7] : 0.0f, w8 = cnt > 3 ? w[8] : 0.0f;
-#pragma GCC ivdep
     for (int e = 0; e < FC_DW_PASS; e++) {
-        float v = first ? init : a[e];
+        float v = first ? init : acc[e];
         v += w0 * b[e + o0];
         if (cnt > 1) {
             v += w1 * b[e + o1];
@@ -129,7 +128,7 @@ FC_DW_INLINE void block(float *d, const float *a, float init, const float *restr
             v += w7 * b[e + o7];
             v += w8 * b[e + o8];
         }
-        d[e] = v;
+        acc[e] = v;
     }
 }
 
@@ -140,9 +139,9 @@ FC_DW_INLINE void pass(const fc_dw_geom *g, float init, const float *buf, const 
 {
     const fc_int n = (g->oh - 1) * g->wq + g->ow;
     if (first)
-        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, acc + f, init, buf + f, o, w, cnt, 1);
+        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, init, buf + f, o, w, cnt, 1);
     else
-        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, acc + f, init, buf + f, o, w, cnt, 0);
+        for (fc_int f = 0; f < n; f += FC_DW_PASS) block(acc + f, init, buf + f, o, w, cnt, 0);
 }
 
 FC_DW_INLINE void out_block(float *restrict d, const float *restrict a, const int relu)
