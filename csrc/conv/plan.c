@@ -460,6 +460,12 @@ static int depthwise_rule(const problem *p, reason *r)
             (long long)s->c);
         return NO;
     }
+    /* The plane buffer holds sh x sw phases (kernels/depthwise.h): past the
+     * kernel's extent most would be empty, and a huge stride a huge buffer. */
+    if (s->sh > s->dh * (s->kh - 1) + 1 || s->sw > s->dw * (s->kw - 1) + 1) {
+        say(r, "stride past the kernel's extent: the phase buffer would be mostly empty");
+        return NO;
+    }
     if (s->groups == 1) {
         say(r, "one input channel, no groups: auto leaves it to the GEMM paths");
         return APPLIES;
