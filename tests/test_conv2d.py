@@ -400,6 +400,28 @@ def test_fused_relu_without_bias_is_relu_of_the_plain_forward(isa_threads, rng, 
         np.testing.assert_array_equal(y, _kernels.relu_forward(plain))
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("algorithm", ["im2col", "implicit_im2col", "pointwise"])
+@pytest.mark.parametrize("conv", [Conv(3, 16, 9, 11, 32, 1, 1, (1, 1), (0, 0)),  # 1x1, k = 16
+                                  Conv(2, 16, 12, 12, 13, 1, 1, (2, 2), (0, 0)),  # 1x1 strided, odd K
+                                  Conv(2, 3, 10, 7, 20, 3, 3, (1, 1), (1, 1)),    # k = 27
+                                  Conv(1, 5, 6, 6, 7, 3, 3, (2, 1), (1, 0)),      # edge tiles only
+                                  Conv(5, 16, 7, 5, 48, 3, 3, (1, 1), (1, 1))], ids=str)  # k = 144
+def test_bias_in_the_gemm_store_is_a_separate_add(isa_threads, rng, precision, algorithm, conv):
+    """The micro-kernels that add the bias (and apply the ReLU) as they store
+    a tile give the bits of the GEMM without bias, then the bias added, then
+    relu_forward: in both precisions, on the tile edges too (k within one
+    block, where the plain GEMM's k blocks are the fused pass's)."""
+    x, weight = rand(rng, conv.n, conv.c, conv.h, conv.w), rand(rng, conv.k, conv.c, conv.kh, conv.kw)
+    bias = rand(rng, conv.k)
+    with conv_algorithm(algorithm):
+        plain = _kernels.conv2d_forward(x, weight, None, conv.stride, conv.padding, precision=precision)
+        biased = plain + bias[None, :, None, None]
+        for relu in (False, True):
+            y = _kernels.conv2d_forward(x, weight, bias, conv.stride, conv.padding, relu, precision=precision)
+            np.testing.assert_array_equal(y, _kernels.relu_forward(biased) if relu else biased)
+
+
 def test_fused_relu_keeps_nan_and_zeroes_negatives(isa_threads, rng):
     conv = EDGES["unit-stride-groups"]
     x, weight, bias, _ = conv.arrays(rng)

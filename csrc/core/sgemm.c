@@ -321,6 +321,10 @@ static void update_tile(const gemm_kernel *kr, const gemm_problem *g, fc_int kc,
                         const float *bias)
 {
     if (kr->bf16) {
+        if (epilogue && kr->bf16->ukr_fused) {
+            kr->bf16->ukr_fused(kc, g->alpha, a, b, beta, c, g->ldc, m, n, bias, g->relu);
+            return;
+        }
         kr->bf16->ukr(kc, g->alpha, a, b, beta, c, g->ldc, m, n);
     } else if (epilogue && kr->f32->ukr_fused) {
         kr->f32->ukr_fused(kc, g->alpha, a, b, beta, c, g->ldc, m, n, bias, g->relu);

@@ -94,11 +94,19 @@ typedef void fc_gemm_bf16_ukr(fc_int kc, float alpha, const fc_bf16 *a, const fc
 typedef void fc_pack_bf16_fn(fc_int rows, fc_int kc, const float *src, fc_int rs, fc_int cs,
                              fc_bf16 *dst);
 
+/* The micro-kernel, then gemm_ukernel.h's fused epilogue (+ bias[i] on row
+ * i, bias may be NULL; ReLU with relu) on the tile it stores: the bits of
+ * sgemm.c's separate pass. */
+typedef void fc_gemm_bf16_ukr_fused(fc_int kc, float alpha, const fc_bf16 *a, const fc_bf16 *b,
+                                    float beta, float *c, fc_int ldc, fc_int m, fc_int n,
+                                    const float *bias, int relu);
+
 typedef struct {
     const char *name;
     int mr, nr;        /* register tile */
     fc_int mc, nc;     /* A block mc x FC_BF16_KC (L2), B block FC_BF16_KC x nc (L3) */
     fc_gemm_bf16_ukr *ukr;
+    fc_gemm_bf16_ukr_fused *ukr_fused; /* may be NULL: sgemm.c then runs the epilogue itself */
     fc_pack_bf16_fn *pack_mr, *pack_nr;
     /* float32 rows dealt to NR-slivers (fc_deal_fn): the staging layout
      * of a B source (fc_b_source) before its conversion to bf16 */

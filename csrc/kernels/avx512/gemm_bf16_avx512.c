@@ -17,7 +17,8 @@
  * (as the fp32 kernel's tile()). */
 static inline __attribute__((always_inline)) void tile(int nv, fc_int kc, float alpha, const fc_bf16 *restrict a,
                                                        const fc_bf16 *restrict b, float beta, float *restrict c,
-                                                       fc_int ldc, fc_int m, fc_int n)
+                                                       fc_int ldc, fc_int m, fc_int n, const float *bias,
+                                                       int relu)
 {
     __m512 acc[MR][NV];
     FC_UNROLL_TILE
@@ -45,13 +46,21 @@ static inline __attribute__((always_inline)) void tile(int nv, fc_int kc, float 
         b += 2 * NR;
     }
 
-    store_tile(nv, 0, acc, alpha, beta, c, ldc, m, n); /* alpha * S, beta * C rounded each */
+    /* alpha * S, beta * C rounded each, then the epilogue */
+    store_tile(nv, 0, acc, alpha, beta, c, ldc, m, n, bias, relu);
 }
 
 static void ukr_avx512_bf16(fc_int kc, float alpha, const fc_bf16 *restrict a, const fc_bf16 *restrict b,
                             float beta, float *restrict c, fc_int ldc, fc_int m, fc_int n)
 {
-    FC_AVX512_BY_WIDTH(tile, n, kc, alpha, a, b, beta, c, ldc, m, n)
+    FC_AVX512_BY_WIDTH(tile, n, kc, alpha, a, b, beta, c, ldc, m, n, NULL, 0)
+}
+
+static void ukr_avx512_bf16_fused(fc_int kc, float alpha, const fc_bf16 *restrict a,
+                                  const fc_bf16 *restrict b, float beta, float *restrict c, fc_int ldc,
+                                  fc_int m, fc_int n, const float *bias, int relu)
+{
+    FC_AVX512_BY_WIDTH(tile, n, kc, alpha, a, b, beta, c, ldc, m, n, bias, relu)
 }
 
 /* vcvtneps2bf16 rounds as fc_bf16_round (kernels/bf16.h). */
@@ -71,4 +80,4 @@ _Static_assert(MC % MR == 0 && NC % NR == 0, "cache blocks hold whole register t
 FC_GEMM_BF16_PACKERS(MR, NR)
 
 const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512 = {"avx512_bf16", MR, NR, MC, NC, ukr_avx512_bf16,
-                                                       pack_mr, pack_nr, deal_nr};
+                                                       ukr_avx512_bf16_fused, pack_mr, pack_nr, deal_nr};

@@ -26,14 +26,19 @@ static inline __mmask16 column_mask(fc_int n, int v)
 
 /* c := alpha * acc + beta * c on the m x n corner of the tile (nv vectors a
  * row), c read only when beta != 0; with fused, beta * c is added by one FMA,
- * else rounded before the sum (the bf16 contract, kernels/bf16.h). Masked
- * loads and stores serve full and edge tiles alike (a full mask costs
- * nothing), so nothing outside the corner is touched. */
+ * else rounded before the sum (the bf16 contract, kernels/bf16.h). Then the
+ * fused epilogue of gemm_ukernel.h: + bias[i] on row i (bias may be NULL),
+ * then x < 0 ? 0 : x with relu (NaN and -0 kept), the bits of sgemm.c's
+ * separate pass: the bias is added with explicit rounding, which the
+ * compiler cannot contract into an FMA with alpha's product. Masked loads
+ * and stores serve full and edge tiles alike (a full mask costs nothing),
+ * so nothing outside the corner is touched. */
 static inline __attribute__((always_inline)) void store_tile(int nv, int fused, __m512 acc[MR][NV],
                                                              float alpha, float beta, float *restrict c,
-                                                             fc_int ldc, fc_int m, fc_int n)
+                                                             fc_int ldc, fc_int m, fc_int n,
+                                                             const float *bias, int relu)
 {
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps();
     FC_UNROLL_TILE
     for (int i = 0; i < MR; i++) {
         if (i >= m) break;
@@ -47,6 +52,10 @@ static inline __attribute__((always_inline)) void store_tile(int nv, int fused, 
                 const __m512 cv = _mm512_maskz_loadu_ps(mask, ci + v * VL);
                 r = fused ? _mm512_fmadd_ps(vb, cv, r) : _mm512_add_ps(r, _mm512_mul_ps(vb, cv));
             }
+            if (bias)
+                r = _mm512_add_round_ps(r, _mm512_set1_ps(bias[i]),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            if (relu) r = _mm512_mask_mov_ps(r, _mm512_cmp_ps_mask(r, zero, _CMP_LT_OQ), zero);
             _mm512_mask_storeu_ps(ci + v * VL, mask, r);
         }
     }

@@ -40,5 +40,5 @@ _Static_assert(MC % MR == 0 && NC % NR == 0, "cache blocks hold whole register t
 
 FC_GEMM_BF16_PACKERS(MR, NR)
 
-const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_ref = {"emulated", MR, NR, MC, NC, ukr_emulated,
+const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_ref = {"emulated", MR, NR, MC, NC, ukr_emulated, NULL,
                                                     pack_mr, pack_nr, deal_nr};
