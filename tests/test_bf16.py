@@ -218,13 +218,17 @@ CONVS = [  # x shape, weight shape, stride, padding
 def test_bf16_never_plans_direct_and_winograd_only_where_it_runs():
     """Direct has float32 tiles only; bf16 Winograd (tests/test_conv2d_winograd_bf16.py)
     takes the 3x3 stride-1 shapes where forced, and under auto where float32's rule
-    pays, which these shapes are too small for (too few tiles or channels)."""
+    pays, which these shapes are too small for (too few tiles or channels); a
+    strided dx by phases (whose phases run on the GEMM paths) where forced."""
     for x_shape, w_shape, stride, padding in CONVS:
-        for mode in ("auto", "direct", "winograd"):
+        for mode in ("auto", "direct", "winograd", "polyphase"):
             plan = _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=mode, precision="bfloat16")
             gemms = {"pointwise", "implicit_im2col", "im2col"}
             if mode == "winograd" and w_shape[2:] == (3, 3) and stride == 1:
                 gemms.add("winograd")
+            if mode == "polyphase" and stride != 1:
+                assert plan["dx"][0] == "polyphase"
+                gemms.add("polyphase")
             assert {plan[d][0] for d in ("forward", "dx", "dweight")} <= gemms
             assert (plan["forward"][0] == "winograd") == ("winograd" in gemms)
 

@@ -432,6 +432,65 @@ def test_fused_relu_keeps_nan_and_zeroes_negatives(isa_threads, rng):
     assert (y[~np.isnan(y)] >= 0).all() and (plain < 0).any()
 
 
+@st.composite
+def strided_convs(draw):
+    """Strided problems for the polyphase dx: strides 2..4 (rectangular too),
+    kernels smaller and larger than the stride (phases without taps, and
+    phases of several), padding up to kernel + 1 (phases that crop dy: a
+    negative padding), channel counts where the phases run direct (C = 8,
+    16, 32) and where they do not."""
+    n, c = draw(st.integers(1, 3)), draw(st.sampled_from([1, 3, 8, 16, 32]))
+    k = draw(st.sampled_from([2, 8, 16, 33]))
+    kh, kw = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    sh, sw = draw(st.integers(1, 4)), draw(st.integers(2, 4))
+    ph, pw = draw(st.integers(0, kh + 1)), draw(st.integers(0, kw + 1))
+    h_min, w_min = max(1, kh - 2 * ph), max(1, kw - 2 * pw)
+    h, w = draw(st.integers(h_min, h_min + 12)), draw(st.integers(w_min, w_min + 12))
+    return Conv(n, c, h, w, k, kh, kw, (sh, sw), (ph, pw))
+
+
+@FIXTURE_OK
+@given(conv=strided_convs(), seed=st.integers(0, 2**32 - 1))
+def test_polyphase_dx_matches_reference(isa_threads, conv, seed):
+    """A strided dx by phases (forced, so also where auto leaves it to col2im,
+    and on every ISA), against the twin; dW and db as auto's."""
+    x, weight, _, dy = conv.arrays(np.random.default_rng(seed))
+    with conv_algorithm("polyphase"):
+        assert plan_of(conv, "polyphase")["dx"][0] == "polyphase"
+        check_backward(conv, x, weight, dy, need_dx=True)
+
+
+@pytest.mark.parametrize("conv", [Conv(128, 16, 32, 32, 32, 3, 3, (2, 2), (1, 1)),
+                                  Conv(9, 32, 15, 13, 64, 3, 3, (2, 2), (1, 1)),
+                                  Conv(5, 8, 14, 11, 16, 5, 5, (2, 3), (2, 1)),
+                                  Conv(3, 16, 9, 9, 8, 2, 2, (3, 3), (0, 0))], ids=str)
+def test_polyphase_dx_is_the_same_bits_at_any_thread_count_and_block(rng, conv):
+    """Each dx pixel is one phase's forward output: the same bits at 1 and
+    2 threads, and whether the batch runs in one block of images or several
+    (the first shape, 128 images, takes several)."""
+    x, weight, _, dy = conv.arrays(rng)
+    old = _kernels.get_num_threads()
+    got = []
+    try:
+        with conv_algorithm("polyphase"):
+            for threads in (1, 2):
+                _kernels.set_num_threads(threads)
+                got.append(_kernels.conv2d_backward(x, weight, dy, conv.stride, conv.padding)[0])
+            one = _kernels.conv2d_backward(x[:1], weight, dy[:1], conv.stride, conv.padding)[0]
+    finally:
+        _kernels.set_num_threads(old)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0][:1], one)
+
+
+def test_polyphase_dx_is_auto_where_the_phases_run_direct(isa_threads):
+    """Auto takes the phases for a float32 3x3 stride-2 layer into C = 16 or
+    32 channels where the ISA has the direct tiles, and col2im elsewhere."""
+    isa, _ = isa_threads
+    down = plan_of(Conv(8, 16, 16, 16, 32, 3, 3, (2, 2), (1, 1)))["dx"]
+    assert down[0] == ("im2col" if isa == "generic" else "polyphase"), down
+
+
 @pytest.mark.parametrize("conv", EDGES.values(), ids=EDGES.keys())
 @pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no-dx"])
 def test_backward_edges(isa_threads, rng, conv, need_dx):

@@ -312,6 +312,10 @@ def test_depthwise_is_planned_for_every_direction_and_forced_only_where_it_appli
 
 @pytest.mark.parametrize("algorithm", ["direct", "winograd", "pointwise"])
 def test_dilation_and_uneven_padding_fall_back_from_the_plain_algorithms(isa_threads, rng, algorithm):
+    """Winograd and pointwise need the same padding each side, all three need
+    dilation 1; direct pads each image as the shape says, unevenly too, and
+    runs it (a negative padding, which only the phases of a strided dx have,
+    tests/test_conv2d.py)."""
     kernel = 1 if algorithm == "pointwise" else 3
     k = 8 if algorithm == "direct" else 16
     base = GConv(4, 16, 16, 16, k, kernel, kernel, (1, 1), ((0, 0), (0, 0)), (1, 1), 1)
@@ -321,10 +325,13 @@ def test_dilation_and_uneven_padding_fall_back_from_the_plain_algorithms(isa_thr
         pytest.skip(f"{algorithm} has no kernels on {isa_threads[0]}")
     variants = [base._replace(padding=((0, 1), (1, 0)))]
     if kernel == 3:
-        variants.append(base._replace(dilation=(2, 1)))
+        variants += [base._replace(dilation=(2, 1)), base._replace(padding=((2, 0), (0, 1)))]
     for conv in variants:
         chosen = plan(conv, algorithm)["forward"]
-        assert chosen[0] in ("implicit_im2col", "im2col"), chosen
+        runs_it = algorithm == "direct" and conv.dilation == (1, 1)
+        assert (chosen[0] == algorithm) == runs_it, chosen
+        if not runs_it:
+            assert chosen[0] in ("implicit_im2col", "im2col", "direct"), chosen
         previous = _kernels.set_conv_algorithm(algorithm)
         try:
             check_reference(conv, 7)

@@ -166,12 +166,22 @@ def test_auto_picks_by_the_documented_rules():
             strided = plan_of(Conv(16, 3, 64, 64, 16, 7, 7, (2, 2), (3, 3)))
             want = ["direct", "im2col", "direct"] if wide_tiles else ["im2col"] * 3
             assert [strided[d][0] for d in ("forward", "dx", "dweight")] == want
+            # A strided dx by phases where they run direct: C = 8, 16, 32 (not C = 3 above, nor 64)
+            for c, phased in ((16, wide_tiles), (32, wide_tiles), (64, False)):
+                down = plan_of(Conv(8, c, 16, 16, 2 * c, 3, 3, (2, 2), (1, 1)))["dx"]
+                assert down[0] == ("polyphase" if phased else "im2col"), down
+                if phased:
+                    assert "dx as 4 unit-stride convolutions of dy" in down[1]
+            assert plan_of(Conv(8, 16, 16, 16, 32, 1, 1, (2, 2), (0, 0)))["dx"][0] == "im2col"  # 1x1
             first16 = plan_of(Conv(128, 3, 32, 32, 16, 3, 3, (1, 1), (1, 1)))
             assert first16["forward"][0] == ("direct" if isa != "generic" else "implicit_im2col")
-            # Unit stride K = 32 with C >= 16, and K > 32, are Winograd's (3x3) and
-            # the GEMM path's: direct there is forced only (APPLIES); so is a 1x1
-            # strided. Strided 3x3s up to K = 128 are direct's.
-            for conv in (Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2)), Conv(8, 3, 12, 12, 64, 3, 3, (1, 1), (1, 1)),
+            # Unit stride K = 32 with C >= 16 and a 3x3 or 1x1 kernel, and K > 32, are
+            # Winograd's and the GEMM path's: direct there is forced only (APPLIES); so
+            # is a 1x1 strided. Strided 3x3s up to K = 128 are direct's, and so are the
+            # other kernels at K = 32 (a 5x5, a strided dx's 2x2 phase).
+            for conv in (Conv(8, 16, 12, 12, 32, 5, 5, (1, 1), (2, 2)), Conv(8, 64, 8, 8, 32, 2, 2, (1, 1), (0, 0))):
+                assert plan_of(conv)["forward"][0] == ("direct" if wide_tiles else "implicit_im2col")
+            for conv in (Conv(8, 16, 12, 12, 32, 3, 3, (1, 1), (1, 1)), Conv(8, 3, 12, 12, 64, 3, 3, (1, 1), (1, 1)),
                          Conv(8, 32, 12, 12, 64, 1, 1, (2, 2), (0, 0)), Conv(8, 16, 12, 12, 32, 1, 1, (2, 2), (0, 0))):
                 assert plan_of(conv)["forward"][0] != "direct"
                 forced = plan_of(conv, "direct")
@@ -187,8 +197,9 @@ def test_auto_picks_by_the_documented_rules():
                 assert "needs K = 8 or a multiple of 16" in plan_of(Conv(2, 3, 9, 9, k, 3, 3, (2, 2), (1, 1)),
                                                                     "direct")["forward"][1]
             # dx through col2im keeps dW off Winograd: a padding of 3 gives dx's
-            # convolution a negative one, which Winograd does not take, and C < K
-            padded = Conv(4, 16, 16, 16, 32, 3, 3, (1, 1), (3, 3))
+            # convolution a negative one, which Winograd does not take, C < K, and
+            # C = 24 has no direct tiles
+            padded = Conv(4, 24, 16, 16, 32, 3, 3, (1, 1), (3, 3))
             assert plan_of(padded)["forward"][0] == "winograd"
             assert plan_of(padded)["dx"][0] == "im2col"
             algorithm, why = plan_of(padded)["dweight"]

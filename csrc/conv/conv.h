@@ -56,6 +56,24 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
 int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, const float *dy,
                                      float *dweight, float *dbias, int nthreads);
 
+/* ---- plan.c, for the algorithms that run convolutions of their own ------
+ * A forward convolution that is part of a dx (polyphase's phases): planned
+ * under the mode in force, but a forced algorithm counts as auto (it was
+ * forced for the whole dx, where it does not apply: the phases are auto's
+ * choice, as forcing promises elsewhere), failures noted for dx. */
+int fc_conv2d_dx_part(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
+                      float *out, int nthreads);
+
+/* ---- polyphase.c: a strided dx as sh x sw unit-stride forwards ----------
+ * For stride sh <= FC_POLYPHASE_MAX_STRIDE (and sw), a kernel of at most
+ * FC_POLYPHASE_MAX_K rows (and columns), dilation 1, groups 1. Each phase
+ * runs through fc_conv2d_dx_part; dx's bits do not depend on the thread
+ * count. */
+#define FC_POLYPHASE_MAX_STRIDE 8
+#define FC_POLYPHASE_MAX_K 32
+int fc_conv2d_polyphase_dx(const fc_conv_shape *s, int precision, const float *weight,
+                           const float *dy, float *dx, int nthreads);
+
 /* ---- depthwise.c: groups == C, any kernel, stride, padding, dilation ----
  * Each output plane and each channel's dW by one thread: the same bits at
  * any thread count. */

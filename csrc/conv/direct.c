@@ -10,8 +10,8 @@
  * element in only K multiply-adds, so gathering the 5x5 taps into the packed
  * panels costs about as much as the arithmetic (64x8x14x14 -> 16, 5x5: the
  * implicit-im2col GEMM runs at under half of the FMA peak). Here nothing is
- * packed. Each image is first copied into a zero-padded (C, H + 2ph, W + 2pw)
- * buffer, so that no tap needs a bounds test, and a tap (c, i, j) is one
+ * packed. Each image is first copied into a zero-padded buffer of the
+ * (C, hp, wp) planes its taps read, so that no tap needs a bounds test, and a tap (c, i, j) is one
  * offset into it; weights are transposed once per call to (C, kh, kw, K).
  * The register tiles are the ISA table's (kernels/direct.h; AVX2's in
  * kernels/avx2/direct_avx2.c, AVX-512's in kernels/avx512/direct_avx512.c):
@@ -41,6 +41,10 @@
 #include "kernels/ctx.h"
 #include "conv/conv.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("no-tree-loop-distribute-patterns")
+#endif
+
 const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
 {
     const fc_direct_kernel *kr = k == 8    ? &ctx->direct_k8
@@ -50,24 +54,40 @@ const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
     return kr && kr->forward ? kr : NULL;
 }
 
+/* The padded image holds the rows and columns the taps read: ph rows of
+ * zeros before the image (cropped rows when ph < 0) and as many after as the
+ * output size implies, which may differ from ph (uneven padding, as a
+ * strided dx's phases have, conv/plan.c), and the same for the columns. */
 static fc_direct_geom geom_of(const fc_conv_shape *s, const fc_direct_kernel *kr)
 {
     fc_direct_geom g;
-    g.hp = s->h + 2 * s->ph;
-    g.wp = s->w + 2 * s->pw;
+    g.hp = (s->oh - 1) * s->sh + s->kh;
+    g.wp = (s->ow - 1) * s->sw + s->kw;
     g.plane = g.hp * g.wp;
     g.floats = (s->c * g.plane + kr->overread + s->kw + 15) / 16 * 16;
     return g;
 }
 
-/* Output: xp, image x (C, H, W) surrounded by ph rows and pw columns of zeros. */
-static void pad_image(const fc_conv_shape *s, const fc_direct_geom *g, const float *x, float *xp)
+/* Output: xp, the rows and columns of image x (C, H, W) that fall in the
+ * padded planes, at (ph, pw) from their corner, zeros elsewhere. Every
+ * image writes the same elements, so the zeros are written for the first
+ * (`first`) and stay for the next ones. */
+static void pad_image(const fc_conv_shape *s, const fc_direct_geom *g, const float *x, float *xp,
+                      int first)
 {
-    memset(xp, 0, sizeof(float) * g->floats);
+    if (first) memset(xp, 0, sizeof(float) * g->floats);
+    const fc_int r0 = s->ph < 0 ? -s->ph : 0, r1 = s->h < g->hp - s->ph ? s->h : g->hp - s->ph;
+    const fc_int x0 = s->pw < 0 ? -s->pw : 0, x1 = s->w < g->wp - s->pw ? s->w : g->wp - s->pw;
+    const fc_int len = x1 - x0;
+    if (len <= 0) return;
     for (fc_int c = 0; c < s->c; c++)
-        for (fc_int r = 0; r < s->h; r++)
-            memcpy(xp + c * g->plane + (r + s->ph) * g->wp + s->pw, x + (c * s->h + r) * s->w,
-                   sizeof(float) * s->w);
+        for (fc_int r = r0; r < r1; r++) {
+            float *restrict d = xp + c * g->plane + (r + s->ph) * g->wp + x0 + s->pw;
+            const float *restrict src = x + (c * s->h + r) * s->w + x0;
+            /* an inline loop: for rows of a few dozen floats a memcpy call
+             * costs more than the copy */
+            for (fc_int e = 0; e < len; e++) d[e] = src[e];
+        }
 }
 
 /* off[t] = c * plane + i * wp + j for tap t = (c * kh + i) * kw + j: where
@@ -117,13 +137,13 @@ int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float
             long long lo, hi;
             fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
             for (fc_int n = lo; n < hi; n++) {
-                pad_image(s, &g, x + n * chw, xp);
+                pad_image(s, &g, x + n * chw, xp, n == lo);
                 kr->forward(s, &g, xp, off, wt, bias, relu, y + n * kohow, 0, tiles);
             }
         }
     } else {
         for (fc_int n = 0; n < s->n; n++) {
-            pad_image(s, &g, x + n * chw, work);
+            pad_image(s, &g, x + n * chw, work, n == 0);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && tiles >= 2 * nthreads)
             {
                 long long lo, hi;
@@ -172,7 +192,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
         long long lo, hi;
         fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
         for (fc_int n = lo; n < hi; n++) {
-            pad_image(s, &g, x + n * chw, xp);
+            pad_image(s, &g, x + n * chw, xp, n == lo);
             kr->dweight(s, &g, xp, dy + n * kohow, dyk, span, off, part, part + taps * s->k * lanes);
         }
 #pragma omp barrier

@@ -13,6 +13,9 @@
  *                    column matrix, the GEMM reads it in place
  *   implicit_im2col  conv/im2col.c: the GEMM packs its B straight from x,
  *                    the column matrix never stored
+ *   polyphase        conv/polyphase.c: dx only, of a strided convolution:
+ *                    one unit-stride forward of dy per phase of dx's
+ *                    pixels (sh x sw of them), each planned as a forward
  *   im2col           conv/im2col.c: the column matrix built, then the GEMM
  *   depthwise        conv/depthwise.c: groups == C (each output channel
  *                    reads one input channel of its own), plane by plane, any
@@ -25,9 +28,9 @@
  * Directions. The forward, and the conv + 2x2 max-pool forward, which runs
  * the forward's algorithm: Winograd pools in its output transform and never
  * stores y, the others run the forward, then the pool. dx: im2col computes
- * W^T dy and scatters it by col2im; every other algorithm computes dx as
- * the forward convolution of dy with the flipped, transposed weights
- * (dx_by_convolution), planned as a forward of its own. dW and db: direct
+ * W^T dy and scatters it by col2im; polyphase runs its phases; every other
+ * algorithm computes dx as the forward convolution of dy with the flipped,
+ * transposed weights (dx_by_convolution), planned as a forward of its own. dW and db: direct
  * and Winograd have their own; pointwise and im2col run in im2col's backward
  * pass, which also computes col2im's dx when dx goes that way.
  *
@@ -50,7 +53,8 @@
  * with all the threads (the algorithms thread over images or tiles).
  * Dilation and padding that differs before and after (PyTorch's "same"
  * for even kernels) reach im2col and implicit im2col, whose taps are
- * bounds-checked; direct, Winograd and pointwise say NO to them.
+ * bounds-checked; Winograd and pointwise say NO to them (direct takes the
+ * uneven padding, conv/direct.c, not the dilation).
  *
  * Precision. A bf16 call (FC_BFLOAT16) runs the GEMM algorithms with the
  * bf16 GEMM: x, w and dy rounded to bf16 (nearest even) as they are
@@ -293,7 +297,13 @@ typedef int guard_fn(problem *p, reason *r);
  * backward: so they pay when strided with a kernel larger than 1x1 (a 1x1
  * strided has no taps to share, and the GEMM path's gathered columns cost
  * little), and at K = 32 with C < 16 input channels (the first layers). Other unit-stride K from 32 up are Winograd's and the
- * GEMM path's: APPLIES (forced only). */
+ * GEMM path's: APPLIES (forced only), but for the kernels that are neither
+ * 3x3 (Winograd's) nor 1x1 (pointwise's) at K = 32: the phases of a strided
+ * dx (polyphase) and 5x5 layers, where direct took 0.75-0.88x implicit
+ * im2col's time (Zen 4, 1 thread, 3 rounds: 64x16x14x14 -> 32 5x5 3.18 vs
+ * 4.24 ms, 128x64x8x8 -> 32 2x2 1.41 vs 1.86, 1x2 0.82 vs 0.94, 128x32x16x16
+ * -> 32 2x2 2.80 vs 3.30, 128x128x8x8 -> 32 2x2 2.76 vs 3.62; AVX2 takes the
+ * same rule, not timed). */
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
@@ -301,11 +311,10 @@ static int direct_forward(const problem *p, reason *r)
         say(r, "float32 tiles only");
         return NO;
     }
-    if (s->ph < 0 || s->pw < 0) {
-        say(r, "needs padding >= 0");
+    if (dilated(s)) { /* any padding, each side (conv/direct.c), negative too */
+        say(r, "needs dilation 1");
         return NO;
     }
-    if (!plain_only(s, r)) return NO;
     if (s->k != 8 && (s->k % 16 || s->k > FC_DIRECT_MAX_K)) {
         say(r, "needs K = 8 or a multiple of 16 up to %d output channels (K = %lld)", FC_DIRECT_MAX_K,
             (long long)s->k);
@@ -329,13 +338,14 @@ static int direct_forward(const problem *p, reason *r)
             "columns", (long long)s->k);
         return APPLIES;
     }
-    if (s->k > 32 || (s->k == 32 && s->c >= 16)) {
+    const int three = s->kh == 3 && s->kw == 3, one = s->kh == 1 && s->kw == 1;
+    if (s->k > 32 || (s->k == 32 && s->c >= 16 && (three || one))) {
         say(r, "K = %lld output channels at unit stride, C = %lld (Winograd's and the GEMM path's)",
             (long long)s->k, (long long)s->c);
         return APPLIES;
     }
     say(r, "K = %lld output channels at unit stride%s: nothing packed", (long long)s->k,
-        s->k == 32 ? ", C < 16" : "");
+        s->k < 32 ? "" : s->c < 16 ? ", C < 16" : ", neither 3x3 nor 1x1");
     return PAYS;
 }
 
@@ -539,6 +549,58 @@ static int gemm_dx(const problem *p, rule_fn *forward, reason *r)
 static int pointwise_dx(const problem *p, reason *r) { return gemm_dx(p, pointwise_forward, r); }
 static int implicit_dx(const problem *p, reason *r) { return gemm_dx(p, implicit_forward, r); }
 
+/* polyphase: a strided dx as sh x sw unit-stride forwards of dy, one per
+ * phase of dx's pixels (conv/polyphase.c), each planned as a forward. It
+ * pays where the phases, C output channels each, run direct (C = 8, 16 or
+ * 32 where the ISA table has those tiles; the phases' uneven padding is
+ * direct's too). Backward (dx, dW, db) against the same build without it
+ * (im2col's dx: W^T dy into a column matrix, then col2im), Zen 4, 3 rounds
+ * of 15 calls, medians at 1 / 2 threads:
+ *   128x16x32x32 -> 32, 3x3/2 p1:  9.06 / 5.42 ms vs 10.04 / 5.52
+ *   128x32x16x16 -> 64, 3x3/2 p1:  7.85 / 4.22 vs 8.52 / 4.33
+ *   64x8x28x28 -> 16, 5x5/2 p2:    3.00 / 1.09 vs 3.86 / 1.58
+ * and slower where the phases take the GEMM paths, which pack dy for few
+ * output channels: C = 64 (128x64x8x8 -> 128, 3x3/2: 12.9 vs 11.4 at 1
+ * thread), C = 24 (2.59 vs 2.42), C = 3 (16x3x64x64 -> 16, 7x7/2: 6.15 vs
+ * 3.27), every bf16 case (direct being float32 only: 15.4 vs 13.9 ms at
+ * 128x16x32x32 -> 32), and 1x1 kernels, whose im2col dx is one GEMM and a
+ * scatter (128x16x32x32 -> 32, 1x1/2: 4.66 vs 3.44). There: APPLIES. */
+static int polyphase_dx(const problem *p, reason *r)
+{
+    const fc_conv_shape *s = &p->s;
+    if (unit_stride(s)) {
+        say(r, "unit stride: dx is one convolution of dy");
+        return NO;
+    }
+    if (dilated(s)) {
+        say(r, "needs dilation 1");
+        return NO;
+    }
+    if (s->sh > FC_POLYPHASE_MAX_STRIDE || s->sw > FC_POLYPHASE_MAX_STRIDE ||
+        s->kh > FC_POLYPHASE_MAX_K || s->kw > FC_POLYPHASE_MAX_K) {
+        say(r, "needs strides up to %d and kernels up to %d", FC_POLYPHASE_MAX_STRIDE,
+            FC_POLYPHASE_MAX_K);
+        return NO;
+    }
+    say(r, "stride %lldx%lld: dx as %lld unit-stride convolutions of dy, one per phase of its pixels",
+        (long long)s->sh, (long long)s->sw, (long long)(s->sh * s->sw));
+    if (p->precision != FC_FLOAT32) {
+        add(r, ", on the GEMM paths in bf16 (col2im's is faster)");
+        return APPLIES;
+    }
+    if (s->kh * s->kw == 1) {
+        add(r, ", but a 1x1's col2im dx is one GEMM and a scatter");
+        return APPLIES;
+    }
+    if (s->c > 32 || !fc_direct_tiles(p->ctx, s->c)) {
+        add(r, ", but C = %lld: no direct phases on %s (col2im's is faster)", (long long)s->c,
+            p->ctx->name);
+        return APPLIES;
+    }
+    add(r, ", direct's (C = %lld)", (long long)s->c);
+    return PAYS;
+}
+
 static int im2col_dx(const problem *p, reason *r)
 {
     say(r, "W^T dy, then col2im");
@@ -572,6 +634,11 @@ static int depthwise_dweight_run(const problem *p, float *dweight, float *dbias)
 static int depthwise_dx_run(const problem *p, float *dx)
 {
     return fc_conv2d_depthwise_dx(&p->s, p->w, p->dy, dx, p->nthreads);
+}
+
+static int polyphase_dx_run(const problem *p, float *dx)
+{
+    return fc_conv2d_polyphase_dx(&p->s, p->precision, p->w, p->dy, dx, p->nthreads);
 }
 
 static int direct_run(const problem *p, const float *bias, int relu, float *y)
@@ -650,6 +717,8 @@ static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
                            {NULL, by_convolution_guard, NULL}, pointwise_run, NULL, NULL, 0},
     [FC_CONV_IMPLICIT_IM2COL] = {"implicit_im2col", {implicit_forward, implicit_dx, NULL},
                                  {NULL, by_convolution_guard, NULL}, implicit_run, NULL, NULL, 0},
+    [FC_CONV_POLYPHASE] = {"polyphase", {NULL, polyphase_dx, NULL}, {NULL, by_convolution_guard, NULL},
+                           NULL, NULL, NULL, 0, polyphase_dx_run, 0},
     [FC_CONV_IM2COL] = {"im2col", {im2col_forward, im2col_dx, im2col_dweight}, {NULL, NULL, NULL},
                         im2col_run, NULL, NULL, 1, NULL, 0},
     [FC_CONV_DEPTHWISE] = {"depthwise", {depthwise_rule, depthwise_rule, depthwise_rule},
@@ -842,6 +911,15 @@ int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, con
     new_call();
     problem p = problem_of(s, precision, x, weight, NULL, nthreads);
     return forward(&p, FC_CONV_FORWARD, bias, relu, y);
+}
+
+int fc_conv2d_dx_part(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
+                      float *out, int nthreads)
+{
+    problem p = problem_of(s, precision, dy, weight, NULL, nthreads);
+    const int kind = mode_kind == FC_CONV_MODE_FORCE ? FC_CONV_MODE_AUTO : mode_kind;
+    return run_forward(choose(FC_CONV_FORWARD, &p, kind, mode_algorithm, NULL), &p, FC_CONV_DX, NULL, 0,
+                       out);
 }
 
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,

@@ -148,9 +148,10 @@ enum {
     FC_CONV_WINOGRAD = 1,
     FC_CONV_POINTWISE = 2,
     FC_CONV_IMPLICIT_IM2COL = 3,
-    FC_CONV_IM2COL = 4,
-    FC_CONV_DEPTHWISE = 5, /* the one that takes grouped problems (groups == C) */
-    FC_CONV_ALGORITHMS = 6
+    FC_CONV_POLYPHASE = 4, /* dx only: a strided dx as one unit-stride forward per phase */
+    FC_CONV_IM2COL = 5,
+    FC_CONV_DEPTHWISE = 6, /* the one that takes grouped problems (groups == C) */
+    FC_CONV_ALGORITHMS = 7
 };
 const char *fc_conv_algorithm_name(int algorithm);
 /* The mode of every later call: auto (the planner's choice; algorithm

@@ -204,7 +204,8 @@ def set_conv_algorithm(mode):
     - ``'auto'`` (default): the planner's choice per shape and ISA, where each
       measured fastest (``fc.conv_plan`` says which and why, per layer);
     - an algorithm, one of ``CONV_ALGORITHMS`` (``'direct'``, ``'winograd'``,
-      ``'pointwise'``, ``'implicit_im2col'``, ``'im2col'``, ``'depthwise'``): that one wherever
+      ``'pointwise'``, ``'implicit_im2col'``, ``'polyphase'`` (a strided dx only), ``'im2col'``,
+      ``'depthwise'``): that one wherever
       it applies; a call it does not apply to (a shape it cannot run, an ISA
       without its kernels, inputs out of its range) runs auto's choice instead,
       never an error;
