@@ -274,6 +274,27 @@ def test_conv_backward_within_bf16_of_float32_and_same_bits_on_every_isa(isa_thr
         assert np.abs(g - f).max() <= 2e-2 * scale, name
 
 
+# the first float32 that rounds to Inf (halfway past bf16's largest, a tie to even), and two more
+@pytest.mark.parametrize("big", [np.uint32(0x7F7F8000).view(np.float32), 3.4e38, np.finfo(np.float32).max],
+                         ids=str)
+def test_conv_dx_with_a_weight_that_rounds_to_inf_keeps_the_twins_pattern(isa_threads, big):
+    """A finite float32 weight past bf16's largest value rounds to Inf: dx as
+    a convolution would multiply dy's padding zeros by it (NaN), so it takes
+    col2im, whose Inf and NaN fall where the twin's do."""
+    rng = np.random.default_rng(7)
+    x, w = rand(rng, 2, 16, 6, 6), rand(rng, 8, 16, 3, 3, scale=0.1)
+    w[0, 0, 0, 0] = np.float32(big)
+    assert reference.to_bfloat16(w[0, 0, 0, 0]) == 0x7F80  # rounds to +Inf
+    plan = _kernels.plan_conv2d(x.shape, w.shape, 1, 1, precision="bfloat16")
+    assert plan["dx"][0] != "im2col" and "if w rounded to bf16 is finite" in plan["dx"][1]
+    dy = rand(rng, 2, 8, 6, 6)
+    dx = _kernels.conv2d_backward(x, w, dy, 1, 1, True, "bfloat16")[0]
+    twin = reference.conv2d_backward(x, w, dy, 1, 1, True, "bfloat16")[0]
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(twin))
+    np.testing.assert_array_equal(np.isinf(dx), np.isinf(twin))
+    assert np.isinf(dx).any()
+
+
 def test_conv_kernels_reject_a_bad_precision():
     x, w = np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 3, 3), np.float32)
     for call in (lambda: _kernels.conv2d_forward(x, w, None, 1, 1, precision="half"),

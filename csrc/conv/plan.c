@@ -609,14 +609,17 @@ static int im2col_dx(const problem *p, reason *r)
 
 /* As a convolution, dx multiplies dy's zero padding by the weights: an
  * infinite or NaN weight would make NaN (0 * Inf) where dx's sum has no
- * such term; col2im adds only the real terms. */
+ * such term; col2im adds only the real terms. In bf16 the weights are
+ * those rounded to bf16, where a finite float past bf16's largest value
+ * (from 2^128 (1 - 2^-9)) is Inf. */
 static int by_convolution_guard(problem *p, reason *r)
 {
     if (!p->x) {
-        add(r, ", if w is finite");
+        add(r, p->precision == FC_BFLOAT16 ? ", if w rounded to bf16 is finite" : ", if w is finite");
         return 1;
     }
-    return max_w(p) <= FLT_MAX;
+    const float m = max_w(p);
+    return (p->precision == FC_BFLOAT16 ? fc_bf16_value(fc_bf16_round(m)) : m) <= FLT_MAX;
 }
 
 /* ---- the runs --------------------------------------------------------------- */
