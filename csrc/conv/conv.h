@@ -57,18 +57,25 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
                                      float *dweight, float *dbias, int nthreads);
 
 /* ---- plan.c, for the algorithms that run convolutions of their own ------
- * A forward convolution that is part of a dx (polyphase's phases): planned
- * under the mode in force, but a forced algorithm counts as auto (it was
- * forced for the whole dx, where it does not apply: the phases are auto's
- * choice, as forcing promises elsewhere), failures noted for dx. */
-int fc_conv2d_dx_part(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
-                      float *out, int nthreads);
+ * A forward convolution that is part of a dx (polyphase's phases), planned
+ * once for the whole batch (the shape s and all of dy: the rules count the
+ * batch's tiles, the guards read its values), then run on blocks of it
+ * (s with fewer images, dy and out from the block's first), so that every
+ * block takes the same algorithm, whose outputs per image do not depend on
+ * the block. Planned under the mode in force, but a forced algorithm counts
+ * as auto (it was forced for the whole dx, where it does not apply: the
+ * phases are auto's choice, as forcing promises elsewhere); failures are
+ * noted for dx. */
+int fc_conv2d_dx_part_plan(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
+                           int nthreads);
+int fc_conv2d_dx_part_run(int algorithm, const fc_conv_shape *s, int precision, const float *dy,
+                          const float *weight, float *out, int nthreads);
 
 /* ---- polyphase.c: a strided dx as sh x sw unit-stride forwards ----------
  * For stride sh <= FC_POLYPHASE_MAX_STRIDE (and sw), a kernel of at most
  * FC_POLYPHASE_MAX_K rows (and columns), dilation 1, groups 1. Each phase
- * runs through fc_conv2d_dx_part; dx's bits do not depend on the thread
- * count. */
+ * is planned once (fc_conv2d_dx_part_plan) and run a block of images at a
+ * time; dx's bits do not depend on the thread count or the blocks. */
 #define FC_POLYPHASE_MAX_STRIDE 8
 #define FC_POLYPHASE_MAX_K 32
 int fc_conv2d_polyphase_dx(const fc_conv_shape *s, int precision, const float *weight,

@@ -1,8 +1,9 @@
 /* Direct convolution for layers with 8, 16 or 32..128 (multiples of 16) output channels: the
  * forward (contract of fc_conv2d_forward in fastconv.h), and dW/db (contract
  * of fc_conv2d_backward's); dx of a unit-stride layer is itself a
- * convolution (conv/plan.c, dx_by_convolution), which comes here when it
- * has such K outputs. Strides other than 1 where the tiles take them
+ * convolution (conv/plan.c, dx_by_convolution), and a strided one a few
+ * (conv/polyphase.c, with uneven or negative padding), which come here when
+ * they have such K outputs. Strides other than 1 where the tiles take them
  * (kernels/direct.h, `strided`). When it runs is conv/plan.c's rule (with
  * the measurements behind it).
  *

@@ -211,15 +211,15 @@ static int dilated(const fc_conv_shape *s)
 }
 
 /* The last tap lies within ph rows and pw columns of the image, as with
- * the same padding after as before: what a zero-padded copy of the image
- * (direct) or the tiles (Winograd) assume. */
+ * the same padding after as before: what Winograd's tiles and pointwise
+ * assume. */
 static int padded_evenly(const fc_conv_shape *s)
 {
     return (s->oh - 1) * s->sh + s->dh * (s->kh - 1) < s->h + 2 * s->ph &&
            (s->ow - 1) * s->sw + s->dw * (s->kw - 1) < s->w + 2 * s->pw;
 }
 
-/* The reason, and NO, for the shapes direct and Winograd cannot run. */
+/* The reason, and NO, for the shapes Winograd cannot run. */
 static int plain_only(const fc_conv_shape *s, reason *r)
 {
     if (dilated(s)) {
@@ -551,9 +551,10 @@ static int implicit_dx(const problem *p, reason *r) { return gemm_dx(p, implicit
 
 /* polyphase: a strided dx as sh x sw unit-stride forwards of dy, one per
  * phase of dx's pixels (conv/polyphase.c), each planned as a forward. It
- * pays where the phases, C output channels each, run direct (C = 8, 16 or
- * 32 where the ISA table has those tiles; the phases' uneven padding is
- * direct's too). Backward (dx, dW, db) against the same build without it
+ * pays where the phases, C output channels each, can run direct (C = 8, 16
+ * or 32 where the ISA table has those tiles; the phases' uneven padding is
+ * direct's too; at C = 32 a 3x3 or 1x1 phase goes to Winograd or the GEMM
+ * paths, as any such forward). Backward (dx, dW, db) against the same build without it
  * (im2col's dx: W^T dy into a column matrix, then col2im), Zen 4, 3 rounds
  * of 15 calls, medians at 1 / 2 threads:
  *   128x16x32x32 -> 32, 3x3/2 p1:  9.06 / 5.42 ms vs 10.04 / 5.52
@@ -597,7 +598,7 @@ static int polyphase_dx(const problem *p, reason *r)
             p->ctx->name);
         return APPLIES;
     }
-    add(r, ", direct's (C = %lld)", (long long)s->c);
+    add(r, ", C = %lld: the phases direct's where their kernels are", (long long)s->c);
     return PAYS;
 }
 
@@ -916,13 +917,19 @@ int fc_conv2d_forward(const fc_conv_shape *s, int precision, const float *x, con
     return forward(&p, FC_CONV_FORWARD, bias, relu, y);
 }
 
-int fc_conv2d_dx_part(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
-                      float *out, int nthreads)
+int fc_conv2d_dx_part_plan(const fc_conv_shape *s, int precision, const float *dy, const float *weight,
+                           int nthreads)
 {
     problem p = problem_of(s, precision, dy, weight, NULL, nthreads);
     const int kind = mode_kind == FC_CONV_MODE_FORCE ? FC_CONV_MODE_AUTO : mode_kind;
-    return run_forward(choose(FC_CONV_FORWARD, &p, kind, mode_algorithm, NULL), &p, FC_CONV_DX, NULL, 0,
-                       out);
+    return choose(FC_CONV_FORWARD, &p, kind, mode_algorithm, NULL);
+}
+
+int fc_conv2d_dx_part_run(int algorithm, const fc_conv_shape *s, int precision, const float *dy,
+                          const float *weight, float *out, int nthreads)
+{
+    problem p = problem_of(s, precision, dy, weight, NULL, nthreads);
+    return run_forward(algorithm, &p, FC_CONV_DX, NULL, 0, out);
 }
 
 int fc_conv2d_maxpool_forward(const fc_conv_shape *s, int precision, const float *x,

@@ -14,14 +14,18 @@
  * one more or one less than top. A phase without taps (a stride past the
  * kernel) is zero. The sh * sw phases hold each tap once: the multiply-adds
  * of the forward, in convolutions that the planner runs as any other
- * (direct, pointwise, implicit im2col), against im2col's dx, which builds a
- * column matrix K * kh * kw times larger than dy and scatters it (col2im).
+ * (direct, pointwise, Winograd, implicit im2col), against im2col's dx,
+ * which builds a column matrix K * kh * kw times larger than dy and
+ * scatters it (col2im).
  *
- * Each phase is planned and run as a forward of its own (fc_conv2d_dx_part:
- * auto's choice, or the mode's exclusion), a block of images at a time into a scratch that holds
- * the block's phases, then dealt out into dx: each dx pixel is one phase's
- * output, whose bits do not depend on the block or the thread count (the
- * forwards' own guarantee), so neither do dx's.
+ * Each phase is planned once as a forward of the whole batch
+ * (fc_conv2d_dx_part_plan: auto's choice, or the mode's exclusion; a rule
+ * may count the batch's tiles and a guard read all of dy), then run a block
+ * of images at a time into a scratch that holds the block's phases, which
+ * are dealt out into dx. Each dx pixel is one phase's output, by one
+ * algorithm whatever the block, whose outputs per image do not depend on
+ * the block or the thread count (the forwards' own guarantee), so neither
+ * do dx's.
  *
  * The padding of dy is multiplied by the weights as in dx_by_convolution
  * (plan.c): the planner guards against infinite weights.
@@ -62,6 +66,15 @@ static axis_phase phase_of(fc_int a, fc_int n, fc_int k, fc_int stride, fc_int p
     return q;
 }
 
+/* The forward that computes phase (r, q) of n images' dx from their dy. */
+static fc_conv_shape phase_shape(const fc_conv_shape *s, const axis_phase *r, const axis_phase *q,
+                                 fc_int n)
+{
+    return (fc_conv_shape){.n = n, .c = s->k, .h = s->oh, .w = s->ow, .k = s->c, .kh = r->count,
+                           .kw = q->count, .sh = 1, .sw = 1, .ph = -r->first, .pw = -q->first,
+                           .oh = r->size, .ow = q->size, .dh = 1, .dw = 1, .groups = 1};
+}
+
 /* dst[j * step] = src[j] (0 when src is NULL) for j < n. */
 static inline __attribute__((always_inline)) void deal(float *restrict dst, fc_int step,
                                                        const float *restrict src, fc_int n)
@@ -87,8 +100,11 @@ int fc_conv2d_polyphase_dx(const fc_conv_shape *s, int precision, const float *w
     fc_int nb = FC_PHASES_BLOCK_FLOATS / chw;
     nb = nb < nthreads ? nthreads : nb;
     nb = nb < s->n ? nb : s->n;
+    nb = nb > 1 ? nb : 1;
     float *phases = malloc(sizeof(float) * (size_t)(nb * chw));
-    fc_int at[FC_POLYPHASE_MAX_STRIDE * FC_POLYPHASE_MAX_STRIDE]; /* phase (a, b)'s sub-kernels */
+    /* phase (a, b)'s sub-kernels, and the algorithm planned for it */
+    fc_int at[FC_POLYPHASE_MAX_STRIDE * FC_POLYPHASE_MAX_STRIDE];
+    int algorithm[FC_POLYPHASE_MAX_STRIDE * FC_POLYPHASE_MAX_STRIDE];
     int rc = sub && phases ? 0 : FC_ENOMEM;
     for (fc_int a = 0, used = 0; a < sh && !rc; a++)
         for (fc_int b = 0; b < sw; b++) {
@@ -101,6 +117,9 @@ int fc_conv2d_polyphase_dx(const fc_conv_shape *s, int precision, const float *w
                             sub[used + ((c * s->k + k) * r->count + u) * q->count + v] =
                                 weight[((k * s->c + c) * s->kh + r->tap[u]) * s->kw + q->tap[v]];
             used += s->c * s->k * r->count * q->count;
+            if (!r->count || !q->count || !r->size || !q->size) continue;
+            const fc_conv_shape t = phase_shape(s, r, q, s->n);
+            algorithm[a * sw + b] = fc_conv2d_dx_part_plan(&t, precision, dy, sub + at[a * sw + b], nthreads);
         }
     for (fc_int n0 = 0; n0 < s->n && !rc; n0 += nb) {
         const fc_int m = s->n - n0 < nb ? s->n - n0 : nb;
@@ -111,12 +130,9 @@ int fc_conv2d_polyphase_dx(const fc_conv_shape *s, int precision, const float *w
                 const axis_phase *r = &rows[a], *q = &cols[b];
                 offset[a * sw + b] = used;
                 if (!r->count || !q->count || !r->size || !q->size) continue;
-                const fc_conv_shape t = {.n = m, .c = s->k, .h = s->oh, .w = s->ow, .k = s->c,
-                                         .kh = r->count, .kw = q->count, .sh = 1, .sw = 1,
-                                         .ph = -r->first, .pw = -q->first, .oh = r->size,
-                                         .ow = q->size, .dh = 1, .dw = 1, .groups = 1};
-                rc = fc_conv2d_dx_part(&t, precision, dy + n0 * s->k * ohow, sub + at[a * sw + b],
-                                       phases + used, nthreads);
+                const fc_conv_shape t = phase_shape(s, r, q, m);
+                rc = fc_conv2d_dx_part_run(algorithm[a * sw + b], &t, precision, dy + n0 * s->k * ohow,
+                                           sub + at[a * sw + b], phases + used, nthreads);
                 used += m * s->c * r->size * q->size;
             }
         if (rc) break;
