@@ -12,8 +12,9 @@
  * panels costs about as much as the arithmetic (64x8x14x14 -> 16, 5x5: the
  * implicit-im2col GEMM runs at under half of the FMA peak). Here nothing is
  * packed. Each image is first copied into a zero-padded buffer of the
- * (C, hp, wp) planes its taps read, so that no tap needs a bounds test, and a tap (c, i, j) is one
- * offset into it; weights are transposed once per call to (C, kh, kw, K).
+ * (C, hp, wp) planes its taps read, so that no tap needs a bounds test, and
+ * a tap (c, i, j) is one offset into it; weights are transposed once per
+ * call to (C, kh, kw, K).
  * The register tiles are the ISA table's (kernels/direct.h; AVX2's in
  * kernels/avx2/direct_avx2.c, AVX-512's in kernels/avx512/direct_avx512.c):
  * with K = 16 (and its multiples) output channels as the vector lanes, with K = 8 output
