@@ -7,6 +7,7 @@ slower than PyTorch's shows up by shape, with its calls per step.
 
     python bench/layers.py                        # resnet20, 1 and 2 threads
     python bench/layers.py --net cifar_small --threads 2 --reps 21
+    python bench/layers.py --precision bfloat16   # against PyTorch's bf16 autocast
 
 The in-step column is what the layer cost inside the step (its caches as
 the step leaves them); the per-layer columns time it alone, both sides
@@ -39,7 +40,7 @@ def kind_of(name):
     return next(kind for kind, pattern in KINDS if re.search(pattern, name))
 
 
-def step_profile(net, threads, steps):
+def step_profile(net, threads, steps, precision="float32"):
     """Run `steps` fastconv training steps of `net` (after 2 untimed) with every
     kernel call timed. Returns (seconds per step, {kernel: seconds per step},
     {conv: [forward calls per step, seconds per step in the step]}), a conv
@@ -69,7 +70,7 @@ def step_profile(net, threads, steps):
             return out
         return call
 
-    step = compare.fastconv_step(build, x, y)
+    step = compare.fastconv_step(build, x, y, precision)
     originals = {name: getattr(K, name) for name in dir(K)
                  if not name.startswith("_") and callable(getattr(K, name))
                  and not isinstance(getattr(K, name), type)}
@@ -91,7 +92,7 @@ def step_profile(net, threads, steps):
             {k: [n // steps, v / steps] for k, (n, v) in convs.items()})
 
 
-def layer_rows(convs, threads, reps, sides):
+def layer_rows(convs, threads, reps, sides, precision="float32"):
     """Time each conv of `convs` alone: {key: {direction: {side: Timing}}}."""
     import numpy as np
 
@@ -106,7 +107,8 @@ def layer_rows(convs, threads, reps, sides):
             x_shape, w_shape, (sh, sw), (ph, pw), groups = key
             if sh != sw or ph != pw:  # the bench's rows are square
                 continue
-            fwd, bwd = compare.conv_workloads("layer", x_shape, w_shape, sh, ph, groups, rand)
+            fwd, bwd = compare.conv_workloads("layer", x_shape, w_shape, sh, ph, groups, rand,
+                                              precision)
             out[key] = {}
             for direction, w in (("fwd", fwd), ("bwd", bwd)):
                 fns = {side: w.make[side]() for side in sides if side in w.make}
@@ -114,12 +116,12 @@ def layer_rows(convs, threads, reps, sides):
     return out
 
 
-def report(net, threads, steps, reps):
-    total, by_kernel, convs = step_profile(net, threads, steps)
+def report(net, threads, steps, reps, precision="float32"):
+    total, by_kernel, convs = step_profile(net, threads, steps, precision)
     sides = ["fastconv"] + (["torch_cl"] if compare._torch() is not None else [])
-    timed = layer_rows(convs, threads, reps, sides)
+    timed = layer_rows(convs, threads, reps, sides, precision)
     ms = lambda s: f"{s * 1e3:.3g}"  # noqa: E731
-    print(f"\n### {net} train step, {threads} thread(s)\n")
+    print(f"\n### {net} train step{compare.PRECISIONS[precision]}, {threads} thread(s)\n")
     print(f"fastconv step {ms(total)} ms, of which kernels {ms(sum(by_kernel.values()))} ms:",
           ", ".join(f"{kind} {ms(sum(v for k, v in by_kernel.items() if kind_of(k) == kind))}"
                     for kind, _ in KINDS), "\n")
@@ -150,10 +152,12 @@ def main(argv=None):
     p.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
     p.add_argument("--steps", type=int, default=5, help="profiled steps (default 5)")
     p.add_argument("--reps", type=int, default=15, help="turns per side for each layer (default 15)")
+    p.add_argument("--precision", default="float32", choices=sorted(compare.PRECISIONS),
+                   help="fc.autocast's precision, PyTorch's autocast beside it (default float32)")
     args = p.parse_args(argv)
     compare.pin_malloc()
     for n in (int(t) for t in args.threads.split(",")):
-        report(args.net, n, args.steps, args.reps)
+        report(args.net, n, args.steps, args.reps, args.precision)
 
 
 if __name__ == "__main__":

@@ -121,7 +121,8 @@ def conv2d_forward(x, weight, bias, stride, padding, relu=False, precision="floa
     """y[n, k] = sum_{c,i,j} x_pad[n, c, oy*sh + i, ox*sw + j] * weight[k, c, i, j] + bias[k],
     then relu_forward(y) when relu is true. In bf16: the native GEMM algorithms' bits, the
     taps summed in (c, i, j) order by sgemm's bf16 rule (bf16 Winograd rounds its transformed
-    operands instead: within bf16 rounding of these, not their bits)."""
+    operands instead, and bf16 direct sums channel pairs in its own order: within bf16
+    rounding of these, not their bits; tests/test_conv2d_direct_bf16.py has direct's twin)."""
     if not isinstance(relu, (bool, np.bool_)):
         raise TypeError(f"conv2d_forward: `relu` must be a bool; got {relu!r}")
     if precision == "bfloat16":

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import rand
+from conftest import ISAS, rand
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -215,22 +215,45 @@ CONVS = [  # x shape, weight shape, stride, padding
 ]
 
 
-def test_bf16_never_plans_direct_and_winograd_only_where_it_runs():
-    """Direct has float32 tiles only; bf16 Winograd (tests/test_conv2d_winograd_bf16.py)
-    takes the 3x3 stride-1 shapes where forced, and under auto where float32's rule
-    pays, which these shapes are too small for (too few tiles or channels); a
-    strided dx by phases (whose phases run on the GEMM paths) where forced."""
-    for x_shape, w_shape, stride, padding in CONVS:
-        for mode in ("auto", "direct", "winograd", "polyphase"):
-            plan = _kernels.plan_conv2d(x_shape, w_shape, stride, padding, mode=mode, precision="bfloat16")
-            gemms = {"pointwise", "implicit_im2col", "im2col"}
-            if mode == "winograd" and w_shape[2:] == (3, 3) and stride == 1:
-                gemms.add("winograd")
-            if mode == "polyphase" and stride != 1:
-                assert plan["dx"][0] == "polyphase"
-                gemms.add("polyphase")
-            assert {plan[d][0] for d in ("forward", "dx", "dweight")} <= gemms
-            assert (plan["forward"][0] == "winograd") == ("winograd" in gemms)
+def direct_pays_in_bf16(k, c, kernel, stride):
+    """plan.c's direct rule in bf16: K a multiple of 16 up to 128; strided with a kernel
+    larger than 1x1, or at unit stride K = 16, or K = 32 but with C < 16 or a kernel
+    neither 3x3 nor 1x1. None: it does not apply at all."""
+    if k % 16 or k > 128:
+        return None
+    if stride != 1:
+        return kernel != (1, 1)
+    return k < 32 or (k == 32 and (c < 16 or kernel not in ((3, 3), (1, 1))))
+
+
+def test_bf16_plans_direct_by_its_rule_and_winograd_only_where_it_runs():
+    """bf16 direct (tests/test_conv2d_direct_bf16.py) takes a forward, and a dx as the
+    convolution of dy, by its float32 rule for K a multiple of 16, on every ISA (emulated
+    where the CPU has no bf16 instructions), and never dW; bf16 Winograd
+    (tests/test_conv2d_winograd_bf16.py) takes the 3x3 stride-1 shapes where forced,
+    and under auto where float32's rule pays, which these shapes are too small for (too
+    few tiles or channels); a strided dx by phases where forced."""
+    for isa in ISAS:
+        for x_shape, w_shape, stride, padding in CONVS:
+            (k, c), kernel = w_shape[:2], w_shape[2:]
+            for mode in ("auto", "direct", "winograd", "polyphase"):
+                plan = on_isa(isa, _kernels.plan_conv2d, x_shape, w_shape, stride, padding, mode=mode,
+                              precision="bfloat16")
+                forced = mode == "direct"
+                fwd, dx = direct_pays_in_bf16(k, c, kernel, stride), direct_pays_in_bf16(c, k, kernel, 1)
+                if mode in ("auto", "direct"):
+                    assert (plan["forward"][0] == "direct") == bool(fwd or (forced and fwd is not None))
+                    if stride == 1:
+                        assert (plan["dx"][0] == "direct") == bool(dx or (forced and dx is not None))
+                gemms = {"pointwise", "implicit_im2col", "im2col", "direct"}
+                if mode == "winograd" and kernel == (3, 3) and stride == 1:
+                    gemms.add("winograd")
+                if mode == "polyphase" and stride != 1:
+                    assert plan["dx"][0] == "polyphase"
+                    gemms.add("polyphase")
+                assert {plan[d][0] for d in ("forward", "dx", "dweight")} <= gemms
+                assert plan["dweight"][0] != "direct"
+                assert (plan["forward"][0] == "winograd") == ("winograd" in gemms)
 
 
 @pytest.mark.parametrize("case", range(len(CONVS)))
@@ -241,7 +264,8 @@ def test_conv_forward_same_bits_every_algorithm(isa_threads, case):
     want = reference.conv2d_forward(x, w, b, stride, padding, True, "bfloat16")
     previous = _kernels.get_conv_algorithm()
     try:
-        for mode in ("auto", "im2col", "implicit_im2col", "pointwise"):
+        # direct has bits of its own in bf16 (tests/test_conv2d_direct_bf16.py)
+        for mode in ("no-direct", "im2col", "implicit_im2col", "pointwise"):
             _kernels.set_conv_algorithm(mode)
             assert_same_bits(_kernels.conv2d_forward(x, w, b, stride, padding, True, "bfloat16"), want)
         if want.shape[2] >= 2 and want.shape[3] >= 2:

@@ -45,11 +45,13 @@ int fc_conv2d_winograd_maxpool(const fc_conv_shape *s, int precision, const floa
 int fc_conv2d_winograd_dweight(const fc_conv_shape *s, int precision, const float *x,
                                const float *dy, float *dweight, int nthreads);
 
-/* ---- direct.c: K = 8, 16 or 32 output channels, where the ISA table has
- * the tiles (kernels/direct.h: unit stride, or any where `strided`) ----- */
-/* The table's tiles for K output channels, or NULL. */
+/* ---- direct.c: K = 8, 16 or a multiple of 16 up to FC_DIRECT_MAX_K output
+ * channels, where the ISA table has the tiles (kernels/direct.h: unit
+ * stride, or any where `strided`); in bf16, K = 16, 32, ... at any stride,
+ * on every table ----- */
+/* The table's float32 tiles for K output channels, or NULL. */
 const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k);
-int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
+int fc_conv2d_direct_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads);
 /* dweight and dbias (may be NULL), overwritten; for x that is finite
  * where the K = 8 tiles need it (plan.c checks). */

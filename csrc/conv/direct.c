@@ -59,15 +59,32 @@ const fc_direct_kernel *fc_direct_tiles(const fc_ctx *ctx, fc_int k)
 /* The padded image holds the rows and columns the taps read: ph rows of
  * zeros before the image (cropped rows when ph < 0) and as many after as the
  * output size implies, which may differ from ph (uneven padding, as a
- * strided dx's phases have, conv/plan.c), and the same for the columns. */
-static fc_direct_geom geom_of(const fc_conv_shape *s, const fc_direct_kernel *kr)
+ * strided dx's phases have, conv/plan.c), and the same for the columns.
+ * `planes` of them (C; in bf16, the (C + 1) / 2 channel pairs, a 32-bit
+ * word a pixel), `overread` elements past them. */
+static fc_direct_geom geom_of(const fc_conv_shape *s, fc_int planes, fc_int overread)
 {
     fc_direct_geom g;
     g.hp = (s->oh - 1) * s->sh + s->kh;
     g.wp = (s->ow - 1) * s->sw + s->kw;
     g.plane = g.hp * g.wp;
-    g.floats = (s->c * g.plane + kr->overread + s->kw + 15) / 16 * 16;
+    g.floats = (planes * g.plane + overread + s->kw + 15) / 16 * 16;
     return g;
+}
+
+/* The rows [r0, r1) and columns [x0, x0 + len) of the image that fall in
+ * the padded planes (none when len <= 0). */
+typedef struct {
+    fc_int r0, r1, x0, len;
+} window;
+
+static window window_of(const fc_conv_shape *s, const fc_direct_geom *g)
+{
+    window v;
+    v.r0 = s->ph < 0 ? -s->ph : 0, v.r1 = s->h < g->hp - s->ph ? s->h : g->hp - s->ph;
+    v.x0 = s->pw < 0 ? -s->pw : 0;
+    v.len = (s->w < g->wp - s->pw ? s->w : g->wp - s->pw) - v.x0;
+    return v;
 }
 
 /* Output: xp, the rows and columns of image x (C, H, W) that fall in the
@@ -78,79 +95,151 @@ static void pad_image(const fc_conv_shape *s, const fc_direct_geom *g, const flo
                       int first)
 {
     if (first) memset(xp, 0, sizeof(float) * g->floats);
-    const fc_int r0 = s->ph < 0 ? -s->ph : 0, r1 = s->h < g->hp - s->ph ? s->h : g->hp - s->ph;
-    const fc_int x0 = s->pw < 0 ? -s->pw : 0, x1 = s->w < g->wp - s->pw ? s->w : g->wp - s->pw;
-    const fc_int len = x1 - x0;
-    if (len <= 0) return;
+    const window v = window_of(s, g);
+    if (v.len <= 0) return;
     for (fc_int c = 0; c < s->c; c++)
-        for (fc_int r = r0; r < r1; r++) {
-            float *restrict d = xp + c * g->plane + (r + s->ph) * g->wp + x0 + s->pw;
-            const float *restrict src = x + (c * s->h + r) * s->w + x0;
+        for (fc_int r = v.r0; r < v.r1; r++) {
+            float *restrict d = xp + c * g->plane + (r + s->ph) * g->wp + v.x0 + s->pw;
+            const float *restrict src = x + (c * s->h + r) * s->w + v.x0;
             /* an inline loop: for rows of a few dozen floats a memcpy call
              * costs more than the copy */
-            for (fc_int e = 0; e < len; e++) d[e] = src[e];
+            for (fc_int e = 0; e < v.len; e++) d[e] = src[e];
         }
 }
 
-/* off[t] = c * plane + i * wp + j for tap t = (c * kh + i) * kw + j: where
- * the tap reads in the padded image, relative to the output pixel's corner. */
-static void tap_offsets(const fc_conv_shape *s, const fc_direct_geom *g, fc_int *off)
+/* pad_image in bf16 (kernels/direct.h): channels 2c and 2c + 1 rounded
+ * (by the ISA table's to_bf16, a plane at a time into `planes`, 2 H W
+ * halves) into the low and high halves of one word per pixel; an odd C's
+ * last high halves stay zero. */
+static void pad_image_bf16(const fc_conv_shape *s, const fc_direct_geom *g, fc_to_bf16_fn *to_bf16,
+                           const float *x, uint16_t *planes, uint32_t *xp2, int first)
 {
-    for (fc_int c = 0, t = 0; c < s->c; c++)
+    if (first) memset(xp2, 0, sizeof(uint32_t) * g->floats);
+    const window v = window_of(s, g);
+    if (v.len <= 0) return;
+    const fc_int hw = s->h * s->w;
+    for (fc_int c = 0; c < s->c; c += 2) {
+        const int pair = c + 1 < s->c;
+        to_bf16(x + c * hw, hw, planes);
+        if (pair) to_bf16(x + (c + 1) * hw, hw, planes + hw);
+        for (fc_int r = v.r0; r < v.r1; r++) {
+            uint32_t *restrict d = xp2 + c / 2 * g->plane + (r + s->ph) * g->wp + v.x0 + s->pw;
+            const uint16_t *restrict lo = planes + r * s->w + v.x0, *restrict hi = lo + hw;
+            if (pair)
+                for (fc_int e = 0; e < v.len; e++) d[e] = (uint32_t)lo[e] | (uint32_t)hi[e] << 16;
+            else
+                for (fc_int e = 0; e < v.len; e++) d[e] = lo[e];
+        }
+    }
+}
+
+/* off[t] = c * plane + i * wp + j for tap t = (c * kh + i) * kw + j of
+ * `planes` channels (in bf16, channel pairs): where the tap reads in the
+ * padded image, relative to the output pixel's corner. */
+static void tap_offsets(const fc_conv_shape *s, const fc_direct_geom *g, fc_int planes, fc_int *off)
+{
+    for (fc_int c = 0, t = 0; c < planes; c++)
         for (fc_int i = 0; i < s->kh; i++)
             for (fc_int j = 0; j < s->kw; j++) off[t++] = c * g->plane + i * g->wp + j;
 }
 
 /* Forward tiles of one padded image: for K = 16 and up they cover its
  * output pixels, for K = 8 its positions at the padded pitch. */
-static fc_int tile_count(const fc_conv_shape *s, const fc_direct_geom *g, const fc_direct_kernel *kr)
+static fc_int tile_count(const fc_conv_shape *s, const fc_direct_geom *g, fc_int tile)
 {
     const fc_int positions = s->k == 8 ? s->oh * g->wp : s->oh * s->ow;
-    return (positions + kr->tile - 1) / kr->tile;
+    return (positions + tile - 1) / tile;
 }
 
-int fc_conv2d_direct_forward(const fc_conv_shape *s, const float *x, const float *weight,
+/* The forward's kernel and its operands in one precision: float32 (the ISA
+ * table's tiles for K, kr) or bf16 (its direct_bf16). */
+typedef struct {
+    const fc_direct_kernel *kr;
+    fc_direct_bf16_forward_fn *bf16;
+    fc_to_bf16_fn *to_bf16;
+    fc_direct_geom g;
+    const fc_int *off;
+    const void *wt; /* float (taps, K), or uint16 (pair taps, K, 2) */
+} forward_plan;
+
+/* Image x padded into xp (the first image of this buffer: `first`); in
+ * bf16, its rounded planes staged past the padded ones. */
+static void pad_for(const fc_conv_shape *s, const forward_plan *f, const float *x, void *xp, int first)
+{
+    if (f->bf16)
+        pad_image_bf16(s, &f->g, f->to_bf16, x, (uint16_t *)((uint32_t *)xp + f->g.floats), xp, first);
+    else
+        pad_image(s, &f->g, x, xp, first);
+}
+
+/* Tiles [t0, t1) of the padded image xp into y. */
+static void tiles_of(const fc_conv_shape *s, const forward_plan *f, const void *xp, const float *bias,
+                     int relu, float *y, fc_int t0, fc_int t1)
+{
+    if (f->bf16)
+        f->bf16(s, &f->g, xp, f->off, f->wt, bias, relu, y, t0, t1);
+    else
+        f->kr->forward(s, &f->g, xp, f->off, f->wt, bias, relu, y, t0, t1);
+}
+
+int fc_conv2d_direct_forward(const fc_conv_shape *s, int precision, const float *x, const float *weight,
                              const float *bias, int relu, float *y, int nthreads)
 {
-    const fc_int kk = s->kh * s->kw, taps = s->c * kk, ohow = s->oh * s->ow;
-    const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
-    const fc_direct_kernel *kr = fc_direct_tiles(fc_ctx_current(), s->k);
-    const fc_direct_geom g = geom_of(s, kr);
-    const fc_int tiles = tile_count(s, &g, kr);
+    const int bf16 = precision == FC_BFLOAT16;
+    const fc_ctx *ctx = fc_ctx_current();
+    forward_plan f = {bf16 ? NULL : fc_direct_tiles(ctx, s->k), bf16 ? ctx->direct_bf16 : NULL,
+                      ctx->to_bf16};
+    const fc_int kk = s->kh * s->kw, planes = bf16 ? (s->c + 1) / 2 : s->c, taps = planes * kk;
+    const fc_int chw = s->c * s->h * s->w, kohow = s->k * s->oh * s->ow;
+    f.g = geom_of(s, planes, bf16 ? 0 : f.kr->overread);
+    const fc_int tiles = tile_count(s, &f.g, bf16 ? FC_DIRECT_BF16_TILE : f.kr->tile);
     const int team = nthreads > 1 && s->n >= nthreads ? nthreads : 1;
-    /* Per thread, a padded image rounded up to whole cache lines (no two
-     * threads write one line); then the transposed weights. */
-    const fc_int pad_floats = g.floats;
+    /* Per thread, a padded image (in bf16, and two rounded planes: H W
+     * words) rounded up to whole cache lines (no two threads write one
+     * line); then the transposed weights (in bf16, two halves per tap and
+     * channel: the floats' bytes). */
+    const fc_int pad_floats = f.g.floats + (bf16 ? (s->h * s->w + 15) / 16 * 16 : 0);
     const size_t bytes = sizeof(float) * (size_t)(team * pad_floats + taps * s->k) +
                          sizeof(fc_int) * (size_t)taps;
     float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!work) return FC_ENOMEM;
     float *wt = work + team * pad_floats;
     fc_int *off = (fc_int *)(wt + taps * s->k);
-    tap_offsets(s, &g, off);
-    for (fc_int k = 0; k < s->k; k++)
-        for (fc_int t = 0; t < taps; t++) wt[t * s->k + k] = weight[k * taps + t];
+    tap_offsets(s, &f.g, planes, off);
+    if (bf16) {
+        uint16_t *w2 = (uint16_t *)wt;
+        for (fc_int c2 = 0; c2 < planes; c2++)
+            for (fc_int e = 0; e < 2; e++)
+                for (fc_int k = 0; k < s->k; k++)
+                    for (fc_int t = 0; t < kk; t++)
+                        w2[((c2 * kk + t) * s->k + k) * 2 + e] =
+                            2 * c2 + e < s->c ? fc_bf16_round(weight[(k * s->c + 2 * c2 + e) * kk + t]) : 0;
+    } else {
+        for (fc_int k = 0; k < s->k; k++)
+            for (fc_int t = 0; t < taps; t++) wt[t * s->k + k] = weight[k * taps + t];
+    }
+    f.off = off, f.wt = wt;
 
     if (team > 1) {
 #pragma omp parallel num_threads(team)
         {
             const int t = fc_thread_id();
-            float *xp = work + t * pad_floats;
             long long lo, hi;
             fc_split_range(s->n, fc_team_size(), t, &lo, &hi);
+            float *xp = work + t * pad_floats;
             for (fc_int n = lo; n < hi; n++) {
-                pad_image(s, &g, x + n * chw, xp, n == lo);
-                kr->forward(s, &g, xp, off, wt, bias, relu, y + n * kohow, 0, tiles);
+                pad_for(s, &f, x + n * chw, xp, n == lo);
+                tiles_of(s, &f, xp, bias, relu, y + n * kohow, 0, tiles);
             }
         }
     } else {
         for (fc_int n = 0; n < s->n; n++) {
-            pad_image(s, &g, x + n * chw, work, n == 0);
+            pad_for(s, &f, x + n * chw, work, n == 0);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && tiles >= 2 * nthreads)
             {
                 long long lo, hi;
                 fc_split_range(tiles, fc_team_size(), fc_thread_id(), &lo, &hi);
-                kr->forward(s, &g, work, off, wt, bias, relu, y + n * kohow, lo, hi);
+                tiles_of(s, &f, work, bias, relu, y + n * kohow, lo, hi);
             }
         }
     }
@@ -168,7 +257,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
     const fc_int taps = s->c * s->kh * s->kw, ohow = s->oh * s->ow;
     const fc_int chw = s->c * s->h * s->w, kohow = s->k * ohow;
     const fc_direct_kernel *kr = fc_direct_tiles(fc_ctx_current(), s->k);
-    const fc_direct_geom g = geom_of(s, kr);
+    const fc_direct_geom g = geom_of(s, s->c, kr->overread);
     const fc_int lanes = kr->lanes;
     /* K = 8: positions at the padded pitch, whole vectors (the tiles'
      * overread covers the reads past the planes). */
@@ -184,7 +273,7 @@ int fc_conv2d_direct_backward_weight(const fc_conv_shape *s, const float *x, con
     float *work = aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (!work) return FC_ENOMEM;
     fc_int *off = (fc_int *)(work + team * per_thread);
-    tap_offsets(s, &g, off);
+    tap_offsets(s, &g, s->c, off);
 
 #pragma omp parallel num_threads(team) if (team > 1)
     {

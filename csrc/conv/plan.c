@@ -72,8 +72,12 @@
  * every thread count), not those of the GEMM algorithms. Its range guards
  * hold unchanged: rounding to bf16 grows a value by at most 1 + 2^-8,
  * within their margin (winograd.c). Auto takes it in bf16 where it takes
- * it in float32 (measured below winograd_forward). Direct and depthwise
- * have float32 kernels only and say NO.
+ * it in float32 (measured below winograd_forward). Direct's forward (and
+ * so its dx as a convolution) runs in bf16 too, for K = 16, 32, ...
+ * (kernels/direct.h: x and w rounded to bf16, the input channels in pairs as
+ * vdpbf16ps takes them, in one order on every ISA: its own bits, emulated
+ * on tables without the instruction); its dW and depthwise have float32
+ * kernels only and say NO.
  *
  * A new algorithm is one file with its entry points (declared in
  * conv/conv.h) and one row of the table, with its rules.
@@ -303,31 +307,49 @@ typedef int guard_fn(problem *p, reason *r);
  * im2col's time (Zen 4, 1 thread, 3 rounds: 64x16x14x14 -> 32 5x5 3.18 vs
  * 4.24 ms, 128x64x8x8 -> 32 2x2 1.41 vs 1.86, 1x2 0.82 vs 0.94, 128x32x16x16
  * -> 32 2x2 2.80 vs 3.30, 128x128x8x8 -> 32 2x2 2.76 vs 3.62; AVX2 takes the
- * same rule, not timed). */
+ * same rule, not timed).
+ * In bf16 (K = 16, 32, ... on every table, any stride: kernels/direct.h) the
+ * same rule, by these times of direct over auto without it (bf16
+ * Winograd or the bf16 GEMM paths; Zen 4 with AVX512_BF16, 1 thread, 9
+ * interleaved calls, medians; fwd, bwd = dx + dW, dx running direct where
+ * forcing it does, dW never):
+ *   128x16x32x32 -> 16, 3x3:     fwd 0.57, bwd 0.85
+ *   128x16x16x16 -> 16, 3x3:     fwd 0.66, bwd 0.93
+ *   128x3x32x32 -> 16, 3x3:      fwd 0.48;  -> 32: 0.78
+ *   64x8x14x14 -> 16, 5x5 p2:    fwd 0.31
+ *   128x16x32x32 -> 32, 3x3/2:   fwd 0.56;  128x32x16x16 -> 64, 3x3/2: 0.47
+ *   128x32x16x16 -> 32, 3x3:     fwd 0.99, bwd 0.96;  128x32x8x8 -> 32: 0.80, 1.00
+ *   128x64x8x8 -> 64, 3x3:       fwd 1.20, bwd 1.07;  128x64x16x16 -> 64: 1.19, 0.97
+ *   128x16x32x32 -> 32, 1x1/2:   fwd 1.37;  128x64x8x8 -> 64, 1x1: 1.01
+ * (2026-12-04). */
 static int direct_forward(const problem *p, reason *r)
 {
     const fc_conv_shape *s = &p->s;
-    if (p->precision != FC_FLOAT32) {
-        say(r, "float32 tiles only");
-        return NO;
-    }
     if (dilated(s)) { /* any padding, each side (conv/direct.c), negative too */
         say(r, "needs dilation 1");
         return NO;
     }
-    if (s->k != 8 && (s->k % 16 || s->k > FC_DIRECT_MAX_K)) {
-        say(r, "needs K = 8 or a multiple of 16 up to %d output channels (K = %lld)", FC_DIRECT_MAX_K,
-            (long long)s->k);
-        return NO;
-    }
-    const fc_direct_kernel *kr = fc_direct_tiles(p->ctx, s->k);
-    if (!kr) {
-        say(r, "no direct tiles for K = %lld on %s", (long long)s->k, p->ctx->name);
-        return NO;
-    }
-    if (!unit_stride(s) && !kr->strided) {
-        say(r, "needs unit stride (K = %lld on %s)", (long long)s->k, p->ctx->name);
-        return NO;
+    if (p->precision == FC_BFLOAT16) {
+        if (s->k % 16 || s->k > FC_DIRECT_MAX_K) {
+            say(r, "needs K a multiple of 16 up to %d output channels in bf16 (K = %lld)", FC_DIRECT_MAX_K,
+                (long long)s->k);
+            return NO;
+        }
+    } else {
+        if (s->k != 8 && (s->k % 16 || s->k > FC_DIRECT_MAX_K)) {
+            say(r, "needs K = 8 or a multiple of 16 up to %d output channels (K = %lld)", FC_DIRECT_MAX_K,
+                (long long)s->k);
+            return NO;
+        }
+        const fc_direct_kernel *kr = fc_direct_tiles(p->ctx, s->k);
+        if (!kr) {
+            say(r, "no direct tiles for K = %lld on %s", (long long)s->k, p->ctx->name);
+            return NO;
+        }
+        if (!unit_stride(s) && !kr->strided) {
+            say(r, "needs unit stride (K = %lld on %s)", (long long)s->k, p->ctx->name);
+            return NO;
+        }
     }
     if (!unit_stride(s) && s->kh * s->kw > 1) {
         say(r, "K = %lld output channels, strided: nothing packed", (long long)s->k);
@@ -347,6 +369,16 @@ static int direct_forward(const problem *p, reason *r)
     say(r, "K = %lld output channels at unit stride%s: nothing packed", (long long)s->k,
         s->k < 32 ? "" : s->c < 16 ? ", C < 16" : ", neither 3x3 nor 1x1");
     return PAYS;
+}
+
+/* dW: the forward's rule, in float32 (no bf16 dW tiles yet). */
+static int direct_dweight(const problem *p, reason *r)
+{
+    if (p->precision != FC_FLOAT32) {
+        say(r, "float32 dW tiles only");
+        return NO;
+    }
+    return direct_forward(p, r);
 }
 
 /* dW's K = 8 tiles run along the padded row pitch, multiplying the pixels
@@ -647,7 +679,7 @@ static int polyphase_dx_run(const problem *p, float *dx)
 
 static int direct_run(const problem *p, const float *bias, int relu, float *y)
 {
-    return fc_conv2d_direct_forward(&p->s, p->x, p->w, bias, relu, y, p->nthreads);
+    return fc_conv2d_direct_forward(&p->s, p->precision, p->x, p->w, bias, relu, y, p->nthreads);
 }
 
 static int winograd_run(const problem *p, const float *bias, int relu, float *y)
@@ -711,7 +743,7 @@ typedef struct {
 } algorithm;
 
 static const algorithm algorithms[FC_CONV_ALGORITHMS] = {
-    [FC_CONV_DIRECT] = {"direct", {direct_forward, direct_dx, direct_forward},
+    [FC_CONV_DIRECT] = {"direct", {direct_forward, direct_dx, direct_dweight},
                         {NULL, by_convolution_guard, direct_dweight_guard},
                         direct_run, NULL, direct_dweight_run, 0},
     [FC_CONV_WINOGRAD] = {"winograd", {winograd_forward, winograd_dx, winograd_dweight},

@@ -64,7 +64,7 @@ static const struct {
     ENTRY(pack_columns), ENTRY(max_abs_bits), ENTRY(wg_input), ENTRY(wg_output),
     ENTRY(wg_output_pool), ENTRY(wg_grad), ENTRY(pool2x2_forward), ENTRY(pool2x2_backward),
     ENTRY(direct_k8.forward), ENTRY(direct_k8.dweight), ENTRY(direct_k16.forward),
-    ENTRY(direct_k16.dweight), ENTRY(direct_wide.forward), ENTRY(direct_wide.dweight), ENTRY(eltwise),
+    ENTRY(direct_k16.dweight), ENTRY(direct_wide.forward), ENTRY(direct_wide.dweight), ENTRY(direct_bf16), ENTRY(eltwise),
     ENTRY(bn), ENTRY(add_relu), ENTRY(dw_plane),
     ENTRY(dw_dweight_plane), ENTRY(peak),
 };

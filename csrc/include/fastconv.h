@@ -113,8 +113,10 @@ int fc_sgemm_fused(int precision, fc_int m, fc_int n, fc_int k, const float *a, 
  * algorithms (pointwise, implicit im2col, im2col) with the bf16 GEMM, x, the
  * weights and dy rounded to bf16 as they are packed, sums and outputs in
  * float32; Winograd with float32 transforms and bf16 GEMMs, its transformed
- * operands rounded to bf16 (csrc/conv/plan.c, Precision); direct and
- * depthwise have float32 kernels only and decline. */
+ * operands rounded to bf16 (csrc/conv/plan.c, Precision); direct's
+ * forward for K = 16, 32, ... with x and w rounded to bf16, the input
+ * channels in pairs (kernels/direct.h); direct's dW and depthwise have
+ * float32 kernels only and decline. */
 typedef struct {
     fc_int n, c, h, w;      /* input */
     fc_int k, kh, kw;       /* output channels and kernel size */

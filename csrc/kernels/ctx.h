@@ -89,6 +89,10 @@ typedef struct {
      * 16-channel parts (direct.h). A NULL forward: the direct algorithm
      * does not apply to that K on this ISA. */
     fc_direct_kernel direct_k8, direct_k16, direct_wide;
+    /* ... and its bf16 forward for K = 16, 32, ..., FC_DIRECT_MAX_K
+     * (direct.h): the reference's emulates vdpbf16ps (the same bits), so
+     * that every table has one. */
+    fc_direct_bf16_forward_fn *direct_bf16;
 
     /* activations.c, bias_add.c: the element-wise rows (eltwise.h). */
     const fc_eltwise_kernel *eltwise;

@@ -53,4 +53,26 @@ typedef struct {
     int strided;     /* 1: any stride (K >= 16 only); 0: unit stride only */
 } fc_direct_kernel;
 
+/* ---- bf16 (kernels/bf16.h's rounding and dot-product step) -----------------
+ * The forward in bf16 for K a multiple of 16 up to FC_DIRECT_MAX_K: x and w
+ * rounded to bf16 (fc_bf16_round), the input channels taken in pairs, as
+ * vdpbf16ps takes them. Inputs: xp2, one image's padded planes (the float
+ * layout's geometry g) with channels 2c and 2c + 1 in one 32-bit word per
+ * pixel, bf16(x[2c]) in its low half (channel C of an odd C: zero);
+ * off2[u] = c2 * plane + i * wp + j for pair tap u = (c2 * kh + i) * kw + j;
+ * wt2[(u * K + k) * 2 + e] = bf16(w[k][2 * c2 + e][i][j]), zero past C.
+ * Output: y (K, OH, OW) for the output pixels [t0 * tile, t1 * tile), each
+ * y[k][p] = S, then S + bias[k] (bias NULL: none), then ReLU when relu,
+ * where S starts at +0 and takes the pair taps in increasing u, each as
+ * fc_bf16_step does twice: S := step(S, w[2c2 + 1] term), then S :=
+ * step(S, w[2c2] term) (a zero pair member's step included). One order for
+ * every ISA, tile and thread count: the bits of kernels/ref/'s emulation.
+ * Any stride (the pixel (oy, ox) reads from the (oy * sh, ox * sw) corner);
+ * nothing read past the planes. */
+#define FC_DIRECT_BF16_TILE 16 /* output pixels per forward tile */
+
+typedef void fc_direct_bf16_forward_fn(const fc_conv_shape *s, const fc_direct_geom *g,
+                                       const uint32_t *xp2, const fc_int *off2, const uint16_t *wt2,
+                                       const float *bias, int relu, float *y, fc_int t0, fc_int t1);
+
 #endif

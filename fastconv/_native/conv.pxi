@@ -223,7 +223,8 @@ def plan_conv2d(x_shape, weight_shape, stride=1, padding=0, need_dx=True, mode="
     then the name is the algorithm of each group). ``need_dx``: whether
     the backward computes dx (dW's choice depends on it); False gives
     ``"dx": None``. The conv + max-pool forward runs the forward's algorithm.
-    ``precision``: as the conv kernels' (bf16 runs the GEMM algorithms only).
+    ``precision``: as the conv kernels' (bf16 runs the GEMM algorithms, Winograd, and
+    direct's forward for K = 16, 32, ...; not depthwise).
     """
     fn = "plan_conv2d"
     cdef int prec = _precision(fn, precision)

@@ -257,10 +257,12 @@ def _reference_backend(fn):
     return call
 
 
-def conv_workloads(name, x_shape, w_shape, s, p, g, rand):
+def conv_workloads(name, x_shape, w_shape, s, p, g, rand, precision="float32"):
     """The forward and backward rows ("<name> fwd", "<name> bwd") of one conv
     layer: x of x_shape, weights of w_shape (K, C / g, kh, kw), stride s and
-    padding p (ints), g groups; arrays from rand(*shape)."""
+    padding p (ints), g groups; arrays from rand(*shape). In "bfloat16",
+    fastconv's kernels take ``precision="bfloat16"`` and PyTorch runs under
+    :func:`torch_autocast` (its backward on the bf16 tensors autocast makes)."""
     from fastconv import _kernels as K
     from fastconv import reference as R
 
@@ -273,22 +275,30 @@ def conv_workloads(name, x_shape, w_shape, s, p, g, rand):
     # The grouped kernels take dilation and groups; the plain ones are what Conv2d runs otherwise.
     fwd_kernel, bwd_kernel, more = ("conv2d_forward", "conv2d_backward", ()) if g == 1 else \
         ("conv2d_ex_forward", "conv2d_ex_backward", ((1, 1), g))
+    kw_ = {"precision": precision} if precision != "float32" else {}
     fwd = {side: lambda x=x, w=w, b=bias, s=s, p=p, f=getattr(lib, fwd_kernel), more=more:
-           lambda: f(x, w, b, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
+           lambda: f(x, w, b, (s, s), (p, p), *more, **kw_) for side, lib in (("fastconv", K), ("numpy", R))}
     bwd = {side: lambda x=x, w=w, dy=dy, s=s, p=p, f=getattr(lib, bwd_kernel), more=more:
-           lambda: f(x, w, dy, (s, s), (p, p), *more) for side, lib in (("fastconv", K), ("numpy", R))}
+           lambda: f(x, w, dy, (s, s), (p, p), *more, **kw_) for side, lib in (("fastconv", K), ("numpy", R))}
     if torch is not None:
+        low = torch.bfloat16 if precision == "bfloat16" else torch.float32
         for side in ("torch_cl", "torch_nchw"):
             def f(side=side, x=x, w=w, b=bias, s=s, p=p, g=g):
                 tx, tw, tb = _tensor(torch, x, side), _tensor(torch, w, side), torch.from_numpy(b)
-                return _no_grad(torch, lambda: torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g))
+
+                def conv():
+                    with torch_autocast(precision):
+                        return torch.nn.functional.conv2d(tx, tw, tb, s, p, groups=g)
+                return _no_grad(torch, conv)
 
             def g_(side=side, x=x, w=w, dy=dy, s=s, p=p, g=g):
-                tx, tw, tdy = _tensor(torch, x, side), _tensor(torch, w, side), _tensor(torch, dy, side)
+                tx, tw, tdy = (_tensor(torch, a, side).to(low) for a in (x, w, dy))
                 return lambda: torch.ops.aten.convolution_backward(
                     tdy, tx, tw, [tw.shape[0]], [s, s], [p, p], [1, 1], False, [0, 0], g, [True, True, True])
             fwd[side], bwd[side] = f, g_
-    return [Workload(f"{name} fwd", fwd, flop=flop), Workload(f"{name} bwd", bwd, flop=2 * flop)]
+    suffix = PRECISIONS[precision]
+    return [Workload(f"{name} fwd{suffix}", fwd, flop=flop, precision=precision),
+            Workload(f"{name} bwd{suffix}", bwd, flop=2 * flop, precision=precision)]
 
 
 def workloads(tiny=False):

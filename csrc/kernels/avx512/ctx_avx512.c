@@ -1,8 +1,9 @@
 /* The AVX-512 table: AVX2's, with this folder's GEMM, batch-norm tiles,
  * depthwise planes, Winograd transforms (16 tiles a vector), residual add,
  * im2col-family copies, range pass and peak loop, and on CPUs with
- * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM
- * and conversion; without it, the reference's emulation (the same bits).
+ * AVX512_BF16 (Zen 4, Cooper Lake, Sapphire Rapids and later) its bf16 GEMM,
+ * conversion and direct forward; without it, the reference's emulation (the
+ * same bits).
  * The direct convolution's tiles for K = 16 and 32 are this folder's (any
  * stride); K = 8's are AVX2's (its lanes are output positions, 8 a vector:
  * no AVX-512 version yet).
@@ -34,6 +35,7 @@ fc_max_abs_bits_fn fc_max_abs_bits_avx512;
 extern const fc_gemm_bf16_kernel fc_gemm_bf16_kernel_avx512;
 fc_to_bf16_fn fc_to_bf16_avx512;
 extern const fc_direct_kernel fc_direct_k16_avx512, fc_direct_wide_avx512;
+fc_direct_bf16_forward_fn fc_direct_bf16_forward_avx512;
 
 void fc_ctx_init_avx512(fc_ctx *ctx)
 {
@@ -59,5 +61,6 @@ void fc_ctx_init_avx512(fc_ctx *ctx)
     if (__builtin_cpu_supports("avx512bf16")) {
         ctx->gemm_bf16 = &fc_gemm_bf16_kernel_avx512;
         ctx->to_bf16 = fc_to_bf16_avx512;
+        ctx->direct_bf16 = fc_direct_bf16_forward_avx512;
     }
 }

@@ -27,6 +27,7 @@
  * give the same bits. */
 #include <immintrin.h>
 
+#include "kernels/avx512/transpose_avx512.h"
 #include "kernels/direct.h"
 
 /* Output pixels per forward tile: one 16 x 16 transpose. */
@@ -34,38 +35,6 @@
 
 /* Taps per dW tile: 12 accumulators, each a zmm of 16 channels. */
 #define FC_DW_T 12
-
-/* Lanes [0, n) of a vector (none for n <= 0, all for n >= 16). */
-static inline __mmask16 first(fc_int n)
-{
-    return n <= 0 ? 0 : n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
-}
-
-/* r[q][k] := r[k][q] (16 x 16 floats): pairs of rows interleaved by
- * 32 bits, then 64 bits, then 128-bit blocks two ways. */
-static inline __attribute__((always_inline)) void transpose16(__m512 r[16])
-{
-    __m512 t[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 16; i += 4) {
-        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int h = 0; h < 16; h += 8)
-        for (int i = 0; i < 4; i++) {
-            t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
-            t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
-        }
-    for (int i = 0; i < 8; i++) {
-        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
-        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
-    }
-}
 
 /* Channels [16h, 16h + 16) of output pixels [p0, p0 + n), n <= 16, of one
  * image (the pixels past n repeat pixel p0 + n - 1 and are not stored).

@@ -1,7 +1,8 @@
 /* The reference table: plain C for every entry, compiled with the baseline
  * flags. It is the generic ISA's table, and where every other ISA's table
- * starts (kernels/ctx.h). No direct-convolution tiles: the direct algorithm
- * does not apply here, and the GEMM path runs instead. */
+ * starts (kernels/ctx.h). No float32 direct-convolution tiles: the direct
+ * algorithm does not apply here in float32, and the GEMM path runs instead;
+ * its bf16 forward is here, as every bf16 kernel, emulated. */
 #include <string.h>
 
 #include "kernels/ctx.h"
@@ -24,6 +25,7 @@ fc_dw_plane_fn fc_dw_plane_ref;
 fc_dw_dweight_plane_fn fc_dw_dweight_plane_ref;
 fc_peak_fn fc_peak_ref;
 fc_add_relu_fn fc_add_relu_ref;
+fc_direct_bf16_forward_fn fc_direct_bf16_forward_ref;
 
 void fc_ctx_init_ref(fc_ctx *ctx)
 {
@@ -47,6 +49,7 @@ void fc_ctx_init_ref(fc_ctx *ctx)
     ctx->add_relu = fc_add_relu_ref;
     ctx->dw_plane = fc_dw_plane_ref;
     ctx->dw_dweight_plane = fc_dw_dweight_plane_ref;
+    ctx->direct_bf16 = fc_direct_bf16_forward_ref;
     ctx->peak_lanes = 4;
     ctx->peak = fc_peak_ref;
 }
